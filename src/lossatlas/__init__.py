@@ -1,0 +1,45 @@
+"""lossatlas: map the loss landscapes of neural networks, and prove (or honestly fail to prove)
+that they are non-convex.
+
+Quick start::
+
+    import lossatlas
+    problem = lossatlas.Problem(model, loss_fn, (inputs, targets))
+    d = lossatlas.directions.random(problem, n=2, seed=0)      # filter-normalised (Li et al. 2018)
+    ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
+"""
+
+from . import directions, params
+from ._version import __version__
+from .directions import Directions
+from .errors import (DataError, EvaluationError, InvalidArgumentError, InvalidTypeError, LossAtlasError,
+                     LossFunctionError, MissingDependencyError, ParameterMismatchError, ProvenanceMismatchError,
+                     StoreError, StoreLockedError)
+from .grid import Grid
+from .params import params_of
+from .problem import Problem
+from .surface import open_directions, open_surface, surface
+
+__all__ = [
+    "__version__",
+    "Problem",
+    "params_of",
+    "params",
+    "directions",
+    "Directions",
+    "Grid",
+    "surface",
+    "open_surface",
+    "open_directions",
+    "LossAtlasError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "ParameterMismatchError",
+    "DataError",
+    "LossFunctionError",
+    "EvaluationError",
+    "StoreError",
+    "ProvenanceMismatchError",
+    "StoreLockedError",
+    "MissingDependencyError",
+]

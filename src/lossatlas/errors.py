@@ -1,0 +1,100 @@
+"""The library's exceptions: one root, subclasses that also inherit the matching builtin.
+
+Every message names the function, the argument, what was expected and what was received, e.g.
+``surface(): argument 'steps' must be an integer >= 1; received 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "LossAtlasError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "ParameterMismatchError",
+    "DataError",
+    "LossFunctionError",
+    "EvaluationError",
+    "StoreError",
+    "ProvenanceMismatchError",
+    "StoreLockedError",
+    "MissingDependencyError",
+]
+
+
+class LossAtlasError(Exception):
+    """Root of every error raised on purpose by lossatlas."""
+
+
+class InvalidArgumentError(LossAtlasError, ValueError):
+    """An argument has the right type but a value outside what is accepted."""
+
+
+class InvalidTypeError(LossAtlasError, TypeError):
+    """An argument has a type that is not accepted."""
+
+
+class ParameterMismatchError(LossAtlasError, ValueError):
+    """Parameter dicts (centre, directions, models) do not describe the same parameters,
+    or differ in shape, dtype or device."""
+
+
+class DataError(LossAtlasError, ValueError):
+    """The data cannot be used: empty, inconsistent sizes, unsupported batch layout."""
+
+
+class LossFunctionError(LossAtlasError, ValueError):
+    """The loss (or closure) does not return what is needed: a real scalar tensor."""
+
+
+class EvaluationError(LossAtlasError, RuntimeError):
+    """The model failed while being evaluated (the original error is chained)."""
+
+
+class StoreError(LossAtlasError, OSError):
+    """A store cannot be created, opened or written."""
+
+
+class ProvenanceMismatchError(StoreError, ValueError):
+    """An existing store was made by a different computation than the one requested."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process is writing the store."""
+
+
+class MissingDependencyError(LossAtlasError, ImportError):
+    """An optional dependency is needed for this feature and is not installed."""
+
+
+def describe(value: Any) -> str:
+    """A short, readable description of a received value for error messages."""
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    try:
+        from torch import nn
+
+        if isinstance(value, nn.Module):
+            return f"a {type(value).__name__} module"
+    except ImportError:  # pragma: no cover
+        pass
+    text = " ".join(repr(value).split())
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def bad_value(func: str, arg: str, expected: str, received: Any) -> InvalidArgumentError:
+    """``InvalidArgumentError`` with the standard one-line message."""
+    return InvalidArgumentError(f"{func}(): argument '{arg}' must be {expected}; received {describe(received)}")
+
+
+def bad_type(func: str, arg: str, expected: str, received: Any) -> InvalidTypeError:
+    """``InvalidTypeError`` with the standard one-line message."""
+    return InvalidTypeError(f"{func}(): argument '{arg}' must be {expected}; received {describe(received)}")

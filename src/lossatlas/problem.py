@@ -1,0 +1,470 @@
+"""``Problem``: a model, a loss and data, evaluated at arbitrary parameter values.
+
+The dataset loss is the exact sample mean
+
+    L(θ) = Σ_b n_b · ℓ_b(θ) / N,
+
+where ℓ_b is the loss of batch b (a per-sample mean), n_b its number of samples and N = Σ n_b.
+Evaluation goes through ``torch.func.functional_call`` on a private copy of the model that is
+always in eval mode: the user's module is never written to, moved, or switched to another mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import params as P
+from .data import BatchSource
+from .errors import (EvaluationError, InvalidArgumentError, LossFunctionError, bad_type, bad_value)
+
+__all__ = ["Problem"]
+
+_BN_MODES = ("eval", "recalibrate")
+MetricFn = Callable[[Tensor, Any], Tensor]
+
+
+def _loss_reduction(loss: Any) -> str:
+    """The reduction of a torch loss module or a ``functools.partial`` of a functional loss."""
+    if isinstance(loss, functools.partial):
+        return str(loss.keywords.get("reduction", "mean"))
+    return str(getattr(loss, "reduction", "mean"))
+
+
+class Problem:
+    """A model, a loss and data: ``loss(θ)``, ``evaluate(θ)``, ``grad(θ)`` at any parameters θ.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``. It is deep-copied (onto ``device``/``dtype``) and the copy is evaluated
+        in eval mode (dropout off, BatchNorm running statistics); the original is never modified.
+    loss
+        ``loss(outputs, targets) -> scalar tensor``, e.g. ``nn.CrossEntropyLoss()``. The batch value
+        is read as a per-sample mean. Losses with ``reduction="sum"`` contribute ``ℓ_b / N`` (so the
+        problem's loss is the mean over samples of the per-sample summed loss); ``reduction="none"``
+        outputs are averaged like ``"mean"``. May be ``None`` when ``closure`` is given.
+    data
+        ``(inputs, targets)`` tensors, a ``Dataset``, a ``DataLoader`` or a re-iterable of batches.
+        Batches are moved to ``device`` once and cached when they fit in ``max_cache_bytes``.
+    closure
+        ``closure(model_call, batch) -> loss`` for batches that are not ``(inputs, targets)`` pairs;
+        ``model_call(*args, **kwargs)`` runs the model at the point being evaluated. The closure may
+        return a dict with a ``"loss"`` entry and further metrics (each a per-sample batch mean).
+        The number of samples of a batch is the leading dimension of its first tensor.
+    device, dtype
+        Where and in which floating precision to evaluate (default: those of the model's first
+        parameter). ``torch.float64`` is supported end to end.
+    batch_size
+        Batch size for tensors and Datasets (default: all samples, at most 8192 per batch).
+    bn
+        ``"eval"`` (stored running statistics) or ``"recalibrate"`` (recompute BatchNorm statistics
+        from the data at every point, as a sample-weighted average of per-batch statistics).
+    metrics
+        ``"auto"`` (accuracy for classification targets), ``None``, or a dict/list of metrics:
+        the string ``"accuracy"`` or callables ``fn(outputs, targets) -> scalar`` (batch means).
+
+    Example
+    -------
+    >>> import torch
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> problem = Problem(model, torch.nn.CrossEntropyLoss(), (x, y))
+    >>> sorted(problem.evaluate(problem.params()))
+    ['accuracy', 'loss']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[..., Tensor] | None,
+        data: Any,
+        *,
+        closure: Callable[..., Any] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int | None = None,
+        bn: str = "eval",
+        metrics: Any = "auto",
+        max_cache_bytes: int | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise bad_type("Problem", "model", "a torch.nn.Module", model)
+        if closure is None and loss is None:
+            raise bad_value("Problem", "loss", "a callable loss(outputs, targets) (or pass closure=)", loss)
+        if loss is not None and not callable(loss):
+            raise bad_type("Problem", "loss", "a callable loss(outputs, targets)", loss)
+        if closure is not None and not callable(closure):
+            raise bad_type("Problem", "closure", "a callable closure(model_call, batch) or None", closure)
+        if bn not in _BN_MODES:
+            raise bad_value("Problem", "bn", f"one of {_BN_MODES}", bn)
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise InvalidArgumentError(
+                "Problem(): argument 'model' must have at least one trainable parameter "
+                "(requires_grad=True); received a model with none")
+        for n, p in trainable:
+            if not p.is_floating_point():
+                raise bad_value("Problem", f"model parameter {n!r}", "a floating-point tensor", p)
+        first = trainable[0][1]
+        self.device = torch.device(device) if device is not None else first.device
+        if dtype is None:
+            dtype = first.dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise bad_value("Problem", "dtype", "a floating torch.dtype (e.g. torch.float32, torch.float64)", dtype)
+        self.dtype = dtype
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise bad_value("Problem", "device", "an available device (CUDA is not available here)", str(device))
+
+        self.model = model  # the user's module: read, never written
+        self.loss_fn = loss
+        self.closure = closure
+        self.bn = bn
+        self.reduction = _loss_reduction(loss) if loss is not None else "mean"
+        self.param_names: tuple[str, ...] = tuple(n for n, _ in trainable)
+
+        self._module = self._private_copy(model)
+        self._param_slots = _slots(self._module, self.param_names, buffers=False)
+        self.data = BatchSource(data, device=self.device, dtype=self.dtype, batch_size=batch_size,
+                                max_cache_bytes=max_cache_bytes)
+        self.n_samples = self.data.n_samples
+        self._center = P.params_of(model, dtype=self.dtype, device=self.device)
+        self._bn_modules = _bn_modules(self._module)
+        self._metric_fns: dict[str, MetricFn] = {}
+        self._probe(metrics)
+
+    # ------------------------------------------------------------------------------------------
+    def _private_copy(self, model: nn.Module) -> nn.Module:
+        try:
+            module = copy.deepcopy(model)
+        except Exception as exc:  # pragma: no cover - exotic modules
+            raise EvaluationError(f"Problem(): argument 'model' could not be copied ({exc}); lossatlas "
+                                  "evaluates a private copy so that your model is never modified") from exc
+        module.to(device=self.device)
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point() and t.dtype != self.dtype:
+                t.data = t.data.to(self.dtype)
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    def _probe(self, metrics: Any) -> None:
+        """Evaluate the first batch at θ₀: checks the loss and decides the metrics, before heavy work."""
+        batch, n = self.data.first()
+        if self.closure is None:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise bad_value("Problem", "data", "batches of (inputs, targets) pairs, or pass closure= for "
+                                "other batch layouts", batch)
+        with torch.no_grad():
+            try:
+                outputs, raw_loss, extra = self._forward_batch(self._center, batch)
+            except (LossFunctionError, InvalidArgumentError):
+                raise
+            except Exception as exc:
+                raise EvaluationError(f"Problem(): the model or loss raised {type(exc).__name__} on the first "
+                                      f"batch: {exc}") from exc
+        self._check_loss_value(raw_loss)
+        self._metric_fns = self._resolve_metrics(metrics, outputs, batch)
+        self.metric_names: tuple[str, ...] = ("loss", *self._metric_fns, *sorted(extra))
+
+    def _check_loss_value(self, value: Any) -> None:
+        who = "closure" if self.closure is not None else "loss"
+        if not isinstance(value, Tensor):
+            raise LossFunctionError(f"Problem(): argument '{who}' must return a scalar tensor; received "
+                                    f"{type(value).__name__}")
+        if value.ndim != 0 and self.reduction != "none":
+            raise LossFunctionError(f"Problem(): argument '{who}' must return a scalar tensor (a batch mean); "
+                                    f"received a tensor of shape {tuple(value.shape)} (use reduction='mean')")
+        if not value.is_floating_point():
+            raise LossFunctionError(f"Problem(): argument '{who}' must return a floating-point tensor; "
+                                    f"received dtype {value.dtype}")
+
+    def _resolve_metrics(self, metrics: Any, outputs: Any, batch: Any) -> dict[str, MetricFn]:
+        if metrics is None:
+            return {}
+        if metrics == "auto":
+            if self.closure is not None:
+                return {}
+            fn = _auto_accuracy(self.loss_fn, outputs, batch[1])
+            return {"accuracy": fn} if fn is not None else {}
+        items: list[tuple[str, Any]]
+        if isinstance(metrics, Mapping):
+            items = list(metrics.items())
+        elif isinstance(metrics, (list, tuple)):
+            items = [(m if isinstance(m, str) else getattr(m, "__name__", f"metric{i}"), m)
+                     for i, m in enumerate(metrics)]
+        else:
+            raise bad_type("Problem", "metrics", "'auto', None, a list or a dict of metrics", metrics)
+        out: dict[str, MetricFn] = {}
+        for name, m in items:
+            if name == "loss":
+                raise bad_value("Problem", "metrics", "names other than 'loss'", name)
+            if m == "accuracy":
+                if self.closure is not None:
+                    raise bad_value("Problem", "metrics", "callables when closure= is used (return extra "
+                                    "metrics from the closure instead)", m)
+                fn = _auto_accuracy(self.loss_fn, outputs, batch[1])
+                if fn is None:
+                    raise bad_value("Problem", "metrics", "'accuracy' only for classification outputs and "
+                                    "targets", m)
+                out[name] = fn
+            elif callable(m):
+                out[name] = m
+            else:
+                raise bad_value("Problem", "metrics", "'accuracy' or callables fn(outputs, targets)", m)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def params(self) -> P.Params:
+        """θ₀: a copy of the model's trainable parameters (as given) in the problem's dtype/device."""
+        return P.clone(self._center)
+
+    def check_params(self, params: Mapping[str, Tensor], *, func: str = "Problem.loss", arg: str = "params") -> None:
+        """Raise a clear error unless ``params`` has exactly the problem's trainable parameters."""
+        P.check_like(self._center, params, func=func, arg=arg, ref_arg="the problem's parameters")
+
+    @contextlib.contextmanager
+    def bound(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None):
+        """Place ``params`` (and ``buffers``) into the private model for the duration of the block:
+        the same effect as ``torch.func.functional_call`` (tied parameters included) without its
+        per-call bookkeeping. Originals are restored on every exit path."""
+        saved = []
+        try:
+            for name, t in params.items():
+                for owner, attr in self._param_slots[name]:
+                    saved.append((owner._parameters, attr, owner._parameters[attr]))
+                    owner._parameters[attr] = t
+            if buffers:
+                slots = self._buffer_slots()
+                for name, t in buffers.items():
+                    for owner, attr in slots[name]:
+                        saved.append((owner._buffers, attr, owner._buffers[attr]))
+                        owner._buffers[attr] = t
+            yield self._module
+        finally:
+            for table, attr, original in reversed(saved):
+                table[attr] = original
+
+    def _buffer_slots(self):
+        if not hasattr(self, "_buffer_slot_cache"):
+            names = [n for n, _ in self._module.named_buffers()]
+            self._buffer_slot_cache = _slots(self._module, names, buffers=True)
+        return self._buffer_slot_cache
+
+    def model_call(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None):
+        """``f(*args, **kwargs)`` running the (private, eval-mode) model at ``params``."""
+        def call(*args, **kwargs):
+            with self.bound(params, buffers):
+                return self._module(*args, **kwargs)
+        return call
+
+    def _forward_bound(self, batch):
+        """(outputs, raw loss value, extra closure metrics) for one batch, parameters already bound."""
+        if self.closure is not None:
+            out = self.closure(self._module, batch)
+            if isinstance(out, Mapping):
+                if "loss" not in out:
+                    raise LossFunctionError("Problem(): argument 'closure' returned a dict without a 'loss' "
+                                            f"entry; received keys {sorted(out)}")
+                extra = {k: v for k, v in out.items() if k != "loss"}
+                return None, out["loss"], extra
+            return None, out, {}
+        inputs, targets = batch
+        outputs = self._module(inputs)
+        return outputs, self.loss_fn(outputs, targets), {}
+
+    def _forward_batch(self, params, batch, buffers=None):
+        with self.bound(params, buffers):
+            return self._forward_bound(batch)
+
+    def _terms_bound(self, batch: Any, n: int, metrics: bool) -> dict[str, Tensor]:
+        outputs, raw, extra = self._forward_bound(batch)
+        weight = n / self.n_samples
+        if self.reduction == "sum":
+            loss = raw / self.n_samples
+        elif self.reduction == "none":
+            loss = raw.mean() * weight
+        else:
+            loss = raw * weight if weight != 1.0 else raw
+        terms = {"loss": loss}
+        if metrics:
+            for name, fn in self._metric_fns.items():
+                value = fn(outputs, batch[1])
+                terms[name] = value * weight if weight != 1.0 else value
+            for name, v in extra.items():
+                terms[name] = torch.as_tensor(v) * weight
+        return terms
+
+    def batch_terms(self, params: Mapping[str, Tensor], batch: Any, n: int,
+                    buffers: Mapping[str, Tensor] | None = None, *, metrics: bool = True) -> dict[str, Tensor]:
+        """Per-batch contributions ``{name: n_b·value_b / N}`` (0-d tensors, differentiable) whose sum
+        over batches is the dataset mean of the loss and of each metric."""
+        with self.bound(params, buffers):
+            return self._terms_bound(batch, n, metrics)
+
+    def evaluate_tensors(self, params: Mapping[str, Tensor], *, metrics: bool = True) -> dict[str, Tensor]:
+        """Dataset means as float64 0-d tensors on the device (no host sync; ``vmap``-compatible
+        for ``bn="eval"``). Internal fast path: ``params`` are not validated."""
+        buffers = self.recalibrated_buffers(params) if self.bn == "recalibrate" and self._bn_modules else None
+        totals: dict[str, Tensor] = {}
+        with self.bound(params, buffers):
+            for batch, n in self.data:
+                for k, v in self._terms_bound(batch, n, metrics).items():
+                    v = v.to(torch.float64)
+                    totals[k] = v if k not in totals else totals[k] + v
+        return totals
+
+    def loss(self, params: Mapping[str, Tensor]) -> float:
+        """L(θ) = Σ_b n_b ℓ_b(θ) / N as a Python float."""
+        self.check_params(params, func="Problem.loss")
+        with torch.no_grad():
+            return float(self.evaluate_tensors(params, metrics=False)["loss"])
+
+    def evaluate(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        """``{"loss": L(θ), "accuracy": …, <metrics>: …}`` as Python floats."""
+        self.check_params(params, func="Problem.evaluate")
+        with torch.no_grad():
+            return {k: float(v) for k, v in self.evaluate_tensors(params).items()}
+
+    def grad(self, params: Mapping[str, Tensor]) -> P.Params:
+        """∇L(θ), accumulated batch by batch (each weighted by n_b/N), in the problem's dtype."""
+        self.check_params(params, func="Problem.grad")
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        grads = [torch.zeros_like(v) for v in leaves.values()]
+        buffers = None
+        if self.bn == "recalibrate" and self._bn_modules:
+            buffers = self.recalibrated_buffers(params)
+        for batch, n in self.data:
+            term = self.batch_terms(leaves, batch, n, buffers, metrics=False)["loss"]
+            gs = torch.autograd.grad(term, list(leaves.values()), allow_unused=True)
+            for acc, g in zip(grads, gs):
+                if g is not None:
+                    acc.add_(g)
+        return dict(zip(leaves.keys(), grads))
+
+    # ------------------------------------------------------------------------------------------
+    def recalibrated_buffers(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """BatchNorm running statistics recomputed at ``params`` from the whole data set: the
+        sample-weighted mean of per-batch statistics (exact when the data is a single batch)."""
+        names = {m: n for n, m in self._module.named_modules()}
+        buffers: dict[str, Tensor] = {}
+        for m in self._bn_modules:
+            prefix = names[m] + "." if names[m] else ""
+            buffers[prefix + "running_mean"] = torch.zeros_like(m.running_mean)
+            buffers[prefix + "running_var"] = torch.ones_like(m.running_var)
+            buffers[prefix + "num_batches_tracked"] = torch.zeros_like(m.num_batches_tracked)
+        saved = [(m, m.momentum) for m in self._bn_modules]
+        seen = 0
+        try:
+            for m in self._bn_modules:
+                m.train()
+            with torch.no_grad():
+                detached = {k: v.detach() for k, v in params.items()}
+                for batch, n in self.data:
+                    for m in self._bn_modules:
+                        m.momentum = n / (seen + n)
+                    self._forward_batch(detached, batch, buffers)
+                    seen += n
+        finally:
+            for m, mom in saved:
+                m.momentum = mom
+                m.eval()
+        return buffers
+
+    # ------------------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, str]:
+        """Fingerprints that identify the computation: model structure and fixed tensors (frozen
+        parameters, buffers), the data, the loss and the evaluation settings."""
+        h = hashlib.sha256()
+        h.update(repr(self._module).encode())
+        for n, p in self._module.named_parameters():
+            h.update(f"{n}|{tuple(p.shape)}|{n in self.param_names}".encode())
+        fixed = [(n, p) for n, p in self._module.named_parameters() if n not in self.param_names]
+        fixed += list(self._module.named_buffers())
+        h.update(P.fingerprint(fixed).encode())
+        loss_desc = _describe_callable(self.loss_fn) + "|" + _describe_callable(self.closure)
+        return {
+            "model": h.hexdigest(),
+            "data": self.data.fingerprint(),
+            "loss": loss_desc,
+            "settings": f"dtype={self.dtype}|bn={self.bn}|metrics={','.join(self.metric_names)}"
+                        f"|reduction={self.reduction}|n={self.n_samples}",
+        }
+
+    def with_dtype(self, dtype: torch.dtype) -> Problem:
+        """The same problem evaluated in another dtype (e.g. ``torch.float64`` for verification)."""
+        new = copy.copy(self)
+        new.dtype = dtype
+        new._module = new._private_copy(self.model)
+        new.data = self.data.recast(dtype)
+        new._center = P.to(self._center, dtype=dtype)
+        new._param_slots = _slots(new._module, new.param_names, buffers=False)
+        new._bn_modules = _bn_modules(new._module)
+        new.__dict__.pop("_buffer_slot_cache", None)
+        return new
+
+    def __repr__(self) -> str:
+        n_params = sum(v.numel() for v in self._center.values())
+        return (f"Problem(model={type(self.model).__name__}, params={n_params}, samples={self.n_samples}, "
+                f"batches={self.data.n_batches}, dtype={self.dtype}, device={self.device}, bn={self.bn!r}, "
+                f"metrics={self.metric_names})")
+
+
+def _slots(module: nn.Module, names, *, buffers: bool) -> dict[str, list[tuple[nn.Module, str]]]:
+    """For each parameter (or buffer) name, every (owner module, attribute) holding that tensor,
+    tied aliases included."""
+    table = dict(module.named_buffers(remove_duplicate=False) if buffers
+                 else module.named_parameters(remove_duplicate=False))
+    by_id: dict[int, list[tuple[nn.Module, str]]] = {}
+    for full, tensor in table.items():
+        prefix, _, attr = full.rpartition(".")
+        by_id.setdefault(id(tensor), []).append((module.get_submodule(prefix), attr))
+    return {name: by_id[id(table[name])] for name in names}
+
+
+def _bn_modules(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def _describe_callable(fn: Any) -> str:
+    if fn is None:
+        return "none"
+    if isinstance(fn, nn.Module):
+        return repr(fn)
+    if isinstance(fn, functools.partial):
+        return f"partial({_describe_callable(fn.func)}, {sorted(fn.keywords.items())})"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _auto_accuracy(loss: Any, outputs: Any, targets: Any) -> MetricFn | None:
+    """An accuracy metric when outputs/targets look like classification, else None."""
+    if not isinstance(outputs, Tensor) or not isinstance(targets, Tensor):
+        return None
+    if not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool:
+        if outputs.ndim == targets.ndim + 1 and outputs.ndim >= 2 and outputs.shape[1] > 1:
+            def accuracy(out: Tensor, tgt: Tensor) -> Tensor:
+                return (out.argmax(dim=1) == tgt).to(out.dtype).mean()
+            return accuracy
+        return None
+    name = type(loss).__name__ if not isinstance(loss, functools.partial) else getattr(loss.func, "__name__", "")
+    name = name or getattr(loss, "__name__", "")
+    if targets.is_floating_point() and outputs.numel() == targets.numel():
+        if name in ("BCEWithLogitsLoss", "binary_cross_entropy_with_logits"):
+            def accuracy_logits(out: Tensor, tgt: Tensor) -> Tensor:
+                return ((out.reshape(tgt.shape) > 0) == (tgt > 0.5)).to(out.dtype).mean()
+            return accuracy_logits
+        if name in ("BCELoss", "binary_cross_entropy"):
+            def accuracy_probs(out: Tensor, tgt: Tensor) -> Tensor:
+                return ((out.reshape(tgt.shape) > 0.5) == (tgt > 0.5)).to(out.dtype).mean()
+            return accuracy_probs
+    return None

@@ -1,0 +1,280 @@
+"""Loss surfaces: L(θ + Σᵢ aᵢdᵢ) over a grid of coefficients, as an ``xarray.Dataset``.
+
+Li et al., "Visualizing the Loss Landscape of Neural Nets" (2018, arXiv:1712.09913), with
+filter-normalised directions from :func:`lossatlas.directions.random`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from . import params as P
+from ._version import __version__
+from .directions import Directions
+from .errors import InvalidArgumentError, bad_type, bad_value
+from .evaluator import STRATEGIES, PointEvaluator
+from .grid import Grid
+from .problem import Problem
+from .runner import run_chunks
+from .store import FORMAT, GridStore
+
+__all__ = ["surface", "open_surface", "as_directions"]
+
+CHUNK_SECONDS = 1.0  # target compute time of one chunk when the chunk size is chosen automatically
+
+
+def as_directions(directions: Any, *, func: str = "surface") -> Directions:
+    """Accept a :class:`Directions`, one parameter dict, or a list of parameter dicts."""
+    if isinstance(directions, Directions):
+        return directions
+    if isinstance(directions, Mapping) and directions and all(isinstance(v, Tensor) for v in directions.values()):
+        return Directions([dict(directions)], {"kind": "custom", "n": 1})
+    if isinstance(directions, (list, tuple)) and directions and all(isinstance(d, Mapping) for d in directions):
+        return Directions([dict(d) for d in directions], {"kind": "custom", "n": len(directions)})
+    raise bad_type(func, "directions", "a Directions object, a parameter dict or a list of parameter dicts",
+                   directions)
+
+
+def surface(
+    problem: Problem,
+    center: Mapping[str, Tensor] | None,
+    directions: Directions | Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
+    *,
+    steps: int | Sequence[int] = 51,
+    span: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
+    strategy: str = "auto",
+    chunk: int | None = None,
+    store: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    exact_linear: bool = True,
+    metrics: bool = True,
+) -> xr.Dataset:
+    """Evaluate the loss (and metrics) at θ + Σᵢ aᵢdᵢ for every point of a grid.
+
+    One direction gives dims ``("x",)``, two ``("x", "y")``, up to four. ``steps`` points per axis
+    (odd ``steps`` with a symmetric ``span`` put θ exactly on the grid); ``span`` is a number s
+    (axis [−s, s]), a ``(lo, hi)`` pair, or one pair per axis; coordinates are in units of the
+    directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
+    in ``attrs["nan_points"]``/``attrs["inf_points"]``.
+
+    ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem). ``chunk``: points per
+    chunk of work (default: about one second of work each). ``store``: a directory (zarr) written
+    chunk by chunk; calling again with the same arguments resumes and computes only missing chunks;
+    a store made by a different computation is refused unless ``overwrite=True``.
+    ``exact_linear``: fold affine layers whose input does not depend on θ (exact algebra).
+
+    >>> import torch, lossatlas
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> x = torch.randn(64, 2)
+    >>> problem = lossatlas.Problem(net, torch.nn.MSELoss(), (x, x.sum(1, keepdim=True)))
+    >>> d = lossatlas.directions.random(problem, n=2, seed=0)
+    >>> ds = surface(problem, None, d, steps=5, span=1.0, progress=False)
+    >>> ds.loss.dims, ds.loss.shape
+    (('x', 'y'), (5, 5))
+    >>> bool(ds.loss.sel(x=0.0, y=0.0) == problem.loss(problem.params()))
+    True
+    """
+    func = "surface"
+    if not isinstance(problem, Problem):
+        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+    if center is None:
+        center = problem.params()
+    problem.check_params(center, func=func, arg="center")
+    dirs = as_directions(directions, func=func)
+    for i, d in enumerate(dirs):
+        P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
+    grid = Grid.make(len(dirs), steps, span, func=func)
+    if strategy not in STRATEGIES:
+        raise bad_value(func, "strategy", f"one of {STRATEGIES}", strategy)
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise bad_value(func, "chunk", "a positive integer (points per chunk) or None", chunk)
+    if store is not None and not isinstance(store, (str, Path)):
+        raise bad_type(func, "store", "a path (str or pathlib.Path) or None", store)
+    if not isinstance(overwrite, bool):
+        raise bad_type(func, "overwrite", "a bool", overwrite)
+
+    base = _provenance(problem, center, dirs, grid, metrics, exact_linear)
+    labels = dirs.labels
+    gstore: GridStore | None = None
+    if store is not None:
+        store = Path(store)
+        if overwrite:
+            GridStore.remove(store, func=func)
+        if GridStore.exists(store):
+            gstore = GridStore.open(store, func=func)
+            gstore.lock(func=func)
+            try:
+                stored = gstore.provenance
+                expected = dict(base)
+                expected["strategy"] = stored.get("strategy") if strategy == "auto" else strategy
+                expected["chunk_shape"] = stored.get("chunk_shape") if chunk is None else \
+                    list(grid.chunk_shape_for(chunk))
+                expected["vmap_batch"] = stored.get("vmap_batch")
+                gstore.check_provenance(expected, func=func)
+            except BaseException:
+                gstore.unlock()
+                raise
+    try:
+        if gstore is not None and not gstore.pending():
+            return open_surface(gstore.path)
+        forced = gstore.provenance["strategy"] if gstore is not None else strategy
+        vmap_batch = gstore.provenance.get("vmap_batch") if gstore is not None else None
+        with PointEvaluator(problem, center, dirs.vectors, strategy=forced, vmap_batch=vmap_batch,
+                            exact_linear=exact_linear, metrics=metrics) as evaluator:
+            if gstore is not None:
+                chunk_shape = tuple(gstore.provenance["chunk_shape"])
+            else:
+                chunk_shape = grid.chunk_shape_for(chunk or _auto_chunk(evaluator, grid))
+            prov = dict(base, strategy=evaluator.strategy, chunk_shape=list(chunk_shape),
+                        vmap_batch=evaluator.vmap_batch)
+            attrs = _attrs(prov, dirs, problem)
+            if store is not None and gstore is None:
+                gstore = GridStore.create(
+                    store, grid=grid, chunk_shape=chunk_shape, variables=evaluator.names, provenance=prov,
+                    extra_attrs=attrs, coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, labels)},
+                    write_extra=lambda tmp: _save_basis(tmp, center, dirs))
+                gstore.lock(func=func)
+            layout = grid.chunks(chunk_shape)
+            t0 = time.perf_counter()
+            values = run_chunks(layout, evaluator, evaluator.names, store=gstore, progress=progress,
+                                description=f"surface {'×'.join(map(str, grid.shape))}")
+            elapsed = time.perf_counter() - t0
+        if gstore is not None:
+            return open_surface(gstore.path)
+        done = np.ones(layout.counts, dtype=bool)
+        ds = _dataset(grid, values, labels, attrs, layout, done)
+        ds.attrs["seconds"] = elapsed
+        return ds
+    finally:
+        if gstore is not None:
+            gstore.unlock()
+
+
+def _auto_chunk(evaluator: PointEvaluator, grid: Grid) -> int:
+    per_point = evaluator.seconds_per_point
+    if per_point is None:
+        t = time.perf_counter()
+        evaluator(np.zeros((1, grid.ndim)))
+        per_point = max(time.perf_counter() - t, 1e-7)
+    by_time = max(1, int(CHUNK_SECONDS / per_point))
+    return max(1, min(by_time, math.ceil(grid.size / 8)))
+
+
+def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,
+                exact_linear: bool) -> dict[str, Any]:
+    fp = problem.fingerprint()
+    return {
+        "format": FORMAT,
+        "kind": "surface",
+        "software": f"lossatlas {__version__}; torch {torch.__version__}",
+        "model": fp["model"],
+        "data": fp["data"],
+        "loss": fp["loss"],
+        "settings": fp["settings"],
+        "center": P.fingerprint(center),
+        "directions": dirs.fingerprint(),
+        "direction_spec": json.loads(json.dumps(_jsonable(dirs.spec))),
+        "grid": [list(map(float, a)) for a in grid.axes],
+        "metrics": bool(metrics),
+        "exact_linear": bool(exact_linear),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    from .directions import _jsonable as impl
+
+    return impl(obj)
+
+
+def _attrs(prov: Mapping[str, Any], dirs: Directions, problem: Problem) -> dict[str, Any]:
+    spec = dirs.spec
+    return {
+        "kind": "surface",
+        "lossatlas_version": __version__,
+        "dtype": str(problem.dtype).replace("torch.", ""),
+        "strategy": prov["strategy"],
+        "n_samples": int(problem.n_samples),
+        "model_fingerprint": prov["model"],
+        "data_fingerprint": prov["data"],
+        "center_fingerprint": prov["center"],
+        "directions_fingerprint": prov["directions"],
+        "direction_kind": str(spec.get("kind", "custom")),
+        "direction_norm": str(spec.get("norm")),
+        "direction_ignore": str(spec.get("ignore")),
+        "direction_seed": str(spec.get("seed")),
+        "direction_labels": list(dirs.labels),
+        "max_abs_cosine": float(spec.get("max_abs_cosine", 0.0)),
+        "chunk_shape": list(prov["chunk_shape"]),
+    }
+
+
+def _save_basis(root: Path, center, dirs: Directions) -> None:
+    dirs.save(root / "directions")
+    import zarr
+
+    from .directions import write_params
+
+    write_params(zarr.open_group(str(root / "center"), mode="w", zarr_format=3), center)
+
+
+def _dataset(grid: Grid, values: Mapping[str, np.ndarray], labels: Sequence[str], attrs: Mapping[str, Any],
+             layout, done: np.ndarray) -> xr.Dataset:
+    coords = {d: (d, a, {"long_name": lab}) for d, a, lab in zip(grid.dims, grid.axes, labels)}
+    ds = xr.Dataset({k: (grid.dims, np.asarray(v, dtype=np.float64)) for k, v in values.items()}, coords=coords)
+    ds.attrs.update(attrs)
+    points_done = int(sum(int(np.prod(layout.block_shape(c))) for c in layout if done[c]))
+    loss = ds["loss"].values
+    computed = np.zeros(grid.shape, dtype=bool)
+    for c in layout:
+        if done[c]:
+            computed[layout.index(c)] = True
+    ds.attrs.update({
+        "points_total": int(grid.size),
+        "points_done": points_done,
+        "complete": int(points_done == grid.size),
+        "nan_points": int(np.isnan(loss[computed]).sum()),
+        "inf_points": int(np.isinf(loss[computed]).sum()),
+    })
+    return ds
+
+
+def open_surface(path: str | Path) -> xr.Dataset:
+    """Reopen a store written by :func:`surface` as the same Dataset (loaded into memory).
+
+    Points of chunks not yet computed are NaN; ``attrs["complete"]``, ``attrs["points_done"]`` tell
+    how far the run got, ``attrs["nan_points"]`` counts NaN results among computed points.
+    """
+    gstore = GridStore.open(path, func="open_surface")
+    attrs = {k: v for k, v in gstore.group.attrs.items()
+             if k not in ("format", "dims", "variables", "provenance")}
+    attrs["provenance"] = json.dumps(gstore.provenance, sort_keys=True)
+    attrs["store"] = str(Path(path))
+    labels = attrs.get("direction_labels") or [f"direction {i + 1}" for i in range(gstore.grid.ndim)]
+    ds = _dataset(gstore.grid, gstore.read(), labels, attrs, gstore.layout, gstore.done_mask())
+    return ds
+
+
+def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
+    """The centre and directions saved in a surface store."""
+    import zarr
+
+    from .directions import read_params
+
+    path = Path(path)
+    if not GridStore.exists(path):
+        raise InvalidArgumentError(f"open_directions(): argument 'path' must be a lossatlas store; received {str(path)!r}")
+    center = read_params(zarr.open_group(str(path / "center"), mode="r"))
+    return center, Directions.load(path / "directions")
