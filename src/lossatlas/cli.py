@@ -12,6 +12,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
 
 
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("lossatlas-demo"), "--out", help="Output directory."),
          quick: bool = typer.Option(False, "--quick", help="Smaller grids (for tests)."),
