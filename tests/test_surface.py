@@ -52,11 +52,15 @@ def test_fold_with_conv_first_layer_and_bn(cnn_data):
 
 def test_centre_equals_problem_loss_and_grid_is_symmetric(classification):
     pr, d, *_ = setup(classification)
-    ds = lossatlas.surface(pr, None, d, steps=7, span=0.5, progress=False)
+    ds = lossatlas.surface(pr, None, d, steps=7, span=0.5, progress=False, strategy="loop")
     assert ds.x.values[3] == 0.0 and ds.y.values[3] == 0.0
     np.testing.assert_array_equal(ds.x.values, -ds.x.values[::-1])
+    # the loop evaluates the centre exactly like problem.loss: bit-equal
     assert float(ds.loss.sel(x=0.0, y=0.0)) == pr.loss(pr.params())
     assert float(ds.accuracy.sel(x=0.0, y=0.0)) == pr.evaluate(pr.params())["accuracy"]
+    # vmap batches the points (other GEMM kernels): equal up to rounding
+    vm = lossatlas.surface(pr, None, d, steps=7, span=0.5, progress=False, strategy="vmap")
+    assert_close(float(vm.loss.sel(x=0.0, y=0.0)), pr.loss(pr.params()), torch.float32)
     assert ds.x.attrs["long_name"] == "filter-normalised random direction 1"
 
 

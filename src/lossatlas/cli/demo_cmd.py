@@ -1,20 +1,13 @@
-"""The ``lossatlas`` command line: a thin shell over the Python API."""
+"""``lossatlas demo``: the main job on bundled data."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
-
-
-@app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
+from ._app import app
 
 
 @app.command()
@@ -59,19 +52,3 @@ def demo(out: Path = typer.Option(Path("lossatlas-demo"), "--out", help="Output 
     fig.savefig(out / "mlp-digits-contour.png", dpi=120)
     typer.echo(f"wrote {out / 'mlp-digits-contour.png'} and {out / 'mlp-digits.zarr'} "
                f"in {time.perf_counter() - t0:.1f} s")
-
-
-def main() -> None:
-    try:
-        app()
-    except Exception as exc:  # pragma: no cover - exercised through the CLI tests
-        from .errors import LossAtlasError
-
-        if isinstance(exc, LossAtlasError) and "--debug" not in sys.argv:
-            typer.secho(f"error: {exc}", err=True, fg="red")
-            raise SystemExit(2) from None
-        raise
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,10 @@
+"""The ``lossatlas`` command line: thin commands over the Python API, one module per family.
+
+A new command family is a module ``cli/<family>_cmd.py`` that imports ``app`` from ``._app`` and
+registers its commands with ``@app.command()``; it is imported below.
+"""
+
+from ._app import app, main
+from . import demo_cmd  # noqa: F401,E402  (registers commands)
+
+__all__ = ["app", "main"]

@@ -1,0 +1,34 @@
+"""The typer application and the error policy shared by every command.
+
+Errors of lossatlas's own type print one red line and exit with status 2; ``--debug`` (anywhere on
+the command line) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    from ..errors import LossAtlasError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="lossatlas")
+    except LossAtlasError as exc:
+        if debug:
+            raise
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise SystemExit(2) from None
