@@ -159,7 +159,8 @@ def test_registry_contract(zoo):
     other = P.axpy(0.1, theta, theta)
     third = P.axpy(-0.2, theta, theta)
     calls = {"random": lambda: D.random(zoo, n=2, seed=0), "between": lambda: D.between(theta, other),
-             "plane": lambda: D.plane(theta, other, third)}
+             "plane": lambda: D.plane(theta, other, third),
+             "axes": lambda: D.axes(theta, ["lin.weight[1, 2]", "lin.bias[0]"])}
     assert set(calls) == set(D.REGISTRY)
     for kind, call in calls.items():
         a, b = call(), call()

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import params as P
 from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value
 
-__all__ = ["Directions", "random", "between", "plane", "filter_layout", "REGISTRY"]
+__all__ = ["Directions", "random", "between", "plane", "axes", "filter_layout", "REGISTRY"]
 
 NORMS = ("filter", "layer", "model", None)
 
@@ -408,6 +408,47 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
                                             else "direction a → c (orthogonalised)"]})
 
 
+def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -> Directions:
+    """Unit directions along single parameters: ``"w0"`` (a scalar parameter) or an element such as
+    ``"fc.weight[3, 2]"``. Coordinates of a surface are then plain offsets of those parameters.
+
+    >>> import torch
+    >>> d = axes({"w0": torch.tensor(1.0), "w1": torch.tensor(2.0)}, ["w0", "w1"])
+    >>> [float(v["w0"]) for v in d], d.labels
+    ([1.0, 0.0], ['w0', 'w1'])
+    """
+    func = "directions.axes"
+    params, _ = _resolve_source(params, None, func)
+    _check_params(params, func)
+    if isinstance(names, str) or not names:
+        raise bad_value(func, "names", "a non-empty list of parameter names", names)
+    vectors = []
+    for spec in names:
+        base, _, rest = str(spec).partition("[")
+        if base not in params:
+            raise bad_value(func, "names", f"names of parameters ({_short_list(list(params))})", spec)
+        t = params[base]
+        index: tuple[int, ...] = ()
+        if rest:
+            try:
+                index = tuple(int(i) for i in rest.rstrip("]").split(","))
+                torch.zeros(t.shape)[index]
+            except (ValueError, IndexError) as exc:
+                raise bad_value(func, "names", f"a valid element index of {base!r} with shape {tuple(t.shape)}",
+                                spec) from exc
+        if len(index) != t.ndim:
+            raise bad_value(func, "names", f"a full element index of {base!r} (shape {tuple(t.shape)})", spec)
+        d = {k: torch.zeros_like(v) for k, v in params.items()}
+        d[base][index] = 1.0
+        vectors.append(d)
+    return Directions(vectors, {"kind": "axes", "n": len(names), "norm": None, "names": list(map(str, names)),
+                                "labels": [str(n) for n in names]})
+
+
+def _short_list(items: Sequence[str], limit: int = 6) -> str:
+    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
+
+
 def _resolve_source(source: Any, model: nn.Module | None, func: str):
     """(params, model) from a dict of parameters, an ``nn.Module`` or a ``Problem``."""
     from .problem import Problem
@@ -444,4 +485,5 @@ def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: st
 
 
 #: Direction factories by kind; contract tests iterate over these (later: "pca", "hessian").
-REGISTRY: dict[str, Callable[..., Directions]] = {"random": random, "between": between, "plane": plane}
+REGISTRY: dict[str, Callable[..., Directions]] = {"random": random, "between": between, "plane": plane,
+                                                   "axes": axes}

@@ -1,0 +1,136 @@
+"""Resolving a command's TARGET into a problem and a centre.
+
+TARGET is one of:
+
+* a built-in example name (``lossatlas examples`` lists them), e.g. ``mlp-digits``;
+* ``path/to/file.py:function`` where ``function()`` returns a :class:`~lossatlas.Problem`, a pair
+  ``(problem, center)`` or an :class:`~lossatlas.examples.Example`;
+* either of those plus ``--checkpoint FILE``: a ``state_dict`` (or a dict holding one under
+  ``"state_dict"``/``"model"``) whose trainable entries become the centre.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import params as P
+from ..errors import InvalidArgumentError
+from ..problem import Problem
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Target:
+    """What a command works on: the problem, the centre θ and where they came from."""
+
+    name: str
+    problem: Problem
+    center: P.Params
+    description: str = ""
+    example: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def default_directions(self, n: int = 2, *, seed: int = 0):
+        from .. import directions as D
+
+        if self.example is not None:
+            return self.example.default_directions(n=n, seed=seed)
+        return D.random(self.problem, n=n, seed=seed)
+
+
+def parse_dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"--dtype must be one of {sorted(DTYPES)}; received {dtype!r}")
+    return DTYPES[dtype]
+
+
+def resolve(target: str, *, checkpoint: Path | None = None, dtype: str | None = None,
+            device: str | None = None) -> Target:
+    """Turn TARGET (+ optional checkpoint) into a :class:`Target`."""
+    from .. import examples
+
+    torch_dtype = parse_dtype(dtype)
+    if ":" in target and target.split(":", 1)[0].endswith(".py"):
+        resolved = _from_file(target, torch_dtype, device)
+    elif target in examples.names():
+        ex = examples.load(target, dtype=torch_dtype, device=device)
+        resolved = Target(target, ex.problem, ex.center, ex.description, example=ex)
+    else:
+        raise InvalidArgumentError(
+            f"TARGET must be an example name ({', '.join(examples.names())}) or path/to/file.py:function; "
+            f"received {target!r}")
+    if checkpoint is not None:
+        resolved.center = _center_from_checkpoint(checkpoint, resolved.problem)
+        resolved.name += f" @ {Path(checkpoint).name}"
+    return resolved
+
+
+def _from_file(target: str, dtype: torch.dtype | None, device: str | None) -> Target:
+    path_text, func_name = target.rsplit(":", 1)
+    path = Path(path_text)
+    if not path.exists():
+        raise InvalidArgumentError(f"TARGET file {str(path)!r} does not exist (expected path/to/file.py:function)")
+    module_name = f"_lossatlas_target_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidArgumentError(f"TARGET file {str(path)!r} cannot be imported as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise InvalidArgumentError(f"TARGET {target!r}: {str(path)!r} has no function {func_name!r}")
+    out = fn()
+    from ..examples import Example
+
+    if isinstance(out, Example):
+        problem, center, desc, ex = out.problem, out.center, out.description, out
+    elif isinstance(out, Problem):
+        problem, center, desc, ex = out, out.params(), "", None
+    elif isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Problem):
+        problem, center, desc, ex = out[0], dict(out[1]), "", None
+    else:
+        raise InvalidArgumentError(f"TARGET {target!r} must return a Problem, (Problem, center) or an Example; "
+                                   f"received {type(out).__name__}")
+    if dtype is not None and dtype != problem.dtype:
+        problem = problem.with_dtype(dtype)
+        center = P.to(center, dtype=dtype)
+    if device is not None and torch.device(device) != problem.device:
+        raise InvalidArgumentError(f"--device {device!r}: build the Problem on that device in {str(path)!r} "
+                                   f"(it is on {problem.device})")
+    problem.check_params(center, func=func_name, arg="center")
+    return Target(f"{path.name}:{func_name}", problem, center, desc, example=ex)
+
+
+def _center_from_checkpoint(path: Path, problem: Problem) -> P.Params:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidArgumentError(f"--checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidArgumentError(f"--checkpoint {str(path)!r} could not be read by torch.load: {exc}") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise InvalidArgumentError(f"--checkpoint {str(path)!r} must hold a state_dict; received {type(state).__name__}")
+    missing = [n for n in problem.param_names if n not in state]
+    if missing:
+        raise InvalidArgumentError(f"--checkpoint {str(path)!r} lacks parameters of the model: {missing[:4]}")
+    center = {n: state[n].to(dtype=problem.dtype, device=problem.device) for n in problem.param_names}
+    problem.check_params(center, func="--checkpoint", arg="state_dict")
+    return center
