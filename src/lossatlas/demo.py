@@ -177,6 +177,8 @@ def _mlp_digits(out: Path, quick: bool, progress: bool, files: list[str]) -> dic
     names.append(_save(plot.contour(ds, levels=30, vmax=vmax), out, "mlp-digits-contour.png", files))
     names.append(_save(plot.contour(ds, filled=True, levels=30, vmax=vmax), out, "mlp-digits-filled.png", files))
     names.append(_save(plot.surface3d(ds, log=True), out, "mlp-digits-3d.png", files))
+    plot.save_html(plot.interactive(ds, log=True, title="mlp-digits: log10 loss (drag to rotate)"),
+                   out / "mlp-digits-3d.html")
     fig, axs = plt.subplots(1, 2, figsize=(11, 3.8))
     checks = {}
     for i, ax in enumerate(axs):
@@ -189,6 +191,7 @@ def _mlp_digits(out: Path, quick: bool, progress: bool, files: list[str]) -> dic
     loss = ds.loss.values
     return {
         "example": "mlp-digits", "description": ex.description, "figures": names, "stores": ["mlp-digits-plane.zarr"],
+        "interactive": "mlp-digits-3d.html",
         "grid": list(ds.loss.shape), "seconds": seconds, "strategy": ds.attrs["strategy"],
         "loss_at_theta": pr.loss(ex.center), "loss_min": float(np.nanmin(loss)), "loss_max": float(np.nanmax(loss)),
         "accuracy_at_theta": pr.evaluate(ex.center).get("accuracy"), "slices": checks,
@@ -242,6 +245,8 @@ def _markdown(summary: dict[str, Any]) -> str:
             lines += [f"- {sec['grid'][0]}×{sec['grid'][1]} grid in {sec['seconds']:.1f} s ({sec['strategy']} "
                       f"strategy); loss at θ* {sec['loss_at_theta']:.4f}, range {sec['loss_min']:.4f} – "
                       f"{sec['loss_max']:.2f}", ""]
+        if sec.get("interactive"):
+            lines += [f"Interactive 3-D view: [{sec['interactive']}]({sec['interactive']})", ""]
         if sec.get("stores"):
             lines += ["Stores (reopen with `lossatlas plot STORE` / `lossatlas info STORE`): " +
                       ", ".join(f"`{s}`" for s in sec["stores"]), ""]
