@@ -80,13 +80,29 @@ class PointEvaluator:
         problem = self.problem
         m = len(coefficients)
         out = torch.empty((len(self.names), m), dtype=torch.float64, device=problem.device)
-        for i, c in enumerate(coefficients):
-            c = tuple(float(v) for v in c)
-            params = P.lincomb(self.center, self.directions, c)
-            if self.fold is not None:
-                self.fold.coefficients = c
-            values = problem.evaluate_tensors(params, metrics=self.metrics)
-            out[:, i] = torch.stack([values[k] for k in self.names])
+        keys = list(self.center)
+        base = [self.center[k] for k in keys]
+        dirs = [[d[k] for k in keys] for d in self.directions]
+        recalibrate = problem.bn == "recalibrate" and bool(problem._bn_modules)
+        # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ
+        # computed from θ afresh (copy, then axpy per direction): never accumulated steps
+        buf = [t.clone() for t in base]
+        params = dict(zip(keys, buf))
+        with contextlib.ExitStack() as stack:
+            if not recalibrate:
+                stack.enter_context(problem.bound(params))
+            for i, c in enumerate(coefficients):
+                c = tuple(float(v) for v in c)
+                torch._foreach_copy_(buf, base)
+                for a, d in zip(c, dirs):
+                    if a != 0.0:
+                        torch._foreach_add_(buf, d, alpha=a)
+                if self.fold is not None:
+                    self.fold.coefficients = c
+                values = problem.evaluate_tensors(params, metrics=self.metrics) if recalibrate else \
+                    problem.evaluate_bound(metrics=self.metrics)
+                for j, k in enumerate(self.names):
+                    out[j, i] = values[k]
         if self.fold is not None:
             self.fold.coefficients = None
         host = out.cpu().numpy()
