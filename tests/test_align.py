@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.func import functional_call
 
 import lossatlas
@@ -217,3 +219,25 @@ def test_alignment_apply_and_modules_as_inputs(classification):
     for k, v in model.state_dict().items():
         assert torch.allclose(again[k], v)
     assert np.isfinite(result.objective_after)
+
+
+@given(widths=st.lists(st.integers(1, 9), min_size=1, max_size=3), seed=st.integers(0, 2**16))
+def test_random_relabellings_of_random_mlps(widths, seed):
+    """Always: the same function, a higher matching objective, a shorter distance (‖b‖ is unchanged, so
+    ‖a − Pb‖² = ‖a − b‖² − 2Δobjective). With one hidden layer the single assignment problem is solved
+    exactly, so the relabelling is undone; deeper, coordinate ascent may stop at a local optimum."""
+    torch.manual_seed(seed)
+    model = examples.mlp([5, *widths, 3], activation=torch.nn.Tanh).double()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    spec = permutation_spec(model)
+    shuffled = permute(state, spec, random_perms(spec, seed))
+    x = torch.randn(20, 5, dtype=torch.float64)
+    assert (outputs(model, state, x) - outputs(model, shuffled, x)).abs().max() < 1e-12
+    result = lossatlas.align(state, shuffled, model, seed=seed)
+    assert result.max_output_difference < 1e-12
+    assert result.objective_after >= result.objective_before
+    assert result.distance_after <= result.distance_before + 1e-12
+    gain = result.objective_after - result.objective_before
+    assert result.distance_after ** 2 == pytest.approx(result.distance_before ** 2 - 2 * gain, rel=1e-9, abs=1e-9)
+    if len(widths) == 1:
+        assert result.distance_after == 0.0

@@ -4,6 +4,8 @@ straight line's barrier."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import lossatlas
 from lossatlas import examples
@@ -141,3 +143,12 @@ def test_bad_inputs(tiny, kwargs, error, words):
         c.point(1.5)
     with pytest.raises(lossatlas.InvalidArgumentError, match="'steps'"):
         c.evaluate(1)
+
+
+@given(kind=st.sampled_from(["bezier", "polychain"]), bends=st.integers(1, 5),
+       t=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=20))
+def test_coefficients_are_a_partition_of_unity(kind, bends, t):
+    c = coefficients(kind, bends, np.array(t))
+    assert np.all(c >= -1e-15) and np.allclose(c.sum(1), 1.0, rtol=0, atol=1e-13)
+    # evenly spaced control points on a line reproduce the line
+    np.testing.assert_allclose(c @ (np.arange(bends + 2) / (bends + 1)), t, atol=1e-13)

@@ -5,6 +5,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import lossatlas
 from lossatlas import params as P
@@ -181,3 +183,15 @@ def test_every_paths_call_leaves_the_users_model_alone(cnn_data, tmp_path):
     # the problem's private copy is back in eval mode with its statistics intact
     assert all(not m.training for m in problem._module.modules())
     assert problem.loss(a) == lossatlas.Problem(model, loss_fn, (x, y)).loss(a)
+
+
+@given(st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=2, max_size=30))
+def test_path_metrics_properties(values):
+    f = np.array(values)
+    t = np.linspace(0.0, 1.0, len(f))
+    m = path_metrics(t, f, tol=0.0)
+    assert m["barrier"] >= 0.0 and m["barrier_linear"] >= m["barrier"] - 1e-12
+    brute = max(max(f[j] - f[i] for i in range(len(f)) for j in range(i, len(f))), 0.0)
+    assert m["largest_bump"] == pytest.approx(brute, abs=1e-12)
+    assert m["mli"] == int(bool(np.all(np.diff(f) <= 0)))
+    assert m["max_loss"] == f.max() and t[0] <= m["barrier_t"] <= t[-1]

@@ -9,7 +9,9 @@ permutation group P_ℓ, the reordering of ``b``'s units that maximises
 
 by coordinate ascent: each step fixes every other group and solves a linear assignment problem
 (``scipy.optimize.linear_sum_assignment``) for one group, in a seeded random order, until no group
-improves. Which axes share a group is read from the model's graph (:mod:`lossatlas._permspec`).
+improves. Each step raises the objective, hence lowers ‖a − P(b)‖ (P(b) has the norm of b); with one
+permutation group the optimum is exact, with several coordinate ascent may stop at a local optimum
+(as in the paper). Which axes share a group is read from the model's graph (:mod:`lossatlas._permspec`).
 """
 
 from __future__ import annotations
