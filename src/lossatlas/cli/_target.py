@@ -119,15 +119,9 @@ def _center_from_checkpoint(path: Path, problem: Problem) -> P.Params:
     path = Path(path)
     if not path.exists():
         raise InvalidArgumentError(f"--checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidArgumentError(f"--checkpoint {str(path)!r} could not be read by torch.load: {exc}") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise InvalidArgumentError(f"--checkpoint {str(path)!r} must hold a state_dict; received {type(state).__name__}")
+    from ..trajectory import load_state
+
+    state = load_state(path)
     missing = [n for n in problem.param_names if n not in state]
     if missing:
         raise InvalidArgumentError(f"--checkpoint {str(path)!r} lacks parameters of the model: {missing[:4]}")

@@ -84,17 +84,22 @@ def seed_relu(*, dtype=None, device=None, cache=True) -> Example:
                    info={"inputs": SEED_X, "targets": SEED_X})
 
 
+def _trained_linear(name: str, data_name: str, x, y, model: nn.Module, loss_fn, *, convex: bool, steps: int,
+                    lr: float, weight_decay: float = 0.0, dtype=None, device=None, cache=True) -> Example:
+    """A model linear in its parameters (up to an output non-linearity), trained by full-batch Adam."""
+    key = {"name": name, "steps": steps, "lr": lr, **({"wd": weight_decay} if weight_decay else {})}
+    trained(model, key, lambda m: fit(m, loss_fn, x, y, steps=steps, lr=lr, weight_decay=weight_decay), cache=cache)
+    return _finish(name, model, loss_fn, (x, y), dtype=dtype, device=device, convex=convex, family="linear",
+                   description=REGISTRY_DESC[name], info={"data": data_name})
+
+
 @register("linreg-mse", "linear regression with the squared loss on the diabetes data: a quadratic, convex",
           convex=True, family="linear")
 def linreg_mse(*, dtype=None, device=None, cache=True) -> Example:
     x, y = _data.diabetes()
     torch.manual_seed(0)
-    model = nn.Linear(x.shape[1], 1)
-    loss_fn = nn.MSELoss()
-    trained(model, {"name": "linreg-mse", "steps": 400, "lr": 0.05},
-            lambda m: fit(m, loss_fn, x, y, steps=400, lr=0.05), cache=cache)
-    return _finish("linreg-mse", model, loss_fn, (x, y), dtype=dtype, device=device, convex=True, family="linear",
-                   description=REGISTRY_DESC["linreg-mse"], info={"data": "diabetes"})
+    return _trained_linear("linreg-mse", "diabetes", x, y, nn.Linear(x.shape[1], 1), nn.MSELoss(), convex=True,
+                           steps=400, lr=0.05, dtype=dtype, device=device, cache=cache)
 
 
 @register("logreg-bce", "logistic regression with binary cross-entropy on breast cancer: convex in the weights",
@@ -102,12 +107,8 @@ def linreg_mse(*, dtype=None, device=None, cache=True) -> Example:
 def logreg_bce(*, dtype=None, device=None, cache=True) -> Example:
     x, y = _data.breast_cancer()
     torch.manual_seed(0)
-    model = nn.Linear(x.shape[1], 1)
-    loss_fn = nn.BCEWithLogitsLoss()
-    trained(model, {"name": "logreg-bce", "steps": 300, "lr": 0.05, "wd": 1e-3},
-            lambda m: fit(m, loss_fn, x, y, steps=300, lr=0.05, weight_decay=1e-3), cache=cache)
-    return _finish("logreg-bce", model, loss_fn, (x, y), dtype=dtype, device=device, convex=True, family="linear",
-                   description=REGISTRY_DESC["logreg-bce"], info={"data": "breast cancer"})
+    return _trained_linear("logreg-bce", "breast cancer", x, y, nn.Linear(x.shape[1], 1), nn.BCEWithLogitsLoss(),
+                           convex=True, steps=300, lr=0.05, weight_decay=1e-3, dtype=dtype, device=device, cache=cache)
 
 
 class _SigmoidOut(nn.Module):
@@ -126,12 +127,8 @@ class _SigmoidOut(nn.Module):
 def logreg_mse(*, dtype=None, device=None, cache=True) -> Example:
     x, y = _data.breast_cancer()
     torch.manual_seed(0)
-    model = _SigmoidOut(x.shape[1])
-    loss_fn = nn.MSELoss()
-    trained(model, {"name": "logreg-mse", "steps": 300, "lr": 0.05},
-            lambda m: fit(m, loss_fn, x, y, steps=300, lr=0.05), cache=cache)
-    return _finish("logreg-mse", model, loss_fn, (x, y), dtype=dtype, device=device, convex=False, family="linear",
-                   description=REGISTRY_DESC["logreg-mse"], info={"data": "breast cancer"})
+    return _trained_linear("logreg-mse", "breast cancer", x, y, _SigmoidOut(x.shape[1]), nn.MSELoss(), convex=False,
+                           steps=300, lr=0.05, dtype=dtype, device=device, cache=cache)
 
 
 @register("softmax-ce", "multinomial logistic regression (softmax + cross-entropy) on digits: convex",
@@ -139,12 +136,8 @@ def logreg_mse(*, dtype=None, device=None, cache=True) -> Example:
 def softmax_ce(*, dtype=None, device=None, cache=True) -> Example:
     x, y = _data.digits()
     torch.manual_seed(0)
-    model = nn.Linear(64, 10)
-    loss_fn = nn.CrossEntropyLoss()
-    trained(model, {"name": "softmax-ce", "steps": 300, "lr": 0.05, "wd": 1e-3},
-            lambda m: fit(m, loss_fn, x, y, steps=300, lr=0.05, weight_decay=1e-3), cache=cache)
-    return _finish("softmax-ce", model, loss_fn, (x, y), dtype=dtype, device=device, convex=True, family="linear",
-                   description=REGISTRY_DESC["softmax-ce"], info={"data": "digits"})
+    return _trained_linear("softmax-ce", "digits", x, y, nn.Linear(64, 10), nn.CrossEntropyLoss(), convex=True,
+                           steps=300, lr=0.05, weight_decay=1e-3, dtype=dtype, device=device, cache=cache)
 
 
 @register("mlp-digits", "MLP 64-128-128-10 (ReLU, 26,122 parameters) trained on the 1797 digits with "
