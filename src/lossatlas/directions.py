@@ -487,3 +487,16 @@ def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: st
 #: Direction factories by kind; contract tests iterate over these (later: "pca", "hessian").
 REGISTRY: dict[str, Callable[..., Directions]] = {"random": random, "between": between, "plane": plane,
                                                    "axes": axes}
+
+
+def hessian(problem: Any, theta: Mapping[str, Tensor] | None = None, n: int = 2, which: str = "extremes",
+            **kwargs: Any) -> Directions:
+    """Hessian eigenvectors as directions (λmax and λmin for ``which="extremes"``, the n largest for
+    ``"top"``); see :func:`lossatlas.curvature.hessian_directions` for the options."""
+    from .curvature.hessian_directions import hessian_directions
+
+    return hessian_directions(problem, theta, n, which, **kwargs)
+
+
+REGISTRY["hessian"] = hessian
+__all__.append("hessian")
