@@ -26,6 +26,11 @@ __all__ = ["eigenvalues", "WHICH"]
 WHICH = ("largest", "smallest", "both", "magnitude")
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_PRODUCTS = 1000
+#: fewest products before convergence may be declared. The lower end of a network's Hessian
+#: spectrum sits in a bulk of near-zero eigenvalues, where a tiny Krylov space yields small
+#: residuals before the most negative eigenvalue emerges (ARPACK's default basis is 20 too); the
+#: top end is usually a few well-separated outliers.
+MIN_STEPS = {"largest": 10, "magnitude": 10, "smallest": 20, "both": 20}
 
 
 def _priority(which: str):
@@ -104,7 +109,8 @@ def solve(op: CurvatureOperator, *, k: int, which: str, tol: float, seed: int, m
     label = {"largest": "λmax", "smallest": "λmin", "both": "λmin, λmax", "magnitude": "max |λ|"}[which]
     with progress_bar(limit, f"Lanczos {label}", enabled=progress, unit="products") as advance:
         found = extreme_pairs(op.mv, v0, priority=_priority(which), k=wanted, tol=tol, max_products=limit,
-                              basis=basis, breakdown=breakdown_tolerance(op.dtype), on_product=lambda: advance(1))
+                              basis=basis, breakdown=breakdown_tolerance(op.dtype), min_steps=MIN_STEPS[which],
+                              on_product=lambda: advance(1))
     vectors = found.vectors / torch.linalg.vector_norm(found.vectors, dim=0, keepdim=True)
     vectors = _fix_signs(vectors)
     images = op.mm(vectors).to(torch.float64)

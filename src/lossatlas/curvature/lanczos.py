@@ -101,16 +101,25 @@ def breakdown_tolerance(dtype: torch.dtype) -> float:
 
 
 def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray], np.ndarray], k: int, tol: float,
-                  max_products: int, basis: int, breakdown: float,
+                  max_products: int, basis: int, breakdown: float, min_steps: int = 10,
                   on_product: Callable[[], None] = lambda: None) -> PairsResult:
     """Thick-restart Lanczos for the ``k`` Ritz pairs first in ``priority(theta)`` (an ordering of the
-    indices of the ascending Ritz values), until every one has β|s_m| ≤ tol · max|θ|."""
+    indices of the ascending Ritz values).
+
+    Stops when every wanted pair has β|s_m| ≤ tol · max|θ| *and* the wanted Ritz values moved by at
+    most that much over the last max(2, m/10) steps, after at least ``min_steps`` products (or on
+    an exact breakdown). A residual alone certifies that *an* eigenvalue lies within it, not that it
+    is the extreme one: in a small Krylov space the smallest Ritz value sits in the bulk of
+    near-zero eigenvalues with a small residual long before the most negative eigenvalue emerges.
+    """
     n = v0.numel()
     basis = int(min(n, max(basis, k + 3)))
+    min_steps = min(n, max(min_steps, k))
     K = Krylov(n, basis, device=v0.device, breakdown=breakdown)
     K.start(v0)
     products = restarts = 0
     keep_count = max(k + 1, (basis + k) // 2)
+    history: list[tuple[int, np.ndarray]] = []
     while True:
         alive = True
         while K.size < basis and products < max_products and alive:
@@ -124,7 +133,10 @@ def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray]
             order = priority(theta)[:k]
             scale = float(np.abs(theta).max())
             est = K.beta * np.abs(S[m - 1, order])
-            if not alive or bool(np.all(est <= tol * scale)):
+            history.append((products, theta[order]))
+            if not alive:
+                return _finish(K, theta, S, order, est, scale, products, restarts, exhausted=False)
+            if products >= min_steps and np.all(est <= tol * scale) and _stagnant(history, products, tol * scale):
                 return _finish(K, theta, S, order, est, scale, products, restarts, exhausted=False)
         if products >= max_products or K.size < basis or keep_count >= K.size:
             theta, S = K.ritz()
@@ -135,6 +147,13 @@ def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray]
         theta, S = K.ritz()
         K.restart(theta, S, priority(theta)[:keep_count])
         restarts += 1
+
+
+def _stagnant(history: list[tuple[int, np.ndarray]], products: int, threshold: float) -> bool:
+    """Whether the wanted Ritz values moved by at most ``threshold`` over the last max(2, m/10) products."""
+    back = products - max(2, products // 10)
+    past = [values for p, values in history if p <= back]
+    return bool(past) and float(np.max(np.abs(history[-1][1] - past[-1]))) <= threshold
 
 
 def _finish(K: Krylov, theta, S, order, est, scale, products, restarts, *, exhausted: bool) -> PairsResult:

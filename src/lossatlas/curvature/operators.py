@@ -70,7 +70,6 @@ class CurvatureOperator:
         self._point = {k: leaf_of.get(k, v) for k, v in self.theta.items()}
         self._buffers = (problem.recalibrated_buffers(self.theta)
                          if problem.bn == "recalibrate" and problem._bn_modules else None)
-        self._batched_ok = True
         self._graphs: list[Any] | None = None
         self.retained = self._decide_retain(retain)
 
@@ -140,16 +139,15 @@ class CurvatureOperator:
                 yield self._graph(batch, n)
 
     # -- products ----------------------------------------------------------------------------------
-    def _split(self, v: Tensor, batched: bool) -> list[Tensor]:
+    def _split(self, v: Tensor) -> list[Tensor]:
         parts, start = [], 0
         for name, leaf in zip(self.names, self._leaves):
             size = self.sizes[name]
-            piece = v[..., start:start + size] if batched else v[start:start + size]
-            parts.append(piece.reshape((v.shape[0], *leaf.shape) if batched else leaf.shape))
+            parts.append(v[start:start + size].reshape(leaf.shape))
             start += size
         return parts
 
-    def _backward(self, graph: tuple, parts: list[Tensor], batched: bool) -> list[Tensor | None]:
+    def _backward(self, graph: tuple, parts: list[Tensor]) -> list[Tensor | None]:
         """One batch's contribution to the product with ``parts`` (already split and shaped)."""
         kind, data = graph
         keep = self._graphs is not None
@@ -157,30 +155,27 @@ class CurvatureOperator:
             if not data:
                 return [None] * len(self._leaves)
             return list(torch.autograd.grad([g for _, g in data], self._leaves, [parts[i] for i, _ in data],
-                                            retain_graph=keep, allow_unused=True, is_grads_batched=batched))
+                                            retain_graph=keep, allow_unused=True))
         if data is None or not data[4]:
             return [None] * len(self._leaves)
         outputs, out_leaf, g_out, u, pairs = data
-        (jv,) = torch.autograd.grad([g for _, g in pairs], u, [parts[i] for i, _ in pairs], retain_graph=True,
-                                    is_grads_batched=batched)
+        # J v as the derivative of the linear map u ↦ Jᵀu (two reverse passes, no forward mode needed)
+        (jv,) = torch.autograd.grad([g for _, g in pairs], u, [parts[i] for i, _ in pairs], retain_graph=True)
         if not g_out.requires_grad:  # loss linear in the output: no curvature
             return [None] * len(self._leaves)
-        (hjv,) = torch.autograd.grad(g_out, out_leaf, jv, retain_graph=True, is_grads_batched=batched)
-        return list(torch.autograd.grad(outputs, self._leaves, hjv, retain_graph=keep, allow_unused=True,
-                                        is_grads_batched=batched))
+        (hjv,) = torch.autograd.grad(g_out, out_leaf, jv, retain_graph=True)
+        return list(torch.autograd.grad(outputs, self._leaves, hjv, retain_graph=keep, allow_unused=True))
 
-    def _product(self, v: Tensor, batched: bool) -> Tensor:
-        parts = self._split(v, batched)
+    def _product(self, v: Tensor) -> Tensor:
+        parts = self._split(v)
         total: list[Tensor | None] = [None] * len(self._leaves)
         with torch.enable_grad():
             for graph in self._graphs_iter():
-                for i, g in enumerate(self._backward(graph, parts, batched)):
+                for i, g in enumerate(self._backward(graph, parts)):
                     if g is not None:
                         total[i] = g if total[i] is None else total[i] + g
-        lead = (v.shape[0],) if batched else ()
-        out = [(t if t is not None else torch.zeros(lead + leaf.shape, dtype=self.dtype, device=self.device))
-               .reshape(*lead, -1) for t, leaf in zip(total, self._leaves)]
-        return torch.cat(out, dim=-1)
+        return torch.cat([(t if t is not None else torch.zeros_like(leaf)).reshape(-1)
+                          for t, leaf in zip(total, self._leaves)])
 
     def _as_input(self, v: Any, ndim: tuple[int, ...], func: str) -> Tensor:
         if not isinstance(v, Tensor):
@@ -196,22 +191,14 @@ class CurvatureOperator:
         """The product ``A v`` for a 1-D tensor ``v`` (returned in the operator's dtype and device)."""
         v = self._as_input(v, (1,), "CurvatureOperator.mv")
         self.products += 1
-        return self._product(v, batched=False)
+        return self._product(v)
 
     def mm(self, vs: Tensor) -> Tensor:
-        """``A V`` for the columns of a 2-D tensor ``V`` of shape (n, k), computed in one vectorised
-        backward pass when the model allows it (else column by column)."""
+        """``A V`` for the columns of a 2-D tensor ``V`` of shape (n, k), one product per column (on
+        CPU a loop of single products is faster than a vectorised backward pass, see the benchmark)."""
         vs = self._as_input(vs, (2,), "CurvatureOperator.mm")
-        if vs.ndim == 1:
-            return self.mv(vs).unsqueeze(1)
-        k = vs.shape[1]
-        self.products += k
-        if k > 1 and self._batched_ok:
-            try:
-                return self._product(vs.T.contiguous(), batched=True).T
-            except RuntimeError:
-                self._batched_ok = False  # an operation without a batching rule: fall back to a loop
-        return torch.stack([self._product(vs[:, j], batched=False) for j in range(k)], dim=1)
+        self.products += vs.shape[1]
+        return torch.stack([self._product(vs[:, j]) for j in range(vs.shape[1])], dim=1)
 
     def __matmul__(self, v: Tensor) -> Tensor:
         if isinstance(v, Tensor) and v.ndim == 2:
