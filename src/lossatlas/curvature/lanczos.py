@@ -12,6 +12,9 @@ The basis is kept in float64 and every new vector is orthogonalised twice agains
 ones (classical Gram–Schmidt applied twice), so the projected matrix T = Vᵀ A V is the exact
 Rayleigh–Ritz matrix up to rounding and no spurious copies of eigenvalues appear. A Ritz pair
 (θ, y = V s) then has residual ‖A y − θ y‖ = β |s_m| with β the norm of the last residual vector.
+When the basis spans an invariant subspace (β ≈ 0), the eigenpair search goes on from a random
+vector orthogonal to it, so eigenvalues the start vector cannot reach (a second copy of a repeated
+eigenvalue, a block the start vector misses) are still found.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ MatVec = Callable[[Tensor], Tensor]
 class Krylov:
     """An orthonormal basis V (n × (m+1), float64) and the projected matrix T, grown one product at a time."""
 
-    def __init__(self, n: int, m: int, *, device: torch.device, breakdown: float):
+    def __init__(self, n: int, m: int, *, device: torch.device, breakdown: float, deflate: bool = False):
         self.n, self.m = n, m
         self.V = torch.zeros(n, m + 1, dtype=torch.float64, device=device)
         self.T = np.zeros((m + 1, m + 1))
         self.size = 0        # columns of T computed (products taken)
         self.beta = 0.0      # norm of the last residual vector (0 after an exact breakdown)
         self.breakdown = breakdown
+        self.deflate = deflate  # on breakdown, continue from a random vector orthogonal to the basis
         self.scale = 0.0     # largest |diagonal| seen: the scale of "small" residuals
 
     def start(self, v0: Tensor) -> None:
@@ -44,22 +48,30 @@ class Krylov:
         self.size = 0
 
     def step(self, matvec: MatVec) -> bool:
-        """One product; returns False on breakdown (the basis spans an invariant subspace)."""
+        """One product; returns False when no further basis vector exists: the whole space is spanned,
+        or (without ``deflate``) the basis spans an invariant subspace."""
         j = self.size
         w = matvec(self.V[:, j]).to(torch.float64)
         basis = self.V[:, : j + 1]
-        h = basis.T @ w
-        w = w - basis @ h
-        h2 = basis.T @ w
-        w = w - basis @ h2
-        h = (h + h2).cpu().numpy()
+        w, h = _orthogonalise(w, basis)
+        h = h.cpu().numpy()
         self.T[: j + 1, j] = h
         self.scale = max(self.scale, abs(float(h[j])))
         beta = float(torch.linalg.vector_norm(w))
         self.size = j + 1
-        if beta <= self.breakdown * max(self.scale, np.abs(h).max(initial=0.0)) or self.size >= self.n:
+        if self.size >= self.n:
             self.beta = 0.0
             return False
+        if beta <= self.breakdown * max(self.scale, np.abs(h).max(initial=0.0)):
+            # invariant subspace: the Ritz pairs so far are exact (residual 0)
+            self.beta = 0.0
+            if not self.deflate:
+                return False
+            gen = torch.Generator().manual_seed(self.size)
+            fresh = torch.randn(self.n, generator=gen, dtype=torch.float64).to(self.V.device)
+            fresh, _ = _orthogonalise(fresh, self.V[:, : j + 1])
+            self.V[:, j + 1] = fresh / torch.linalg.vector_norm(fresh)
+            return True
         self.beta = beta
         self.T[j + 1, j] = beta
         self.V[:, j + 1] = w / beta
@@ -82,6 +94,15 @@ class Krylov:
         self.T[np.arange(p), np.arange(p)] = theta[keep]
         self.T[p, :p] = coupling
         self.size = p
+
+
+def _orthogonalise(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """w minus its projection on the orthonormal columns of ``basis`` (classical Gram–Schmidt, twice),
+    and the coefficients ``basisᵀ w``."""
+    h = basis.T @ w
+    w = w - basis @ h
+    h2 = basis.T @ w
+    return w - basis @ h2, h + h2
 
 
 @dataclass
@@ -115,7 +136,7 @@ def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray]
     n = v0.numel()
     basis = int(min(n, max(basis, k + 3)))
     min_steps = min(n, max(min_steps, k))
-    K = Krylov(n, basis, device=v0.device, breakdown=breakdown)
+    K = Krylov(n, basis, device=v0.device, breakdown=breakdown, deflate=True)
     K.start(v0)
     products = restarts = 0
     keep_count = max(k + 1, (basis + k) // 2)
