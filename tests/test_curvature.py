@@ -14,22 +14,21 @@ def batches_of(x, y, size):
     return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
 
 
+def with_exact_hessian(model, loss_fn, x, y, batch_size=16):
+    problem = lossatlas.Problem(model, loss_fn, (x, y), dtype=torch.float64, batch_size=batch_size)
+    return problem, exact_hessian(model, loss_fn, batches_of(x, y, batch_size), problem.params())
+
+
 @pytest.fixture
 def mlp(classification):
     """Tanh MLP, 122 parameters, 60 samples in batches 16/16/16/12 (exercises batch weighting)."""
-    model, loss_fn, x, y = classification
-    problem = lossatlas.Problem(model, loss_fn, (x, y), dtype=torch.float64, batch_size=16)
-    H = exact_hessian(model, loss_fn, batches_of(x, y, 16), problem.params())
-    return problem, H
+    return with_exact_hessian(*classification)
 
 
 @pytest.fixture
 def cnn(cnn_data):
     """Conv + BatchNorm (stored statistics: eval mode) + dropout + linear, 243 parameters."""
-    model, loss_fn, x, y = cnn_data
-    problem = lossatlas.Problem(model, loss_fn, (x, y), dtype=torch.float64, batch_size=16)
-    H = exact_hessian(model, loss_fn, batches_of(x, y, 16), problem.params())
-    return problem, H
+    return with_exact_hessian(*cnn_data)
 
 
 def check_extremes(problem, H, k=5):

@@ -65,11 +65,13 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
     start = op.products
     nodes = np.zeros((probes, steps))
     weights = np.zeros((probes, steps))
+    exact = np.zeros(probes, dtype=bool)
     starts = C.rademacher(n, probes, seed, device=op.device)
+    tiny = breakdown_tolerance(op.dtype)
     with progress_bar(probes * steps, "spectral density (SLQ)", enabled=progress, unit="products") as advance:
         for p in range(probes):
-            theta_p, w_p, _ = quadrature(op.mv, starts[:, p], steps=steps, breakdown=breakdown_tolerance(op.dtype),
-                                         on_product=lambda: advance(1))
+            theta_p, w_p, exact[p] = quadrature(op.mv, starts[:, p], steps=steps, breakdown=tiny,
+                                                on_product=lambda: advance(1))
             m = len(theta_p)
             nodes[p, :m], weights[p, :m] = theta_p, w_p
             nodes[p, m:] = theta_p[-1]  # padding with zero weight after an early (exact) breakdown
@@ -78,13 +80,13 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
     span = hi - lo + 2 * TAIL * width
     points = max(points, min(MAX_POINTS, int(np.ceil(span / (0.5 * width))) + 1))  # resolve the kernel
     grid = np.linspace(lo - TAIL * width, hi + TAIL * width, points)
-    bracket = cms_bracket(nodes, weights, 0.0)
+    bracket = cms_bracket(nodes, weights, 0.0, exact)
     negative = _mean_estimate(bracket.mean(axis=0), "slq")
     tr = _mean_estimate(n * (weights * nodes).sum(axis=1), "slq")
     products = op.products - start
     result = Density(grid=grid, values=np.zeros(points), nodes=nodes, weights=weights, sigma=float(width),
-                     negative_mass=negative,
-                     negative_bounds=(float(bracket[0].mean()), float(bracket[1].mean())), trace=Estimate(tr.value, tr.stderr, tr.samples, "slq", products),
-                     size=n, products=products, seed=seed, iters=steps)
-    object.__setattr__(result, "values", result(grid))
+                     negative_mass=negative, negative_bounds=(float(bracket[0].mean()), float(bracket[1].mean())),
+                     trace=Estimate(tr.value, tr.stderr, tr.samples, "slq", products), size=n, products=products,
+                     seed=seed, iters=steps, exact=exact)
+    object.__setattr__(result, "values", result(grid))  # tabulate φ with the object's own evaluator
     return result

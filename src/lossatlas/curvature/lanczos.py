@@ -185,19 +185,19 @@ def _finish(K: Krylov, theta, S, order, est, scale, products, restarts, *, exhau
 
 
 def quadrature(matvec: MatVec, v0: Tensor, *, steps: int, breakdown: float,
-               on_product: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Gauss quadrature of the spectral measure of v0/‖v0‖: ``(nodes, weights, products)``; the weights
-    are the squared first components of the eigenvectors of T and sum to 1."""
+               on_product: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Gauss quadrature of the spectral measure of v0/‖v0‖: ``(nodes, weights, exact)``. The weights
+    are the squared first components of the eigenvectors of T and sum to 1; ``exact`` is True when
+    the Krylov space became invariant (then the measure *is* Σ wᵢ δ(θᵢ))."""
     n = v0.numel()
     K = Krylov(n, min(steps, n), device=v0.device, breakdown=breakdown)
     K.start(v0)
-    products = 0
+    exact = False
     while K.size < K.m:
-        alive = K.step(matvec)
-        products += 1
         on_product()
-        if not alive:
+        if not K.step(matvec):
+            exact = True
             break
     theta, S = K.ritz()
     weights = S[0, :] ** 2
-    return theta, weights / weights.sum(), products
+    return theta, weights / weights.sum(), exact

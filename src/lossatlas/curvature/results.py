@@ -100,7 +100,8 @@ class Density:
     with Gaussian kernel g_σ.
 
     ``grid``/``values`` tabulate φ (it integrates to 1); ``nodes``/``weights`` are the Ritz values and
-    quadrature weights, one row per probe (ascending). ``negative_mass`` estimates the fraction of
+    quadrature weights, one row per probe (ascending), ``exact`` marks probes whose Krylov space
+    became invariant (their quadrature is the exact measure). ``negative_mass`` estimates the fraction of
     eigenvalues below zero (see :meth:`mass_below`) and ``negative_bounds`` brackets it;
     ``trace`` estimates tr H = n · E[Σ wᵢ θᵢ].
     """
@@ -117,6 +118,7 @@ class Density:
     products: int = 0
     seed: int = 0
     iters: int = 0
+    exact: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __call__(self, t: Any) -> np.ndarray:
         """φ at the points ``t`` (any array shape)."""
@@ -138,11 +140,11 @@ class Density:
         only the nodes below t would be biased when a heavy node sits near t (the bulk of near-zero
         eigenvalues of a trained network sits at t = 0).
         """
-        return _mean_estimate(cms_bracket(self.nodes, self.weights, t).mean(axis=0), "slq")
+        return _mean_estimate(cms_bracket(self.nodes, self.weights, t, self.exact).mean(axis=0), "slq")
 
     def mass_bounds(self, t: float) -> tuple[float, float]:
         """The bracket of :meth:`mass_below`, averaged over probes (add the sampling error)."""
-        lo, hi = cms_bracket(self.nodes, self.weights, t)
+        lo, hi = cms_bracket(self.nodes, self.weights, t, self.exact)
         return float(lo.mean()), float(hi.mean())
 
     @property
@@ -163,11 +165,15 @@ def _mean_estimate(samples: np.ndarray, method: str, products: int = 0) -> Estim
     return Estimate(float(samples.mean()), stderr, samples=m, method=method, products=products)
 
 
-def cms_bracket(nodes: np.ndarray, weights: np.ndarray, t: float) -> np.ndarray:
-    """(2, probes): lower and upper Chebyshev–Markov–Stieltjes bounds of each probe's mass below ``t``."""
+def cms_bracket(nodes: np.ndarray, weights: np.ndarray, t: float, exact: np.ndarray | None = None) -> np.ndarray:
+    """(2, probes): lower and upper Chebyshev–Markov–Stieltjes bounds of each probe's mass below ``t``
+    (both equal to the quadrature's own mass for probes whose Krylov space became invariant)."""
     below = (nodes < t).sum(axis=1)
     cum = np.concatenate([np.zeros((len(nodes), 1)), np.cumsum(weights, axis=1)], axis=1)
     rows = np.arange(len(nodes))
     lo = cum[rows, np.maximum(below - 1, 0)]
     hi = cum[rows, np.minimum(below + 1, nodes.shape[1])]
+    if exact is not None and len(exact) == len(nodes):
+        lo = np.where(exact, cum[rows, below], lo)
+        hi = np.where(exact, cum[rows, below], hi)
     return np.stack([lo, hi])

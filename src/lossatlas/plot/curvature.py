@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_type, bad_value
+from lossatlas.errors import bad_type, bad_value  # absolute: plot/ has no __init__ on this branch
 
 __all__ = ["density", "ratio_map"]
 
@@ -37,7 +37,7 @@ def density(result: Any, *, ax: Any = None, log: bool = True, title: str | None 
     >>> fig.axes[0].get_xlabel()
     'eigenvalue λ'
     """
-    from ..curvature.results import Density
+    from lossatlas.curvature.results import Density
 
     if not isinstance(result, Density):
         raise bad_type("plot.density", "result", "a lossatlas.curvature.Density", result)
