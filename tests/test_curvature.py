@@ -58,6 +58,10 @@ def test_operator_is_the_exact_hessian(mlp):
     torch.testing.assert_close(fresh.mv(v), H @ v, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op @ v, H @ v, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op.to_scipy() @ v.numpy(), (H @ v).numpy(), rtol=1e-10, atol=1e-12)
+    block = torch.randn(H.shape[0], 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for vectorize in (False, True):  # a loop of products, or vmap(jvp(grad)) over blocks of columns
+        torch.testing.assert_close(C.hessian_operator(problem, vectorize=vectorize).mm(block), H @ block,
+                                   rtol=1e-10, atol=1e-12)
     applied = op.apply(op.unflatten(v))
     torch.testing.assert_close(op.flatten(applied), H @ v, rtol=1e-10, atol=1e-12)
 
@@ -239,6 +243,7 @@ def test_unused_and_frozen_parameters():
     H = exact_hessian(net, torch.nn.CrossEntropyLoss(), [(x, y)], problem.params())
     op = C.hessian_operator(problem)
     torch.testing.assert_close(op.dense(), H, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(C.hessian_operator(problem, vectorize=True).dense(), H, rtol=1e-10, atol=1e-12)
     eig = C.eigenvalues(problem, k=2, which="both", tol=EIGEN_TOL, progress=False)
     assert eig.all_converged
     assert float(eig.vectors[0]["unused"].abs().max()) < 1e-8  # no curvature along an unused parameter
@@ -261,7 +266,9 @@ def test_dict_batches_with_a_closure():
     problem = lossatlas.Problem(net, None, data, closure=closure, batch_size=10)
     batches = [{k: v[i:i + 10] for k, v in data.items()} for i in range(0, 24, 10)]
     H = exact_hessian(net, None, batches, problem.params(), closure=closure)
-    torch.testing.assert_close(C.hessian_operator(problem).dense(), H, rtol=1e-10, atol=1e-12)
+    for vectorize in (False, True):
+        torch.testing.assert_close(C.hessian_operator(problem, vectorize=vectorize).dense(), H, rtol=1e-10,
+                                   atol=1e-12)
     check_extremes(problem, H, k=2)
     with pytest.raises(lossatlas.InvalidArgumentError, match="closure"):
         C.ggn_operator(problem)
