@@ -133,7 +133,8 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
     ratio, conv = ds.ratio.values, ds.converged.values
     console.print(f"|λmin/λmax| over {'×'.join(map(str, ratio.shape))} points of {tgt.name}: "
                   f"min {ratio.min():.3g}, median {float(np.nanmedian(ratio)):.3g}, max {ratio.max():.3g}; "
-                  f"λmin < 0 at {int((ds.lambda_min.values < 0).sum())} points; "
+                  f"negative curvature certified (λmin + residual < 0, converged) at "
+                  f"{int(((ds.lambda_min.values + ds.residual_min.values < 0) & (conv == 1)).sum())} points; "
                   f"{int(conv.sum())}/{conv.size} converged")
     if store is not None:
         console.print(f"store: {store}")

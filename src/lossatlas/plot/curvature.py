@@ -52,8 +52,8 @@ def density(result: Any, *, ax: Any = None, log: bool = True, title: str | None 
                         label=f"λ < 0: mass {mass.value:.3f} ± {mass.stderr:.3f} (bracket {lo:.3f}–{hi:.3f})")
     for value, name in ((result.lambda_min, "min"), (result.lambda_max, "max")):
         ax.axvline(value, color="0.4", lw=0.8, ls=":")
-        ax.annotate(f"θ{name} = {value:.3g}", (value, 0.97), xycoords=("data", "axes fraction"), fontsize=7,
-                    ha="left" if name == "min" else "right", va="top", rotation=90)
+        ax.annotate(f" θ{name} = {value:.3g}", (value, 0.03), xycoords=("data", "axes fraction"), fontsize=7,
+                    ha="right", va="bottom", rotation=90, color="0.3")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("eigenvalue λ")
