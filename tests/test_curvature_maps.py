@@ -82,6 +82,9 @@ def test_ratio_map_with_hessian_directions_float32_problem(classification):
     assert ds.ratio.shape == (3, 1)
     assert ds.x.attrs["long_name"].startswith("Hessian eigenvector (λmax")
     assert ds.attrs["dtype"] == "float64"
+    ggn = C.ratio_map(problem, None, d, steps=(2, 1), span=0.2, curvature="ggn", progress=False)
+    assert bool((ggn.lambda_min >= -1e-5 * ggn.lambda_max).all())  # the GGN is positive semi-definite
+    assert ggn.attrs["curvature"] == "ggn"
 
 
 @pytest.mark.parametrize("call, match", [
