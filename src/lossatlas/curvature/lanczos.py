@@ -30,11 +30,12 @@ MatVec = Callable[[Tensor], Tensor]
 
 
 class Krylov:
-    """An orthonormal basis V (n × (m+1), float64) and the projected matrix T, grown one product at a time."""
+    """An orthonormal basis (rows of V, (m+1) × n, float64: each vector contiguous) and the projected
+    matrix T, grown one product at a time."""
 
     def __init__(self, n: int, m: int, *, device: torch.device, breakdown: float, deflate: bool = False):
         self.n, self.m = n, m
-        self.V = torch.zeros(n, m + 1, dtype=torch.float64, device=device)
+        self.V = torch.empty(m + 1, n, dtype=torch.float64, device=device)  # rows written before use
         self.T = np.zeros((m + 1, m + 1))
         self.size = 0        # columns of T computed (products taken)
         self.beta = 0.0      # norm of the last residual vector (0 after an exact breakdown)
@@ -44,15 +45,15 @@ class Krylov:
 
     def start(self, v0: Tensor) -> None:
         v0 = v0.to(torch.float64)
-        self.V[:, 0] = v0 / torch.linalg.vector_norm(v0)
+        self.V[0] = v0 / torch.linalg.vector_norm(v0)
         self.size = 0
 
     def step(self, matvec: MatVec) -> bool:
         """One product; returns False when no further basis vector exists: the whole space is spanned,
         or (without ``deflate``) the basis spans an invariant subspace."""
         j = self.size
-        w = matvec(self.V[:, j]).to(torch.float64)
-        basis = self.V[:, : j + 1]
+        w = matvec(self.V[j]).to(torch.float64)
+        basis = self.V[: j + 1]
         w, h = _orthogonalise(w, basis)
         h = h.cpu().numpy()
         self.T[: j + 1, j] = h
@@ -69,12 +70,12 @@ class Krylov:
                 return False
             gen = torch.Generator().manual_seed(self.size)
             fresh = torch.randn(self.n, generator=gen, dtype=torch.float64).to(self.V.device)
-            fresh, _ = _orthogonalise(fresh, self.V[:, : j + 1])
-            self.V[:, j + 1] = fresh / torch.linalg.vector_norm(fresh)
+            fresh, _ = _orthogonalise(fresh, self.V[: j + 1])
+            self.V[j + 1] = fresh / torch.linalg.vector_norm(fresh)
             return True
         self.beta = beta
         self.T[j + 1, j] = beta
-        self.V[:, j + 1] = w / beta
+        self.V[j + 1] = w / beta
         return True
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +87,10 @@ class Krylov:
         """Thick restart: keep the Ritz vectors ``keep`` and the last residual direction."""
         m, p = self.size, len(keep)
         coupling = self.beta * S[m - 1, keep]
-        Y = self.V[:, :m] @ torch.as_tensor(S[:, keep], dtype=torch.float64, device=self.V.device)
-        last = self.V[:, m].clone()
-        self.V[:, :p] = Y
-        self.V[:, p] = last
+        Y = torch.as_tensor(S[:, keep].T, dtype=torch.float64, device=self.V.device) @ self.V[:m]
+        last = self.V[m].clone()
+        self.V[:p] = Y
+        self.V[p] = last
         self.T[:] = 0.0
         self.T[np.arange(p), np.arange(p)] = theta[keep]
         self.T[p, :p] = coupling
@@ -97,12 +98,12 @@ class Krylov:
 
 
 def _orthogonalise(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    """w minus its projection on the orthonormal columns of ``basis`` (classical Gram–Schmidt, twice),
-    and the coefficients ``basisᵀ w``."""
-    h = basis.T @ w
-    w = w - basis @ h
-    h2 = basis.T @ w
-    return w - basis @ h2, h + h2
+    """w minus its projection on the orthonormal rows of ``basis`` (classical Gram–Schmidt, twice),
+    and the coefficients ``basis w``."""
+    h = basis @ w
+    w = w - h @ basis
+    h2 = basis @ w
+    return w - h2 @ basis, h + h2
 
 
 @dataclass
@@ -179,7 +180,7 @@ def _stagnant(history: list[tuple[int, np.ndarray]], products: int, threshold: f
 
 def _finish(K: Krylov, theta, S, order, est, scale, products, restarts, *, exhausted: bool) -> PairsResult:
     m = K.size
-    vectors = K.V[:, :m] @ torch.as_tensor(S[:, order], dtype=torch.float64, device=K.V.device)
+    vectors = (torch.as_tensor(S[:, order].T, dtype=torch.float64, device=K.V.device) @ K.V[:m]).T
     return PairsResult(theta[order].copy(), vectors, np.asarray(est, dtype=np.float64), scale, products, restarts,
                        exhausted)
 

@@ -191,7 +191,7 @@ class CurvatureOperator:
             raise bad_value(func, "v", f"{want} with {self.shape[0]} rows", v)
         if not v.is_floating_point():
             raise bad_value(func, "v", "a floating-point tensor", v)
-        return v.detach().to(dtype=self.dtype, device=self.device)
+        return v.detach().to(dtype=self.dtype, device=self.device).contiguous()  # strided views slow autograd
 
     def mv(self, v: Tensor) -> Tensor:
         """The product ``A v`` for a 1-D tensor ``v`` (returned in the operator's dtype and device)."""
