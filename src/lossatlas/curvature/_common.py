@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import bad_type, bad_value
 
-BASIS_BYTES = 1 << 30  # most bytes of a float64 Lanczos basis chosen automatically
+BASIS_BYTES = 1 << 30  # most bytes of a float64 Lanczos basis (and its products) chosen automatically
 
 
 def check_int(func: str, arg: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> int | None:
@@ -65,6 +65,6 @@ def default_basis(n: int, wanted: int, requested: int | None, preferred: int = 1
     """Lanczos basis size: ``requested``, else ``preferred`` capped by :data:`BASIS_BYTES` of float64."""
     if requested is not None:
         return min(n, max(requested, wanted + 3))
-    by_memory = max(wanted + 3, BASIS_BYTES // (8 * max(n, 1)) - 1)
+    by_memory = max(wanted + 3, BASIS_BYTES // (16 * max(n, 1)) - 1)  # basis vectors and their products
     return int(min(n, max(min(preferred, by_memory), 2 * wanted + 2)))
 

@@ -33,9 +33,13 @@ class Krylov:
     """An orthonormal basis (rows of V, (m+1) × n, float64: each vector contiguous) and the projected
     matrix T, grown one product at a time."""
 
-    def __init__(self, n: int, m: int, *, device: torch.device, breakdown: float, deflate: bool = False):
+    def __init__(self, n: int, m: int, *, device: torch.device, breakdown: float, deflate: bool = False,
+                 keep_products: bool = False):
         self.n, self.m = n, m
         self.V = torch.empty(m + 1, n, dtype=torch.float64, device=device)  # rows written before use
+        # the products A vⱼ themselves, so that A y for a Ritz vector y = Σ sⱼ vⱼ is Σ sⱼ (A vⱼ): an explicit
+        # residual without another product
+        self.W = torch.empty(m, n, dtype=torch.float64, device=device) if keep_products else None
         self.T = np.zeros((m + 1, m + 1))
         self.size = 0        # columns of T computed (products taken)
         self.beta = 0.0      # norm of the last residual vector (0 after an exact breakdown)
@@ -53,6 +57,8 @@ class Krylov:
         or (without ``deflate``) the basis spans an invariant subspace."""
         j = self.size
         w = matvec(self.V[j]).to(torch.float64)
+        if self.W is not None:
+            self.W[j] = w
         basis = self.V[: j + 1]
         w, h = _orthogonalise(w, basis)
         h = h.cpu().numpy()
@@ -87,10 +93,12 @@ class Krylov:
         """Thick restart: keep the Ritz vectors ``keep`` and the last residual direction."""
         m, p = self.size, len(keep)
         coupling = self.beta * S[m - 1, keep]
-        Y = torch.as_tensor(S[:, keep].T, dtype=torch.float64, device=self.V.device) @ self.V[:m]
+        coefficients = torch.as_tensor(S[:, keep].T, dtype=torch.float64, device=self.V.device)
         last = self.V[m].clone()
-        self.V[:p] = Y
+        self.V[:p] = coefficients @ self.V[:m]
         self.V[p] = last
+        if self.W is not None:
+            self.W[:p] = coefficients @ self.W[:m]
         self.T[:] = 0.0
         self.T[np.arange(p), np.arange(p)] = theta[keep]
         self.T[p, :p] = coupling
@@ -110,6 +118,7 @@ def _orthogonalise(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
 class PairsResult:
     values: np.ndarray          # wanted Ritz values, in priority order
     vectors: Tensor             # (n, k) float64 Ritz vectors
+    images: Tensor              # (n, k) their products A y, combined from the stored products
     estimates: np.ndarray       # residual estimates β|s_m|
     scale: float                # max |Ritz value|: the spectral scale of the tolerance
     products: int
@@ -137,7 +146,7 @@ def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray]
     n = v0.numel()
     basis = int(min(n, max(basis, k + 3)))
     min_steps = min(n, max(min_steps, k))
-    K = Krylov(n, basis, device=v0.device, breakdown=breakdown, deflate=True)
+    K = Krylov(n, basis, device=v0.device, breakdown=breakdown, deflate=True, keep_products=True)
     K.start(v0)
     products = restarts = 0
     keep_count = max(k + 1, (basis + k) // 2)
@@ -180,9 +189,10 @@ def _stagnant(history: list[tuple[int, np.ndarray]], products: int, threshold: f
 
 def _finish(K: Krylov, theta, S, order, est, scale, products, restarts, *, exhausted: bool) -> PairsResult:
     m = K.size
-    vectors = (torch.as_tensor(S[:, order].T, dtype=torch.float64, device=K.V.device) @ K.V[:m]).T
-    return PairsResult(theta[order].copy(), vectors, np.asarray(est, dtype=np.float64), scale, products, restarts,
-                       exhausted)
+    coefficients = torch.as_tensor(S[:, order].T, dtype=torch.float64, device=K.V.device)
+    vectors, images = (coefficients @ K.V[:m]).T, (coefficients @ K.W[:m]).T
+    return PairsResult(theta[order].copy(), vectors, images, np.asarray(est, dtype=np.float64), scale, products,
+                       restarts, exhausted)
 
 
 def quadrature(matvec: MatVec, v0: Tensor, *, steps: int, breakdown: float,

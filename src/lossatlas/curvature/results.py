@@ -47,8 +47,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Eigen:
-    """Eigenpairs of a curvature matrix with their residuals ‖A v − λ v‖ (computed with an explicit
-    product, not estimated) and a convergence flag per pair: ``residual ≤ tol · scale``, where
+    """Eigenpairs of a curvature matrix with their residuals ‖A v − λ v‖ (computed from the products
+    actually taken, not estimated by the Lanczos recurrence) and a convergence flag per pair: ``residual ≤ tol · scale``, where
     ``scale`` is the largest |Ritz value| (an estimate of ‖A‖₂ from below).
 
     Order: ``which="largest"`` descending, ``"smallest"`` ascending, ``"magnitude"`` by descending
