@@ -162,10 +162,15 @@ def test_registry_contract(zoo):
              "plane": lambda: D.plane(theta, other, third),
              "axes": lambda: D.axes(theta, ["lin.weight[1, 2]", "lin.bias[0]"]),
              "pca": lambda: D.pca([theta, other, third, P.axpy(0.3, D.random(zoo, n=1, seed=1)[0], theta)], n=2)}
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    small = lossatlas.Problem(net, torch.nn.MSELoss(), (x, x[:, :1] * x[:, 1:2]))
+    calls["hessian"] = lambda: D.hessian(small, n=2, seed=0)
+    references = {"hessian": small.params()}
     assert set(calls) == set(D.REGISTRY)
     for kind, call in calls.items():
         a, b = call(), call()
         assert isinstance(a, lossatlas.Directions) and a.spec["kind"] == kind
         assert a.fingerprint() == b.fingerprint()
         for v in a:
-            P.check_like(theta, v, func="test", arg=kind)
+            P.check_like(references.get(kind, theta), v, func="test", arg=kind)

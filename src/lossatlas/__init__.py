@@ -9,7 +9,7 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import directions, examples, params, plot
+from . import curvature, directions, examples, params, plot
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, EvaluationError, InvalidArgumentError, InvalidTypeError, LossAtlasError,
@@ -32,6 +32,7 @@ __all__ = [
     "directions",
     "examples",
     "plot",
+    "curvature",
     "Directions",
     "Grid",
     "surface",

@@ -510,3 +510,16 @@ def pca(trajectory: Any, n: int = 2, **kwargs: Any) -> Directions:
 
 REGISTRY["pca"] = pca
 __all__.append("pca")
+
+
+def hessian(problem: Any, theta: Mapping[str, Tensor] | None = None, n: int = 2, which: str = "extremes",
+            **kwargs: Any) -> Directions:
+    """Hessian eigenvectors as directions (λmax and λmin for ``which="extremes"``, the n largest for
+    ``"top"``); see :func:`lossatlas.curvature.hessian_directions` for the options."""
+    from .curvature.hessian_directions import hessian_directions
+
+    return hessian_directions(problem, theta, n, which, **kwargs)
+
+
+REGISTRY["hessian"] = hessian
+__all__.append("hessian")

@@ -19,6 +19,7 @@ import xarray as xr
 from torch import Tensor
 
 from . import params as P
+from ._resume import check_store_args, open_existing
 from ._version import __version__
 from .directions import Directions
 from .errors import InvalidArgumentError, bad_type, bad_value
@@ -103,32 +104,16 @@ def surface(
         raise bad_value(func, "strategy", f"one of {STRATEGIES}", strategy)
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise bad_value(func, "chunk", "a positive integer (points per chunk) or None", chunk)
-    if store is not None and not isinstance(store, (str, Path)):
-        raise bad_type(func, "store", "a path (str or pathlib.Path) or None", store)
-    if not isinstance(overwrite, bool):
-        raise bad_type(func, "overwrite", "a bool", overwrite)
+    store = check_store_args(func, store, overwrite)
 
     base = _provenance(problem, center, dirs, grid, metrics, exact_linear)
     labels = dirs.labels
-    gstore: GridStore | None = None
-    if store is not None:
-        store = Path(store)
-        if overwrite:
-            GridStore.remove(store, func=func)
-        if GridStore.exists(store):
-            gstore = GridStore.open(store, func=func)
-            gstore.lock(func=func)
-            try:
-                stored = gstore.provenance
-                expected = dict(base)
-                expected["strategy"] = stored.get("strategy") if strategy == "auto" else strategy
-                expected["chunk_shape"] = stored.get("chunk_shape") if chunk is None else \
-                    list(grid.chunk_shape_for(chunk))
-                expected["vmap_batch"] = stored.get("vmap_batch")
-                gstore.check_provenance(expected, func=func)
-            except BaseException:
-                gstore.unlock()
-                raise
+
+    def expected(stored: dict[str, Any]) -> dict[str, Any]:
+        return dict(base, strategy=stored.get("strategy") if strategy == "auto" else strategy,
+                    chunk_shape=stored.get("chunk_shape") if chunk is None else list(grid.chunk_shape_for(chunk)),
+                    vmap_batch=stored.get("vmap_batch"))
+    gstore = open_existing(store, overwrite=overwrite, func=func, expected=expected)
     try:
         if gstore is not None and not gstore.pending():
             return open_surface(gstore.path)

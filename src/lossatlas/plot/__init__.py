@@ -3,12 +3,14 @@
 Static (matplotlib, each returns a ``Figure``): :func:`line`, :func:`contour`, :func:`heatmap`,
 :func:`surface3d`; :func:`save` writes PNG/PDF/SVG. Interactive (plotly): :func:`interactive`,
 :func:`save_html`. Paths between models: :func:`interpolation`, :func:`line_vs_curve`,
-:func:`path_on_plane`.
+:func:`path_on_plane`. Curvature: :func:`density` (spectral density) and :func:`ratio_map`
+(|λmin/λmax| over a plane).
 """
 
+from .curvature import density, ratio_map
 from .interactive import interactive, save_html
 from .paths import interpolation, line_vs_curve, path_coordinates, path_on_plane
 from .surface import contour, heatmap, line, save, surface3d
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "interactive", "save_html", "interpolation",
-           "line_vs_curve", "path_on_plane", "path_coordinates"]
+           "line_vs_curve", "path_on_plane", "path_coordinates", "density", "ratio_map"]

@@ -1,0 +1,150 @@
+"""``lossatlas hessian`` and ``lossatlas ratio-map``: curvature of a target at its centre and over a plane."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from ._app import app
+
+
+def _selection(params: str | None):
+    if params is None:
+        return None
+    items = [p.strip() for p in params.split(",") if p.strip()]
+    return items[0] if len(items) == 1 else items
+
+
+def _figure_out(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+
+
+@app.command()
+def hessian(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
+            k: int = typer.Option(3, "--k", help="Eigenvalues at each end of the spectrum."),
+            tol: float = typer.Option(1e-4, "--tol", help="Convergence: residual ≤ tol · max|λ|."),
+            seed: int = typer.Option(0, "--seed", help="Seed of the Lanczos start vector and of the probes."),
+            trace_probes: int = typer.Option(99, "--trace-probes", help="Products for the Hutch++ trace."),
+            density_iters: int = typer.Option(90, "--density-iters", help="Lanczos steps per density probe."),
+            density_probes: int = typer.Option(8, "--density-probes", help="Random probes of the density."),
+            density_plot: Path | None = typer.Option(None, "--density-plot", help="Write the density figure here."),
+            params: str | None = typer.Option(None, "--params", help="Parameters: 'weights', a layer, names or "
+                                              "glob patterns separated by commas (default: all)."),
+            ggn: bool = typer.Option(False, "--ggn", help="The generalised Gauss–Newton matrix instead."),
+            checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A state_dict for the centre."),
+            dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
+            device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
+            progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
+    """Extreme Hessian eigenvalues (with residuals), trace and eigenvalue density at the target's centre."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import curvature
+    from ..curvature.operators import as_operator
+    from ._target import resolve
+
+    console = Console()
+    t0 = time.perf_counter()
+    tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    kind = "ggn" if ggn else "hessian"
+    op = as_operator(tgt.problem, tgt.center, func="hessian", curvature=kind, params=_selection(params))
+    size = op.shape[0]
+    k = max(1, min(k, size // 2)) if size >= 2 else 1
+    eig = curvature.eigenvalues(op, k=k, which="both" if size >= 2 else "largest", tol=tol, seed=seed,
+                                progress=progress)
+    tr = curvature.trace(op, probes=trace_probes, seed=seed, progress=progress)
+    dens = curvature.density(op, iters=density_iters, probes=density_probes, seed=seed, progress=progress)
+    name = "GGN" if ggn else "Hessian"
+    table = Table(title=f"{name} of {tgt.name} at its centre ({size:,} parameters, {op.dtype})".replace(
+        "torch.", ""))
+    table.add_column("")
+    table.add_column("eigenvalue", justify="right")
+    table.add_column("residual ‖Hv − λv‖", justify="right")
+    table.add_column("residual / max|λ|", justify="right")
+    table.add_column("converged", justify="center")
+    half = len(eig) // 2 if len(eig) > 1 else len(eig)
+    labels = [f"λ{i + 1}" if i else "λmax" for i in range(half)]
+    labels += [f"λmin+{len(eig) - 1 - i}" if i < len(eig) - 1 else "λmin" for i in range(half, len(eig))]
+    for label, row in zip(labels, eig.summary()):
+        table.add_row(label, f"{row['value']:.6g}", f"{row['residual']:.2e}", f"{row['relative_residual']:.1e}",
+                      "yes" if row["converged"] else "[red]no[/red]")
+    console.print(table)
+    lo, hi = dens.negative_bounds
+    console.print(f"trace ({tr.method}, {tr.products} products): {tr}")
+    console.print(f"negative eigenvalue mass (SLQ, {dens.nodes.shape[0]} probes × {dens.iters} steps): "
+                  f"{dens.negative_mass} (bracket {lo:.3f}–{hi:.3f})")
+    eps = 1e-3 * eig.scale
+    lo, hi = dens.mass_bounds(-eps)
+    console.print(f"mass below −10⁻³·max|λ| = {-eps:.3g}: {dens.mass_below(-eps)} (bracket {lo:.3f}–{hi:.3f})")
+    if max(hi - lo, dens.negative_bounds[1] - dens.negative_bounds[0]) > 0.1:
+        console.print("(a wide bracket: many eigenvalues sit too close to the threshold for this many Lanczos "
+                      "steps to tell their signs apart; raise --density-iters to narrow it)")
+    negative = [(v, r) for v, r, c in zip(eig.values, eig.residuals, eig.converged) if c and v < -r]
+    if negative:
+        v, r = min(negative)
+        console.print(f"[bold]non-convex at this point[/bold]: converged eigenvalue {v:.4g} < 0 (residual {r:.1e}), "
+                      "so the Hessian is not positive semi-definite here.")
+    elif eig.all_converged and eig.min >= 0:
+        console.print("no negative curvature found: every converged extreme eigenvalue is ≥ 0 (locally convex "
+                      "here; this says nothing about other points).")
+    if density_plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..plot.curvature import density as plot_density
+
+        _figure_out(plot_density(dens, title=f"{name} eigenvalue density: {tgt.name}"), density_plot)
+        console.print(f"wrote {density_plot}")
+    console.print(f"{op.products} products in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command("ratio-map")
+def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
+                  steps: int = typer.Option(11, "--steps", help="Grid points per axis."),
+                  span: float = typer.Option(1.0, "--span", help="Each axis covers [-span, span]."),
+                  seed: int = typer.Option(0, "--seed", help="Seed of the directions and of Lanczos."),
+                  tol: float = typer.Option(1e-3, "--tol", help="Convergence: residual ≤ tol · max|λ|."),
+                  max_products: int = typer.Option(500, "--max-products", help="Products per point at most."),
+                  store: Path | None = typer.Option(None, "--store", help="Resumable store (zarr directory)."),
+                  resume: bool = typer.Option(True, "--resume/--overwrite",
+                                              help="Resume an existing store, or replace it."),
+                  out: Path | None = typer.Option(None, "--out", help="Write the |λmin/λmax| figure here."),
+                  checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A state_dict for the centre."),
+                  dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
+                  device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
+                  progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+                  ) -> None:
+    """|λmin/λmax| of the Hessian over the target's default plane (Li et al. 2018, Fig. 7)."""
+    import numpy as np
+    from rich.console import Console
+
+    from .. import curvature
+    from ._target import resolve
+
+    console = Console()
+    t0 = time.perf_counter()
+    tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    directions = tgt.default_directions(n=2, seed=seed)
+    ds = curvature.ratio_map(tgt.problem, tgt.center, directions, steps=steps, span=span, tol=tol, seed=seed,
+                             max_products=max_products, store=store, overwrite=not resume, progress=progress)
+    ratio, conv = ds.ratio.values, ds.converged.values
+    console.print(f"|λmin/λmax| over {'×'.join(map(str, ratio.shape))} points of {tgt.name}: "
+                  f"min {ratio.min():.3g}, median {float(np.nanmedian(ratio)):.3g}, max {ratio.max():.3g}; "
+                  f"negative curvature certified (λmin + residual < 0, converged) at "
+                  f"{int(((ds.lambda_min.values + ds.residual_min.values < 0) & (conv == 1)).sum())} points; "
+                  f"{int(conv.sum())}/{conv.size} converged")
+    if store is not None:
+        console.print(f"store: {store}")
+    if out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..plot.curvature import ratio_map as plot_ratio_map
+
+        _figure_out(plot_ratio_map(ds, title=f"|λmin / λmax|: {tgt.name}"), out)
+        console.print(f"wrote {out}")
+    console.print(f"done in {time.perf_counter() - t0:.1f} s")
+

@@ -1,0 +1,70 @@
+"""Argument checks and random probes shared by the curvature estimators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import bad_type, bad_value
+
+BASIS_BYTES = 1 << 30  # most bytes of a float64 Lanczos basis (and its products) chosen automatically
+
+
+def check_int(func: str, arg: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise bad_type(func, arg, f"an integer >= {minimum}" + (" or None" if allow_none else ""), value)
+    if value < minimum:
+        raise bad_value(func, arg, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def check_seed(func: str, seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise bad_type(func, "seed", "a non-negative integer", seed)
+    return int(seed)
+
+
+def check_tol(func: str, tol: Any) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not (0 < float(tol) < 1):
+        raise bad_value(func, "tol", "a number in (0, 1) (residual relative to the largest |eigenvalue|)", tol)
+    return float(tol)
+
+
+def check_flag(func: str, arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise bad_type(func, arg, "a bool", value)
+    return value
+
+
+def generator(seed: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one stream of a seed (so estimators drawing several kinds of probes keep
+    them independent and reproducible on every device)."""
+    state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state % (2**63)))
+
+
+def gaussian(n: int, seed: int, *, stream: int = 0, device: torch.device | str = "cpu", columns: int | None = None
+             ) -> Tensor:
+    """Standard normal probes drawn in float64 on the CPU (same bytes on every device)."""
+    shape = (n,) if columns is None else (n, columns)
+    return torch.randn(shape, generator=generator(seed, stream), dtype=torch.float64).to(device)
+
+
+def rademacher(n: int, columns: int, seed: int, *, stream: int = 0, device: torch.device | str = "cpu") -> Tensor:
+    """±1 probes (n × columns) drawn on the CPU."""
+    bits = torch.randint(0, 2, (n, columns), generator=generator(seed, stream), dtype=torch.int8)
+    return (bits.to(torch.float64) * 2.0 - 1.0).to(device)
+
+
+def default_basis(n: int, wanted: int, requested: int | None, preferred: int = 100) -> int:
+    """Lanczos basis size: ``requested``, else ``preferred`` capped by :data:`BASIS_BYTES` of float64."""
+    if requested is not None:
+        return min(n, max(requested, wanted + 3))
+    by_memory = max(wanted + 3, BASIS_BYTES // (16 * max(n, 1)) - 1)  # basis vectors and their products
+    return int(min(n, max(min(preferred, by_memory), 2 * wanted + 2)))
+

@@ -1,0 +1,165 @@
+"""Maps of |λmin/λmax| over a plane of parameter space (Li et al. 2018, Fig. 7).
+
+At every grid point θ + Σᵢ aᵢdᵢ the extreme Hessian eigenvalues are computed by Lanczos (both ends
+from one Krylov space). ``ratio = |λmin/λmax|`` is near 0 where the loss is locally nearly convex
+(λmin ≥ 0 or tiny negative curvature relative to the positive curvature) and large where
+negative curvature is significant. The work runs chunk by chunk through the same runner and
+resumable store as :func:`lossatlas.surface`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from .. import params as P
+from .._resume import check_store_args, open_existing
+from ..directions import Directions
+from ..errors import bad_type, bad_value
+from ..grid import Grid
+from ..problem import Problem
+from ..runner import run_chunks
+from ..store import GridStore
+from ..surface import _attrs, _dataset, _provenance, _save_basis, as_directions, open_surface
+from . import _common as C
+from ._select import select
+from .eigen import solve
+from .operators import DTYPES, KINDS, CurvatureOperator
+
+__all__ = ["ratio_map", "VARIABLES"]
+
+#: variables of a ratio map, one value per grid point
+VARIABLES = ("loss", "lambda_min", "lambda_max", "ratio", "residual_min", "residual_max", "converged", "products")
+DEFAULT_CHUNK = 4
+
+
+def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
+              directions: Directions | Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]], *,
+              steps: int | Sequence[int] = 11, span: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
+              tol: float = 1e-3, seed: int = 0, max_products: int = 500, basis: int | None = None, params=None,
+              dtype: torch.dtype | None = None, curvature: str = "hessian", chunk: int | None = None,
+              store: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> xr.Dataset:
+    """λmin, λmax and ``ratio = |λmin/λmax|`` of the Hessian at every point of a grid.
+
+    Grid arguments (``center``, ``directions``, ``steps``, ``span``, ``store``, ``overwrite``,
+    ``progress``) are those of :func:`lossatlas.surface`; ``chunk`` is the number of points per
+    chunk of work (default 4). At each point the Lanczos run of :func:`eigenvalues` (``which="both"``,
+    ``tol``, ``seed``, ``max_products``, ``basis``) gives the variables ``lambda_min``,
+    ``lambda_max``, ``ratio``, their residuals ``residual_min``/``residual_max``, ``converged``
+    (1 when both pairs converged, else 0), ``products`` (Hessian-vector products used) and the
+    ``loss``. ``params``/``dtype``/``curvature`` as :func:`eigenvalues`. A store is written chunk by
+    chunk and resumed by calling again with the same arguments (reopen it with
+    :func:`lossatlas.open_surface`).
+
+    >>> import torch, lossatlas
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+    >>> x = torch.randn(32, 2)
+    >>> problem = lossatlas.Problem(net, torch.nn.MSELoss(), (x, x[:, :1] * x[:, 1:]))
+    >>> d = lossatlas.directions.random(problem, n=2, seed=0)
+    >>> ds = lossatlas.curvature.ratio_map(problem, None, d, steps=3, span=0.5, progress=False)
+    >>> ds.ratio.shape, bool((ds.lambda_min <= ds.lambda_max).all()), int(ds.converged.min())
+    ((3, 3), True, 1)
+    """
+    func = "curvature.ratio_map"
+    if not isinstance(problem, Problem):
+        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+    if dtype is not None and dtype not in DTYPES:
+        raise bad_value(func, "dtype", "torch.float32, torch.float64 or None (the problem's dtype)", dtype)
+    if curvature not in KINDS:
+        raise bad_value(func, "curvature", f"one of {KINDS}", curvature)
+    if center is None:
+        center = problem.params()
+    dirs = as_directions(directions, func=func)
+    if dtype is not None and dtype != problem.dtype:
+        problem = problem.with_dtype(dtype)
+        center = P.to(center, dtype=dtype)
+        dirs = dirs.to(dtype=dtype)
+    problem.check_params(center, func=func, arg="center")
+    for i, d in enumerate(dirs):
+        P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
+    grid = Grid.make(len(dirs), steps, span, func=func)
+    tol = C.check_tol(func, tol)
+    seed = C.check_seed(func, seed)
+    max_products = C.check_int(func, "max_products", max_products)
+    basis = C.check_int(func, "basis", basis, minimum=2, allow_none=True)
+    chunk = C.check_int(func, "chunk", chunk, allow_none=True)
+    C.check_flag(func, "progress", progress)
+    store = check_store_args(func, store, overwrite)
+    if curvature == "ggn":  # validates the loss once, before any work
+        from .operators import ggn_operator
+
+        ggn_operator(problem, center, params=params, retain=False)
+    names = select(problem, params, func=func)
+
+    chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
+    settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
+                "params": list(names)}
+    prov = dict(_provenance(problem, center, dirs, grid, False, False), kind="ratio_map", strategy="lanczos",
+                eigen=settings, chunk_shape=list(chunk_shape))
+
+    def expected(stored: dict) -> dict:
+        return dict(prov, chunk_shape=stored.get("chunk_shape") if chunk is None else list(chunk_shape))
+
+    gstore = open_existing(store, overwrite=overwrite, func=func, expected=expected)
+    try:
+        if gstore is not None and not gstore.pending():
+            return open_surface(gstore.path)
+        if gstore is not None:
+            chunk_shape = tuple(gstore.provenance["chunk_shape"])
+            prov["chunk_shape"] = list(chunk_shape)
+        attrs = dict(_attrs(prov, dirs, problem), kind="ratio_map", curvature=curvature, tol=tol, seed=seed,
+                     max_products=max_products)
+        if store is not None and gstore is None:
+            gstore = GridStore.create(
+                store, grid=grid, chunk_shape=chunk_shape, variables=list(VARIABLES), provenance=prov,
+                extra_attrs=attrs, coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, dirs.labels)},
+                write_extra=lambda tmp: _save_basis(tmp, center, dirs))
+            gstore.lock(func=func)
+        evaluate = _PointCurvature(problem, center, dirs, names, kind=curvature, tol=tol, seed=seed,
+                                   max_products=max_products, basis=basis)
+        layout = grid.chunks(chunk_shape)
+        t0 = time.perf_counter()
+        values = run_chunks(layout, evaluate, list(VARIABLES), store=gstore, progress=progress,
+                            description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}")
+        elapsed = time.perf_counter() - t0
+        if gstore is not None:
+            return open_surface(gstore.path)
+        ds = _dataset(grid, values, dirs.labels, attrs, layout, np.ones(layout.counts, dtype=bool))
+        ds.attrs["seconds"] = elapsed
+        return ds
+    finally:
+        if gstore is not None:
+            gstore.unlock()
+
+
+class _PointCurvature:
+    """``evaluate(coefficients) -> {variable: values}`` for the chunk runner."""
+
+    def __init__(self, problem: Problem, center, dirs: Directions, names, *, kind: str, tol: float, seed: int,
+                 max_products: int, basis: int | None):
+        self.problem, self.center, self.dirs, self.names = problem, dict(center), list(dirs.vectors), names
+        self.kind, self.tol, self.seed, self.max_products, self.basis = kind, tol, seed, max_products, basis
+
+    def point(self, coefficients: np.ndarray) -> dict[str, float]:
+        theta = P.lincomb(self.center, self.dirs, [float(c) for c in coefficients])
+        op = CurvatureOperator(self.problem, theta, self.names, kind=self.kind)
+        eig = solve(op, k=1, which="both", tol=self.tol, seed=self.seed, max_products=self.max_products,
+                    basis=self.basis, progress=False)
+        lmax, lmin = float(eig.values[0]), float(eig.values[-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = float(np.abs(np.float64(lmin) / np.float64(lmax)))
+        return {"loss": self.problem.loss(theta), "lambda_min": lmin, "lambda_max": lmax, "ratio": ratio,
+                "residual_min": float(eig.residuals[-1]), "residual_max": float(eig.residuals[0]),
+                "converged": float(eig.all_converged), "products": float(op.products)}
+
+    def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+        rows = [self.point(c) for c in np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.dirs))]
+        return {v: np.array([r[v] for r in rows]) for v in VARIABLES}
