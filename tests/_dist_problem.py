@@ -22,7 +22,7 @@ class SlowNet(torch.nn.Module):
 
     def __init__(self, delay: float = 0.0):
         super().__init__()
-        torch.manual_seed(0)
+        torch.manual_seed(int(os.environ.get("DIST_PROBLEM_SEED", "0")))  # tests vary it to make ranks disagree
         self.l1 = torch.nn.Linear(4, 6)
         self.l2 = torch.nn.Linear(6, 3)
         self.delay = delay
@@ -57,7 +57,7 @@ def main(out: str, what: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     info = {"rank": rank, "threads": torch.get_num_threads()}
     if what in ("store", "all"):
-        ds = run(out_dir / "grid.zarr", steps=11, chunk=4)
+        ds = run(out_dir / "grid.zarr", steps=11, chunk=4, progress=True)
         info["store"] = {"ranks": ds.attrs.get("ranks"), "complete": ds.attrs["complete"]}
         _save(ds, out_dir / f"store-{rank}.npz")
     if what in ("memory", "all"):

@@ -97,6 +97,20 @@ class Zygote:
         self.proc.wait(timeout=30)
 
 
+_shared: Zygote | None = None
+
+
+def shared_zygote() -> Zygote:
+    """One zygote for the whole test session (started on first use, closed at exit)."""
+    global _shared
+    if _shared is None or _shared.proc.poll() is not None:
+        import atexit
+
+        _shared = Zygote()
+        atexit.register(_shared.close)
+    return _shared
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

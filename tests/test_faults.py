@@ -20,15 +20,13 @@ from lossatlas.store import GridStore
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import _dist_problem  # noqa: E402
-from _fault_harness import (DELAY, Zygote, fault_env, free_port, kill, rank_env, schedule, wait_dead,  # noqa: E402
-                            wait_phase)
+from _fault_harness import (DELAY, fault_env, free_port, kill, rank_env, schedule, shared_zygote,  # noqa: E402
+                            wait_dead, wait_phase)
 
 
 @pytest.fixture(scope="module")
 def zygote():
-    z = Zygote()
-    yield z
-    z.close()
+    return shared_zygote()
 
 
 @pytest.fixture(scope="module")

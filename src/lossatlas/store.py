@@ -267,7 +267,8 @@ class GridStore:
 
     # -- validation and repair ------------------------------------------------------------------
     def _damaged(self, func: str, why: str) -> StoreError:
-        return StoreError(f"{func}(): argument 'path' points to a damaged lossatlas store at {str(self.path)!r} "
+        arg = "path" if func.startswith("open") else "store"
+        return StoreError(f"{func}(): argument '{arg}' points to a damaged lossatlas store at {str(self.path)!r} "
                           f"({why}); delete it or pass overwrite=True to recompute it")
 
     def _validate(self, func: str) -> None:
