@@ -2,6 +2,7 @@
 forked children and the tests themselves), and a script entry point for torchrun.
 
     torchrun --nproc-per-node 2 tests/_dist_problem.py OUT_DIR [store|memory|data|all]
+    torchrun --nproc-per-node 2 tests/_dist_problem.py OUT_DIR fault STORE DELAY
 """
 from __future__ import annotations
 
@@ -72,4 +73,7 @@ def main(out: str, what: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "all")
+    if len(sys.argv) > 2 and sys.argv[2] == "fault":  # OUT fault STORE DELAY: the run the fault tests kill
+        run(sys.argv[3], float(sys.argv[4]))
+    else:
+        main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "all")

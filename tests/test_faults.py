@@ -5,6 +5,7 @@ identical to an uninterrupted run, and nothing finished before the kill may be l
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -142,3 +143,61 @@ def test_second_distributed_job_is_refused_on_every_rank(zygote, tmp_path):
     finally:
         for p in first:
             kill(p)
+
+
+# -- the same through torchrun itself (its agent stops the other rank, or restarts the job) ----------
+def _torchrun(trace: Path, store: Path, *extra: str) -> subprocess.Popen:
+    from test_distributed import TORCHRUN, _env
+
+    env = {**_env(), **fault_env(trace)}
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.1", *extra,
+           str(HERE / "_dist_problem.py"), str(store.parent), "fault", str(store), str(DELAY)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rank_pid(trace: Path, rank: int, timeout: float = 120.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if trace.exists():
+            for line in trace.read_text().splitlines():
+                phase, pid, r = line.split()
+                if int(r) == rank:
+                    return int(pid)
+        time.sleep(0.01)
+    raise AssertionError(f"rank {rank} never started")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("i", range(20))
+def test_torchrun_sigkill_one_rank_at_20_moments(reference, tmp_path, i):
+    m = schedule(20, seed=4242)[i]
+    victim = 0 if m.phase in ("create", "locked") else (i // 6) % 2
+    store, trace = tmp_path / "job.zarr", tmp_path / "job.trace"
+    job = _torchrun(trace, store)
+    pid = _rank_pid(trace, victim)
+    assert wait_phase(trace, pid, m.phase, m.occurrence, timeout=120), (m, victim)
+    time.sleep(m.delay)
+    kill(pid)
+    out, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, out[-2000:]  # torchrun reports the failure and stops the other rank
+    _check_nothing_finished_was_lost(store, trace, {pid}, in_flight=2)
+    _resume_and_compare(store, reference)
+
+
+@pytest.mark.slow
+def test_torchrun_restart_resumes_by_itself(reference, tmp_path):
+    """With --max-restarts, torchrun relaunches the job after a rank is killed; the new job resumes the
+    store and ends with the values of an uninterrupted run, with no manual step."""
+    store, trace = tmp_path / "job.zarr", tmp_path / "job.trace"
+    job = _torchrun(trace, store, "--max-restarts", "1")
+    pid = _rank_pid(trace, 1)
+    assert wait_phase(trace, pid, "done", 3, timeout=120)
+    kill(pid)
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, out[-3000:]
+    pids = {int(line.split()[1]) for line in trace.read_text().splitlines()}
+    assert len(pids) == 4  # two ranks, twice
+    ds = lossatlas.open_surface(store)
+    assert ds.attrs["complete"] == 1
+    for name in ("loss", "accuracy"):
+        np.testing.assert_array_equal(ds[name].values, reference[name].values)

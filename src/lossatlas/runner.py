@@ -43,7 +43,7 @@ from .store import GridStore, StoreLock
 
 ChunkFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 SPLITS = ("chunks", "data")
-POLL_SECONDS = 0.05  # how often a rank that has finished checks whether the others have
+POLL_SECONDS = (0.001, 0.05)  # a rank that has finished checks the others' progress, backing off to 50 ms
 STATS_SECONDS = 0.5  # how often rank 0 refreshes the per-rank figures
 
 __all__ = ["run_chunks", "open_session", "Session", "pinned_threads", "SPLITS"]
@@ -164,7 +164,9 @@ def run_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str],
       writes.
 
     ``threads`` pins the intra-op thread count during evaluation. ``report``, when given, receives
-    per-rank figures: ``points``, ``busy_seconds`` (evaluating and writing), ``seconds`` (wall).
+    per-rank figures ``points`` and ``busy_seconds`` (evaluating and writing), and this rank's
+    ``seconds`` (wall), ``coordination_seconds`` (shared counters) and ``wait_seconds`` (for the
+    chunks still running on other ranks at the end).
     """
     if split not in SPLITS:
         raise bad_value("run_chunks", "split", f"one of {SPLITS}", split)
@@ -203,8 +205,8 @@ def _run_local(layout, evaluate, variables, store, progress, description, report
             advance(math.prod(shape))
     seconds = time.perf_counter() - start
     if report is not None:
-        report.update(world=1, points=[sum(_points(layout, c) for c in pending)], busy_seconds=[seconds],
-                      seconds=seconds)
+        report.update(world=1, rank=0, points=[sum(_points(layout, c) for c in pending)], busy_seconds=[seconds],
+                      seconds=seconds, coordination_seconds=0.0, wait_seconds=0.0)
     return store.read() if store is not None else values
 
 
@@ -246,8 +248,7 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
     total = sum(_points(layout, c) for c in pending)
     already = grid.size - total
     mine: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
-    busy = 0.0
-    points = 0
+    coordination = 0.0  # seconds in the shared counters (claims, figures), this rank
     start = time.perf_counter()
     show = progress and ctx.is_main
     with rank_progress(grid.size, f"{description} ({ctx.world} ranks)", world=ctx.world, enabled=show,
@@ -261,8 +262,10 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                 last_stats = time.perf_counter()
 
         try:
+            claimed = time.perf_counter()
             for chunk in _claims(pending, board, split):
                 t0 = time.perf_counter()
+                coordination += t0 - claimed
                 _faults.checkpoint("chunk")
                 result = evaluate(grid.coefficients(layout.index(chunk)))
                 writer = split == "chunks" or ctx.is_main
@@ -271,16 +274,19 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                 elif store is None:
                     mine[chunk] = {v: np.asarray(result[v]) for v in variables}
                 n = _points(layout, chunk)
-                elapsed = time.perf_counter() - t0
-                busy += elapsed
+                t1 = time.perf_counter()
                 done = None
                 if writer:
-                    points += n
                     board.add(f"points/{ctx.rank}", n)
-                    board.add(f"busy_ms/{ctx.rank}", round(elapsed * 1000))
+                    board.add(f"busy_ms/{ctx.rank}", round((t1 - t0) * 1000))
                     done = board.add("done", n)
                 if ctx.is_main:
                     refresh(done if done is not None else board.add("done", 0))
+                claimed = time.perf_counter()
+                coordination += claimed - t1
+            coordination += time.perf_counter() - claimed
+            waiting = time.perf_counter()
+            pause = POLL_SECONDS[0]
             while True:  # wait for the chunks still in flight on other ranks (no collective: no timeout)
                 done = board.add("done", 0)
                 failure = board.failure()
@@ -289,7 +295,9 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                 if done >= total:
                     break
                 refresh(done)
-                time.sleep(POLL_SECONDS)
+                time.sleep(pause)
+                pause = min(2 * pause, POLL_SECONDS[1])
+            waiting = time.perf_counter() - waiting
             refresh(total, force=True)
         except BaseException as exc:
             if not isinstance(exc, DistributedError):
@@ -299,7 +307,8 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
     if report is not None:
         stats = board.per_rank()
         report.update(world=ctx.world, rank=ctx.rank, points=[p for p, _ in stats],
-                      busy_seconds=[s for _, s in stats], seconds=seconds)
+                      busy_seconds=[s for _, s in stats], seconds=seconds, coordination_seconds=coordination,
+                      wait_seconds=waiting)
     if store is not None:
         return store.read()
     if split == "chunks":

@@ -196,7 +196,7 @@ def _names(problem: Problem, metrics: bool) -> list[str]:
 
 
 def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
-    """Points per chunk: about CHUNK_SECONDS of work, and at least 8 chunks (4 per rank) so that
+    """Points per chunk: about CHUNK_SECONDS of work, and at least 8 chunks per rank so that
     ranks finishing early have chunks left to take."""
     per_point = evaluator.seconds_per_point
     if per_point is None:
@@ -204,7 +204,7 @@ def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
         evaluator(np.zeros((1, grid.ndim)))
         per_point = max(time.perf_counter() - t, 1e-7)
     by_time = max(1, int(CHUNK_SECONDS / per_point))
-    return max(1, min(by_time, math.ceil(grid.size / max(8, 4 * world))))
+    return max(1, min(by_time, math.ceil(grid.size / (8 * world))))
 
 
 def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,
