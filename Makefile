@@ -9,6 +9,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: setup demo test test-all bench images clean
 
+IMAGES := seed-relu-plane.png seed-relu-slices.png logreg-slices.png logreg-planes.png mlp-digits-contour.png mlp-digits-3d.png
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
@@ -29,6 +31,11 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --no-deps loss-landscapes pyhessian
 	$(BIN)/python benchmarks/bench_surface.py
+
+images: $(STAMP)
+	$(BIN)/lossatlas demo --out build/demo --no-progress
+	mkdir -p docs/images
+	cd build/demo && cp $(IMAGES) ../../docs/images/
 
 clean:
 	rm -rf $(VENV) lossatlas-demo .pytest_cache

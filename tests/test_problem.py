@@ -168,3 +168,22 @@ def test_tied_parameters_follow_the_point():
         W = w2["a.weight"]
         expected = float(torch.nn.functional.mse_loss(torch.tanh(x.double() @ W.T) @ W.T, x.double()))
     assert_close(pr.loss(w2), expected, torch.float64)
+
+
+def test_data_larger_than_the_cache_budget_is_streamed(classification):
+    model, loss_fn, x, y = classification
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cached = lossatlas.Problem(model, loss_fn, DataLoader(TensorDataset(x, y), batch_size=16), dtype=torch.float64)
+    streamed = lossatlas.Problem(model, loss_fn, DataLoader(TensorDataset(x, y), batch_size=16), dtype=torch.float64,
+                                 max_cache_bytes=100)
+    assert cached.data.cached and not streamed.data.cached
+    assert streamed.n_samples == 60 and streamed.data.n_batches == 4
+    theta = cached.params()
+    assert_close(streamed.loss(theta), cached.loss(theta), torch.float64)
+    d = lossatlas.directions.random(cached, n=1, seed=0)
+    a = lossatlas.surface(cached, None, d, steps=5, progress=False)
+    b = lossatlas.surface(streamed, None, d, steps=5, progress=False)
+    assert_close(b.loss.values, a.loss.values, torch.float64)
+    with pytest.raises(lossatlas.DataError, match="one-shot iterator"):
+        lossatlas.Problem(model, loss_fn, ((x[i:i + 10], y[i:i + 10]) for i in range(0, 60, 10)), max_cache_bytes=100)

@@ -21,3 +21,28 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch, capsys):
 def test_readme_shows_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def console_commands():
+    blocks = re.findall(r"```console\n(.*?)```", README.read_text(), flags=re.S)
+    return [line[2:].split() for block in blocks for line in block.splitlines() if line.startswith("$ ")]
+
+
+def test_readme_cli_examples_run(tmp_path, monkeypatch):
+    from lossatlas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    commands = console_commands()
+    assert len(commands) >= 5
+    for argv in commands:
+        assert argv[0] == "lossatlas"
+        try:
+            main(argv[1:])
+        except SystemExit as exc:
+            assert exc.code in (0, None), f"{' '.join(argv)} exited with {exc.code}"
+    assert (tmp_path / "plane.png").exists() and (tmp_path / "plane.html").exists()
+
+
+def test_readme_images_exist():
+    for ref in re.findall(r"\]\((docs/images/[^)]+)\)", README.read_text()):
+        assert (README.parent / ref).exists(), ref

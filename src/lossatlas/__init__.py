@@ -9,7 +9,7 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import directions, distributed, params
+from . import directions, distributed, examples, params, plot
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
@@ -27,6 +27,8 @@ __all__ = [
     "params",
     "directions",
     "distributed",
+    "examples",
+    "plot",
     "Directions",
     "Grid",
     "surface",

@@ -63,6 +63,17 @@ class Directions:
     def __iter__(self):
         return iter(self.vectors)
 
+    def select(self, *indices: int) -> Directions:
+        """A Directions object holding only the given directions (labels and spec kept)."""
+        if not indices or any(not isinstance(i, int) or not -len(self) <= i < len(self) for i in indices):
+            raise bad_value("Directions.select", "indices", f"integers in [0, {len(self)})", indices)
+        spec = dict(self.spec)
+        labels = self.labels
+        spec["labels"] = [labels[i] for i in indices]
+        spec["n"] = len(indices)
+        spec["selected"] = list(indices)
+        return Directions([self.vectors[i] for i in indices], spec)
+
     @property
     def labels(self) -> list[str]:
         labels = self.spec.get("labels")
@@ -124,7 +135,7 @@ def write_params(group: Any, tensors: Mapping[str, Tensor]) -> None:
         widened = t.dtype == torch.bfloat16  # numpy has no bfloat16: kept exactly as float32
         arr = (t.float() if widened else t).numpy()
         key = f"p{i}"
-        group.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape or None, overwrite=True)
+        group.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape, overwrite=True)
         group[key][...] = arr
         order.append([key, k, "bfloat16"] if widened else [key, k])
     group.attrs["params"] = order

@@ -133,24 +133,52 @@ class PointEvaluator:
         if not self.per_batch:
             values = problem.evaluate_tensors(params, metrics=self.metrics)
             return torch.stack([values[k] for k in self.names])
-        rows = []
         with problem.bound(params):
-            for batch, n in problem.data:
-                terms = problem._terms_bound(batch, n, self.metrics)
-                rows.append(torch.stack([terms[k].to(torch.float64) for k in self.names]))
+            return self._values_bound()
+
+    def _values_bound(self) -> Tensor:
+        """:meth:`_values` for parameters already bound into the problem's module."""
+        problem = self.problem
+        if not self.per_batch:
+            values = problem.evaluate_bound(metrics=self.metrics)
+            return torch.stack([values[k] for k in self.names])
+        rows = []
+        for batch, n in problem.data:
+            terms = problem._terms_bound(batch, n, self.metrics)
+            rows.append(torch.stack([terms[k].to(torch.float64) for k in self.names]))
         return torch.stack(rows, dim=-1)
 
     def _run_loop(self, coefficients: np.ndarray) -> Tensor:
-        low = self.point_dtype != self.problem.dtype
+        problem = self.problem
+        keys = list(self.center)
+        base = [self._point_center[k] for k in keys]
+        dirs = [[d[k] for k in keys] for d in self._point_dirs]
+        low = self.point_dtype != problem.dtype
+        recalibrate = problem.bn == "recalibrate" and bool(problem._bn_modules)
+        # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
+        # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like P.lincomb and
+        # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps
+        work = [t.clone() for t in base]
+        step = [torch.empty_like(t) for t in base]
+        bound = [torch.empty_like(self.center[k]) for k in keys] if low else work
+        params = dict(zip(keys, bound))
         rows = []
-        for c in coefficients:
-            c = tuple(float(v) for v in c)  # host numbers: no device sync
-            params = P.lincomb(self._point_center, self._point_dirs, c)
-            if low:
-                params = P.to(params, dtype=self.problem.dtype)
-            if self.fold is not None:
-                self.fold.coefficients = c
-            rows.append(self._values(params))
+        with contextlib.ExitStack() as stack:
+            if not recalibrate:
+                stack.enter_context(problem.bound(params))
+            for c in coefficients:
+                c = tuple(float(v) for v in c)  # host numbers: no device sync
+                torch._foreach_copy_(work, base)
+                for a, d in zip(c, dirs):
+                    if a != 0.0:
+                        for out, t in zip(step, d):
+                            torch.mul(t, a, out=out)
+                        torch._foreach_add_(work, step)
+                if low:
+                    torch._foreach_copy_(bound, work)  # one rounding to the problem's dtype
+                if self.fold is not None:
+                    self.fold.coefficients = c
+                rows.append(self._values(params) if recalibrate else self._values_bound())
         if self.fold is not None:
             self.fold.coefficients = None
         return torch.stack(rows)

@@ -344,12 +344,17 @@ class Problem:
         """Dataset means as float64 0-d tensors on the device (no host sync; ``vmap``-compatible
         for ``bn="eval"``). Internal fast path: ``params`` are not validated."""
         buffers = self.recalibrated_buffers(params) if self.bn == "recalibrate" and self._bn_modules else None
-        totals: dict[str, Tensor] = {}
         with self.bound(params, buffers):
-            for batch, n in self.data:
-                for k, v in self._terms_bound(batch, n, metrics).items():
-                    v = v.to(torch.float64)
-                    totals[k] = v if k not in totals else totals[k] + v
+            return self.evaluate_bound(metrics=metrics)
+
+    def evaluate_bound(self, *, metrics: bool = True) -> dict[str, Tensor]:
+        """Like :meth:`evaluate_tensors` for parameters already placed with :meth:`bound` (lets a
+        caller bind reusable buffers once and update them in place between evaluations)."""
+        totals: dict[str, Tensor] = {}
+        for batch, n in self.data:
+            for k, v in self._terms_bound(batch, n, metrics).items():
+                v = v.to(torch.float64)
+                totals[k] = v if k not in totals else totals[k] + v
         return totals
 
     def loss(self, params: Mapping[str, Tensor]) -> float:

@@ -12,43 +12,17 @@ from ._app import app
 
 @app.command()
 def demo(out: Path = typer.Option(Path("lossatlas-demo"), "--out", help="Output directory."),
-         quick: bool = typer.Option(False, "--quick", help="Smaller grids (for tests)."),
+         quick: bool = typer.Option(False, "--quick", help="Smaller grids (under 30 s; for tests)."),
          progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
-    """Train a small MLP on scikit-learn digits and draw its filter-normalised 2D loss surface."""
-    import matplotlib
+    """Why is a network's loss non-convex when MSE/cross-entropy is convex? Pictures and numbers."""
+    from rich.console import Console
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-    from sklearn.datasets import load_digits
+    from .. import demo as demo_mod
 
-    import lossatlas
-
+    console = Console()
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    problem = lossatlas.Problem(net, torch.nn.CrossEntropyLoss(), (x, y))
-    d = lossatlas.directions.random(problem, n=2, seed=0)
-    steps = 15 if quick else 41
-    ds = lossatlas.surface(problem, None, d, steps=steps, span=1.0, store=out / "mlp-digits.zarr",
-                           overwrite=True, progress=progress)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    cs = ax.contour(ds.x, ds.y, ds.loss.T, levels=20, cmap="viridis")
-    ax.clabel(cs, fontsize=7)
-    ax.plot(0, 0, "r*", markersize=10)
-    ax.set_xlabel(ds.x.attrs["long_name"])
-    ax.set_ylabel(ds.y.attrs["long_name"])
-    ax.set_title("MLP on digits: cross-entropy loss")
-    fig.tight_layout()
-    fig.savefig(out / "mlp-digits-contour.png", dpi=120)
-    typer.echo(f"wrote {out / 'mlp-digits-contour.png'} and {out / 'mlp-digits.zarr'} "
-               f"in {time.perf_counter() - t0:.1f} s")
+    summary = demo_mod.run(out, quick=quick, progress=progress)
+    for sec in summary["sections"]:
+        console.print(f"[bold]{sec['example']}[/bold]: {sec['shows']}\n")
+    console.print(f"wrote {len(summary['figures'])} figures, summary.md and summary.json to {out} "
+                  f"in {time.perf_counter() - t0:.1f} s")

@@ -30,7 +30,26 @@ def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, *
         opt.zero_grad()
         loss_fn(model(xb), yb).backward()
         opt.step()
+    _precise_batchnorm(model, x)
     model.eval()
+
+
+def _precise_batchnorm(model: nn.Module, x: torch.Tensor, batch: int = 512) -> None:
+    """Replace BatchNorm running statistics by their average over the training inputs at the final
+    weights (momentum=None: cumulative average), so eval mode matches the trained network."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+    for m, momentum in saved:
+        m.momentum = momentum
 
 
 def _finish(name: str, model: nn.Module, loss_fn, data, *, dtype, device, description: str, convex: bool | None,
@@ -144,7 +163,7 @@ def cnn_digits(*, dtype=None, device=None, cache=True) -> Example:
     torch.manual_seed(0)
     model = _models.SmallCNN()
     loss_fn = nn.CrossEntropyLoss()
-    trained(model, {"name": "cnn-digits", "steps": 200, "lr": 3e-3},
+    trained(model, {"name": "cnn-digits", "steps": 200, "lr": 3e-3, "bn": "precise"},
             lambda m: fit(m, loss_fn, x, y, steps=200, lr=3e-3, batch=256), cache=cache)
     return _finish("cnn-digits", model, loss_fn, (x, y), dtype=dtype, device=device, convex=False,
                    family="network", description=REGISTRY_DESC["cnn-digits"], info={"data": "digits"})
@@ -156,8 +175,8 @@ def _resnet(skip: bool, *, dtype, device, cache) -> Example:
     torch.manual_seed(0)
     model = _models.SmallResNet(skip=skip, classes=10)
     loss_fn = nn.CrossEntropyLoss()
-    trained(model, {"name": name, "data": data_name, "steps": 240, "lr": 3e-3},
-            lambda m: fit(m, loss_fn, xtr, ytr, steps=240, lr=3e-3, batch=128), cache=cache)
+    trained(model, {"name": name, "data": data_name, "steps": 150, "lr": 3e-3, "bn": "precise"},
+            lambda m: fit(m, loss_fn, xtr, ytr, steps=150, lr=3e-3, batch=128), cache=cache)
     # the landscape is evaluated on a fixed 1024-sample subset of the training data
     return _finish(name, model, loss_fn, (xtr[:1024], ytr[:1024]), dtype=dtype, device=device, convex=False,
                    family="network", description=REGISTRY_DESC[name] + f" (data: {data_name})",

@@ -1,0 +1,229 @@
+"""``lossatlas examples | surface | plot | info``: surfaces from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ..errors import InvalidArgumentError
+from ._app import app
+
+KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command()
+def examples() -> None:
+    """List the built-in example problems."""
+    from rich.table import Table
+
+    from .. import examples as ex
+
+    table = Table(title="lossatlas examples")
+    table.add_column("name", style="bold")
+    table.add_column("convex in θ")
+    table.add_column("description")
+    for spec in ex.REGISTRY.values():
+        convex = {True: "yes", False: "no (provably)", None: "unknown"}[spec.convex]
+        table.add_row(spec.name, convex, spec.description)
+    _console().print(table)
+
+
+def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int):
+    from .. import directions as D
+
+    norm_value = None if norm == "none" else norm
+    ignore_value = None if ignore == "none" else ignore
+    if kind == "random":
+        return D.random(target.center, n=dims, norm=norm_value, ignore=ignore_value, seed=seed,
+                        model=target.problem.model)
+    if kind == "example":
+        return target.default_directions(n=dims, seed=seed)
+    if kind.startswith("axes:"):
+        names = [n.strip() for n in kind[5:].split(",") if n.strip()]
+        if len(names) != dims:
+            raise InvalidArgumentError(f"--directions {kind!r} names {len(names)} parameters but --dims is {dims}")
+        return D.axes(target.center, names)
+    if kind == "hessian":
+        if not hasattr(D, "hessian"):
+            raise InvalidArgumentError("--directions hessian needs the curvature module (not available in this build)")
+        return D.hessian(target.problem, target.center, n=dims, seed=seed)
+    raise InvalidArgumentError(f"--directions must be random, example, hessian or axes:NAME[,NAME]; received {kind!r}")
+
+
+def _span(span: str, dims: int):
+    try:
+        parts = [float(v) for v in span.replace(":", ",").split(",")]
+    except ValueError:
+        raise InvalidArgumentError(f"--span must be a number S or LO,HI; received {span!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    if len(parts) == 2 * dims:
+        return [(parts[2 * i], parts[2 * i + 1]) for i in range(dims)]
+    raise InvalidArgumentError(f"--span must be S, LO,HI or {dims} LO,HI pairs; received {span!r}")
+
+
+@app.command()
+def surface(
+    target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
+    dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane."),
+    steps: int = typer.Option(41, "--steps", help="Points per axis (odd keeps θ on the grid)."),
+    span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
+    directions: str = typer.Option("random", "--directions",
+                                   help="random | example | hessian | axes:NAME[,NAME] (single parameters)."),
+    norm: str = typer.Option("filter", "--norm", help="filter | layer | model | none (random directions)."),
+    ignore: str = typer.Option("biasbn", "--ignore", help="biasbn | none (random directions)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random directions."),
+    store: Path = typer.Option(None, "--store", help="Zarr store to write (resumable)."),
+    resume: bool = typer.Option(True, "--resume/--overwrite", help="Resume an existing store, or replace it."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="state_dict file giving the centre θ."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: the model's); 'rank': "
+                               "cuda:LOCAL_RANK under torchrun when CUDA is available, else cpu."),
+    dtype: str = typer.Option(None, "--dtype", help="float32 | float64 | bfloat16 (16-bit forward, float32 loss)."),
+    strategy: str = typer.Option("auto", "--strategy", help="auto | loop | vmap."),
+    parallel: str = typer.Option("grid", "--parallel", help="Under torchrun: grid (ranks share the grid's "
+                                 "chunks) | data (ranks share each point's batches)."),
+    plot_file: Path = typer.Option(None, "--plot", help="Also save a figure (PNG/PDF/SVG/HTML)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Compute a 1-D or 2-D loss surface around a model and print a summary."""
+    from rich.table import Table
+
+    from .. import distributed
+    from .. import surface as surface_fn
+    from ._target import resolve
+
+    if dims not in (1, 2):
+        raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
+    if device == "rank":
+        device = str(distributed.device_for_rank())
+    tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    d = _directions(tgt, directions, dims, norm, ignore, seed)
+    t0 = time.perf_counter()
+    ds = surface_fn(tgt.problem, tgt.center, d, steps=steps, span=_span(span, dims), strategy=strategy,
+                    store=store, overwrite=not resume, progress=progress, parallel=parallel)
+    seconds = time.perf_counter() - t0
+    if not distributed.context().is_main:
+        return  # under torchrun, rank 0 reports and draws
+    ds.attrs["name"] = tgt.name
+    loss = ds.loss.values
+    table = Table(title=f"surface of {tgt.name}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    center_value = float(ds.loss.sel({k: 0.0 for k in ds.loss.dims}, method="nearest"))
+    rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
+            ("directions", ", ".join(ds.attrs.get("direction_labels", []))),
+            ("loss at centre", f"{center_value:.6g}"),
+            ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
+            ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
+            ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
+    if "accuracy" in ds:
+        rows.insert(4, ("accuracy at centre", f"{float(ds.accuracy.sel({k: 0.0 for k in ds.loss.dims}, method='nearest')):.4f}"))
+    if store is not None:
+        rows.append(("store", str(store)))
+    for k, v in rows:
+        table.add_row(k, v)
+    _console().print(table)
+    if plot_file is not None:
+        _write_figure(ds, plot_file, kind=None)
+        _console().print(f"figure: {plot_file}")
+
+
+def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,
+                  vmin: float | None = None, vmax: float | None = None, levels: int = 30) -> Path:
+    from .. import plot
+
+    if kind is None:
+        kind = "html" if out.suffix.lower() in (".html", ".htm") else ("line" if ds[variable].ndim == 1 else "contour")
+    if kind not in KINDS:
+        raise InvalidArgumentError(f"--kind must be one of {', '.join(KINDS)}; received {kind!r}")
+    if kind == "html":
+        return plot.save_html(plot.interactive(ds, variable, vmax=vmax, log=log), out)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if kind == "line":
+        fig = plot.line(ds, variable, log=log, vmin=vmin, vmax=vmax)
+    elif kind in ("contour", "filled"):
+        fig = plot.contour(ds, variable, filled=kind == "filled", log=log, vmin=vmin, vmax=vmax, levels=levels)
+    elif kind == "heatmap":
+        fig = plot.heatmap(ds, variable, log=log, vmin=vmin, vmax=vmax)
+    else:
+        fig = plot.surface3d(ds, variable, log=log, vmin=vmin, vmax=vmax)
+    path = plot.save(fig, out)
+    plt.close(fig)
+    return path
+
+
+@app.command("plot")
+def plot_cmd(
+    store: Path = typer.Argument(..., help="A store written by `lossatlas surface` (or the demo)."),
+    kind: str = typer.Option(None, "--kind", help="line | contour | filled | heatmap | surface3d | html."),
+    out: Path = typer.Option(None, "--out", help="Figure file (.png, .pdf, .svg, .html)."),
+    variable: str = typer.Option("loss", "--var", help="Variable to draw (loss, accuracy, …)."),
+    log: bool = typer.Option(False, "--log", help="Logarithmic colour/value scale."),
+    vmin: float = typer.Option(None, "--vmin"),
+    vmax: float = typer.Option(None, "--vmax"),
+    levels: int = typer.Option(30, "--levels", help="Number of contour levels."),
+) -> None:
+    """Draw a stored surface."""
+    from .. import open_surface
+
+    ds = open_surface(store)
+    if variable not in ds.data_vars:
+        raise InvalidArgumentError(f"--var must be one of {sorted(ds.data_vars)}; received {variable!r}")
+    if out is None:
+        suffix = ".html" if kind == "html" else ".png"
+        out = store.with_name(store.name.removesuffix(".zarr") + f"-{kind or 'plot'}{suffix}")
+    path = _write_figure(ds, out, kind=kind, variable=variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
+    _console().print(f"wrote {path}")
+
+
+@app.command()
+def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")) -> None:
+    """Provenance, grid, completeness and NaN count of a store."""
+    from rich.table import Table
+
+    from .. import open_surface
+
+    ds = open_surface(store)
+    prov = json.loads(ds.attrs["provenance"])
+    table = Table(title=f"{store}")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    grid = ", ".join(f"{d}: {ds.sizes[d]} points in [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
+                     for d in ds.loss.dims)
+    rows = [
+        ("kind", str(ds.attrs.get("kind"))),
+        ("complete", f"{'yes' if ds.attrs['complete'] else 'NO'} ({ds.attrs['points_done']}/{ds.attrs['points_total']} points)"),
+        ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
+        ("grid", grid),
+        ("chunk shape", str(ds.attrs.get("chunk_shape"))),
+        ("variables", ", ".join(ds.data_vars)),
+        ("directions", f"{prov['direction_spec'].get('kind')} — " + ", ".join(ds.attrs.get("direction_labels", []))),
+        ("norm / ignore / seed", f"{ds.attrs.get('direction_norm')} / {ds.attrs.get('direction_ignore')} / "
+                                 f"{ds.attrs.get('direction_seed')}"),
+        ("dtype / strategy", f"{ds.attrs.get('dtype')} / {ds.attrs.get('strategy')}"),
+        ("samples", str(ds.attrs.get("n_samples"))),
+        ("software", prov.get("software", "")),
+        ("model fingerprint", prov["model"][:16]),
+        ("data fingerprint", prov["data"][:16]),
+        ("centre fingerprint", prov["center"][:16]),
+        ("directions fingerprint", prov["directions"][:16]),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    _console().print(table)
