@@ -99,3 +99,17 @@ def test_dot_is_summed_left_to_right_with_one_transfer():
     for k in a:
         expected += float(torch.sum(a[k].double() * b[k].double()))
     assert value == expected and counter.calls == ["__float__"]
+
+
+def test_bfloat16_closure_sees_float32_outputs(classification):
+    model, loss_fn, x, y = classification
+    seen = []
+
+    def closure(call, batch):
+        out = call(batch["x"])
+        seen.append(out.dtype)
+        return loss_fn(out, batch["y"])
+
+    problem = lossatlas.Problem(model, None, {"x": x, "y": y}, closure=closure, dtype=torch.bfloat16)
+    value = problem.evaluate_tensors(problem.params())["loss"]
+    assert seen and set(seen) == {torch.float32} and value.dtype == torch.float64

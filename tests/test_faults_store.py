@@ -44,6 +44,12 @@ def _same(ds, reference):
         np.testing.assert_array_equal(ds[name].values, reference[name].values)
 
 
+def _overwrite(path: Path):
+    problem, d = _dist_problem.build()
+    return lossatlas.surface(problem, None, d, steps=8, chunk=4, strategy="loop", store=path, overwrite=True,
+                             progress=False)
+
+
 def _unmark(path: Path, chunk=(0, 1)):
     gstore = GridStore.open(path)
     gstore._array("chunk_done")[tuple(slice(i, i + 1) for i in chunk)] = np.zeros((1, 1), np.uint8)
@@ -58,26 +64,25 @@ def test_leftover_partial_files_are_removed_and_reported(finished, reference):
     _same(ds, reference)
 
 
-def test_unreadable_chunk_of_a_done_chunk_is_recomputed(finished, reference):
-    (finished / "loss" / "c" / "1" / "0").write_bytes(b"\x00garbage, not zstd")
+DAMAGE = {
+    "unreadable values of a done chunk": (lambda p: (p / "loss" / "c" / "1" / "0").write_bytes(b"\x00not zstd"),
+                                          "unreadable chunk (1, 0) of 'loss'"),
+    "values of a done chunk missing": (lambda p: (p / "accuracy" / "c" / "2" / "1").unlink(),
+                                       "chunk (2, 1) was marked done but its values are missing"),
+    "unreadable done marker": (lambda p: (p / "chunk_done" / "c" / "3" / "0").write_bytes(b"junk"),
+                               "unreadable done marker of chunk (3, 0)"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_chunks_are_recomputed_and_reported(finished, reference, damage):
+    """What a power loss without fsync could leave (a renamed but empty or garbled file)."""
+    harm, expected = DAMAGE[damage]
+    harm(finished)
     ds, message = _resume(finished)
-    assert "unreadable chunk (1, 0) of 'loss'" in message
+    assert expected in message
     _same(ds, reference)
     _same(lossatlas.open_surface(finished), reference)
-
-
-def test_done_chunk_whose_values_are_missing_is_recomputed(finished, reference):
-    (finished / "accuracy" / "c" / "2" / "1").unlink()
-    ds, message = _resume(finished)
-    assert "chunk (2, 1) was marked done but its values are missing" in message
-    _same(ds, reference)
-
-
-def test_unreadable_done_marker_is_treated_as_not_done(finished, reference):
-    (finished / "chunk_done" / "c" / "3" / "0").write_bytes(b"junk")
-    ds, message = _resume(finished)
-    assert "unreadable done marker of chunk (3, 0)" in message
-    _same(ds, reference)
 
 
 def test_damaged_metadata_is_refused_then_overwritten_on_request(finished, reference):
@@ -86,10 +91,7 @@ def test_damaged_metadata_is_refused_then_overwritten_on_request(finished, refer
         _dist_problem.run(finished)
     with pytest.raises(lossatlas.StoreError, match="damaged"):
         lossatlas.open_surface(finished)
-    problem, d = _dist_problem.build()
-    ds = lossatlas.surface(problem, None, d, steps=8, chunk=4, strategy="loop", store=finished, overwrite=True,
-                           progress=False)
-    _same(ds, reference)
+    _same(_overwrite(finished), reference)
 
 
 def test_store_without_its_group_metadata_is_refused_and_can_be_overwritten(finished, reference):
@@ -102,10 +104,7 @@ def test_store_without_its_group_metadata_is_refused_and_can_be_overwritten(fini
     meta.unlink()  # a store with no group metadata at all: still recognised as ours for overwrite
     with pytest.raises(lossatlas.StoreError, match="looks like a damaged lossatlas store"):
         lossatlas.open_surface(finished)
-    problem, d = _dist_problem.build()
-    ds = lossatlas.surface(problem, None, d, steps=8, chunk=4, strategy="loop", store=finished, overwrite=True,
-                           progress=False)
-    _same(ds, reference)
+    _same(_overwrite(finished), reference)
 
 
 def test_creation_leftovers_of_dead_processes_are_removed(tmp_path, reference):

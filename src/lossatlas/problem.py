@@ -290,13 +290,14 @@ class Problem:
         target = self.loss_dtype
         return map_tensors(outputs, lambda t: t.to(target) if t.is_floating_point() and t.dtype != target else t)
 
+    def _upcasting_call(self, *args, **kwargs):
+        """The private model's call with its outputs cast to ``loss_dtype`` (16-bit closures)."""
+        return self._upcast(self._module(*args, **kwargs))
+
     def _forward_bound(self, batch):
         """(outputs, raw loss value, extra closure metrics) for one batch, parameters already bound."""
         if self.closure is not None:
-            module = self._module
-            if self.loss_dtype != self.dtype:
-                def module(*args, **kwargs):
-                    return self._upcast(self._module(*args, **kwargs))
+            module = self._module if self.loss_dtype == self.dtype else self._upcasting_call
             out = self.closure(module, batch)
             if isinstance(out, Mapping):
                 if "loss" not in out:
