@@ -49,6 +49,37 @@ def run(store, delay: float = 0.0, *, steps: int = 8, chunk: int | None = 4, str
                              progress=progress, parallel=parallel)
 
 
+def legacy(store, *, overwrite: bool = False, delay: float = 0.0) -> np.ndarray:
+    """Code written against the store primitives (open / lock / create / lock / run_chunks on every
+    rank, as ``curvature.ratio_map`` does): distributed through the runner as it is."""
+    from lossatlas.evaluator import PointEvaluator
+    from lossatlas.grid import Grid
+    from lossatlas.runner import run_chunks
+    from lossatlas.store import GridStore
+
+    problem, d = build(delay)
+    grid = Grid.make(2, 8, 1.0)
+    chunk_shape = grid.chunk_shape_for(4)
+    prov = {"kind": "legacy", "center": lossatlas.params.fingerprint(problem.params())}
+    path = Path(store)
+    if overwrite:
+        GridStore.remove(path, func="legacy")
+    gstore = None
+    if GridStore.exists(path):
+        gstore = GridStore.open(path, func="legacy")
+        gstore.lock(func="legacy")
+        gstore.check_provenance(prov, func="legacy")
+    try:
+        if gstore is None:
+            gstore = GridStore.create(path, grid=grid, chunk_shape=chunk_shape, variables=["loss"], provenance=prov)
+            gstore.lock(func="legacy")
+        with PointEvaluator(problem, problem.params(), d.vectors, strategy="loop", metrics=False) as evaluator:
+            return run_chunks(grid.chunks(chunk_shape), evaluator, ["loss"], store=gstore, progress=False,
+                              description="legacy")["loss"]
+    finally:
+        gstore.unlock()
+
+
 def _save(ds, path: Path) -> None:
     np.savez(path, loss=ds.loss.values, accuracy=ds.accuracy.values)
 

@@ -166,3 +166,18 @@ def test_cli_under_torchrun_writes_the_single_process_store(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("surface of seed-relu") == 1  # the summary comes from rank 0 only
     _same(lossatlas.open_surface(tmp_path / "two.zarr"), lossatlas.open_surface(tmp_path / "single.zarr"))
+
+
+def test_code_using_the_store_primitives_is_distributed_too(tmp_path):
+    """open / lock / create / lock / run_chunks on every rank (the pattern of curvature.ratio_map):
+    ``lock`` and ``remove`` are collective, so ranks never race; values equal one process's."""
+    reference = _dist_problem.legacy(tmp_path / "single.zarr")
+    for overwrite in (False, True):
+        port = free_port()
+        pids = [shared_zygote().spawn({"kind": "legacy", "store": str(tmp_path / "two.zarr"), "overwrite": overwrite,
+                                       "log": str(tmp_path / f"{overwrite}-{r}.log"), "env": rank_env(r, 2, port)})
+                for r in (0, 1)]
+        assert wait_dead(pids)
+        for r in (0, 1):
+            assert (tmp_path / f"{overwrite}-{r}.log.ok").exists(), (tmp_path / f"{overwrite}-{r}.log").read_text()
+            np.testing.assert_array_equal(np.load(tmp_path / f"{overwrite}-{r}.log.npy"), reference)

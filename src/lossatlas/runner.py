@@ -120,7 +120,7 @@ def open_session(path: str | Path | None, *, func: str, overwrite: bool, provena
         try:
             _faults.checkpoint("locked")
             if overwrite:
-                GridStore.remove(path, func=func)
+                GridStore.remove_here(path, func=func)
             GridStore.clean_leftovers(path)
             if GridStore.exists(path):
                 gstore = GridStore.open(path, func=func)
@@ -243,6 +243,9 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
         chunks = store.pending() if store is not None else list(layout)
         return [list(c) for c in chunks]
 
+    ctx.check_same({"grid": [list(map(float, a)) for a in grid.axes], "chunk_shape": list(layout.chunk_shape),
+                    "variables": list(variables), "store": None if store is None else str(Path(store.path).resolve()),
+                    "split": split}, func="run_chunks", what="grid, chunking, variables or store")
     pending = [tuple(c) for c in ctx.run_on_main(plan)]
     board = _Board(ctx)
     total = sum(_points(layout, c) for c in pending)

@@ -246,7 +246,21 @@ class GridStore:
 
     @staticmethod
     def remove(path: str | Path, *, func: str) -> None:
-        """Delete a lossatlas store (refuses directories that are not lossatlas stores)."""
+        """Delete a lossatlas store (refuses directories that are not lossatlas stores).
+
+        Under torch.distributed this is collective (call it on every rank): rank 0 deletes, the
+        others wait, so a rank cannot delete a store another rank has just created."""
+        from .distributed import context
+
+        ctx = context()
+        if ctx.active:
+            ctx.run_on_main(lambda: GridStore.remove_here(path, func=func))
+        else:
+            GridStore.remove_here(path, func=func)
+
+    @staticmethod
+    def remove_here(path: str | Path, *, func: str) -> None:
+        """:meth:`remove` in this process only (no coordination with other ranks)."""
         path = Path(path)
         if not path.exists():
             return
@@ -361,13 +375,23 @@ class GridStore:
     # -- locking ----------------------------------------------------------------------------------
     def lock(self, *, func: str, job: str | None = None) -> None:
         """Take the exclusive writer lock (released automatically if the process dies) and repair
-        what a crashed writer left behind."""
-        self._lock = StoreLock.acquire(self.path, func=func, job=job)
-        try:
-            self.repair(func=func)
-        except BaseException:
-            self.unlock()
-            raise
+        what a crashed writer left behind.
+
+        Under torch.distributed this is collective (call it on every rank): rank 0 takes the lock
+        for the whole job and repairs, and every rank raises the same error if the store is busy.
+        :func:`lossatlas.runner.open_session` does all of opening, locking and checking at once."""
+        from .distributed import context
+
+        ctx = context()
+
+        def take() -> None:
+            self._lock = StoreLock.acquire(self.path, func=func, job=job or ctx.job or None)
+            try:
+                self.repair(func=func)
+            except BaseException:
+                self.unlock()
+                raise
+        ctx.run_on_main(take)
 
     @staticmethod
     def lock_path(path: Path) -> Path:
