@@ -183,6 +183,8 @@ def context() -> Context:
         backend = "gloo"
         if torch.cuda.is_available() and dist.is_nccl_available():
             backend = "cpu:gloo,cuda:nccl"
+            # NCCL communicators live on the current device: one GPU per local rank, as torchrun intends
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
         _initialised_here = True
         atexit.register(_shutdown)
