@@ -17,7 +17,7 @@
 Repetitions are interleaved (each runs every contender once); medians and the median of the
 per-repetition ratios are printed. Usage::
 
-    python benchmarks/bench_scale.py [--reps 3] [--steps 41] [--bf16-steps 15] [--skip-bf16]
+    python benchmarks/bench_scale.py [--reps 3] [--steps 41] [--bf16-steps 15] [--skip-bf16] [--sections 1234]
 """
 
 from __future__ import annotations
@@ -294,6 +294,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=41, help="points per chunk in the overhead section")
     ap.add_argument("--bf16-steps", type=int, default=15)
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--sections", default="1234", help="which sections to run, e.g. 12")
     ap.add_argument("--worker", choices=("plane", "overhead", "matmul"))
     ap.add_argument("--out")
     ap.add_argument("--store")
@@ -309,11 +310,14 @@ def main() -> None:
     print(f"torch {torch.__version__}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} "
           "(timings on a shared machine are noisy: medians of interleaved repetitions)")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        section_speedup(args, Path(tmp))
-        section_overhead(args, Path(tmp))
-    if not args.skip_bf16:
+        if "1" in args.sections:
+            section_speedup(args, Path(tmp))
+        if "2" in args.sections:
+            section_overhead(args, Path(tmp))
+    if "3" in args.sections and not args.skip_bf16:
         section_bf16(args)
-    section_gpu(args)
+    if "4" in args.sections:
+        section_gpu(args)
 
 
 if __name__ == "__main__":
