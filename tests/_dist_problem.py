@@ -31,6 +31,9 @@ class SlowNet(torch.nn.Module):
     def forward(self, x):
         if self.delay:
             time.sleep(self.delay)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > int(os.environ.get("DIST_PROBLEM_FAIL_AFTER", "1000000000")):  # tests inject a failure
+            raise RuntimeError("injected failure")
         return self.l2(torch.tanh(self.l1(x)))
 
 

@@ -17,6 +17,7 @@ import torch
 import lossatlas
 from lossatlas import distributed as D
 from lossatlas.evaluator import PointEvaluator, sum_batches
+from lossatlas.runner import pinned_threads
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -74,6 +75,11 @@ def test_torchrun_two_ranks_equal_one_process(torchrun_job):
 
 
 def test_data_parallel_terms_sum_to_the_single_process_value_exactly(classification):
+    with pinned_threads(1):  # a tiny model: one thread is quicker on a busy machine
+        _data_parallel_matches(classification)
+
+
+def _data_parallel_matches(classification):
     model, loss_fn, x, y = classification
     problem = lossatlas.Problem(model, loss_fn, (x, y), batch_size=7)  # 9 uneven batches
     d = lossatlas.directions.random(problem, n=2, seed=3)
@@ -171,7 +177,8 @@ def test_cli_under_torchrun_writes_the_single_process_store(tmp_path):
 def test_code_using_the_store_primitives_is_distributed_too(tmp_path):
     """open / lock / create / lock / run_chunks on every rank (the pattern of curvature.ratio_map):
     ``lock`` and ``remove`` are collective, so ranks never race; values equal one process's."""
-    reference = _dist_problem.legacy(tmp_path / "single.zarr")
+    with pinned_threads(1):
+        reference = _dist_problem.legacy(tmp_path / "single.zarr")
     for overwrite in (False, True):
         port = free_port()
         pids = [shared_zygote().spawn({"kind": "legacy", "store": str(tmp_path / "two.zarr"), "overwrite": overwrite,
@@ -181,3 +188,19 @@ def test_code_using_the_store_primitives_is_distributed_too(tmp_path):
         for r in (0, 1):
             assert (tmp_path / f"{overwrite}-{r}.log.ok").exists(), (tmp_path / f"{overwrite}-{r}.log").read_text()
             np.testing.assert_array_equal(np.load(tmp_path / f"{overwrite}-{r}.log.npy"), reference)
+
+
+def test_a_failing_rank_stops_the_job_with_its_error_on_every_rank(tmp_path):
+    store = tmp_path / "s.zarr"
+    port = free_port()
+    fail = {0: {}, 1: {"DIST_PROBLEM_FAIL_AFTER": "30"}}
+    pids = [shared_zygote().spawn({"store": str(store), "log": str(tmp_path / f"r{r}.log"), "delay": 0.005,
+                                   "env": {**rank_env(r, 2, port), **fail[r]}}) for r in (0, 1)]
+    assert wait_dead(pids)
+    own = (tmp_path / "r1.log.err").read_text()
+    other = (tmp_path / "r0.log.err").read_text()
+    assert own.startswith("EvaluationError") and "injected failure" in own
+    assert other.startswith("DistributedError") and "rank 1 failed with EvaluationError" in other
+    with pinned_threads(1):  # like the ranks (and quicker for a tiny model on a busy machine)
+        resumed = _dist_problem.run(store)  # what was finished is kept; a rerun completes the store
+        _same(resumed, _dist_problem.run(None))

@@ -14,11 +14,18 @@ import numpy as np
 import pytest
 
 import lossatlas
+from lossatlas.runner import pinned_threads
 from lossatlas.store import GridStore, StoreLock
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import _dist_problem  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with pinned_threads(1):  # a tiny model: one thread is quicker on a busy machine
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -285,6 +285,9 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                     done = board.add("done", n)
                 if ctx.is_main:
                     refresh(done if done is not None else board.add("done", 0))
+                failure = board.failure()  # another rank failed: stop taking chunks
+                if failure is not None:
+                    raise DistributedError(f"{description}: {failure}")
                 claimed = time.perf_counter()
                 coordination += claimed - t1
             coordination += time.perf_counter() - claimed
