@@ -160,7 +160,8 @@ def test_registry_contract(zoo):
     third = P.axpy(-0.2, theta, theta)
     calls = {"random": lambda: D.random(zoo, n=2, seed=0), "between": lambda: D.between(theta, other),
              "plane": lambda: D.plane(theta, other, third),
-             "axes": lambda: D.axes(theta, ["lin.weight[1, 2]", "lin.bias[0]"])}
+             "axes": lambda: D.axes(theta, ["lin.weight[1, 2]", "lin.bias[0]"]),
+             "pca": lambda: D.pca([theta, other, third, P.axpy(0.3, D.random(zoo, n=1, seed=1)[0], theta)], n=2)}
     assert set(calls) == set(D.REGISTRY)
     for kind, call in calls.items():
         a, b = call(), call()

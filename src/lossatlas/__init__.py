@@ -19,6 +19,10 @@ from .grid import Grid
 from .params import params_of
 from .problem import Problem
 from .surface import open_directions, open_surface, surface
+from .paths import interpolate
+from .trajectory import Trajectory, TrajectoryRecorder
+from .connect import Curve, connect
+from .align import Alignment, align
 
 __all__ = [
     "__version__",
@@ -34,6 +38,13 @@ __all__ = [
     "surface",
     "open_surface",
     "open_directions",
+    "interpolate",
+    "TrajectoryRecorder",
+    "Trajectory",
+    "connect",
+    "Curve",
+    "align",
+    "Alignment",
     "LossAtlasError",
     "InvalidArgumentError",
     "InvalidTypeError",

@@ -503,3 +503,15 @@ def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: st
 #: Direction factories by kind; contract tests iterate over these (later: "pca", "hessian").
 REGISTRY: dict[str, Callable[..., Directions]] = {"random": random, "between": between, "plane": plane,
                                                    "axes": axes}
+
+
+def pca(trajectory: Any, n: int = 2, **kwargs: Any) -> Directions:
+    """The first ``n`` principal directions of a training trajectory's θ_i − θ_final (Li et al. 2018),
+    with their explained-variance ratios in ``spec``; see :func:`lossatlas.trajectory.pca`."""
+    from .trajectory import pca as impl
+
+    return impl(trajectory, n, **kwargs)
+
+
+REGISTRY["pca"] = pca
+__all__.append("pca")

@@ -142,7 +142,13 @@ def open_session(path: str | Path | None, *, func: str, overwrite: bool, provena
             held.pop("lock", None)
             raise
 
-    settings, complete = ctx.run_on_main(on_main)
+    try:
+        settings, complete = ctx.run_on_main(on_main)
+    except BaseException:
+        for obj in local.values():  # e.g. an evaluator made by decide(): undo what it set up
+            if hasattr(obj, "close"):
+                obj.close()
+        raise
     gstore = held.get("store")
     if path is not None and gstore is None:
         gstore = GridStore.open(path, func=func)

@@ -18,11 +18,11 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from . import _faults
 from . import params as P
 from ._version import __version__
 from .directions import Directions
 from .errors import InvalidArgumentError, bad_type, bad_value
-from . import _faults
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
 from .evaluator import STRATEGIES, PointEvaluator

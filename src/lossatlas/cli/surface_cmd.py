@@ -38,6 +38,42 @@ def examples() -> None:
     _console().print(table)
 
 
+@app.command()
+def export(
+    name: str = typer.Argument(..., help="A built-in example."),
+    out: Path = typer.Argument(..., help="File for the state_dict (.pt), or a directory with --trajectory."),
+    seed: int = typer.Option(0, "--seed", help="Initialisation seed (mlp-digits only)."),
+    trajectory: bool = typer.Option(False, "--trajectory", help="Record the training run of mlp-digits into OUT "
+                                    "(a checkpoint every --every steps)."),
+    every: int = typer.Option(10, "--every", help="Steps between recorded checkpoints (--trajectory)."),
+) -> None:
+    """Write an example's trained weights as a state_dict (or its recorded training run), to use as
+    checkpoints with `surface --checkpoint`, `interpolate`, `connect` or `trajectory`."""
+    import torch
+
+    from .. import examples as ex
+
+    if name not in ex.names():
+        raise InvalidArgumentError(f"NAME must be one of {', '.join(ex.names())}; received {name!r}")
+    if trajectory:
+        if name != "mlp-digits":
+            raise InvalidArgumentError(f"--trajectory is available for mlp-digits; received {name!r}")
+        traj = ex.mlp_digits_trajectory(out, seed=seed, every=every)
+        _console().print(f"recorded {len(traj)} checkpoints of mlp-digits (seed {seed}) in {out}")
+        return
+    if seed != 0 and name != "mlp-digits":
+        raise InvalidArgumentError(f"--seed applies to mlp-digits only; received --seed {seed} for {name!r}")
+    if name == "mlp-digits":
+        from ..examples._builtin import mlp_digits
+
+        example = mlp_digits(seed=seed)
+    else:
+        example = ex.load(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in example.model.state_dict().items()}, out)
+    _console().print(f"wrote the trained {name} (seed {seed}) to {out}")
+
+
 def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int):
     from .. import directions as D
 

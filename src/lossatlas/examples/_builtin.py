@@ -15,13 +15,15 @@ from ._registry import Example, register, trained
 
 
 def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
-        batch: int | None = None, seed: int = 0, weight_decay: float = 0.0) -> None:
-    """Deterministic Adam training (full batch, or shuffled mini-batches from ``seed``)."""
+        batch: int | None = None, seed: int = 0, weight_decay: float = 0.0,
+        callback: Callable[[int, nn.Module], None] | None = None) -> None:
+    """Deterministic Adam training (full batch, or shuffled mini-batches from ``seed``);
+    ``callback(step, model)`` runs after each optimiser step (step = 1, 2, …)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     n = len(x)
-    for _ in range(steps):
+    for step in range(steps):
         if batch is None or batch >= n:
             idx = None
         else:
@@ -30,6 +32,8 @@ def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, *
         opt.zero_grad()
         loss_fn(model(xb), yb).backward()
         opt.step()
+        if callback is not None:
+            callback(step + 1, model)
     _precise_batchnorm(model, x)
     model.eval()
 

@@ -2,10 +2,13 @@
 
 Static (matplotlib, each returns a ``Figure``): :func:`line`, :func:`contour`, :func:`heatmap`,
 :func:`surface3d`; :func:`save` writes PNG/PDF/SVG. Interactive (plotly): :func:`interactive`,
-:func:`save_html`.
+:func:`save_html`. Paths between models: :func:`interpolation`, :func:`line_vs_curve`,
+:func:`path_on_plane`.
 """
 
 from .interactive import interactive, save_html
+from .paths import interpolation, line_vs_curve, path_coordinates, path_on_plane
 from .surface import contour, heatmap, line, save, surface3d
 
-__all__ = ["line", "contour", "heatmap", "surface3d", "save", "interactive", "save_html"]
+__all__ = ["line", "contour", "heatmap", "surface3d", "save", "interactive", "save_html", "interpolation",
+           "line_vs_curve", "path_on_plane", "path_coordinates"]

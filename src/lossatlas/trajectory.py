@@ -1,0 +1,551 @@
+"""Training trajectories: a recorder for any training loop, PCA directions, exact projections.
+
+Li et al., "Visualizing the Loss Landscape of Neural Nets" (2018, arXiv:1712.09913, §7): the
+optimiser's path is drawn on the plane spanned by the first two principal components of
+
+    M = [θ₀ − θ_n; θ₁ − θ_n; …; θ_n − θ_n]      (one row per checkpoint),
+
+computed as scikit-learn's ``PCA`` does (rows centred on their mean, components of unit norm), with
+the explained-variance ratios λ_k / Σλ. The surface is centred at θ_n and every checkpoint is placed
+at the coordinates c minimising ‖(θ_i − θ_n) − D c‖ (least squares in the plane's basis D): the
+exact in-plane component, also for directions that are not orthonormal — not a normalised dot
+product, which draws the path off the plane's coordinates.
+
+Checkpoints live on disk (one ``torch.save`` file each, plus an append-only index), so recording
+and PCA need memory for a few checkpoints at a time, not for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from . import params as P
+from .directions import Directions, _ignored, filter_layout
+from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value
+from .grid import DIM_NAMES
+
+__all__ = ["TrajectoryRecorder", "Trajectory", "pca", "project", "project_points", "load_state"]
+
+FORMAT = "lossatlas-trajectory/1"
+INDEX = "index.jsonl"
+META = "meta.json"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+class TrajectoryRecorder:
+    """Write checkpoints of a training run to a directory, from any training loop.
+
+    ``rec.record(model, step=..., loss=...)`` saves the model's ``state_dict`` (parameters and,
+    with ``buffers=True``, buffers such as BatchNorm statistics) to ``path/ckpt-NNNNNN.pt`` and
+    appends one line (step, file, any scalars given as keywords) to ``path/index.jsonl``. Nothing
+    is kept in memory between calls. Files are written to a temporary name and renamed, so a crash
+    never leaves a torn checkpoint. ``every=k`` records only steps that are multiples of k (the step
+    defaults to the number of ``record`` calls so far). An existing recording is refused unless
+    ``resume=True`` (append to it) or ``overwrite=True`` (start afresh). ``dtype`` converts
+    floating tensors before writing (e.g. ``torch.float16`` to halve the disk use).
+
+    >>> import tempfile, torch, lossatlas
+    >>> net = torch.nn.Linear(3, 2)
+    >>> with lossatlas.TrajectoryRecorder(tempfile.mkdtemp() + "/run") as rec:
+    ...     for step in range(3):
+    ...         _ = rec.record(net, step=step, loss=1.0 / (step + 1))
+    >>> traj = rec.trajectory()
+    >>> len(traj), traj.steps.tolist(), traj.scalars["loss"].round(2).tolist()
+    (3, [0, 1, 2], [1.0, 0.5, 0.33])
+    """
+
+    def __init__(self, path: str | Path, *, every: int = 1, buffers: bool = True, dtype: torch.dtype | None = None,
+                 resume: bool = False, overwrite: bool = False):
+        func = "TrajectoryRecorder"
+        if not isinstance(path, (str, Path)):
+            raise bad_type(func, "path", "a directory path (str or pathlib.Path)", path)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise bad_value(func, "every", "an integer >= 1", every)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise bad_value(func, "dtype", "a floating torch.dtype or None", dtype)
+        if resume and overwrite:
+            raise bad_value(func, "resume", "False when overwrite=True (choose one)", resume)
+        self.path = Path(path)
+        self.every = every
+        self.buffers = bool(buffers)
+        self.dtype = dtype
+        self._calls = 0
+        self._count = 0
+        self._last_step: int | None = None
+        self._meta: dict[str, Any] | None = None
+        exists = (self.path / META).exists()
+        if exists and overwrite:
+            shutil.rmtree(self.path)
+            exists = False
+        if exists and not resume:
+            raise StoreError(f"{func}(): argument 'path' holds a recording already ({str(self.path)!r}); pass "
+                             "resume=True to append to it or overwrite=True to replace it")
+        if not exists and self.path.exists() and any(self.path.iterdir()):
+            raise StoreError(f"{func}(): argument 'path' must be a new or empty directory (or a recording); "
+                             f"received {str(self.path)!r}, which holds other files")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if exists:
+            self._meta = json.loads((self.path / META).read_text())
+            entries = _read_index(self.path)
+            self._count = len(entries)
+            self._calls = self._count
+            self._last_step = entries[-1]["step"] if entries else None
+
+    def __enter__(self) -> TrajectoryRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing is held open between calls; kept for symmetry with file objects."""
+
+    def __len__(self) -> int:
+        return self._count
+
+    def record(self, model: nn.Module | Mapping[str, Tensor], step: int | None = None, **scalars: float) -> bool:
+        """Save a checkpoint of ``model`` (a module or a dict of tensors) at ``step``; return whether
+        this step was recorded (see ``every``). Steps must increase."""
+        func = "TrajectoryRecorder.record"
+        if step is None:
+            step = self._calls
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise bad_value(func, "step", "an integer >= 0", step)
+        step = int(step)
+        self._calls += 1
+        if step % self.every:
+            return False
+        if self._last_step is not None and step <= self._last_step:
+            raise bad_value(func, "step", f"larger than the last recorded step {self._last_step}", step)
+        state, params = _state_of(model, self.buffers, func)
+        values = {}
+        for k, v in scalars.items():
+            try:
+                values[k] = float(v.detach()) if isinstance(v, Tensor) else float(v)
+            except (TypeError, ValueError):
+                raise bad_type(func, k, "a number (scalars are stored in the index)", v) from None
+        self._check_meta(state, params, func)
+        name = f"ckpt-{self._count:06d}.pt"
+        target = self.path / name
+        tmp = self.path / f".{name}.{os.getpid()}.tmp"
+        torch.save({k: _compact(v, self.dtype) for k, v in state.items()}, tmp)
+        os.replace(tmp, target)
+        with open(self.path / INDEX, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "file": name, **values}) + "\n")
+            f.flush()
+        self._count += 1
+        self._last_step = step
+        return True
+
+    def _check_meta(self, state: Mapping[str, Tensor], params: Sequence[str], func: str) -> None:
+        layout = {k: [list(v.shape), str(v.dtype if self.dtype is None or not v.is_floating_point() else self.dtype)]
+                  for k, v in state.items()}
+        if self._meta is None:
+            self._meta = {"format": FORMAT, "params": list(params), "layout": layout}
+            (self.path / META).write_text(json.dumps(self._meta))
+            return
+        if self._meta["layout"] != layout:
+            known = self._meta["layout"]
+            diff = sorted(set(known) ^ set(layout)) or [k for k in layout if known[k] != layout[k]]
+            raise ParameterMismatchError(f"{func}(): argument 'model' must have the entries, shapes and dtypes of "
+                                         f"the recording's first checkpoint; they differ at {diff[:4]}")
+
+    def trajectory(self) -> Trajectory:
+        """The recording so far, as a :class:`Trajectory`."""
+        return Trajectory.open(self.path)
+
+
+def _state_of(model: Any, buffers: bool, func: str) -> tuple[dict[str, Tensor], list[str]]:
+    if isinstance(model, nn.Module):
+        params = [k for k, v in model.named_parameters() if v.requires_grad]
+        if not params:
+            raise bad_value(func, "model", "a module with trainable parameters", model)
+        if buffers:  # the full state_dict: frozen parameters and persistent buffers too
+            state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+        else:
+            state = {k: v.detach() for k, v in model.named_parameters()}
+        return state, params
+    if isinstance(model, Mapping) and model and all(isinstance(v, Tensor) for v in model.values()):
+        return {k: v.detach() for k, v in model.items()}, [k for k, v in model.items() if v.is_floating_point()]
+    raise bad_type(func, "model", "an nn.Module or a non-empty dict of tensors", model)
+
+
+def _compact(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """A CPU tensor owning exactly its bytes (torch.save writes whole storages of views)."""
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    t = t.cpu()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size() or not t.is_contiguous():
+        t = t.clone()
+    return t
+
+
+def _read_index(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    index = path / INDEX
+    if not index.exists():
+        return entries
+    for line in index.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash: everything after it is ignored
+            break
+        if (path / entry["file"]).exists():
+            entries.append(entry)
+    return entries
+
+
+def _natural_key(path: Path) -> tuple:
+    numbers = re.findall(r"\d+", path.stem)
+    return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+class Trajectory:
+    """Checkpoints θ₀ … θ_n of a run, read lazily (one at a time) from disk or held in memory.
+
+    Open a recording (``TrajectoryRecorder`` directory) or any directory of ``state_dict`` files
+    (``*.pt``, ``*.pth``, ``*.ckpt``; ordered by the last number in the file name) with
+    :meth:`open`; wrap parameter dicts in memory with :meth:`from_params`. ``steps`` are the
+    training steps, ``scalars`` any values recorded beside them (e.g. the training loss).
+    """
+
+    def __init__(self, items: Sequence[Path | Mapping[str, Tensor]], steps: Sequence[int], *,
+                 scalars: Mapping[str, Sequence[float]] | None = None, param_names: Sequence[str] | None = None,
+                 source: str = "memory"):
+        if not items:
+            raise bad_value("Trajectory", "items", "at least one checkpoint", items)
+        self._items = list(items)
+        self.steps = np.asarray(list(steps), dtype=np.int64)
+        self.scalars = {k: np.asarray(v, dtype=np.float64) for k, v in (scalars or {}).items()}
+        self.param_names = list(param_names) if param_names is not None else None
+        self.source = source
+
+    @classmethod
+    def open(cls, path: str | Path) -> Trajectory:
+        """Read a recording or a directory of checkpoint files."""
+        func = "Trajectory.open"
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(f"{func}(): argument 'path' must be a directory of checkpoints; received {str(path)!r}")
+        if (path / META).exists():
+            meta = json.loads((path / META).read_text())
+            entries = _read_index(path)
+            if not entries:
+                raise StoreError(f"{func}(): the recording {str(path)!r} holds no checkpoint yet")
+            keys = sorted({k for e in entries for k in e if k not in ("step", "file")})
+            scalars = {k: [e.get(k, np.nan) for e in entries] for k in keys}
+            return cls([path / e["file"] for e in entries], [e["step"] for e in entries], scalars=scalars,
+                       param_names=meta.get("params"), source=str(path))
+        files = sorted((f for f in path.iterdir() if f.suffix in CHECKPOINT_SUFFIXES and f.is_file()),
+                       key=_natural_key)
+        if not files:
+            raise StoreError(f"{func}(): argument 'path' must hold checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)})"
+                             f" or a TrajectoryRecorder recording; received {str(path)!r} with none")
+        steps = [_natural_key(f)[0] for f in files]
+        if len(set(steps)) != len(steps) or min(steps) < 0:
+            steps = list(range(len(files)))
+        return cls(files, steps, source=str(path))
+
+    @classmethod
+    def from_params(cls, checkpoints: Sequence[Mapping[str, Tensor]], steps: Sequence[int] | None = None) -> Trajectory:
+        """A trajectory of parameter dicts held in memory."""
+        if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, Sequence) or not checkpoints:
+            raise bad_type("Trajectory.from_params", "checkpoints", "a non-empty list of parameter dicts", checkpoints)
+        for i, c in enumerate(checkpoints):
+            P.check_like(checkpoints[0], c, func="Trajectory.from_params", arg=f"checkpoints[{i}]",
+                         ref_arg="checkpoints[0]")
+        steps = list(range(len(checkpoints))) if steps is None else list(steps)
+        if len(steps) != len(checkpoints):
+            raise bad_value("Trajectory.from_params", "steps", f"{len(checkpoints)} steps (one per checkpoint)", steps)
+        return cls([dict(c) for c in checkpoints], steps, param_names=list(checkpoints[0]))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Trajectory({len(self)} checkpoints, steps {int(self.steps[0])}…{int(self.steps[-1])}, {self.source})"
+
+    def load(self, i: int, names: Sequence[str] | None = None, *, dtype: torch.dtype | None = None,
+             device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Checkpoint ``i`` (negative counts from the end), restricted to ``names`` if given."""
+        item = self._items[i]
+        state = load_state(item) if isinstance(item, Path) else item
+        if names is not None:
+            missing = [n for n in names if n not in state]
+            if missing:
+                raise ParameterMismatchError(f"Trajectory.load(): checkpoint {i} lacks the entries {missing[:4]} "
+                                             "(is it from another model?)")
+            state = {n: state[n] for n in names}
+        return P.to(state, dtype=dtype, device=device)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for i in range(len(self)):
+            yield self.load(i)
+
+    def final(self, names: Sequence[str] | None = None, **kw: Any) -> dict[str, Tensor]:
+        """The last checkpoint θ_n (the centre of Li et al.'s PCA plane)."""
+        return self.load(-1, names, **kw)
+
+    def project(self, directions: Directions | Sequence[Mapping[str, Tensor]],
+                center: Mapping[str, Tensor] | None = None,
+                **kw: Any) -> xr.Dataset:
+        """See :func:`project`."""
+        return project(self, directions, center, **kw)
+
+
+def load_state(path: str | Path) -> dict[str, Tensor]:
+    """The ``state_dict`` in a checkpoint file (or under its ``"state_dict"``/``"model"`` key), on the CPU."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StoreError(f"load_state(): checkpoint {str(path)!r} could not be read by torch.load: {exc}") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise StoreError(f"load_state(): checkpoint {str(path)!r} must hold a state_dict (a dict of tensors)")
+    return state
+
+
+def _as_trajectory(trajectory: Any, func: str) -> Trajectory:
+    if isinstance(trajectory, Trajectory):
+        return trajectory
+    if isinstance(trajectory, TrajectoryRecorder):
+        return trajectory.trajectory()
+    if isinstance(trajectory, (str, Path)):
+        return Trajectory.open(trajectory)
+    if isinstance(trajectory, Sequence) and trajectory and all(isinstance(c, Mapping) for c in trajectory):
+        return Trajectory.from_params(trajectory)
+    raise bad_type(func, "trajectory", "a Trajectory, a recording directory or a list of parameter dicts", trajectory)
+
+
+def _target_layout(traj: Trajectory, like: Any, func: str) -> tuple[list[str], torch.dtype | None, Any, Any]:
+    """(names, dtype, device, reference params) the directions must match."""
+    from .problem import Problem
+
+    if like is None:
+        names = traj.param_names
+        if names is None:
+            first = traj.load(0)
+            names = [k for k, v in first.items() if v.is_floating_point()]
+        return list(names), None, None, None
+    if isinstance(like, Problem):
+        ref = like.params()
+    elif isinstance(like, nn.Module):
+        ref = P.params_of(like)
+    elif isinstance(like, Mapping):
+        ref = dict(like)
+    else:
+        raise bad_type(func, "like", "a Problem, a module or a parameter dict (or None)", like)
+    first = next(iter(ref.values()))
+    return list(ref), first.dtype, first.device, ref
+
+
+def _flat(params: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
+    return torch.cat([params[n].detach().reshape(-1).to("cpu", torch.float64) for n in names])
+
+
+def pca(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]], n: int = 2, *, like: Any = None,
+        ignore: Any = None, max_bytes: int = 2**30) -> Directions:
+    """The first ``n`` principal directions of θ_i − θ_final (Li et al. 2018), as :class:`Directions`.
+
+    Computed like scikit-learn's ``PCA`` on the checkpoint matrix (rows centred on their mean,
+    unit-norm components, sign fixed so each component's largest-magnitude entry is positive), from
+    the n×n Gram matrix accumulated ``max_bytes`` at a time, so the whole matrix never needs to fit
+    in memory. ``spec`` records ``explained_variance_ratio`` (λ_k / Σλ), ``explained_variance``
+    (λ_k / (n − 1)), ``singular_values``, the steps used and a fingerprint of θ_final, the centre
+    at which the plane is meant to be drawn (``trajectory.final()``).
+
+    ``like``: a Problem, module or parameter dict whose names, dtype and device the directions get
+    (default: the recorded parameters, in the checkpoints' dtype). ``ignore``: as in
+    :func:`lossatlas.directions.random` (``"biasbn"``, a callable or name patterns) — ignored
+    parameters get a zero direction; default ``None`` uses every parameter.
+    """
+    func = "directions.pca"
+    traj = _as_trajectory(trajectory, func)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad_value(func, "n", "an integer >= 1", n)
+    if len(traj) < 2:
+        raise bad_value(func, "trajectory", "at least 2 checkpoints", traj)
+    if n > len(traj) - 1:
+        raise bad_value(func, "n", f"at most {len(traj) - 1} (the number of checkpoints minus one)", n)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise bad_value(func, "max_bytes", "a positive integer (bytes)", max_bytes)
+    names, dtype, device, ref = _target_layout(traj, like, func)
+    final = traj.final(names, device=device)
+    if ref is not None:
+        P.check_like(ref, final, func=func, arg="trajectory", ref_arg="like", check_dtype=False)
+    layout = filter_layout(like if isinstance(like, nn.Module) else getattr(like, "model", None), final)
+    skip = _ignored(ignore, layout, final) if ignore is not None else set()
+    moving = [k for k in names if k not in skip]
+    if not moving:
+        raise InvalidArgumentError(f"{func}(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
+    final_flat = _flat(final, moving)
+    gram = _gram(traj, moving, final_flat, max_bytes)
+    m = len(traj)
+    centre = np.eye(m) - np.full((m, m), 1.0 / m)
+    gc = centre @ gram @ centre
+    gc = (gc + gc.T) / 2
+    evals, evecs = np.linalg.eigh(gc)
+    order = np.argsort(evals)[::-1]
+    evals, evecs = np.clip(evals[order], 0.0, None), evecs[:, order]
+    if evals[n - 1] <= 1e-14 * max(evals[0], 1e-300):
+        raise InvalidArgumentError(f"{func}(): argument 'trajectory' spans fewer than {n} dimension"
+                                   f"{'s' if n > 1 else ''} (the checkpoints barely move); received {m} checkpoints")
+    weights = evecs[:, :n] / np.sqrt(evals[:n])
+    comps = _combine(traj, moving, final_flat, torch.from_numpy(weights.copy()), max_bytes)
+    for k in range(n):
+        if comps[k][int(torch.argmax(comps[k].abs()))] < 0:
+            comps[k] = -comps[k]
+    ratio = evals / evals.sum()
+    template = {k: final[k] for k in names}
+    vectors = []
+    for k in range(n):
+        moved = P.unflatten(comps[k], {name: final[name] for name in moving})
+        vec = {name: (moved[name] if name in moved else torch.zeros_like(template[name], dtype=torch.float64))
+               for name in names}
+        vectors.append(P.to(vec, dtype=dtype or next(iter(final.values())).dtype, device=device))
+    spec = {
+        "kind": "pca",
+        "n": n,
+        "norm": "unit",
+        "ignore": ignore if (ignore is None or isinstance(ignore, str)) else repr(ignore),
+        "ignored": sorted(skip),
+        "explained_variance_ratio": [float(r) for r in ratio[:n]],
+        "explained_variance": [float(e / (m - 1)) for e in evals[:n]],
+        "singular_values": [float(np.sqrt(e)) for e in evals[:n]],
+        "n_checkpoints": m,
+        "steps": [int(s) for s in traj.steps],
+        "center": "final",
+        "center_fingerprint": P.fingerprint(P.to(final, dtype=dtype, device=device)),
+        "source": traj.source,
+        "labels": [f"PC{k + 1} ({100 * ratio[k]:.1f}% of variance)" for k in range(n)],
+    }
+    return Directions(vectors, spec)
+
+
+def _blocks(m: int, p: int, max_bytes: int) -> list[range]:
+    size = max(1, min(m, max_bytes // max(1, 2 * 8 * p)))
+    return [range(s, min(m, s + size)) for s in range(0, m, size)]
+
+
+def _rows(traj: Trajectory, block: range, names: Sequence[str], final_flat: Tensor) -> Tensor:
+    return torch.stack([_flat(traj.load(i, names), names) - final_flat for i in block])
+
+
+def _gram(traj: Trajectory, names: Sequence[str], final_flat: Tensor, max_bytes: int) -> np.ndarray:
+    """G[i, j] = ⟨θ_i − θ_n, θ_j − θ_n⟩ in float64, two blocks of checkpoints in memory at a time."""
+    m = len(traj)
+    gram = np.zeros((m, m))
+    blocks = _blocks(m, final_flat.numel(), max_bytes)
+    for bi, rows_i in enumerate(blocks):
+        xi = _rows(traj, rows_i, names, final_flat)
+        gram[rows_i.start:rows_i.stop, rows_i.start:rows_i.stop] = (xi @ xi.T).numpy()
+        for rows_j in blocks[bi + 1:]:
+            xj = _rows(traj, rows_j, names, final_flat)
+            g = (xi @ xj.T).numpy()
+            gram[rows_i.start:rows_i.stop, rows_j.start:rows_j.stop] = g
+            gram[rows_j.start:rows_j.stop, rows_i.start:rows_i.stop] = g.T
+    return gram
+
+
+def _combine(traj: Trajectory, names: Sequence[str], final_flat: Tensor, weights: Tensor,
+             max_bytes: int) -> list[Tensor]:
+    """Σ_i weights[i, k] (θ_i − θ_n) for every k (= Mᵀ W, streamed)."""
+    out = torch.zeros(weights.shape[1], final_flat.numel(), dtype=torch.float64)
+    for block in _blocks(len(traj), final_flat.numel(), max_bytes):
+        out += weights[block.start:block.stop].T @ _rows(traj, block, names, final_flat)
+    return list(out)
+
+
+def project_points(points: Iterator[Mapping[str, Tensor]], directions: Sequence[Mapping[str, Tensor]],
+                   center: Mapping[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares coordinates c_i = argmin ‖(θ_i − center) − D c‖ for each point, with the
+    residual ‖(θ_i − center) − D c_i‖ and the distance ‖θ_i − center‖ (float64; via a QR of D)."""
+    names = list(center)
+    basis = torch.stack([_flat(d, names) for d in directions], dim=1)
+    q, r = torch.linalg.qr(basis)
+    if torch.abs(torch.diagonal(r)).min() <= 1e-12 * torch.abs(torch.diagonal(r)).max():
+        raise InvalidArgumentError("project(): argument 'directions' must be linearly independent; received "
+                                   "directions that span fewer dimensions than their number")
+    c0 = _flat(center, names)
+    coords, residuals, distances = [], [], []
+    for point in points:
+        m = _flat(point, names) - c0
+        qm = q.T @ m
+        coords.append(torch.linalg.solve_triangular(r, qm[:, None], upper=True)[:, 0].numpy() + 0.0)  # no -0.0
+        residuals.append(float(torch.linalg.vector_norm(m - q @ qm)))
+        distances.append(float(torch.linalg.vector_norm(m)))
+    return np.array(coords).reshape(-1, len(directions)), np.array(residuals), np.array(distances)
+
+
+def project(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]],
+            directions: Directions | Sequence[Mapping[str, Tensor]], center: Mapping[str, Tensor] | None = None,
+            ) -> xr.Dataset:
+    """Every checkpoint's coordinates in the plane (or space) ``center + Σ c_k d_k``.
+
+    Returns an ``xarray.Dataset`` along ``step`` with ``x``, ``y`` (… one variable per direction,
+    named like the surface's dims, in units of the directions: the point (x_i, y_i) of a surface
+    over the same centre and directions is the checkpoint's exact in-plane component), ``residual``
+    (distance from the checkpoint to the plane), ``relative_residual`` (residual / ‖θ_i −
+    center‖), ``distance`` (‖θ_i − center‖) and any recorded scalars (e.g. the training ``loss``).
+    ``center`` defaults to the last checkpoint. Reusing one plane for several runs (same
+    ``directions`` and ``center``) puts different optimisers on the same map.
+
+    >>> import torch, lossatlas
+    >>> pts = [{"w": torch.tensor([float(i), 2.0 * i, 1.0 + i % 2])} for i in range(4)]
+    >>> d = lossatlas.directions.Directions([{"w": torch.tensor([1.0, 2.0, 0.0])}])
+    >>> ds = project(pts, d, center=pts[0])
+    >>> ds.x.values.round(6).tolist(), ds.residual.values.round(6).tolist()
+    ([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 0.0, 1.0])
+    """
+    func = "project"
+    traj = _as_trajectory(trajectory, func)
+    vectors = directions.vectors if isinstance(directions, Directions) else list(directions)
+    if not vectors or len(vectors) > len(DIM_NAMES) or not all(isinstance(v, Mapping) for v in vectors):
+        raise bad_type(func, "directions", f"a Directions object or 1 to {len(DIM_NAMES)} parameter dicts", directions)
+    names = list(vectors[0])
+    if center is None:
+        center = traj.final(names, device=next(iter(vectors[0].values())).device)
+    P.check_like(vectors[0], center, func=func, arg="center", ref_arg="directions", check_dtype=False)
+    for i, v in enumerate(vectors[1:], start=1):
+        P.check_like(vectors[0], v, func=func, arg=f"directions[{i}]", ref_arg="directions[0]", check_dtype=False)
+    points = (traj.load(i, names) for i in range(len(traj)))
+    coords, residual, distance = project_points(points, vectors, center)
+    data = {DIM_NAMES[k]: ("step", coords[:, k]) for k in range(len(vectors))}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(distance > 0, residual / np.where(distance > 0, distance, 1.0), 0.0)
+    data.update(residual=("step", residual), relative_residual=("step", rel), distance=("step", distance))
+    for k, v in traj.scalars.items():
+        if k not in data:
+            data[k] = ("step", v)
+    spec = directions.spec if isinstance(directions, Directions) else {}
+    ds = xr.Dataset(data, coords={"step": traj.steps})
+    labels = (directions.labels if isinstance(directions, Directions)
+              else [f"direction {i + 1}" for i in range(len(vectors))])
+    for k, lab in enumerate(labels):
+        ds[DIM_NAMES[k]].attrs["long_name"] = lab
+    ds.attrs.update({
+        "kind": "trajectory_projection",
+        "n_checkpoints": len(traj),
+        "center_fingerprint": P.fingerprint(center),
+        "directions_fingerprint": Directions([dict(v) for v in vectors]).fingerprint(),
+        "direction_labels": list(labels),
+        "source": traj.source,
+        "max_relative_residual": float(rel.max()) if len(rel) else 0.0,
+    })
+    if "explained_variance_ratio" in spec:
+        ds.attrs["explained_variance_ratio"] = list(spec["explained_variance_ratio"])
+    return ds
