@@ -86,18 +86,23 @@ def test_recorder_holds_nothing_between_calls(tmp_path):
         rec.record(model, step=step)
     tensors_before = live_tensors()
     tracemalloc.start()
-    gc.collect()  # torch.save leaves cyclic garbage (a pickler class per call) until the collector runs
-    start, _ = tracemalloc.get_traced_memory()
-    for step in range(10, 110):
-        with torch.no_grad():
-            model[0].weight.add_(1e-3)
-        rec.record(model, step=step)
-    gc.collect()
-    end, _ = tracemalloc.get_traced_memory()
+    growth = []
+    for window in (range(10, 60), range(60, 110)):
+        gc.collect()  # torch.save leaves cyclic garbage (a pickler class per call) until the collector runs
+        start, _ = tracemalloc.get_traced_memory()
+        for step in window:
+            with torch.no_grad():
+                model[0].weight.add_(1e-3)
+            rec.record(model, step=step)
+        gc.collect()
+        end, _ = tracemalloc.get_traced_memory()
+        growth.append(end - start)
     tracemalloc.stop()
     assert live_tensors() <= tensors_before
-    # 100 more checkpoints (≈ 50 MB on disk) leave less than a tenth of one checkpoint in memory
-    assert end - start < checkpoint_bytes / 10, (end - start, checkpoint_bytes)
+    # 50 more checkpoints (≈ 25 MB on disk) leave less than a tenth of one checkpoint in memory, in at
+    # least one of two windows: a leak grows in both, while a one-off resize of a process-wide table
+    # (e.g. the interned-strings dict, megabytes after a long test session) lands in one window only
+    assert min(growth) < checkpoint_bytes / 10, (growth, checkpoint_bytes)
     assert len(rec) == 110 and len(list((tmp_path / "run").glob("ckpt-*.pt"))) == 110
     assert torch.equal(rec.trajectory().final()["0.weight"], model[0].weight)
 

@@ -9,12 +9,12 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import curvature, directions, examples, params, plot
+from . import curvature, directions, distributed, examples, params, plot
 from ._version import __version__
 from .directions import Directions
-from .errors import (DataError, EvaluationError, InvalidArgumentError, InvalidTypeError, LossAtlasError,
-                     LossFunctionError, MissingDependencyError, ParameterMismatchError, ProvenanceMismatchError,
-                     StoreError, StoreLockedError)
+from .errors import (DataError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
+                     LossAtlasError, LossFunctionError, MissingDependencyError, ParameterMismatchError,
+                     ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning)
 from .grid import Grid
 from .params import params_of
 from .problem import Problem
@@ -30,6 +30,7 @@ __all__ = [
     "params_of",
     "params",
     "directions",
+    "distributed",
     "examples",
     "plot",
     "curvature",
@@ -55,5 +56,7 @@ __all__ = [
     "StoreError",
     "ProvenanceMismatchError",
     "StoreLockedError",
+    "DistributedError",
+    "StoreRepairWarning",
     "MissingDependencyError",
 ]

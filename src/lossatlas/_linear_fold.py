@@ -8,6 +8,12 @@ whose input x does not depend on θ (typically the first layer applied to the da
 
 so the n + 1 products are computed once per batch and each point costs an axpy instead of a GEMM.
 This is a re-association of exact arithmetic: values agree with direct evaluation to rounding.
+
+The combination is computed elementwise with separately rounded products and sums (no GEMM with a
+tiny inner dimension, no fused multiply-add), so it does not depend on the number of threads and
+the loop and ``vmap`` strategies give the same bits. For 16-bit problems the tables are kept in
+float32 and each combination is rounded once to the layer's dtype (a GEMM with float32
+accumulation, as on tensor cores).
 """
 
 from __future__ import annotations
@@ -119,6 +125,7 @@ class LinearFold:
             for h in hooks:
                 h.remove()
         used = 0
+        low = problem.dtype in (torch.bfloat16, torch.float16)
         with torch.no_grad():
             for i, (mname, m) in candidates.items():
                 table: dict[tuple, Tensor] = {}
@@ -136,7 +143,11 @@ class LinearFold:
                                 local[pname] = center[full] if full in center else p
                             else:
                                 local[pname] = vec[full] if full in vec else torch.zeros_like(p)
-                        stack.append(functional_call(m, local, (x,)))
+                        if low:
+                            local = {k: v.float() for k, v in local.items()}
+                            stack.append(functional_call(m, local, (x.float(),)))
+                        else:
+                            stack.append(functional_call(m, local, (x,)))
                     out = torch.stack(stack)
                     used += out.numel() * out.element_size()
                     if used > budget:
@@ -160,7 +171,7 @@ class LinearFold:
                 if c is not None and not args and not kwargs:
                     entry = _table.get(_key(x))
                     if entry is not None:
-                        return fold._combine(entry, c)
+                        return fold._combine(entry, c).to(x.dtype)
                 return _original(x, *args, **kwargs)
 
             own = m.__dict__.get("forward")
@@ -179,9 +190,10 @@ class LinearFold:
 
     @staticmethod
     def _combine(entry: Tensor, c: Any) -> Tensor:
+        """entry₀ + c₁·entry₁ + … evaluated as ((e₀ + c₁e₁) + c₂e₂) + …, products rounded apart."""
         if isinstance(c, Tensor):
-            return entry[0] + torch.tensordot(c.to(entry.dtype), entry[1:], dims=1)
-        out = torch.add(entry[0], entry[1], alpha=c[0])
-        for j in range(1, len(c)):
-            out.add_(entry[j + 1], alpha=c[j])
+            c = c.to(entry.dtype)
+        out = entry[0]
+        for j in range(len(c)):
+            out = out + c[j] * entry[j + 1]
         return out

@@ -131,18 +131,23 @@ def write_params(group: Any, tensors: Mapping[str, Tensor]) -> None:
     """Store a dict of tensors in a zarr group, keeping names, shapes, dtypes and order."""
     order = []
     for i, (k, t) in enumerate(tensors.items()):
-        arr = t.detach().cpu().contiguous().numpy()
+        t = t.detach().cpu().contiguous()
+        widened = t.dtype == torch.bfloat16  # numpy has no bfloat16: kept exactly as float32
+        arr = (t.float() if widened else t).numpy()
         key = f"p{i}"
         group.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape, overwrite=True)
         group[key][...] = arr
-        order.append([key, k])
+        order.append([key, k, "bfloat16"] if widened else [key, k])
     group.attrs["params"] = order
 
 
 def read_params(group: Any, *, device: torch.device | str | None = None) -> P.Params:
     out = {}
-    for key, name in group.attrs["params"]:
+    for entry in group.attrs["params"]:
+        key, name = entry[0], entry[1]
         t = torch.from_numpy(np.asarray(group[key][...]).copy())
+        if len(entry) > 2:
+            t = t.to(getattr(torch, entry[2]))
         out[name] = t.to(device) if device is not None else t
     return out
 

@@ -19,7 +19,9 @@ __all__ = [
     "StoreError",
     "ProvenanceMismatchError",
     "StoreLockedError",
+    "DistributedError",
     "MissingDependencyError",
+    "StoreRepairWarning",
 ]
 
 
@@ -62,6 +64,16 @@ class ProvenanceMismatchError(StoreError, ValueError):
 
 class StoreLockedError(StoreError):
     """Another live process is writing the store."""
+
+
+class DistributedError(LossAtlasError, RuntimeError):
+    """Ranks of a torch.distributed job disagree (different problems or settings), or another rank
+    failed while this one was waiting for it."""
+
+
+class StoreRepairWarning(UserWarning):
+    """A store left half-written by an interrupted run was repaired before being resumed (leftover
+    temporary files removed, unreadable chunks marked for recomputation)."""
 
 
 class MissingDependencyError(LossAtlasError, ImportError):

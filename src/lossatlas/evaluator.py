@@ -8,7 +8,10 @@
   ``bn="recalibrate"``, where BatchNorm runs in train mode and cannot be vmapped).
 
 Both use :class:`~lossatlas._linear_fold.LinearFold` when ``exact_linear=True``.
-Results are float64 numpy arrays per metric; there is one host transfer per batch of points.
+Results are float64 numpy arrays per metric; there is one host transfer per call (a chunk of
+points), none per point. Problems in a 16-bit dtype (``torch.bfloat16``/``float16``) form each
+point in float32 and round it once; their loss is computed from float32 outputs (see
+:class:`~lossatlas.Problem`) and accumulated over batches in float64.
 """
 
 from __future__ import annotations
@@ -29,19 +32,54 @@ STRATEGIES = ("auto", "loop", "vmap")
 VMAP_MEMORY = 512 * 2**20  # bytes of activations a vmapped batch of points may use
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def point_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which grid points θ + Σ aᵢdᵢ are formed: float32 for 16-bit problems (one
+    rounding to the problem's dtype at the end, coordinates never rounded to 8 bits), else the
+    problem's own dtype."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def sum_batches(terms: Tensor) -> Tensor:
+    """Σ over the last axis, left to right: ((t₁ + t₂) + t₃) + …, the order in which
+    :meth:`Problem.evaluate_tensors` accumulates batches (so results are bit-identical)."""
+    if terms.shape[-1] == 0:
+        return torch.zeros(terms.shape[:-1], dtype=terms.dtype, device=terms.device)
+    total = terms[..., 0]
+    for b in range(1, terms.shape[-1]):
+        total = total + terms[..., b]
+    return total
+
+
 class PointEvaluator:
-    """Callable mapping an (m, n) array of coefficients to ``{metric: (m,) float64 array}``."""
+    """Callable mapping an (m, n) array of coefficients to ``{metric: (m,) float64 array}``.
+
+    ``per_batch=True`` keeps the per-batch terms n_b·value_b/N apart (see :meth:`terms`; used by
+    data-parallel evaluation). Results stay on the problem's device until one host transfer per call.
+    """
 
     def __init__(self, problem, center: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], *,
                  strategy: str = "auto", vmap_batch: int | None = None, exact_linear: bool = True,
-                 metrics: bool = True):
+                 metrics: bool = True, per_batch: bool = False):
         if strategy not in STRATEGIES:
             raise bad_value("surface", "strategy", f"one of {STRATEGIES}", strategy)
         self.problem = problem
         self.center = dict(center)
         self.directions = [dict(d) for d in directions]
         self.metrics = metrics
+        self.per_batch = per_batch
         self.names = list(problem.metric_names) if metrics else ["loss"]
+        self.point_dtype = point_dtype(problem.dtype)
+        if self.point_dtype != problem.dtype:
+            self._point_center = P.to(self.center, dtype=self.point_dtype)
+            self._point_dirs = [P.to(d, dtype=self.point_dtype) for d in self.directions]
+        else:
+            self._point_center, self._point_dirs = self.center, self.directions
+        if problem.bn == "recalibrate" and problem._bn_modules and per_batch:
+            raise bad_value("surface", "parallel", "'grid' with bn='recalibrate' (recalibrating BatchNorm needs "
+                            "every batch at every point)", "data")
         self.fold = LinearFold(problem, self.center, self.directions) if exact_linear else None
         self._stack = contextlib.ExitStack()
         if self.fold is not None:
@@ -65,6 +103,19 @@ class PointEvaluator:
 
     # -- evaluation ------------------------------------------------------------------------------
     def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._evaluate(coefficients)
+        if self.per_batch:
+            out = sum_batches(out)
+        host = out.cpu().numpy()  # the one device-to-host transfer of the call
+        return {k: host[:, j] for j, k in enumerate(self.names)}
+
+    def terms(self, coefficients: np.ndarray) -> Tensor:
+        """(m, metrics, batches) float64 per-batch terms on the device (``per_batch=True`` only)."""
+        if not self.per_batch:
+            raise bad_value("PointEvaluator.terms", "per_batch", "True (set at construction)", self.per_batch)
+        return self._evaluate(coefficients)
+
+    def _evaluate(self, coefficients: np.ndarray) -> Tensor:
         coefficients = np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.directions))
         try:
             with torch.no_grad():
@@ -76,65 +127,90 @@ class PointEvaluator:
         except Exception as exc:
             raise EvaluationError(f"surface(): evaluating the model failed with {type(exc).__name__}: {exc}") from exc
 
-    def _run_loop(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+    def _values(self, params: Mapping[str, Tensor]) -> Tensor:
+        """(metrics,) dataset means, or (metrics, batches) terms with ``per_batch``; float64 on device."""
         problem = self.problem
-        m = len(coefficients)
-        out = torch.empty((len(self.names), m), dtype=torch.float64, device=problem.device)
+        if not self.per_batch:
+            values = problem.evaluate_tensors(params, metrics=self.metrics)
+            return torch.stack([values[k] for k in self.names])
+        with problem.bound(params):
+            return self._values_bound()
+
+    def _values_bound(self) -> Tensor:
+        """:meth:`_values` for parameters already bound into the problem's module."""
+        problem = self.problem
+        if not self.per_batch:
+            values = problem.evaluate_bound(metrics=self.metrics)
+            return torch.stack([values[k] for k in self.names])
+        rows = []
+        for batch, n in problem.data:
+            terms = problem._terms_bound(batch, n, self.metrics)
+            rows.append(torch.stack([terms[k].to(torch.float64) for k in self.names]))
+        return torch.stack(rows, dim=-1)
+
+    def _run_loop(self, coefficients: np.ndarray) -> Tensor:
+        problem = self.problem
         keys = list(self.center)
-        base = [self.center[k] for k in keys]
-        dirs = [[d[k] for k in keys] for d in self.directions]
+        base = [self._point_center[k] for k in keys]
+        dirs = [[d[k] for k in keys] for d in self._point_dirs]
+        low = self.point_dtype != problem.dtype
         recalibrate = problem.bn == "recalibrate" and bool(problem._bn_modules)
-        # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ
-        # computed from θ afresh (copy, then axpy per direction): never accumulated steps
-        buf = [t.clone() for t in base]
-        params = dict(zip(keys, buf))
+        # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
+        # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like P.lincomb and
+        # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps
+        work = [t.clone() for t in base]
+        step = [torch.empty_like(t) for t in base]
+        bound = [torch.empty_like(self.center[k]) for k in keys] if low else work
+        params = dict(zip(keys, bound))
+        rows = []
         with contextlib.ExitStack() as stack:
             if not recalibrate:
                 stack.enter_context(problem.bound(params))
-            for i, c in enumerate(coefficients):
-                c = tuple(float(v) for v in c)
-                torch._foreach_copy_(buf, base)
+            for c in coefficients:
+                c = tuple(float(v) for v in c)  # host numbers: no device sync
+                torch._foreach_copy_(work, base)
                 for a, d in zip(c, dirs):
                     if a != 0.0:
-                        torch._foreach_add_(buf, d, alpha=a)
+                        for out, t in zip(step, d):
+                            torch.mul(t, a, out=out)
+                        torch._foreach_add_(work, step)
+                if low:
+                    torch._foreach_copy_(bound, work)  # one rounding to the problem's dtype
                 if self.fold is not None:
                     self.fold.coefficients = c
-                values = problem.evaluate_tensors(params, metrics=self.metrics) if recalibrate else \
-                    problem.evaluate_bound(metrics=self.metrics)
-                for j, k in enumerate(self.names):
-                    out[j, i] = values[k]
+                rows.append(self._values(params) if recalibrate else self._values_bound())
         if self.fold is not None:
             self.fold.coefficients = None
-        host = out.cpu().numpy()
-        return {k: host[j] for j, k in enumerate(self.names)}
+        return torch.stack(rows)
 
     def _point_fn(self):
-        problem, names, fold = self.problem, self.names, self.fold
+        dtype, fold = self.problem.dtype, self.fold
         keys = list(self.center)
-        centers = [self.center[k] for k in keys]
-        dirs = [[d[k] for k in keys] for d in self.directions]
+        centers = [self._point_center[k] for k in keys]
+        dirs = [[d[k] for k in keys] for d in self._point_dirs]
+        low = self.point_dtype != dtype
 
         def point(c: Tensor):
             vals = [t.clone() for t in centers]
             for j, d in enumerate(dirs):
                 vals = [v + c[j] * dj for v, dj in zip(vals, d)]
+            if low:
+                vals = [v.to(dtype) for v in vals]
             if fold is not None:
                 fold.coefficients = c
-            values = problem.evaluate_tensors(dict(zip(keys, vals)), metrics=self.metrics)
-            return torch.stack([values[k] for k in names])
+            return self._values(dict(zip(keys, vals)))
         return torch.vmap(point, randomness="error")
 
-    def _run_vmap(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_vmap(self, coefficients: np.ndarray) -> Tensor:
         problem = self.problem
         fn = self._point_fn()
         outs = []
         for s in range(0, len(coefficients), self.vmap_batch):
-            c = torch.as_tensor(coefficients[s:s + self.vmap_batch], dtype=problem.dtype, device=problem.device)
+            c = torch.as_tensor(coefficients[s:s + self.vmap_batch], dtype=self.point_dtype, device=problem.device)
             outs.append(fn(c))
         if self.fold is not None:
             self.fold.coefficients = None
-        host = torch.cat(outs).cpu().numpy()
-        return {k: host[:, j] for j, k in enumerate(self.names)}
+        return torch.cat(outs)
 
     # -- automatic choice ------------------------------------------------------------------------
     def _activation_bytes(self) -> int:

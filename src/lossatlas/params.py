@@ -166,6 +166,10 @@ def lincomb(center: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tens
             coefficients: Sequence[float]) -> Params:
     """θ + Σᵢ aᵢ dᵢ computed afresh (never by accumulating steps), in the dtype of ``center``.
 
+    Evaluated as ((θ + a₁·d₁) + a₂·d₂) + … with separately rounded products and sums (no fused
+    multiply-add), so the result does not depend on how many threads split the tensors, and equals
+    the same expression evaluated elementwise under ``torch.vmap``.
+
     >>> import torch
     >>> c = {"w": torch.tensor([1.0, 2.0])}
     >>> lincomb(c, [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 1.0])}], [0.5, -2.0])["w"]
@@ -177,10 +181,11 @@ def lincomb(center: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tens
         a = float(a)
         if a == 0.0:
             continue
+        step = torch._foreach_mul([d[k] for k in keys], a)
         if out is None:
-            out = list(torch._foreach_add(list(center.values()), [d[k] for k in keys], alpha=a))
+            out = list(torch._foreach_add(list(center.values()), step))
         else:
-            torch._foreach_add_(out, [d[k] for k in keys], alpha=a)
+            torch._foreach_add_(out, step)
     if out is None:
         out = [t.clone() for t in center.values()]
     return dict(zip(keys, out))
@@ -188,10 +193,13 @@ def lincomb(center: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tens
 
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """⟨a, b⟩ over all parameters, accumulated in float64."""
-    total = 0.0
-    for k, v in a.items():
-        total += float(torch.sum(v.double() * b[k].double()))
-    return total
+    if not a:
+        return 0.0
+    total = None
+    for k, v in a.items():  # summed left to right on the device, then one device-to-host transfer
+        part = torch.sum(v.double() * b[k].double())
+        total = part if total is None else total + part
+    return float(total)
 
 
 def norm(a: Mapping[str, Tensor]) -> float:

@@ -22,12 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from . import params as P
-from .data import BatchSource
+from .data import BatchSource, map_tensors
 from .errors import (EvaluationError, InvalidArgumentError, LossFunctionError, bad_type, bad_value)
 
 __all__ = ["Problem"]
 
 _BN_MODES = ("eval", "recalibrate")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 MetricFn = Callable[[Tensor, Any], Tensor]
 
 
@@ -61,7 +62,13 @@ class Problem:
         The number of samples of a batch is the leading dimension of its first tensor.
     device, dtype
         Where and in which floating precision to evaluate (default: those of the model's first
-        parameter). ``torch.float64`` is supported end to end.
+        parameter). ``torch.float64`` is supported end to end. ``torch.bfloat16`` (or ``float16``)
+        is mixed precision: the model runs in 16 bits and its outputs are cast to ``loss_dtype``
+        before the loss, so the loss is computed and averaged over samples in float32 and summed
+        over batches in float64 (measured on the mlp-digits example: see the README).
+    loss_dtype
+        Precision of the loss computation (default: ``float32`` for 16-bit ``dtype``, else ``dtype``);
+        e.g. ``torch.float64`` for a 16-bit forward with a float64 loss.
     batch_size
         Batch size for tensors and Datasets (default: all samples, at most 8192 per batch).
     bn
@@ -96,6 +103,7 @@ class Problem:
         bn: str = "eval",
         metrics: Any = "auto",
         max_cache_bytes: int | None = None,
+        loss_dtype: torch.dtype | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise bad_type("Problem", "model", "a torch.nn.Module", model)
@@ -122,6 +130,9 @@ class Problem:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise bad_value("Problem", "dtype", "a floating torch.dtype (e.g. torch.float32, torch.float64)", dtype)
         self.dtype = dtype
+        if loss_dtype is not None and (not isinstance(loss_dtype, torch.dtype) or not loss_dtype.is_floating_point):
+            raise bad_value("Problem", "loss_dtype", "a floating torch.dtype or None", loss_dtype)
+        self._loss_dtype_arg = loss_dtype
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise bad_value("Problem", "device", "an available device (CUDA is not available here)", str(device))
 
@@ -268,10 +279,26 @@ class Problem:
                 return self._module(*args, **kwargs)
         return call
 
+    @property
+    def loss_dtype(self) -> torch.dtype:
+        """The dtype of model outputs fed to the loss (float32 for 16-bit problems unless set)."""
+        if self._loss_dtype_arg is not None:
+            return self._loss_dtype_arg
+        return torch.float32 if self.dtype in _LOW_PRECISION else self.dtype
+
+    def _upcast(self, outputs: Any) -> Any:
+        target = self.loss_dtype
+        return map_tensors(outputs, lambda t: t.to(target) if t.is_floating_point() and t.dtype != target else t)
+
+    def _upcasting_call(self, *args, **kwargs):
+        """The private model's call with its outputs cast to ``loss_dtype`` (16-bit closures)."""
+        return self._upcast(self._module(*args, **kwargs))
+
     def _forward_bound(self, batch):
         """(outputs, raw loss value, extra closure metrics) for one batch, parameters already bound."""
         if self.closure is not None:
-            out = self.closure(self._module, batch)
+            module = self._module if self.loss_dtype == self.dtype else self._upcasting_call
+            out = self.closure(module, batch)
             if isinstance(out, Mapping):
                 if "loss" not in out:
                     raise LossFunctionError("Problem(): argument 'closure' returned a dict without a 'loss' "
@@ -281,6 +308,8 @@ class Problem:
             return None, out, {}
         inputs, targets = batch
         outputs = self._module(inputs)
+        if self.loss_dtype != self.dtype:
+            outputs = self._upcast(outputs)
         return outputs, self.loss_fn(outputs, targets), {}
 
     def _forward_batch(self, params, batch, buffers=None):
@@ -403,7 +432,8 @@ class Problem:
             "data": self.data.fingerprint(),
             "loss": loss_desc,
             "settings": f"dtype={self.dtype}|bn={self.bn}|metrics={','.join(self.metric_names)}"
-                        f"|reduction={self.reduction}|n={self.n_samples}",
+                        f"|reduction={self.reduction}|n={self.n_samples}"
+                        + (f"|loss_dtype={self.loss_dtype}" if self.loss_dtype != self.dtype else ""),
         }
 
     def with_dtype(self, dtype: torch.dtype) -> Problem:

@@ -18,20 +18,24 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from . import _faults
 from . import params as P
-from ._resume import check_store_args, open_existing
+from ._resume import check_store_args
 from ._version import __version__
 from .directions import Directions
 from .errors import InvalidArgumentError, bad_type, bad_value
+from .distributed import DataParallelEvaluator
+from .distributed import context as _dist_context
 from .evaluator import STRATEGIES, PointEvaluator
 from .grid import Grid
 from .problem import Problem
-from .runner import run_chunks
+from .runner import open_session, pinned_threads, run_chunks
 from .store import FORMAT, GridStore
 
 __all__ = ["surface", "open_surface", "as_directions"]
 
 CHUNK_SECONDS = 1.0  # target compute time of one chunk when the chunk size is chosen automatically
+PARALLEL = ("grid", "data")
 
 
 def as_directions(directions: Any, *, func: str = "surface") -> Directions:
@@ -60,6 +64,7 @@ def surface(
     progress: bool = True,
     exact_linear: bool = True,
     metrics: bool = True,
+    parallel: str = "grid",
 ) -> xr.Dataset:
     """Evaluate the loss (and metrics) at θ + Σᵢ aᵢdᵢ for every point of a grid.
 
@@ -76,6 +81,12 @@ def surface(
     chunk by chunk; calling again with the same arguments resumes and computes only missing chunks;
     a store made by a different computation is refused unless ``overwrite=True``.
     ``exact_linear``: fold affine layers whose input does not depend on θ (exact algebra).
+
+    Under ``torchrun`` (see :mod:`lossatlas.distributed`) call it on every rank with the same
+    arguments: ``parallel="grid"`` shares the chunks of points between ranks (dynamic assignment),
+    ``parallel="data"`` evaluates every point with the batches split between ranks (small grid, big
+    data). Either way the values are bit-identical to a one-process run: strategy, vmap batch,
+    chunk shape and CPU threads are decided on rank 0 and pinned in the store's provenance.
 
     >>> import torch, lossatlas
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -106,58 +117,92 @@ def surface(
         raise bad_value(func, "chunk", "a positive integer (points per chunk) or None", chunk)
     store = check_store_args(func, store, overwrite)
 
+    if parallel not in PARALLEL:
+        raise bad_value(func, "parallel", f"one of {PARALLEL}", parallel)
+    _faults.checkpoint("start")
+
+    ctx = _dist_context()
     base = _provenance(problem, center, dirs, grid, metrics, exact_linear)
     labels = dirs.labels
+    path = store
+    requested = {"strategy": None if strategy == "auto" else strategy,
+                 "chunk_shape": None if chunk is None else list(grid.chunk_shape_for(chunk)),
+                 "vmap_batch": None, "threads": None}
 
-    def expected(stored: dict[str, Any]) -> dict[str, Any]:
-        return dict(base, strategy=stored.get("strategy") if strategy == "auto" else strategy,
-                    chunk_shape=stored.get("chunk_shape") if chunk is None else list(grid.chunk_shape_for(chunk)),
-                    vmap_batch=stored.get("vmap_batch"))
-    gstore = open_existing(store, overwrite=overwrite, func=func, expected=expected)
+    def make_evaluator(strategy_: str, vmap_batch: int | None):
+        if parallel == "data":
+            return DataParallelEvaluator(problem, center, dirs.vectors, ctx=ctx, strategy=strategy_,
+                                         vmap_batch=vmap_batch, exact_linear=exact_linear, metrics=metrics)
+        return PointEvaluator(problem, center, dirs.vectors, strategy=strategy_, vmap_batch=vmap_batch,
+                              exact_linear=exact_linear, metrics=metrics)
+
+    def decide(req: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+        evaluator = make_evaluator(req["strategy"] or "auto", None)
+        local["evaluator"] = evaluator
+        shape = req["chunk_shape"]
+        if shape is None:
+            world = 1 if parallel == "data" else ctx.world
+            shape = list(grid.chunk_shape_for(_auto_chunk(getattr(evaluator, "local", evaluator), grid, world)))
+        threads = torch.get_num_threads() if problem.device.type == "cpu" else None
+        return {"strategy": evaluator.strategy, "vmap_batch": evaluator.vmap_batch, "chunk_shape": shape,
+                "threads": threads}
+
+    def create(settings: dict[str, Any]) -> GridStore:
+        prov = dict(base, **settings)
+        return GridStore.create(
+            path, grid=grid, chunk_shape=settings["chunk_shape"], variables=_names(problem, metrics),
+            provenance=prov, extra_attrs=_attrs(prov, dirs, problem),
+            coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, labels)},
+            write_extra=lambda tmp: _save_basis(tmp, center, dirs))
+
+    session = open_session(path, func=func, overwrite=overwrite, provenance=base, requested=requested,
+                           decide=decide, create=create, context=ctx)
+    evaluator = session.local.get("evaluator")
     try:
-        if gstore is not None and not gstore.pending():
-            return open_surface(gstore.path)
-        forced = gstore.provenance["strategy"] if gstore is not None else strategy
-        vmap_batch = gstore.provenance.get("vmap_batch") if gstore is not None else None
-        with PointEvaluator(problem, center, dirs.vectors, strategy=forced, vmap_batch=vmap_batch,
-                            exact_linear=exact_linear, metrics=metrics) as evaluator:
-            if gstore is not None:
-                chunk_shape = tuple(gstore.provenance["chunk_shape"])
-            else:
-                chunk_shape = grid.chunk_shape_for(chunk or _auto_chunk(evaluator, grid))
-            prov = dict(base, strategy=evaluator.strategy, chunk_shape=list(chunk_shape),
-                        vmap_batch=evaluator.vmap_batch)
+        if session.complete:
+            return open_surface(session.store.path)
+        settings = session.settings
+        with pinned_threads(settings.get("threads")):
+            if evaluator is None:
+                evaluator = make_evaluator(settings["strategy"], settings["vmap_batch"])
+            prov = dict(base, **settings)
             attrs = _attrs(prov, dirs, problem)
-            if store is not None and gstore is None:
-                gstore = GridStore.create(
-                    store, grid=grid, chunk_shape=chunk_shape, variables=evaluator.names, provenance=prov,
-                    extra_attrs=attrs, coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, labels)},
-                    write_extra=lambda tmp: _save_basis(tmp, center, dirs))
-                gstore.lock(func=func)
-            layout = grid.chunks(chunk_shape)
+            layout = grid.chunks(settings["chunk_shape"])
+            report: dict[str, Any] = {}
             t0 = time.perf_counter()
-            values = run_chunks(layout, evaluator, evaluator.names, store=gstore, progress=progress,
-                                description=f"surface {'×'.join(map(str, grid.shape))}")
+            values = run_chunks(layout, evaluator, evaluator.names, store=session.store, progress=progress,
+                                description=f"surface {'×'.join(map(str, grid.shape))}",
+                                split="data" if parallel == "data" else "chunks", context=ctx, report=report)
             elapsed = time.perf_counter() - t0
-        if gstore is not None:
-            return open_surface(gstore.path)
+        if session.store is not None:
+            return open_surface(session.store.path)
         done = np.ones(layout.counts, dtype=bool)
         ds = _dataset(grid, values, labels, attrs, layout, done)
         ds.attrs["seconds"] = elapsed
+        ds.attrs["ranks"] = int(report.get("world", 1))
+        ds.attrs["rank_points"] = [int(p) for p in report.get("points", [])]
+        ds.attrs["rank_busy_seconds"] = [float(b) for b in report.get("busy_seconds", [])]
         return ds
     finally:
-        if gstore is not None:
-            gstore.unlock()
+        if evaluator is not None:
+            evaluator.close()
+        session.close()
 
 
-def _auto_chunk(evaluator: PointEvaluator, grid: Grid) -> int:
+def _names(problem: Problem, metrics: bool) -> list[str]:
+    return list(problem.metric_names) if metrics else ["loss"]
+
+
+def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
+    """Points per chunk: about CHUNK_SECONDS of work, and at least 8 chunks per rank so that
+    ranks finishing early have chunks left to take."""
     per_point = evaluator.seconds_per_point
     if per_point is None:
         t = time.perf_counter()
         evaluator(np.zeros((1, grid.ndim)))
         per_point = max(time.perf_counter() - t, 1e-7)
     by_time = max(1, int(CHUNK_SECONDS / per_point))
-    return max(1, min(by_time, math.ceil(grid.size / 8)))
+    return max(1, min(by_time, math.ceil(grid.size / (8 * world))))
 
 
 def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,

@@ -124,26 +124,34 @@ def surface(
     store: Path = typer.Option(None, "--store", help="Zarr store to write (resumable)."),
     resume: bool = typer.Option(True, "--resume/--overwrite", help="Resume an existing store, or replace it."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="state_dict file giving the centre θ."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: the model's)."),
-    dtype: str = typer.Option(None, "--dtype", help="float32 | float64."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: the model's); 'rank': "
+                               "cuda:LOCAL_RANK under torchrun when CUDA is available, else cpu."),
+    dtype: str = typer.Option(None, "--dtype", help="float32 | float64 | bfloat16 (16-bit forward, float32 loss)."),
     strategy: str = typer.Option("auto", "--strategy", help="auto | loop | vmap."),
+    parallel: str = typer.Option("grid", "--parallel", help="Under torchrun: grid (ranks share the grid's "
+                                 "chunks) | data (ranks share each point's batches)."),
     plot_file: Path = typer.Option(None, "--plot", help="Also save a figure (PNG/PDF/SVG/HTML)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compute a 1-D or 2-D loss surface around a model and print a summary."""
     from rich.table import Table
 
+    from .. import distributed
     from .. import surface as surface_fn
     from ._target import resolve
 
     if dims not in (1, 2):
         raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
+    if device == "rank":
+        device = str(distributed.device_for_rank())
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     d = _directions(tgt, directions, dims, norm, ignore, seed)
     t0 = time.perf_counter()
     ds = surface_fn(tgt.problem, tgt.center, d, steps=steps, span=_span(span, dims), strategy=strategy,
-                    store=store, overwrite=not resume, progress=progress)
+                    store=store, overwrite=not resume, progress=progress, parallel=parallel)
     seconds = time.perf_counter() - t0
+    if not distributed.context().is_main:
+        return  # under torchrun, rank 0 reports and draws
     ds.attrs["name"] = tgt.name
     loss = ds.loss.values
     table = Table(title=f"surface of {tgt.name}")

@@ -19,12 +19,12 @@ import xarray as xr
 from torch import Tensor
 
 from .. import params as P
-from .._resume import check_store_args, open_existing
+from .._resume import check_store_args
 from ..directions import Directions
 from ..errors import bad_type, bad_value
 from ..grid import Grid
 from ..problem import Problem
-from ..runner import run_chunks
+from ..runner import open_session, run_chunks
 from ..store import GridStore
 from ..surface import _attrs, _dataset, _provenance, _save_basis, as_directions, open_surface
 from . import _common as C
@@ -105,39 +105,35 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     prov = dict(_provenance(problem, center, dirs, grid, False, False), kind="ratio_map", strategy="lanczos",
                 eigen=settings, chunk_shape=list(chunk_shape))
 
-    def expected(stored: dict) -> dict:
-        return dict(prov, chunk_shape=stored.get("chunk_shape") if chunk is None else list(chunk_shape))
+    attrs = dict(_attrs(prov, dirs, problem), kind="ratio_map", curvature=curvature, tol=tol, seed=seed,
+                 max_products=max_products)
 
-    gstore = open_existing(store, overwrite=overwrite, func=func, expected=expected)
-    try:
-        if gstore is not None and not gstore.pending():
-            return open_surface(gstore.path)
-        if gstore is not None:
-            chunk_shape = tuple(gstore.provenance["chunk_shape"])
-            prov["chunk_shape"] = list(chunk_shape)
-        attrs = dict(_attrs(prov, dirs, problem), kind="ratio_map", curvature=curvature, tol=tol, seed=seed,
-                     max_products=max_products)
-        if store is not None and gstore is None:
-            gstore = GridStore.create(
-                store, grid=grid, chunk_shape=chunk_shape, variables=list(VARIABLES), provenance=prov,
-                extra_attrs=attrs, coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, dirs.labels)},
-                write_extra=lambda tmp: _save_basis(tmp, center, dirs))
-            gstore.lock(func=func)
+    def create(pinned: dict) -> GridStore:
+        return GridStore.create(
+            store, grid=grid, chunk_shape=pinned["chunk_shape"], variables=list(VARIABLES),
+            provenance=dict(prov, **pinned), extra_attrs=dict(attrs, chunk_shape=list(pinned["chunk_shape"])),
+            coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, dirs.labels)},
+            write_extra=lambda tmp: _save_basis(tmp, center, dirs))
+
+    base = {k: v for k, v in prov.items() if k != "chunk_shape"}
+    requested = {"chunk_shape": None if chunk is None else list(chunk_shape)}
+    with open_session(store, func=func, overwrite=overwrite, provenance=base, requested=requested,
+                      decide=lambda req, local: {"chunk_shape": req["chunk_shape"] or list(chunk_shape)},
+                      create=create) as session:
+        if session.complete:
+            return open_surface(session.store.path)
         evaluate = _PointCurvature(problem, center, dirs, names, kind=curvature, tol=tol, seed=seed,
                                    max_products=max_products, basis=basis)
-        layout = grid.chunks(chunk_shape)
+        layout = grid.chunks(tuple(session.settings["chunk_shape"]))
         t0 = time.perf_counter()
-        values = run_chunks(layout, evaluate, list(VARIABLES), store=gstore, progress=progress,
-                            description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}")
+        values = run_chunks(layout, evaluate, list(VARIABLES), store=session.store, progress=progress,
+                            description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", context=session.context)
         elapsed = time.perf_counter() - t0
-        if gstore is not None:
-            return open_surface(gstore.path)
+        if session.store is not None:
+            return open_surface(session.store.path)
         ds = _dataset(grid, values, dirs.labels, attrs, layout, np.ones(layout.counts, dtype=bool))
         ds.attrs["seconds"] = elapsed
         return ds
-    finally:
-        if gstore is not None:
-            gstore.unlock()
 
 
 class _PointCurvature:

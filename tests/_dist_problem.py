@@ -1,0 +1,113 @@
+"""Problems and runs shared by the distributed and fault tests (imported by torchrun workers,
+forked children and the tests themselves), and a script entry point for torchrun.
+
+    torchrun --nproc-per-node 2 tests/_dist_problem.py OUT_DIR [store|memory|data|all]
+    torchrun --nproc-per-node 2 tests/_dist_problem.py OUT_DIR fault STORE DELAY
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lossatlas
+
+
+class SlowNet(torch.nn.Module):
+    """A tiny MLP whose forward may sleep (``delay``, not part of the fingerprint) to slow runs down."""
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__()
+        torch.manual_seed(int(os.environ.get("DIST_PROBLEM_SEED", "0")))  # tests vary it to make ranks disagree
+        self.l1 = torch.nn.Linear(4, 6)
+        self.l2 = torch.nn.Linear(6, 3)
+        self.delay = delay
+
+    def forward(self, x):
+        if self.delay:
+            time.sleep(self.delay)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > int(os.environ.get("DIST_PROBLEM_FAIL_AFTER", "1000000000")):  # tests inject a failure
+            raise RuntimeError("injected failure")
+        return self.l2(torch.tanh(self.l1(x)))
+
+
+def build(delay: float = 0.0, batch_size: int | None = None):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 4, generator=g)
+    y = torch.randint(0, 3, (48,), generator=g)
+    problem = lossatlas.Problem(SlowNet(delay), torch.nn.CrossEntropyLoss(), (x, y), batch_size=batch_size)
+    return problem, lossatlas.directions.random(problem, n=2, seed=0)
+
+
+def run(store, delay: float = 0.0, *, steps: int = 8, chunk: int | None = 4, strategy: str = "loop",
+        parallel: str = "grid", batch_size: int | None = None, progress: bool = False):
+    problem, d = build(delay, batch_size)
+    return lossatlas.surface(problem, None, d, steps=steps, span=1.0, strategy=strategy, chunk=chunk, store=store,
+                             progress=progress, parallel=parallel)
+
+
+def legacy(store, *, overwrite: bool = False, delay: float = 0.0) -> np.ndarray:
+    """Code written against the store primitives (open / lock / create / lock / run_chunks on every
+    rank, as ``curvature.ratio_map`` does): distributed through the runner as it is."""
+    from lossatlas.evaluator import PointEvaluator
+    from lossatlas.grid import Grid
+    from lossatlas.runner import run_chunks
+    from lossatlas.store import GridStore
+
+    problem, d = build(delay)
+    grid = Grid.make(2, 8, 1.0)
+    chunk_shape = grid.chunk_shape_for(4)
+    prov = {"kind": "legacy", "center": lossatlas.params.fingerprint(problem.params())}
+    path = Path(store)
+    if overwrite:
+        GridStore.remove(path, func="legacy")
+    gstore = None
+    if GridStore.exists(path):
+        gstore = GridStore.open(path, func="legacy")
+        gstore.lock(func="legacy")
+        gstore.check_provenance(prov, func="legacy")
+    try:
+        if gstore is None:
+            gstore = GridStore.create(path, grid=grid, chunk_shape=chunk_shape, variables=["loss"], provenance=prov)
+            gstore.lock(func="legacy")
+        with PointEvaluator(problem, problem.params(), d.vectors, strategy="loop", metrics=False) as evaluator:
+            return run_chunks(grid.chunks(chunk_shape), evaluator, ["loss"], store=gstore, progress=False,
+                              description="legacy")["loss"]
+    finally:
+        gstore.unlock()
+
+
+def _save(ds, path: Path) -> None:
+    np.savez(path, loss=ds.loss.values, accuracy=ds.accuracy.values)
+
+
+def main(out: str, what: str) -> None:
+    out_dir = Path(out)
+    rank = int(os.environ.get("RANK", "0"))
+    info = {"rank": rank, "threads": torch.get_num_threads()}
+    if what in ("store", "all"):
+        ds = run(out_dir / "grid.zarr", steps=11, chunk=4, progress=True)
+        info["store"] = {"ranks": ds.attrs.get("ranks"), "complete": ds.attrs["complete"]}
+        _save(ds, out_dir / f"store-{rank}.npz")
+    if what in ("memory", "all"):
+        ds = run(None, steps=11, chunk=4, strategy="vmap")
+        info["memory"] = {"ranks": ds.attrs["ranks"], "rank_points": ds.attrs["rank_points"]}
+        _save(ds, out_dir / f"memory-{rank}.npz")
+    if what in ("data", "all"):
+        ds = run(out_dir / "data.zarr", steps=5, chunk=5, parallel="data", batch_size=10)
+        info["data"] = {"complete": ds.attrs["complete"]}
+        _save(ds, out_dir / f"data-{rank}.npz")
+    (out_dir / f"info-{rank}.json").write_text(json.dumps(info))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[2] == "fault":  # OUT fault STORE DELAY: the run the fault tests kill
+        run(sys.argv[3], float(sys.argv[4]))
+    else:
+        main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "all")
