@@ -9,7 +9,7 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import directions, examples, params, plot
+from . import convexity, directions, examples, params, plot
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, EvaluationError, InvalidArgumentError, InvalidTypeError, LossAtlasError,
@@ -26,6 +26,7 @@ __all__ = [
     "params_of",
     "params",
     "directions",
+    "convexity",
     "examples",
     "plot",
     "Directions",
