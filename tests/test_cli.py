@@ -131,3 +131,23 @@ def test_demo_quick_as_a_real_subprocess(tmp_path):
     # the stores reopen with the CLI
     r = invoke("info", str(out / "seed-relu-plane.zarr"))
     assert r.exit_code == 0, r.output
+
+
+def test_audit_verify_compare_commands(tmp_path):
+    cert = tmp_path / "seed.npz"
+    r = invoke("audit", "seed-relu", "--budget", "60", "--save-certificate", str(cert), "--no-progress",
+               "--json", str(tmp_path / "a.json"))
+    assert r.exit_code == 0, r.output
+    assert "non-convex (proven)" in r.output and cert.exists()
+    assert json.loads((tmp_path / "a.json").read_text())["proven_nonconvex"] is True
+    r = invoke("verify", str(cert), "seed-relu")
+    assert r.exit_code == 0 and "VALID" in r.output
+    # the same certificate does not prove anything about another problem
+    r = invoke("verify", str(cert), "logreg-mse")
+    assert r.exit_code != 0
+    r = invoke("audit", "logreg-bce", "--budget", "40", "--no-progress")
+    assert r.exit_code == 0 and "no violation found" in r.output
+    r = invoke("compare", "logreg-bce", "seed-relu", "--budget", "40", "--out", str(tmp_path / "c.png"),
+               "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "c.png").exists() and "λmin" in r.output

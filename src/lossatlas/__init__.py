@@ -9,7 +9,7 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import curvature, directions, distributed, examples, params, plot
+from . import convexity, curvature, directions, distributed, examples, params, plot
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
@@ -31,6 +31,7 @@ __all__ = [
     "params",
     "directions",
     "distributed",
+    "convexity",
     "examples",
     "plot",
     "curvature",

@@ -1,0 +1,134 @@
+"""``lossatlas audit | verify | compare``: proofs of non-convexity from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import InvalidArgumentError
+from ._app import app
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from ..convexity import METHODS
+
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise InvalidArgumentError(f"--methods must be a comma-separated subset of {', '.join(METHODS)}; received {text!r}")
+    return methods
+
+
+@app.command()
+def audit(
+    target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
+    budget: int = typer.Option(400, "--budget", help="Loss evaluations for the Jensen search."),
+    seed: int = typer.Option(0, "--seed"),
+    methods: str = typer.Option("jensen,hessian,symmetry", "--methods", help="Comma-separated methods."),
+    save_certificate: Path = typer.Option(None, "--save-certificate", help="Write the strongest certificate (.npz)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the audit as JSON."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="state_dict file giving θ."),
+    device: str = typer.Option(None, "--device"),
+    dtype: str = typer.Option(None, "--dtype", help="float32 | float64 (search precision; proofs are float64)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Prove the loss non-convex (certificates re-checked in float64) or report "no violation found"."""
+    from rich.table import Table
+
+    from .. import convexity
+    from ._target import resolve
+
+    tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    result = convexity.audit(tgt.problem, tgt.center, budget=budget, seed=seed, methods=_methods(methods),
+                             progress=progress, name=tgt.name)
+    console = _console()
+    colour = "red" if result.proven_nonconvex else "green"
+    console.print(f"[bold {colour}]{tgt.name}: {result.verdict}[/]")
+    if result.certificates:
+        table = Table(title="certificates (verified in float64)")
+        for col in ("kind", "t", "f(a)", "f(b)", "f(midpoint)", "Jensen gap", "bound", "detail"):
+            table.add_column(col)
+        for c in result.certificates:
+            detail = (c.symmetry or {}).get("description") or (
+                f"λ = {c.eigen['value']:.4g}, residual {c.eigen['residual']:.1e}" if c.eigen else c.note)
+            table.add_row(c.kind, f"{c.t:.3g}", f"{c.losses['a']:.6g}", f"{c.losses['b']:.6g}", f"{c.losses['t']:.6g}",
+                          f"{c.gap:.3e}", f"{c.bound:.1e}", detail)
+        console.print(table)
+    console.print(result.summary())
+    if save_certificate is not None:
+        if not result.certificates:
+            console.print("no certificate to save: no violation found")
+        else:
+            path = max(result.certificates, key=lambda c: c.margin).save(save_certificate)
+            console.print(f"certificate written to {path} (check it: lossatlas verify {path} {target})")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2, default=float))
+
+
+@app.command()
+def verify(
+    certificate: Path = typer.Argument(..., help="A certificate written by `lossatlas audit --save-certificate`."),
+    target: str = typer.Argument(..., help="The problem it is about (example name or file.py:function)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint"),
+) -> None:
+    """Re-check a certificate in float64; exit status 0 if it holds, 1 if it does not."""
+    from .. import convexity
+    from ._target import resolve
+
+    cert = convexity.Certificate.load(certificate)
+    tgt = resolve(target, checkpoint=checkpoint)
+    report = cert.check(tgt.problem)
+    console = _console()
+    console.print(f"f(a) = {report.losses.get('a', float('nan')):.10g}, f(b) = {report.losses.get('b', float('nan')):.10g}, "
+                  f"f((1−t)a + tb) = {report.losses.get('t', float('nan')):.10g} at t = {cert.t:.4g}")
+    console.print(f"Jensen gap {report.gap:.6e} vs rounding bound {report.bound:.3e}"
+                  + (f"; vᵀHv = {report.rayleigh:.4g}, residual {report.residual:.2e}" if report.rayleigh is not None else ""))
+    if report.accepted:
+        console.print(f"[bold green]VALID[/]: the {cert.kind} certificate proves that the loss of {tgt.name} is not convex")
+        return
+    console.print("[bold red]REJECTED[/]: " + "; ".join(report.reasons))
+    raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    targets: list[str] = typer.Argument(None, help="Example names (default: convex baselines and non-convex models)."),
+    budget: int = typer.Option(300, "--budget"),
+    seed: int = typer.Option(0, "--seed"),
+    methods: str = typer.Option("jensen,hessian,symmetry", "--methods"),
+    out: Path = typer.Option(None, "--out", help="Figure file (PNG/PDF/SVG)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Audit convex baselines and non-convex models the same way: one table and one figure."""
+    from rich.table import Table
+
+    from .. import convexity, plot
+
+    result = convexity.compare(*(targets or ()), budget=budget, seed=seed, methods=_methods(methods),
+                               progress=progress)
+    table = Table(title="convexity audit, same budget and seed for every model")
+    for col in ("model", "known", "verdict", "certificates", "best Jensen gap", "λmin", "λmax", "λmin/λmax", "time"):
+        table.add_column(col)
+
+    def fmt(v, spec=".3g"):
+        return "—" if v is None else format(v, spec)
+    for r in result.rows():
+        known = {True: "convex", False: "non-convex", None: "?"}[r["known_convex"]]
+        table.add_row(r["name"], known, r["verdict"], f"{r['certificates']} {','.join(r['kinds'])}",
+                      fmt(r["best_jensen_gap"], ".2e"), fmt(r["lambda_min"]), fmt(r["lambda_max"]), fmt(r["ratio"]),
+                      f"{r['seconds']:.1f} s")
+    _console().print(table)
+    if out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        plot.save(result.figure(), out)
+        _console().print(f"figure: {out}")

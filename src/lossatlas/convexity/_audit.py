@@ -1,0 +1,170 @@
+"""``audit``: prove a problem's loss non-convex, or say honestly that no violation was found."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import bad_type, bad_value
+from ..problem import Problem
+from ._certificate import Certificate, make_certificate
+from ._search import jensen_search
+
+METHODS = ("jensen", "hessian", "symmetry")
+PROVEN = "non-convex (proven)"
+NOT_FOUND = "no violation found"
+
+
+@dataclass
+class Audit:
+    """The result of :func:`audit`.
+
+    ``verdict`` is ``"non-convex (proven)"`` when at least one certificate verified in float64, and
+    ``"no violation found"`` otherwise — never "convex": sampling cannot prove convexity.
+    """
+
+    verdict: str
+    certificates: list[Certificate]
+    tried: dict[str, Any]
+    best_jensen_gap: float | None
+    lambda_min: float | None
+    lambda_max: float | None
+    seconds: float
+    why: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    jensen_gaps: np.ndarray | None = None
+    name: str = ""
+
+    @property
+    def proven_nonconvex(self) -> bool:
+        return self.verdict == PROVEN
+
+    def summary(self) -> str:
+        """A few sentences for people."""
+        head = f"{self.name + ': ' if self.name else ''}{self.verdict}"
+        lines = [head]
+        if self.certificates:
+            kinds = sorted({c.kind for c in self.certificates})
+            lines.append(f"{len(self.certificates)} certificate(s) verified in float64 ({', '.join(kinds)}); "
+                         f"strongest: {max(self.certificates, key=lambda c: c.margin).summary()}.")
+        else:
+            lines.append("No Jensen violation, negative curvature or symmetry argument survived float64 "
+                         "verification. This is not a proof of convexity: the search only sampled the landscape.")
+        if self.best_jensen_gap is not None:
+            lines.append(f"Largest relative Jensen gap seen in the search: {self.best_jensen_gap:.3e}.")
+        if self.lambda_min is not None:
+            lines.append(f"Hessian at θ: λmin = {self.lambda_min:.4g}, λmax = {self.lambda_max:.4g}.")
+        if self.why and self.why.get("text"):
+            lines.append(self.why["text"])
+        lines += self.notes
+        lines.append(f"({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "verdict": self.verdict, "proven_nonconvex": self.proven_nonconvex,
+                "certificates": [{"kind": c.kind, "gap": c.gap, "bound": c.bound, "margin": c.margin, "t": c.t,
+                                  "losses": c.losses, "eigen": c.eigen, "symmetry": c.symmetry}
+                                 for c in self.certificates],
+                "tried": self.tried, "best_jensen_gap": self.best_jensen_gap, "lambda_min": self.lambda_min,
+                "lambda_max": self.lambda_max, "seconds": self.seconds, "why": self.why, "notes": self.notes}
+
+
+def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget: int = 400, seed: int = 0,
+          methods: Sequence[str] = METHODS, checkpoints: Sequence[Mapping[str, Tensor]] | None = None,
+          max_certificates: int = 3, progress: bool = True, name: str = "") -> Audit:
+    """Search for a proof that the loss is not convex, and verify every proof found in float64.
+
+    * ``"jensen"`` — a search for f((1−t)a + tb) > (1−t)f(a) + t·f(b) (``budget`` loss evaluations:
+      segments around θ at several radii, far points, checkpoints, 1-D slices, gradient refinement);
+    * ``"hessian"`` — the smallest Hessian eigenvalue at θ; a negative one gives the triple
+      (θ − hv, θ + hv, ½) along its eigenvector v;
+    * ``"symmetry"`` — θ' = g·θ for a symmetry g of the network (hidden-unit permutation, sign flip
+      for odd activations, positive rescaling for ReLU), so f(θ') = f(θ); a worse midpoint is a proof
+      needing no search.
+
+    Only certificates that :meth:`Certificate.verify` accepts count. The user's model is not modified.
+
+    >>> import lossatlas
+    >>> ex = lossatlas.examples.load("seed-relu")
+    >>> result = audit(ex.problem, ex.center, budget=60, progress=False)
+    >>> result.verdict, result.proven_nonconvex
+    ('non-convex (proven)', True)
+    """
+    func = "audit"
+    if not isinstance(problem, Problem):
+        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+    theta = problem.params() if theta is None else theta
+    problem.check_params(theta, func=func, arg="theta")
+    if isinstance(methods, str):
+        methods = (methods,)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise bad_value(func, "methods", f"a non-empty subset of {METHODS}", methods)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
+        raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
+    t0 = time.perf_counter()
+    p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
+    certificates: list[Certificate] = []
+    tried: dict[str, Any] = {}
+    notes: list[str] = []
+    best_gap = lam_min = lam_max = None
+    gaps = None
+    why = None
+
+    if "symmetry" in methods:
+        from ._symmetry import symmetry_certificates
+
+        t1 = time.perf_counter()
+        found, info = symmetry_certificates(problem, p64, theta, seed=seed, limit=max_certificates)
+        certificates += found
+        tried["symmetry"] = {**info, "seconds": time.perf_counter() - t1}
+        if info.get("unsupported"):
+            notes.append(f"Symmetry: {info['unsupported']}")
+
+    if "hessian" in methods:
+        from ._curvature import hessian_certificate
+
+        t1 = time.perf_counter()
+        cert, info = hessian_certificate(problem, p64, theta, seed=seed, progress=progress)
+        lam_min, lam_max = info.get("lambda_min"), info.get("lambda_max")
+        if cert is not None:
+            certificates.append(cert)
+        tried["hessian"] = {**info, "seconds": time.perf_counter() - t1}
+        why = info.get("why")
+
+    if "jensen" in methods:
+        t1 = time.perf_counter()
+        result = jensen_search(problem, theta, budget=budget, seed=seed, checkpoints=checkpoints, progress=progress)
+        gaps = result.relative_gaps
+        best_gap = result.best.relative_gap if result.best is not None else None
+        verified = 0
+        for cand in result.candidates:
+            if verified >= max_certificates or not cand.gap > 0:
+                break
+            cert = make_certificate(p64, "jensen", cand.a, cand.b, cand.t,
+                                    note=f"found by the Jensen search ({cand.source}, radius {cand.radius:g})",
+                                    meta={"source": cand.source, "radius": cand.radius})
+            if cert is not None and cert.verify(p64):
+                certificates.append(cert)
+                verified += 1
+        tried["jensen"] = {"evaluations": result.evaluations, "segments": result.tried, "radii": result.radii,
+                           "seconds": time.perf_counter() - t1, "candidates_checked_in_float64":
+                           min(len(result.candidates), max_certificates + 5)}
+
+    certificates.sort(key=lambda c: c.margin, reverse=True)
+    verdict = PROVEN if certificates else NOT_FOUND
+    return Audit(verdict, certificates, tried, best_gap, lam_min, lam_max, time.perf_counter() - t0, why, notes,
+                 gaps, name)
+
+
+def verify(certificate: Certificate, problem: Problem) -> bool:
+    """Shorthand for ``certificate.verify(problem)``."""
+    if not isinstance(certificate, Certificate):
+        raise bad_type("verify", "certificate", "a lossatlas Certificate", certificate)
+    return certificate.verify(problem)
