@@ -37,6 +37,7 @@ class Comparison:
     def figure(self):
         """Histograms of relative Jensen gaps, λmin/λmax per model, and a random 1-D slice of each."""
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import SymmetricalLogLocator
 
         n = len(self.audits)
         fig = plt.figure(figsize=(4.2 * max(n, 3), 9))
@@ -50,15 +51,25 @@ class Comparison:
                 ax_h.hist(np.sign(g) * np.log10(1 + np.abs(g) * 1e12), bins=40, alpha=0.5, color=colours(i),
                           label=a.name)
         ax_h.axvline(0, color="k", lw=0.8)
-        ax_h.set_xlabel("relative Jensen gap, sign·log10(1 + 10¹²·|gap|)  (> 0: violation)")
+        ticks = [-1e-2, -1e-6, -1e-10, 0.0, 1e-10, 1e-6, 1e-2]
+        ax_h.set_xticks([np.sign(v) * np.log10(1 + abs(v) * 1e12) for v in ticks],
+                        ["−1e-2", "−1e-6", "−1e-10", "0", "1e-10", "1e-6", "1e-2"])
+        ax_h.set_xlabel("relative Jensen gap of each sampled segment (log scale each side; > 0 is a violation)")
         ax_h.set_ylabel("segments")
         ax_h.legend(fontsize=7)
-        ratios = [(a.lambda_min / a.lambda_max) if a.lambda_min is not None and a.lambda_max else np.nan
-                  for a in self.audits]
+        ratios = np.array([(a.lambda_min / a.lambda_max) if a.lambda_min is not None and a.lambda_max else np.nan
+                           for a in self.audits])
         ax_l.bar(range(n), ratios, color=[("tab:red" if a.proven_nonconvex else "tab:blue") for a in self.audits])
+        finite = np.abs(ratios[np.isfinite(ratios) & (ratios != 0)])
+        linthresh = float(max(finite.min(), 1e-12)) if finite.size else 1e-12
+        ax_l.set_yscale("symlog", linthresh=linthresh)
+        ax_l.yaxis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=1000))
+        for i, r in enumerate(ratios):
+            if np.isfinite(r):
+                ax_l.annotate(f"{r:.2g}", (i, r), ha="center", va="bottom" if r >= 0 else "top", fontsize=8)
         ax_l.axhline(0, color="k", lw=0.8)
         ax_l.set_xticks(range(n), [a.name for a in self.audits], rotation=20, fontsize=8)
-        ax_l.set_ylabel("λmin / λmax at θ")
+        ax_l.set_ylabel("λmin / λmax at θ (symlog)")
         ax_l.set_title("red: proven non-convex, blue: no violation found", fontsize=9)
         for i, (a, s) in enumerate(zip(self.audits, self.slices)):
             ax = fig.add_subplot(grid[1:, i])
