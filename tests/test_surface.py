@@ -214,3 +214,16 @@ def test_grid_chunking_covers_every_point_once():
         for c in layout:
             seen[layout.index(c)] += 1
         assert (seen == 1).all()
+
+
+def test_auto_strategy_skips_timing_on_small_grids(classification, monkeypatch):
+    """Below 64 points "auto" means "loop": timing both strategies would cost more than the grid."""
+    from lossatlas.evaluator import AUTO_MIN_POINTS, PointEvaluator
+
+    pr, d, *_ = setup(classification)
+    probes = []
+    monkeypatch.setattr(PointEvaluator, "_choose", lambda self: probes.append(1) or "loop")
+    small = lossatlas.surface(pr, None, d, steps=7, progress=False)
+    assert small.attrs["strategy"] == "loop" and probes == []
+    lossatlas.surface(pr, None, d, steps=int(AUTO_MIN_POINTS ** 0.5) + 1, progress=False)
+    assert probes == [1]

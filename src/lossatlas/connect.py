@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from . import params as P
 from .data import map_tensors
 from .errors import InvalidArgumentError, StoreError, bad_type, bad_value
-from .paths import _as_params, path_metrics, probe_free_strategy, with_bn
+from .evaluator import probe_free_strategy
+from .paths import _as_params, path_metrics, with_bn
 from .problem import Problem
 from .progress import progress_bar
 

@@ -53,6 +53,15 @@ def sum_batches(terms: Tensor) -> Tensor:
     return total
 
 
+AUTO_MIN_POINTS = 64  # below this many points "auto" means "loop": timing both costs more than the work
+
+
+def probe_free_strategy(strategy: str, points: int) -> str:
+    """``"loop"`` instead of ``"auto"`` for fewer than ``AUTO_MIN_POINTS`` points: the automatic
+    choice times up to 64 vmapped points, more work than a short path or a small grid itself."""
+    return "loop" if strategy == "auto" and points < AUTO_MIN_POINTS else strategy
+
+
 class PointEvaluator:
     """Callable mapping an (m, n) array of coefficients to ``{metric: (m,) float64 array}``.
 

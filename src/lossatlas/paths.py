@@ -34,7 +34,6 @@ from .problem import Problem
 __all__ = ["interpolate", "open_interpolation", "path_metrics"]
 
 BN_CHOICES = (None, "eval", "recalibrate")
-AUTO_MIN_POINTS = 64
 
 
 def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Module, *,
@@ -89,7 +88,7 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
         raise bad_value(func, "tol", "a number >= 0 or None", tol)
     evaluated = with_bn(problem, bn)
     ds = surface(evaluated, a, between(a, b), steps=int(steps), span=(lo, hi),
-                 strategy=probe_free_strategy(strategy, int(steps)), chunk=chunk,
+                 strategy=strategy, chunk=chunk,
                  store=store, overwrite=overwrite, progress=progress, metrics=metrics)
     ds = _as_path(ds)
     summary = _summary(evaluated, ds, a, b, tol)
@@ -114,12 +113,6 @@ def with_bn(problem: Problem, bn: str | None) -> Problem:
     other = copy.copy(problem)
     other.bn = bn
     return other
-
-
-def probe_free_strategy(strategy: str, points: int) -> str:
-    """``"loop"`` instead of ``"auto"`` for fewer than ``AUTO_MIN_POINTS`` points: the automatic
-    choice times up to 64 vmapped points, more work than a short path itself."""
-    return "loop" if strategy == "auto" and points < AUTO_MIN_POINTS else strategy
 
 
 def path_metrics(t: np.ndarray, loss: np.ndarray, *, dtype: torch.dtype = torch.float64, tol: float | None = None,

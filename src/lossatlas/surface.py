@@ -26,7 +26,7 @@ from .directions import Directions
 from .errors import InvalidArgumentError, bad_type, bad_value
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
-from .evaluator import STRATEGIES, PointEvaluator
+from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
 from .problem import Problem
 from .runner import open_session, pinned_threads, run_chunks
@@ -74,7 +74,8 @@ def surface(
     directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
     in ``attrs["nan_points"]``/``attrs["inf_points"]``.
 
-    ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem; the two agree to
+    ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem, or ``"loop"`` below 64
+    points where timing would cost more than the grid; the two agree to
     rounding, so pass one explicitly for bit-identical results across runs without a store — a store
     pins the strategy it was made with). ``chunk``: points per
     chunk of work (default: about one second of work each). ``store``: a directory (zarr) written
@@ -137,7 +138,7 @@ def surface(
                               exact_linear=exact_linear, metrics=metrics)
 
     def decide(req: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
-        evaluator = make_evaluator(req["strategy"] or "auto", None)
+        evaluator = make_evaluator(probe_free_strategy(req["strategy"] or "auto", grid.size), None)
         local["evaluator"] = evaluator
         shape = req["chunk_shape"]
         if shape is None:

@@ -88,7 +88,7 @@ def compare(*targets: Any, budget: int = 300, seed: int = 0, methods=("jensen", 
     ``(name, problem, theta)`` triples. With no targets: the convex baselines (``linreg-mse``,
     ``logreg-bce``, ``softmax-ce``) and the non-convex ``logreg-mse``, ``seed-relu``, ``mlp-digits``.
 
-    >>> c = compare("logreg-bce", "logreg-mse", budget=40, methods=("jensen",))
+    >>> c = compare("logreg-bce", "logreg-mse", budget=200, methods=("jensen",))
     >>> [r["verdict"] for r in c.rows()]
     ['no violation found', 'non-convex (proven)']
     """
