@@ -9,7 +9,8 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: setup demo test test-all bench images clean
 
-IMAGES := seed-relu-plane.png seed-relu-slices.png logreg-slices.png logreg-planes.png mlp-digits-contour.png mlp-digits-3d.png
+IMAGES := seed-relu-plane.png seed-relu-slices.png logreg-slices.png logreg-planes.png mlp-digits-contour.png mlp-digits-3d.png \
+	convexity-audit.png
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +29,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"
 
+# Peers are installed without their dependencies (they would pull another torch). The curvature
+# benchmark's exact spectrum takes about an hour the first time (then cached); drop --no-exact for it.
 bench: $(STAMP)
 	$(PIP) install --no-deps loss-landscapes pyhessian
 	$(BIN)/python benchmarks/bench_surface.py
+	$(BIN)/python benchmarks/bench_curvature.py --no-exact
+	$(BIN)/python benchmarks/bench_paths.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 images: $(STAMP)
 	$(BIN)/lossatlas demo --out build/demo --no-progress

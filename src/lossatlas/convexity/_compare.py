@@ -54,7 +54,8 @@ class Comparison:
         ticks = [-1e-2, -1e-6, -1e-10, 0.0, 1e-10, 1e-6, 1e-2]
         ax_h.set_xticks([np.sign(v) * np.log10(1 + abs(v) * 1e12) for v in ticks],
                         ["−1e-2", "−1e-6", "−1e-10", "0", "1e-10", "1e-6", "1e-2"])
-        ax_h.set_xlabel("relative Jensen gap of each sampled segment (log scale each side; > 0 is a violation)")
+        ax_h.set_xlabel("relative Jensen gap of each sampled segment, log scale each side (> 0: a candidate in the "
+                        "search's precision; only float64-verified candidates are proofs)", fontsize=8)
         ax_h.set_ylabel("segments")
         ax_h.legend(fontsize=7)
         ratios = np.array([(a.lambda_min / a.lambda_max) if a.lambda_min is not None and a.lambda_max else np.nan
