@@ -118,3 +118,16 @@ def test_ratio_map_figure_marks_unconverged_points_and_rejects_bad_input():
         plot.ratio_map(ds, variable="nope")
     with pytest.raises(lossatlas.InvalidArgumentError, match="two directions"):
         plot.ratio_map(ds.isel(y=0))
+
+
+def test_surface_along_hessian_eigenvectors(target, tmp_path):
+    """`lossatlas surface TARGET --directions hessian`: a plane along the eigenvectors of λmax and λmin."""
+    store = tmp_path / "hess.zarr"
+    result = CliRunner().invoke(app, ["surface", target, "--directions", "hessian", "--steps", "5", "--store",
+                                      str(store), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    ds = lossatlas.open_surface(store)
+    labels = [ds[d].attrs["long_name"] for d in ds.loss.dims]
+    assert labels[0].startswith("Hessian eigenvector (λmax") and labels[1].startswith("Hessian eigenvector (λmin")
+    centre = float(ds.loss.sel(x=0.0, y=0.0))
+    assert float(ds.loss.sel(x=0.5, y=0.0)) > centre  # upward curvature along the top eigenvector

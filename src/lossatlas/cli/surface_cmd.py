@@ -90,8 +90,6 @@ def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int)
             raise InvalidArgumentError(f"--directions {kind!r} names {len(names)} parameters but --dims is {dims}")
         return D.axes(target.center, names)
     if kind == "hessian":
-        if not hasattr(D, "hessian"):
-            raise InvalidArgumentError("--directions hessian needs the curvature module (not available in this build)")
         return D.hessian(target.problem, target.center, n=dims, seed=seed)
     raise InvalidArgumentError(f"--directions must be random, example, hessian or axes:NAME[,NAME]; received {kind!r}")
 
