@@ -50,6 +50,7 @@ class LinearFold:
         self.modules: dict[int, tuple[str, nn.Module]] = {}
         self.coefficients: Any = None
         self._patched: list[tuple[nn.Module, Any]] = []
+        self._buffers: dict[tuple, list[Tensor]] = {}  # per table entry: reused output and product buffers
         if not problem.data.cached:
             return
         budget = max_bytes if max_bytes is not None else problem.data.budget // 2
@@ -169,9 +170,10 @@ class LinearFold:
             def forward(mod, x, *args, _original=original, _table=table, **kwargs):
                 c = fold.coefficients
                 if c is not None and not args and not kwargs:
-                    entry = _table.get(_key(x))
+                    key = _key(x)
+                    entry = _table.get(key)
                     if entry is not None:
-                        return fold._combine(entry, c).to(x.dtype)
+                        return fold._combine(entry, c, fold._buffers.setdefault(key, [])).to(x.dtype)
                 return _original(x, *args, **kwargs)
 
             own = m.__dict__.get("forward")
@@ -189,10 +191,25 @@ class LinearFold:
         self.coefficients = None
 
     @staticmethod
-    def _combine(entry: Tensor, c: Any) -> Tensor:
-        """entry₀ + c₁·entry₁ + … evaluated as ((e₀ + c₁e₁) + c₂e₂) + …, products rounded apart."""
+    def _combine(entry: Tensor, c: Any, buffers: list[Tensor] | None = None) -> Tensor:
+        """entry₀ + c₁·entry₁ + … evaluated as ((e₀ + c₁e₁) + c₂e₂) + …, products rounded apart.
+
+        With host coefficients (the loop strategy) and ``buffers``, the result and the products are
+        written into two reused buffers: no allocation per point (fresh large tensors cost page faults
+        that made this memory-bound step as slow as the GEMM it replaces). The returned tensor is
+        overwritten by the next call with the same buffers."""
         if isinstance(c, Tensor):
             c = c.to(entry.dtype)
+        elif buffers is not None and len(c) > 0:
+            if not buffers:
+                buffers.extend([torch.empty_like(entry[0]), torch.empty_like(entry[0])])
+            out, product = buffers
+            torch.mul(entry[1], c[0], out=product)
+            torch.add(entry[0], product, out=out)
+            for j in range(1, len(c)):
+                torch.mul(entry[j + 1], c[j], out=product)
+                out.add_(product)
+            return out
         out = entry[0]
         for j in range(len(c)):
             out = out + c[j] * entry[j + 1]

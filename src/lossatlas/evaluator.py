@@ -166,9 +166,17 @@ class PointEvaluator:
         recalibrate = problem.bn == "recalibrate" and bool(problem._bn_modules)
         # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
         # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like P.lincomb and
-        # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps
-        work = [t.clone() for t in base]
-        step = [torch.empty_like(t) for t in base]
+        # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps.
+        # θ and the directions are flattened once, so a point costs a few calls on one flat vector
+        # (elementwise, hence the same bits as per-tensor arithmetic), not a few calls per tensor.
+        flat_base = torch.cat([t.reshape(-1) for t in base])
+        flat_dirs = [torch.cat([t.reshape(-1) for t in d]) for d in dirs]
+        flat = torch.empty_like(flat_base)
+        product = torch.empty_like(flat_base)
+        work, start = [], 0
+        for t in base:
+            work.append(flat[start:start + t.numel()].view(t.shape))
+            start += t.numel()
         bound = [torch.empty_like(self.center[k]) for k in keys] if low else work
         params = dict(zip(keys, bound))
         rows = []
@@ -177,12 +185,11 @@ class PointEvaluator:
                 stack.enter_context(problem.bound(params))
             for c in coefficients:
                 c = tuple(float(v) for v in c)  # host numbers: no device sync
-                torch._foreach_copy_(work, base)
-                for a, d in zip(c, dirs):
+                flat.copy_(flat_base)
+                for a, d in zip(c, flat_dirs):
                     if a != 0.0:
-                        for out, t in zip(step, d):
-                            torch.mul(t, a, out=out)
-                        torch._foreach_add_(work, step)
+                        torch.mul(d, a, out=product)  # the product rounded, then added
+                        flat.add_(product)
                 if low:
                     torch._foreach_copy_(bound, work)  # one rounding to the problem's dtype
                 if self.fold is not None:
