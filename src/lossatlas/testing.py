@@ -30,7 +30,8 @@ def assert_close(actual, expected, dtype: torch.dtype, *, what: str = "values", 
     """Elementwise |a − e| ≤ factor·(rtol·|e| + atol); NaN must match NaN."""
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
-    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {a.shape} != {e.shape}")
     both_nan = np.isnan(a) & np.isnan(e)
     tol = factor * (RTOL[dtype] * np.abs(e) + ATOL[dtype])
     bad = ~both_nan & ~(np.abs(a - e) <= tol)
@@ -85,14 +86,16 @@ def model_state(model: nn.Module) -> dict:
 def assert_model_unchanged(model: nn.Module, before: dict) -> None:
     after = model_state(model)
     for key in ("requires_grad", "training", "devices", "dtypes"):
-        assert after[key] == before[key], f"model {key} changed: {before[key]} -> {after[key]}"
+        if after[key] != before[key]:
+            raise AssertionError(f"model {key} changed: {before[key]} -> {after[key]}")
     for key in ("params", "buffers"):
         for k, v in before[key].items():
-            assert torch.equal(after[key][k], v), f"model {key[:-1]} {k!r} changed"
+            if not torch.equal(after[key][k], v):
+                raise AssertionError(f"model {key[:-1]} {k!r} changed")
     for k, g in before["grads"].items():
         ga = after["grads"][k]
-        assert (g is None and ga is None) or (g is not None and ga is not None and torch.equal(g, ga)), \
-            f"model .grad of {k!r} changed"
+        if not ((g is None and ga is None) or (g is not None and ga is not None and torch.equal(g, ga))):
+            raise AssertionError(f"model .grad of {k!r} changed")
 
 
 #: curvature estimates checked against exact dense Hessians (float64): eigenvalues relative to λmax
