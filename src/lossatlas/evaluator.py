@@ -161,7 +161,6 @@ class PointEvaluator:
         problem = self.problem
         keys = list(self.center)
         base = [self._point_center[k] for k in keys]
-        dirs = [[d[k] for k in keys] for d in self._point_dirs]
         low = self.point_dtype != problem.dtype
         recalibrate = problem.bn == "recalibrate" and bool(problem._bn_modules)
         # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
@@ -170,7 +169,7 @@ class PointEvaluator:
         # θ and the directions are flattened once, so a point costs a few calls on one flat vector
         # (elementwise, hence the same bits as per-tensor arithmetic), not a few calls per tensor.
         flat_base = torch.cat([t.reshape(-1) for t in base])
-        flat_dirs = [torch.cat([t.reshape(-1) for t in d]) for d in dirs]
+        flat_dirs = [torch.cat([d[k].reshape(-1) for k in keys]) for d in self._point_dirs]
         flat = torch.empty_like(flat_base)
         product = torch.empty_like(flat_base)
         work, start = [], 0

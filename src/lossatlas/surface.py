@@ -125,7 +125,6 @@ def surface(
     ctx = _dist_context()
     base = _provenance(problem, center, dirs, grid, metrics, exact_linear)
     labels = dirs.labels
-    path = store
     requested = {"strategy": None if strategy == "auto" else strategy,
                  "chunk_shape": None if chunk is None else list(grid.chunk_shape_for(chunk)),
                  "vmap_batch": None, "threads": None}
@@ -151,12 +150,12 @@ def surface(
     def create(settings: dict[str, Any]) -> GridStore:
         prov = dict(base, **settings)
         return GridStore.create(
-            path, grid=grid, chunk_shape=settings["chunk_shape"], variables=_names(problem, metrics),
+            store, grid=grid, chunk_shape=settings["chunk_shape"], variables=_names(problem, metrics),
             provenance=prov, extra_attrs=_attrs(prov, dirs, problem),
             coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, labels)},
             write_extra=lambda tmp: _save_basis(tmp, center, dirs))
 
-    session = open_session(path, func=func, overwrite=overwrite, provenance=base, requested=requested,
+    session = open_session(store, func=func, overwrite=overwrite, provenance=base, requested=requested,
                            decide=decide, create=create, context=ctx)
     evaluator = session.local.get("evaluator")
     try:

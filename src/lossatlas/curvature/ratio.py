@@ -102,20 +102,20 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
                 "params": list(names)}
-    prov = dict(_provenance(problem, center, dirs, grid, False, False), kind="ratio_map", strategy="lanczos",
-                eigen=settings, chunk_shape=list(chunk_shape))
+    base = dict(_provenance(problem, center, dirs, grid, False, False), kind="ratio_map", strategy="lanczos",
+                eigen=settings)
 
-    attrs = dict(_attrs(prov, dirs, problem), kind="ratio_map", curvature=curvature, tol=tol, seed=seed,
-                 max_products=max_products)
+    def attrs_for(shape: list[int]) -> dict:
+        return dict(_attrs(dict(base, chunk_shape=shape), dirs, problem), kind="ratio_map", curvature=curvature,
+                    tol=tol, seed=seed, max_products=max_products)
 
     def create(pinned: dict) -> GridStore:
         return GridStore.create(
             store, grid=grid, chunk_shape=pinned["chunk_shape"], variables=list(VARIABLES),
-            provenance=dict(prov, **pinned), extra_attrs=dict(attrs, chunk_shape=list(pinned["chunk_shape"])),
+            provenance=dict(base, **pinned), extra_attrs=attrs_for(pinned["chunk_shape"]),
             coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, dirs.labels)},
             write_extra=lambda tmp: _save_basis(tmp, center, dirs))
 
-    base = {k: v for k, v in prov.items() if k != "chunk_shape"}
     requested = {"chunk_shape": None if chunk is None else list(chunk_shape)}
     with open_session(store, func=func, overwrite=overwrite, provenance=base, requested=requested,
                       decide=lambda req, local: {"chunk_shape": req["chunk_shape"] or list(chunk_shape)},
@@ -131,7 +131,8 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
         elapsed = time.perf_counter() - t0
         if session.store is not None:
             return open_surface(session.store.path)
-        ds = _dataset(grid, values, dirs.labels, attrs, layout, np.ones(layout.counts, dtype=bool))
+        ds = _dataset(grid, values, dirs.labels, attrs_for(session.settings["chunk_shape"]), layout,
+                      np.ones(layout.counts, dtype=bool))
         ds.attrs["seconds"] = elapsed
         return ds
 
