@@ -50,7 +50,7 @@ class LinearFold:
         self.modules: dict[int, tuple[str, nn.Module]] = {}
         self.coefficients: Any = None
         self._patched: list[tuple[nn.Module, Any]] = []
-        self._buffers: dict[tuple, list[Tensor]] = {}  # per table entry: reused output and product buffers
+        self._buffers: dict[tuple, _Scratch] = {}  # per table entry: reused output and product buffers
         if not problem.data.cached:
             return
         budget = max_bytes if max_bytes is not None else problem.data.budget // 2
@@ -173,7 +173,10 @@ class LinearFold:
                     key = _key(x)
                     entry = _table.get(key)
                     if entry is not None:
-                        return fold._combine(entry, c, fold._buffers.setdefault(key, [])).to(x.dtype)
+                        scratch = fold._buffers.get(key)
+                        if scratch is None:
+                            scratch = fold._buffers[key] = _Scratch()
+                        return fold._combine(entry, c, scratch).to(x.dtype)
                 return _original(x, *args, **kwargs)
 
             own = m.__dict__.get("forward")
@@ -191,26 +194,46 @@ class LinearFold:
         self.coefficients = None
 
     @staticmethod
-    def _combine(entry: Tensor, c: Any, buffers: list[Tensor] | None = None) -> Tensor:
+    def _combine(entry: Tensor, c: Any, scratch: _Scratch | None = None) -> Tensor:
         """entry₀ + c₁·entry₁ + … evaluated as ((e₀ + c₁e₁) + c₂e₂) + …, products rounded apart.
 
-        With host coefficients (the loop strategy) and ``buffers``, the result and the products are
-        written into two reused buffers: no allocation per point (fresh large tensors cost page faults
-        that made this memory-bound step as slow as the GEMM it replaces). The returned tensor is
-        overwritten by the next call with the same buffers."""
+        With host coefficients (the loop strategy) and a ``scratch``, the result and the products are
+        written into reused buffers: no allocation per point (fresh large tensors cost page faults
+        that made this memory-bound step as slow as the GEMM it replaces), and the first partial sum
+        e₀ + c₁e₁ is kept while c₁ repeats (a grid row: half the passes; the same bits). The returned
+        tensor is overwritten by the next call with the same scratch."""
         if isinstance(c, Tensor):
             c = c.to(entry.dtype)
-        elif buffers is not None and len(c) > 0:
-            if not buffers:
-                buffers.extend([torch.empty_like(entry[0]), torch.empty_like(entry[0])])
-            out, product = buffers
-            torch.mul(entry[1], c[0], out=product)
-            torch.add(entry[0], product, out=out)
-            for j in range(1, len(c)):
-                torch.mul(entry[j + 1], c[j], out=product)
-                out.add_(product)
-            return out
+        elif scratch is not None and len(c) > 0:
+            return scratch.combine(entry, c)
         out = entry[0]
         for j in range(len(c)):
             out = out + c[j] * entry[j + 1]
+        return out
+
+
+class _Scratch:
+    """Reused buffers of :meth:`LinearFold._combine` for one table entry."""
+
+    def __init__(self):
+        self.out = self.product = self.first = None
+        self.first_key: str | None = None
+
+    def combine(self, entry: Tensor, c: Sequence[float]) -> Tensor:
+        if self.out is None:
+            self.out, self.product, self.first = (torch.empty_like(entry[0]) for _ in range(3))
+        out, product = self.out, self.product
+        if len(c) == 1:
+            torch.mul(entry[1], c[0], out=product)
+            return torch.add(entry[0], product, out=out)
+        key = float(c[0]).hex()  # exact, and tells -0.0 from 0.0
+        if key != self.first_key:
+            torch.mul(entry[1], c[0], out=product)
+            torch.add(entry[0], product, out=self.first)
+            self.first_key = key
+        torch.mul(entry[2], c[1], out=product)
+        torch.add(self.first, product, out=out)
+        for j in range(2, len(c)):
+            torch.mul(entry[j + 1], c[j], out=product)
+            out.add_(product)
         return out

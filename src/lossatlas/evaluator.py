@@ -30,6 +30,7 @@ from .errors import EvaluationError, bad_value
 
 STRATEGIES = ("auto", "loop", "vmap")
 VMAP_MEMORY = 512 * 2**20  # bytes of activations a vmapped batch of points may use
+VMAP_PROBE_STEP = 8  # points of the first vmap timing in the automatic choice (the full probe only if promising)
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -254,7 +255,9 @@ class PointEvaluator:
         return int(max(1, min(16384, VMAP_MEMORY // per_point)))
 
     def _choose(self) -> str:
-        """Time a few points with each strategy; keep the faster per point."""
+        """Time a few points with each strategy; keep the faster per point. vmap is timed on 2 and
+        then 8 points first; only when its marginal cost per point is competitive is it timed on the
+        full probe (up to 64 points, enough for its per-call overhead to amortise)."""
         if self.problem.bn == "recalibrate" and self.problem._bn_modules:
             return "loop"
         n = len(self.directions)
@@ -268,10 +271,26 @@ class PointEvaluator:
         loop = (time.perf_counter() - t) / loop_pts
         self.strategy = "vmap"
         try:
-            self(probe[:2])  # warm-up / does the model vmap at all?
             t = time.perf_counter()
-            self(probe)
-            vm = (time.perf_counter() - t) / len(probe)
+            self(probe[:2])  # warm-up / does the model vmap at all?
+            two = time.perf_counter() - t
+            small = min(len(probe), 2 + VMAP_PROBE_STEP)
+            elapsed = 0.0
+            if small > 2:
+                t = time.perf_counter()
+                self(probe[2:small])
+                elapsed = time.perf_counter() - t
+            # the marginal cost of a vmapped point (the per-call overhead cancels): when it already
+            # exceeds the loop's cost per point by half, more vmapped points will not win; stop there
+            marginal = (elapsed - two) / max(1, small - 4)
+            if small == len(probe):
+                vm = elapsed / (small - 2) if small > 2 else two / 2
+            elif marginal > 1.5 * loop:
+                vm = float("inf")
+            else:
+                t = time.perf_counter()
+                self(probe)
+                vm = (time.perf_counter() - t) / len(probe)
         except EvaluationError:
             vm = float("inf")
         self._measured = min(loop, vm)
