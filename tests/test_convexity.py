@@ -228,3 +228,38 @@ def test_compare_table_and_figure(tmp_path):
     fig = c.figure()
     path = lossatlas.plot.save(fig, tmp_path / "compare.png")
     assert path.stat().st_size > 10_000
+
+
+def test_hessian_block_certificates_are_checked_on_their_block(classification, monkeypatch, tmp_path):
+    """When the full eigenvector gives no certificate (kinks, in ReLU networks), a trailing-layer block of
+    the Hessian is tried; its certificate is verified with the residual on the block and a zero
+    eigenvector off it."""
+    from lossatlas.convexity import _curvature
+
+    model, loss_fn, x, y = classification
+    problem = lossatlas.Problem(model, loss_fn, (x, y))
+    along = _curvature._along
+    calls = []
+
+    def full_fails(p64, theta64, v, scale):  # pretend kinks hide the full eigenvector's curvature
+        calls.append(1)
+        return None if len(calls) == 1 else along(p64, theta64, v, scale)
+
+    monkeypatch.setattr(_curvature, "_along", full_fails)
+    result = convexity.audit(problem, methods=("hessian",), progress=False)
+    assert result.proven_nonconvex, result.summary()
+    cert = result.certificates[0]
+    block = cert.eigen["params"]
+    assert cert.kind == "hessian" and 0 < len(block) < len(problem.param_names)
+    assert result.tried["hessian"]["blocks"][-1]["certificate"]
+    assert all(float(cert.eigenvector[k].abs().max()) == 0 for k in cert.eigenvector if k not in block)
+    report = cert.check(problem)
+    assert report.accepted and report.rayleigh < 0 and report.residual <= abs(cert.eigen["value"])
+    assert Certificate.load(cert.save(tmp_path / "block.npz")).verify(problem)
+    off = copy.deepcopy(cert)
+    outside = next(k for k in off.eigenvector if k not in block)
+    off.eigenvector[outside] = off.eigenvector[outside] + 1e-3
+    assert any("off the block" in r for r in off.check(problem).reasons)
+    wrong = copy.deepcopy(cert)
+    wrong.eigen["value"] = 0.3 * cert.eigen["value"]  # residual 0.7|λ| > |0.3λ|
+    assert any("residual" in r for r in wrong.check(problem).reasons)

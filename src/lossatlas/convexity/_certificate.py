@@ -6,7 +6,9 @@ with J(a, b, t) = f((1−t)a + tb) − (1−t)f(a) − t·f(b) > bound. Its ``ki
 * ``"jensen"`` — found by searching segments (or between checkpoints);
 * ``"hessian"`` — a negative Hessian eigenvalue λ with eigenvector v: the triple is
   (θ − h·v, θ + h·v, ½), whose gap ≈ −λh²/2 > 0; the eigenpair, its residual ‖Hv − λv‖ and the
-  Rayleigh quotient vᵀHv are recorded and re-checked;
+  Rayleigh quotient vᵀHv are recorded and re-checked. When ``eigen["params"]`` names a block of
+  parameters, (λ, v) is an eigenpair of the Hessian restricted to them: v is zero elsewhere (checked),
+  so vᵀHv is still the full Hessian's quadratic form, and the residual is taken on the block;
 * ``"symmetry"`` — b = g·a for a symmetry g of the network (hidden-unit permutation, sign flip,
   positive rescaling), so f(b) = f(a), and the midpoint is worse.
 
@@ -79,6 +81,8 @@ class Certificate:
                 f"rounding bound {self.bound:.1e}")
         if self.eigen:
             text += f"; λ = {self.eigen['value']:.4g} (residual {self.eigen.get('residual', float('nan')):.1e})"
+            if self.eigen.get("params"):
+                text += f" of the Hessian block over {len(self.eigen['params'])} parameter tensor(s)"
         if self.symmetry:
             text += f"; b = {self.symmetry.get('description', self.symmetry.get('kind'))} of a"
         return text
@@ -135,16 +139,34 @@ class Certificate:
         from ..curvature import hessian_operator
 
         center = P.lincomb(a, [P.sub(b, a)], [0.5])
-        v = P.to(self.eigenvector, dtype=torch.float64, device=p64.device)
+        try:
+            v = P.to(self.eigenvector, dtype=torch.float64, device=p64.device)
+            p64.check_params(v, func="Certificate.verify", arg="certificate.eigenvector")
+        except Exception as exc:
+            reasons.append(str(exc))
+            return None, None
         nv = P.norm(v)
         if nv == 0:
             reasons.append("the eigenvector is zero")
             return None, None
         v = P.scale(v, 1.0 / nv)
-        hv = hessian_operator(p64, center, dtype=torch.float64).apply(v)
-        q = P.dot(v, hv)
+        # An eigenpair of a block of the Hessian (its restriction to some parameters): v must vanish off
+        # the block; then vᵀHv is the block's Rayleigh quotient and the residual is taken on the block.
+        block = self.eigen.get("params")
+        if block is not None:
+            unknown = [n for n in block if n not in v]
+            if unknown or not block:
+                reasons.append(f"the eigen block names parameters the problem lacks: {unknown[:3]}")
+                return None, None
+            outside = [n for n in v if n not in block and bool(torch.any(v[n] != 0))]
+            if outside:
+                reasons.append(f"the eigenvector of a Hessian block is not zero off the block ({outside[:3]})")
+                return None, None
+        hv = hessian_operator(p64, center, params=None if block is None else list(block),
+                              dtype=torch.float64).apply(v)
+        q = P.dot({k: v[k] for k in hv}, hv)
         lam = float(self.eigen["value"])
-        residual = P.norm(P.axpy(-lam, v, hv))
+        residual = P.norm(P.axpy(-lam, {k: v[k] for k in hv}, hv))
         if not q < 0:
             reasons.append(f"the Rayleigh quotient vᵀHv = {q:.3e} is not negative")
         if lam < 0 and residual > abs(lam):
