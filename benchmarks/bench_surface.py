@@ -60,6 +60,31 @@ class SeedNet(torch.nn.Module):
         return torch.relu(self.w1 * torch.relu(self.w0 * x + self.b0) + self.b1)
 
 
+def gemm_floor(net, x, points: int, reps: int = 50) -> float:
+    """Seconds that the unavoidable products of one plane take on this machine at best: every layer
+    after the first (whose product the exact fold removes) as one bare GEMM per point on preallocated
+    activations of the right shape (the faster of x·Wᵀ and (W·xᵀ)ᵀ), with no activation function,
+    loss, bias or parameter update."""
+    total = 0.0
+    for m in [m for m in net if isinstance(m, torch.nn.Linear)][1:]:
+        a, w = torch.rand(len(x), m.in_features), m.weight.detach().clone()
+        out, out_t = torch.empty(len(x), m.out_features), torch.empty(m.out_features, len(x))
+        forms = (lambda: torch.mm(a, w.t(), out=out), lambda: torch.mm(w, a.t(), out=out_t))
+        best = []
+        for form in forms:
+            for _ in range(5):
+                form()
+            samples = []
+            for _ in range(5):
+                t = time.perf_counter()
+                for _ in range(reps):
+                    form()
+                samples.append((time.perf_counter() - t) / reps)
+            best.append(statistics.median(samples))
+        total += min(best)
+    return total * points
+
+
 def timed(fn):
     t = time.perf_counter()
     result = fn()
@@ -127,6 +152,12 @@ def main() -> None:
             continue
         r = statistics.median(a / b for a, b in zip(base, rows[k]))
         print(f"  lossatlas (loss) / {k}: {r:.2f}x")
+    if "loss-landscapes random_plane" in rows:
+        target = 0.5 * statistics.median(rows["loss-landscapes random_plane"])
+        floor = gemm_floor(net, x, args.steps**2)
+        print(f"  target 0.5x loss-landscapes = {target:.3f}s; floor measured now: the {args.steps**2} points' "
+              f"products after the first layer alone (bare addmm, nothing else) take {floor:.3f}s "
+              f"= {floor / target:.2f}x the target")
     tiny_med = statistics.median(rows["401x401 tiny grid (lossatlas)"])
     print(f"  401x401 tiny grid: {tiny_med:.3f}s (target <= 1 s): {'OK' if tiny_med <= 1 else 'MISSED'}")
 

@@ -150,3 +150,17 @@ def test_auto_choice_stops_timing_vmap_when_its_marginal_cost_is_high(classifica
         vmapped = [n for s, n in sizes if s == "vmap"]
         assert vmapped == ([2, 8, 64] if full_probe else [2, 8])
         assert ev.strategy == ("vmap" if full_probe else "loop")
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_accuracy_takes_the_first_maximum_like_argmax(transposed):
+    from lossatlas.problem import _auto_accuracy
+
+    z = torch.randint(0, 3, (200, 10)).float()  # many ties
+    z[5, :] = float("nan")
+    z[7, 3] = float("nan")
+    if transposed:
+        z = z.t().contiguous().t()
+    y = torch.randint(0, 10, (200,))
+    acc = _auto_accuracy(torch.nn.CrossEntropyLoss(), z, y)
+    assert float(acc(z, y)) == float((z.argmax(dim=1) == y).float().mean())
