@@ -156,7 +156,7 @@ def main() -> None:
         target = 0.5 * statistics.median(rows["loss-landscapes random_plane"])
         floor = gemm_floor(net, x, args.steps**2)
         print(f"  target 0.5x loss-landscapes = {target:.3f}s; floor measured now: the {args.steps**2} points' "
-              f"products after the first layer alone (bare addmm, nothing else) take {floor:.3f}s "
+              f"products after the first layer alone (bare GEMMs, nothing else) take {floor:.3f}s "
               f"= {floor / target:.2f}x the target")
     tiny_med = statistics.median(rows["401x401 tiny grid (lossatlas)"])
     print(f"  401x401 tiny grid: {tiny_med:.3f}s (target <= 1 s): {'OK' if tiny_med <= 1 else 'MISSED'}")
