@@ -6,7 +6,7 @@ from hypothesis import settings
 
 settings.register_profile("default", deadline=None, max_examples=25)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(int(os.environ.get("LOSSATLAS_TEST_THREADS", "1")))  # see ../conftest.py
 
 
 class TinyMLP(torch.nn.Module):
