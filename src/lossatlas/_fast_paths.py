@@ -10,7 +10,7 @@ loss call, never to the user's objects (measured per-point times: docs/benchmark
   slow when that axis is short: for 1797×10 logits it took 153 µs, while the same log-softmax taken
   over dim 0 of the transposed view ``zᵀ`` (vectorised across samples), with ``nll_loss`` reading the
   (C, N) result as one N-position "image", took 35 µs (4×; slower from ~100 classes, hence the
-  bound ``FEW_CLASSES``).
+  bound ``FEW_CLASSES``; at exactly 16 classes ATen's kernel is the faster one).
 * **Linear layers with few outputs.** ``y = x Wᵀ + b`` with ``out_features ≤ FEW_OUTPUTS`` runs as
   ``(W xᵀ + b)ᵀ`` (one GEMM with the long sample axis as the output's fast axis): 134 → 77 µs for
   1797×128 inputs and 10 outputs (the BLAS kernel for a 10-column output is poorly blocked).
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FEW_CLASSES = 16  # classes up to which the transposed log-softmax is used (measured faster for 2-16)
+FEW_CLASSES = 15  # classes up to which the transposed log-softmax is used (faster for 2-15; at 16 ATen's own kernel wins)
 FEW_OUTPUTS = 12  # output features up to which a Linear layer computes (W xᵀ + b)ᵀ (faster for 1-12)
 
 
