@@ -204,3 +204,14 @@ def test_a_failing_rank_stops_the_job_with_its_error_on_every_rank(tmp_path):
     with pinned_threads(1):  # like the ranks (and quicker for a tiny model on a busy machine)
         resumed = _dist_problem.run(store)  # what was finished is kept; a rerun completes the store
         _same(resumed, _dist_problem.run(None))
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
+def test_dist_timeout_must_be_positive_seconds(monkeypatch, value):
+    monkeypatch.setenv(D.TIMEOUT, value)
+    with pytest.raises(lossatlas.InvalidArgumentError, match=f"{D.TIMEOUT} must be a positive number"):
+        D._timeout_from_environment()
+    monkeypatch.setenv(D.TIMEOUT, "90")
+    assert D._timeout_from_environment().total_seconds() == 90
+    monkeypatch.delenv(D.TIMEOUT)
+    assert D._timeout_from_environment() is None

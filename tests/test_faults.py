@@ -149,10 +149,25 @@ def test_second_distributed_job_is_refused_on_every_rank(zygote, tmp_path):
 def _torchrun(trace: Path, store: Path, *extra: str) -> subprocess.Popen:
     from test_distributed import TORCHRUN, _env
 
-    env = {**_env(), **fault_env(trace)}
+    env = {**_env(), **fault_env(trace), "LOSSATLAS_DIST_TIMEOUT": "120"}  # a rendezvous never hangs the test
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.1", *extra,
            str(HERE / "_dist_problem.py"), str(store.parent), "fault", str(store), str(DELAY)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(job: subprocess.Popen, timeout: float) -> str:
+    """torchrun's output once it ends; past ``timeout`` stop it (its agent stops the ranks) and fail."""
+    try:
+        out, _ = job.communicate(timeout=timeout)
+        return out
+    except subprocess.TimeoutExpired:
+        job.terminate()
+        try:
+            out, _ = job.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            out, _ = job.communicate()
+        raise AssertionError(f"torchrun still running after {timeout:.0f} s; stopped it:\n{out[-3000:]}") from None
 
 
 def _rank_pid(trace: Path, rank: int, timeout: float = 120.0) -> int:
@@ -178,7 +193,7 @@ def test_torchrun_sigkill_one_rank_at_20_moments(reference, tmp_path, i):
     assert wait_phase(trace, pid, m.phase, m.occurrence, timeout=120), (m, victim)
     time.sleep(m.delay)
     kill(pid)
-    out, _ = job.communicate(timeout=120)
+    out = _finish(job, 120)
     assert job.returncode != 0, out[-2000:]  # torchrun reports the failure and stops the other rank
     _check_nothing_finished_was_lost(store, trace, {pid}, in_flight=2)
     _resume_and_compare(store, reference)
@@ -193,7 +208,7 @@ def test_torchrun_restart_resumes_by_itself(reference, tmp_path):
     pid = _rank_pid(trace, 1)
     assert wait_phase(trace, pid, "done", 3, timeout=120)
     kill(pid)
-    out, _ = job.communicate(timeout=300)
+    out = _finish(job, 300)
     assert job.returncode == 0, out[-3000:]
     pids = {int(line.split()[1]) for line in trace.read_text().splitlines()}
     assert len(pids) == 4  # two ranks, twice
@@ -201,3 +216,39 @@ def test_torchrun_restart_resumes_by_itself(reference, tmp_path):
     assert ds.attrs["complete"] == 1
     for name in ("loss", "accuracy"):
         np.testing.assert_array_equal(ds[name].values, reference[name].values)
+
+
+def test_restarted_job_does_not_dial_the_ranks_of_the_previous_attempt(zygote, tmp_path):
+    """torchrun (torch >= 2.5) keeps its agent's TCPStore, at the same MASTER_PORT, across --max-restarts
+    restarts: the rendezvous keys of the first attempt (the gloo addresses of its dead ranks) are still
+    there when the restarted ranks meet. A restarted rank that reads them first dials a dead address
+    (gloo: "connectFullMesh failed ... Connection refused", or a wait for the whole gloo timeout).
+    Here rank 1 of the second attempt starts well before rank 0, so it would read them for sure."""
+    import datetime
+
+    import torch.distributed as dist
+
+    agent_store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                timeout=datetime.timedelta(seconds=60))
+
+    def attempt(k: int, order=(0, 1), pause: float = 0.0):
+        env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": str(k),
+               "TORCHELASTIC_RUN_ID": "restart-test", "GROUP_WORLD_SIZE": "1", "LOSSATLAS_DIST_TIMEOUT": "30"}
+        logs, pids = {}, []
+        for r in order:
+            logs[r] = str(tmp_path / f"attempt{k}-rank{r}.log")
+            pids.append(zygote.spawn({"store": str(tmp_path / f"attempt{k}.zarr"), "log": logs[r],
+                                      "env": {**env, **rank_env(r, 2, agent_store.port)}}))
+            time.sleep(pause)
+        if not wait_dead(pids, timeout=90):
+            for p in pids:
+                kill(p)
+            raise AssertionError(f"attempt {k} still running after 90 s: " + Path(logs[order[0]]).read_text()[-2000:])
+        for r, log in logs.items():
+            assert Path(log + ".ok").exists(), Path(log).read_text()[-2000:]
+
+    attempt(0)
+    keys = agent_store.num_keys()
+    assert keys > 0  # the first attempt left its rendezvous keys in the agent's store
+    attempt(1, order=(1, 0), pause=1.5)
+    assert agent_store.num_keys() > keys  # the second met under keys of its own

@@ -11,6 +11,14 @@ CPU tensors and NCCL for CUDA tensors on GPU machines) and shares the work::
 
 A process group the user initialised already is used as is. ``LOSSATLAS_DISTRIBUTED=0`` turns
 the detection off (every rank then works alone, e.g. on different stores).
+``LOSSATLAS_DIST_TIMEOUT=SECONDS`` bounds the rendezvous and every collective of the group we
+initialise (torch's default: 30 minutes for gloo); a rank that cannot rendezvous in time fails with
+a :class:`~lossatlas.errors.DistributedError` naming its master.
+
+A job restarted by ``torchrun --max-restarts`` resumes by itself. On one node, each attempt meets
+under its own keys in torchrun's shared TCPStore (torch 2.5+ keeps that store across
+restarts, and without this the new ranks may dial the dead ranks of the previous attempt); on
+several nodes, launch torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for the same effect.
 
 Two ways to share work between ranks:
 
@@ -35,6 +43,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -47,6 +56,7 @@ from .errors import DistributedError, bad_value
 __all__ = ["Context", "context", "launched", "device_for_rank", "DataParallelEvaluator", "SWITCH"]
 
 SWITCH = "LOSSATLAS_DISTRIBUTED"
+TIMEOUT = "LOSSATLAS_DIST_TIMEOUT"
 
 
 @dataclass
@@ -185,7 +195,7 @@ def context() -> Context:
             backend = "cpu:gloo,cuda:nccl"
             # NCCL communicators live on the current device: one GPU per local rank, as torchrun intends
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        dist.init_process_group(backend=backend)
+        _init_from_environment(backend)
         _initialised_here = True
         atexit.register(_shutdown)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -201,6 +211,66 @@ def context() -> Context:
     _current = Context(rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", rank)), group=group,
                        kv=kv, job=job, cuda_collectives="nccl" in backend)
     return _current
+
+
+def _timeout_from_environment() -> timedelta | None:
+    """:data:`TIMEOUT` as a ``timedelta`` (``None``: torch's default, 30 minutes for gloo)."""
+    raw = os.environ.get(TIMEOUT, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise E.InvalidArgumentError(f"context(): environment variable {TIMEOUT} must be a positive number of "
+                                     f"seconds; received {raw!r}")
+    return timedelta(seconds=seconds)
+
+
+def _init_from_environment(backend: str) -> None:
+    """``init_process_group`` from a torchrun (or any ``env://``) environment.
+
+    torchrun's agent hosts the job's TCPStore (``TORCHELASTIC_USE_AGENT_STORE=True``) and keeps the
+    same server, at the same ``MASTER_PORT``, across ``--max-restarts`` restarts, while
+    ``init_process_group`` writes its rendezvous keys (the gloo address of each rank, NCCL ids) under
+    names that do not change between attempts. The ranks of a restarted job then find the
+    addresses of the *dead* ranks of the previous attempt already in the store and connect to
+    them: gloo fails with ``connectFullMesh ... Connection refused`` or waits for its whole timeout
+    (pytorch/pytorch#135712 and later reports; about half the restarts on torch 2.13). On one node
+    (a single agent, so ``TORCHELASTIC_RESTART_COUNT`` is the same on every rank) the keys of each
+    attempt go under their own prefix, as torch itself did before it shared the agent's store.
+    """
+    import torch.distributed as dist
+
+    timeout = _timeout_from_environment()
+    env = os.environ
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "")
+    where = f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
+    one_agent = env.get("GROUP_WORLD_SIZE", "") == "1"
+    per_attempt = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and one_agent and attempt.isdigit()
+    try:
+        if per_attempt:
+            from torch.distributed.constants import default_pg_timeout
+
+            store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world_size=world, is_master=False,
+                                  timeout=timeout or default_pg_timeout)
+            run = env.get("TORCHELASTIC_RUN_ID", "none")
+            store = dist.PrefixStore(f"lossatlas/{run}/attempt_{attempt}/world_{world}/", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
+    except Exception as exc:
+        hint = ""
+        if attempt not in ("", "0") and not per_attempt:
+            hint = (" A restarted torchrun job (attempt " + attempt + ") on several nodes can meet the keys of the "
+                    "previous attempt in torchrun's shared TCPStore (pytorch/pytorch#135712): launch torchrun with "
+                    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment.")
+        raise DistributedError(
+            f"context(): rank {rank} of {world} could not initialise torch.distributed ({backend}, master {where}"
+            f"{', timeout ' + str(timeout.total_seconds()) + ' s from ' + TIMEOUT if timeout else ''}): "
+            f"{type(exc).__name__}: {str(exc).strip()}{hint}") from exc
 
 
 def _shutdown() -> None:
