@@ -164,3 +164,32 @@ def test_accuracy_takes_the_first_maximum_like_argmax(transposed):
     y = torch.randint(0, 10, (200,))
     acc = _auto_accuracy(torch.nn.CrossEntropyLoss(), z, y)
     assert float(acc(z, y)) == float((z.argmax(dim=1) == y).float().mean())
+
+
+class _InPlaceAfterFirstLayer(torch.nn.Module):
+    """A user model that modifies the first layer's output in place (the folded layer's output)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc1, self.fc2 = torch.nn.Linear(5, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h.relu_()
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_in_place_user_ops_on_the_folded_layer_keep_every_point_exact(strategy):
+    from lossatlas.testing import naive_surface
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    model = _InPlaceAfterFirstLayer().double()
+    pr = lossatlas.Problem(model, torch.nn.CrossEntropyLoss(), (x, y))
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    ds = lossatlas.surface(pr, None, d, steps=5, span=0.8, strategy=strategy, progress=False)
+    ref = naive_surface(model, torch.nn.CrossEntropyLoss(), [(x, y)], pr.params(), d.vectors,
+                        [ds.x.values, ds.y.values], torch.float64)
+    assert_close(ds.loss.values, ref, torch.float64)

@@ -206,6 +206,8 @@ class LinearFold:
             c = c.to(entry.dtype)
         elif scratch is not None and len(c) > 0:
             return scratch.combine(entry, c)
+        if len(c) == 0:
+            return entry[0].clone()  # never the table itself: the model may modify its input in place
         out = entry[0]
         for j in range(len(c)):
             out = out + c[j] * entry[j + 1]
