@@ -82,20 +82,22 @@ _FRESH_OUTPUT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
                  nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
 
 
-def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None))
+def has_forward_hooks(m: nn.Module) -> bool:
+    """Whether ``m`` has forward (pre-)hooks that could see or keep its input or output (the check
+    LinearFold makes before it patches a layer)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
 def _sequential_forward(self: nn.Sequential, x: Any) -> Any:
     inplace_ok = not torch.is_grad_enabled()
     fresh = False  # x is the fresh output of a built-in affine/normalisation layer
     for m in self:
-        if fresh and inplace_ok and type(m) is nn.ReLU and not _hooked(m):
+        if fresh and inplace_ok and type(m) is nn.ReLU and not has_forward_hooks(m):
             x = torch.relu_(x)
             fresh = False
             continue
         x = m(x)
-        fresh = type(m) in _FRESH_OUTPUT and isinstance(x, Tensor) and not _hooked(m)
+        fresh = type(m) in _FRESH_OUTPUT and isinstance(x, Tensor) and not has_forward_hooks(m)
     return x
 
 

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ._fast_paths import has_forward_hooks
+
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -77,7 +79,7 @@ class LinearFold:
             pnames = [f"{mname}.{p}" if mname else p for p, _ in m.named_parameters(recurse=False)]
             if not any(n in names for n in pnames):
                 continue
-            if m._forward_pre_hooks or m._forward_hooks:
+            if has_forward_hooks(m):
                 continue
             found[id(m)] = (mname, m)
         if not found:
