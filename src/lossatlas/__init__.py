@@ -12,7 +12,7 @@ Quick start::
 from . import convexity, curvature, directions, distributed, examples, params, plot
 from ._version import __version__
 from .directions import Directions
-from .errors import (DataError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
+from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
                      LossAtlasError, LossFunctionError, MissingDependencyError, ParameterMismatchError,
                      ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning)
 from .grid import Grid
@@ -54,6 +54,7 @@ __all__ = [
     "DataError",
     "LossFunctionError",
     "EvaluationError",
+    "DifferentiationError",
     "StoreError",
     "ProvenanceMismatchError",
     "StoreLockedError",

@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "LossFunctionError",
     "EvaluationError",
+    "DifferentiationError",
     "StoreError",
     "ProvenanceMismatchError",
     "StoreLockedError",
@@ -52,6 +53,11 @@ class LossFunctionError(LossAtlasError, ValueError):
 
 class EvaluationError(LossAtlasError, RuntimeError):
     """The model failed while being evaluated (the original error is chained)."""
+
+
+class DifferentiationError(EvaluationError):
+    """The model or loss cannot be differentiated as a method needs (e.g. torch has no double
+    backward for a fused kernel, or the loss has no gradient); the method is skipped or falls back."""
 
 
 class StoreError(LossAtlasError, OSError):
