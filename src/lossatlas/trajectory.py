@@ -293,9 +293,60 @@ class Trajectory:
         for i in range(len(self)):
             yield self.load(i)
 
-    def final(self, names: Sequence[str] | None = None, **kw: Any) -> dict[str, Tensor]:
-        """The last checkpoint θ_n (the centre of Li et al.'s PCA plane)."""
-        return self.load(-1, names, **kw)
+    def final(self, names: Sequence[str] | None = None, *, like: Any = None, **kw: Any) -> dict[str, Tensor]:
+        """The last checkpoint's parameters θ_n (the centre of Li et al.'s PCA plane), ready to be
+        a centre: ``lossatlas.surface(problem, traj.final(), d)``.
+
+        ``names`` default to the recorded trainable parameters (a :class:`TrajectoryRecorder`
+        recording, or :meth:`from_params`; a plain directory of ``state_dict`` files gives every
+        entry, so pass ``like``). ``like``: a Problem (or parameter dict) whose names, dtype and
+        device the result gets. ``dtype=``/``device=`` as in :meth:`load`.
+
+        Buffers are not parameters: a recording made with ``buffers=True`` (the default) also
+        holds the BatchNorm running statistics (and frozen parameters) of each checkpoint, and a
+        problem evaluates with *its model's* buffers. To evaluate θ_n as the trained model did,
+        use the problem built from the last checkpoint's whole state, :meth:`problem`::
+
+            lossatlas.surface(traj.problem(problem), traj.final(like=problem), d)
+        """
+        return self._params(-1, names, like, kw)
+
+    def _params(self, i: int, names, like, kw) -> dict[str, Tensor]:
+        if like is not None:
+            ref = like.params() if hasattr(like, "param_names") and hasattr(like, "params") else dict(like)
+            if names is None:
+                names = list(ref)
+            first = next(iter(ref.values()))
+            kw = {"dtype": first.dtype, "device": first.device, **kw}
+        elif names is None:
+            names = self.param_names
+        return self.load(i, names, **kw)
+
+    def state(self, i: int = -1) -> dict[str, Tensor]:
+        """Checkpoint ``i``'s whole recorded state (parameters and, if recorded, buffers), as saved."""
+        return self.load(i)
+
+    def buffers(self, i: int = -1) -> dict[str, Tensor]:
+        """The entries of checkpoint ``i`` that are not recorded trainable parameters (BatchNorm
+        statistics, frozen parameters); empty for a recording made with ``buffers=False``. Needs
+        the recorded parameter names (a recording or :meth:`from_params`)."""
+        if self.param_names is None:
+            raise bad_value("Trajectory.buffers", "self", "a recording with known parameter names "
+                            "(TrajectoryRecorder or Trajectory.from_params)", self.source)
+        names = set(self.param_names)
+        return {k: v for k, v in self.load(i).items() if k not in names}
+
+    def problem(self, problem: Any, i: int = -1) -> Any:
+        """``problem`` evaluated with checkpoint ``i``'s whole state (buffers such as BatchNorm
+        running statistics and frozen parameters included): :meth:`Problem.with_state
+        <lossatlas.Problem.with_state>` of :meth:`state`. The checkpoint must hold the model's
+        whole ``state_dict`` (record with ``buffers=True``, the default); missing or unexpected
+        entries are an error naming them."""
+        from .problem import Problem
+
+        if not isinstance(problem, Problem):
+            raise bad_type("Trajectory.problem", "problem", "a lossatlas.Problem", problem)
+        return problem.with_state(self.state(i), func="Trajectory.problem", arg=f"checkpoint {i}")
 
     def project(self, directions: Directions | Sequence[Mapping[str, Tensor]],
                 center: Mapping[str, Tensor] | None = None,
