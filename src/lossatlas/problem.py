@@ -474,8 +474,12 @@ class Problem:
         if missing or unexpected:
             parts = ([f"lacks the model's entries {P._names(missing)}"] if missing else []) + (
                 [f"has entries the model does not have: {P._names(unexpected)}"] if unexpected else [])
+            hint = ""
+            if unexpected and all(k.startswith("module.") for k in state) and all(
+                    k.removeprefix("module.") in expected for k in state):
+                hint = " (saved from a DataParallel/DDP wrapper? remove the 'module.' prefix of its keys)"
             raise ParameterMismatchError(f"{func}(): argument '{arg}' must hold exactly the model's state_dict "
-                                         f"({len(expected)} entries); it {' and '.join(parts)}")
+                                         f"({len(expected)} entries); it {' and '.join(parts)}{hint}")
         for k, v in expected.items():
             if tuple(state[k].shape) != tuple(v.shape):
                 raise ParameterMismatchError(f"{func}(): argument '{arg}' entry {k!r} must have shape "

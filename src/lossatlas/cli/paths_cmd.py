@@ -112,6 +112,9 @@ def interpolate_cmd(
     plt.close(fig)
     console = _console()
     console.print(_table(f"interpolation {tgt.name}: {a.name} → {b.name}", rows))
+    if tgt.problem._bn_modules and (bn or tgt.problem.bn) == "eval":
+        console.print("note: A and B are parameters only; BatchNorm used the TARGET model's running statistics "
+                      "at every t (not A's or B's): pass --bn recalibrate to recompute them at each point")
     console.print(f"wrote {out / 'interpolation.zarr'} and {out / 'interpolation.png'} "
                   f"in {time.perf_counter() - t0:.1f} s")
 

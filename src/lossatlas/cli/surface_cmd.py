@@ -159,12 +159,12 @@ def surface(
     at_center, where = centre_values(ds, tgt.problem, tgt.center)
     rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
             ("directions", ", ".join(ds.attrs.get("direction_labels", []))),
-            ("loss at centre θ" + where, f"{at_center['loss']:.6g}"),
+            ("loss at centre θ" + "*" * bool(where), f"{at_center['loss']:.6g}"),
             ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
             ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
             ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
     if "accuracy" in at_center:
-        rows.insert(4, ("accuracy at centre θ" + where, f"{at_center['accuracy']:.4f}"))
+        rows.insert(4, ("accuracy at centre θ" + "*" * bool(where), f"{at_center['accuracy']:.4f}"))
     if store is not None:
         rows.append(("store", str(store)))
     for k, v in rows:
@@ -174,8 +174,9 @@ def surface(
     if "checkpoint" in tgt.info:
         console.print(centre_line(tgt), soft_wrap=True)
     if where:
-        console.print("θ is not a point of this grid (an even --steps, or a --span without 0): its values were "
-                      "evaluated separately; an odd --steps with a symmetric --span puts θ on the grid", soft_wrap=True)
+        console.print("* θ is not a point of this grid (an even --steps, or a --span without 0): its values were "
+                      "evaluated separately, not read off a neighbouring point; an odd --steps with a symmetric "
+                      "--span puts θ on the grid", soft_wrap=True)
     if plot_file is not None:
         _write_figure(ds, plot_file, kind=None)
         _console().print(f"figure: {plot_file}")
@@ -189,7 +190,7 @@ def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
         point = {d: 0.0 for d in dims}
         return {k: float(ds[k].sel(point)) for k in ("loss", "accuracy") if k in ds}, ""
     values = problem.evaluate(center)
-    return {k: values[k] for k in ("loss", "accuracy") if k in values}, " (not on the grid: evaluated apart)"
+    return {k: values[k] for k in ("loss", "accuracy") if k in values}, "not on the grid"
 
 
 def centre_line(tgt) -> str:
