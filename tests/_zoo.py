@@ -59,9 +59,11 @@ class Case:
                                  batch_size=None if batching in ("one", "loader") else BATCHINGS[batching],
                                  dtype=dtype, bn=self.bn, metrics=None, **self.problem_kw)
 
-    def problem_data(self, batching: str):
+    def problem_data(self, batching: str, batch_size: int | None = None):
+        """The data as the Problem gets it (a DataLoader of ``batch_size`` for ``"loader"``)."""
         if batching != "loader":
             return self.data
+        batch_size = batch_size or BATCHINGS["loader"]
         from torch.utils.data import DataLoader, Dataset, TensorDataset
 
         if isinstance(self.data, Mapping):
@@ -73,9 +75,9 @@ class Case:
 
                 def __getitem__(self, i):
                     return {k: v[i] for k, v in data.items()}
-            return DataLoader(DictDataset(), batch_size=BATCHINGS["loader"], shuffle=False)
+            return DataLoader(DictDataset(), batch_size=batch_size, shuffle=False)
         tensors = (self.data,) if isinstance(self.data, Tensor) else tuple(self.data)
-        return DataLoader(TensorDataset(*tensors), batch_size=BATCHINGS["loader"], shuffle=False)
+        return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=False)
 
     def sizes(self, batching: str) -> list[int]:
         b = BATCHINGS[batching] or N

@@ -181,6 +181,26 @@ def test_varying_shapes_match_the_reference(width, d_in, n, batch, conv, fold, v
     assert_close(ds.loss.values.reshape(-1), ref, torch.float64, what=f"width {width} n {n} batch {batch}")
 
 
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(name=st.sampled_from(FAMILIES), batch=st.integers(1, _zoo.N), path=st.sampled_from(sorted(PATHS)),
+       loader=st.booleans())
+def test_any_family_at_any_batch_size(name, batch, path, loader):
+    """Families of the registry with batch sizes drawn at random (a DataLoader or tensors)."""
+    case = _zoo.FAMILIES[name]()
+    if _supported(case, path) is not None:
+        return
+    data = case.problem_data("loader", batch) if loader else case.data
+    problem = lossatlas.Problem(case.model, case.loss, data, closure=case.closure, batch_size=None if loader else batch,
+                                dtype=torch.float64, bn=case.bn, metrics=None)
+    sizes = [min(batch, _zoo.N - s) for s in range(0, _zoo.N, batch)]
+    assert problem.data.sizes == sizes
+    center = problem.params()
+    dirs = _zoo.random_directions(center, 2, seed=batch)
+    values, coeffs = _values(path, problem, center, dirs)
+    ref = _zoo.reference(case, sizes, center, dirs, coeffs)
+    assert_close(values, ref, torch.float64, what=f"{name} / {path} / batch {batch}{' loader' if loader else ''}")
+
+
 # -- two torchrun ranks ---------------------------------------------------------------------------
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
 DIST_FAMILIES = ["mlp-tanh", "cnn-bn-eval", "cnn-bn-recalibrate", "attention", "tied-weights",
