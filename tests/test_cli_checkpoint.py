@@ -154,13 +154,13 @@ def test_the_users_model_is_not_touched_by_a_checkpoint(bn_setup):
     assert_close(loaded.loss(loaded.params()), expected, torch.float32)
 
 
-def _record(tmp_path, module, steps=6, buffers=True):
+def _record(tmp_path, module, steps=6, buffers=True, **kw):
     torch.manual_seed(4)
     model = module.Net()
     x, y = module.data()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.train()
-    with TrajectoryRecorder(tmp_path / "run", buffers=buffers, overwrite=True) as rec:
+    with TrajectoryRecorder(tmp_path / "run", buffers=buffers, overwrite=True, **kw) as rec:
         for step in range(steps):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -239,3 +239,16 @@ def test_loss_at_centre_on_the_grid_is_the_grid_value(tmp_path):
     value = float(ds.loss.sel(x=0.0, y=0.0))
     assert abs(_table_centre(r.output) - value) <= 1e-5 * abs(value)
     assert np.any(ds.x.values == 0.0)
+
+
+def test_a_compact_recording_gives_centres_in_the_models_dtype(bn_setup):
+    tmp_path, module, _ = bn_setup
+    model = _record(tmp_path, module, dtype=torch.float16)
+    traj = Trajectory.open(tmp_path / "run")
+    problem = module.make()
+    final = traj.final()
+    assert final["fc.weight"].dtype == torch.float32
+    assert torch.equal(final["fc.weight"], model.fc.weight.detach().half().float())
+    d = lossatlas.directions.pca(traj, n=2, like=problem)
+    ds = lossatlas.surface(traj.problem(problem), final, d, steps=3, progress=False)
+    assert np.isfinite(ds.loss.values).all()

@@ -152,7 +152,8 @@ class TrajectoryRecorder:
         layout = {k: [list(v.shape), str(v.dtype if self.dtype is None or not v.is_floating_point() else self.dtype)]
                   for k, v in state.items()}
         if self._meta is None:
-            self._meta = {"format": FORMAT, "params": list(params), "layout": layout}
+            self._meta = {"format": FORMAT, "params": list(params), "layout": layout,
+                          "dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in state.items()}}
             (self.path / META).write_text(json.dumps(self._meta))
             return
         if self._meta["layout"] != layout:
@@ -222,7 +223,7 @@ class Trajectory:
 
     def __init__(self, items: Sequence[Path | Mapping[str, Tensor]], steps: Sequence[int], *,
                  scalars: Mapping[str, Sequence[float]] | None = None, param_names: Sequence[str] | None = None,
-                 source: str = "memory"):
+                 source: str = "memory", dtypes: Mapping[str, str] | None = None):
         if not items:
             raise bad_value("Trajectory", "items", "at least one checkpoint", items)
         self._items = list(items)
@@ -230,6 +231,9 @@ class Trajectory:
         self.scalars = {k: np.asarray(v, dtype=np.float64) for k, v in (scalars or {}).items()}
         self.param_names = list(param_names) if param_names is not None else None
         self.source = source
+        # the model's own dtypes when the recorder stored a compact copy (TrajectoryRecorder(dtype=...))
+        self._dtypes = {k: getattr(torch, v) for k, v in (dtypes or {}).items() if isinstance(getattr(torch, v, None),
+                                                                                           torch.dtype)}
 
     @classmethod
     def open(cls, path: str | Path) -> Trajectory:
@@ -246,7 +250,7 @@ class Trajectory:
             keys = sorted({k for e in entries for k in e if k not in ("step", "file")})
             scalars = {k: [e.get(k, np.nan) for e in entries] for k in keys}
             return cls([path / e["file"] for e in entries], [e["step"] for e in entries], scalars=scalars,
-                       param_names=meta.get("params"), source=str(path))
+                       param_names=meta.get("params"), source=str(path), dtypes=meta.get("dtypes"))
         files = sorted((f for f in path.iterdir() if f.suffix in CHECKPOINT_SUFFIXES and f.is_file()),
                        key=_natural_key)
         if not files:
@@ -278,9 +282,14 @@ class Trajectory:
 
     def load(self, i: int, names: Sequence[str] | None = None, *, dtype: torch.dtype | None = None,
              device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """Checkpoint ``i`` (negative counts from the end), restricted to ``names`` if given."""
+        """Checkpoint ``i`` (negative counts from the end), restricted to ``names`` if given, in the
+        recorded model's dtypes (also when the recorder stored a compact ``dtype=`` copy) unless
+        ``dtype`` is given."""
         item = self._items[i]
         state = load_state(item) if isinstance(item, Path) else item
+        if dtype is None and self._dtypes:  # a compact copy (TrajectoryRecorder(dtype=...)) in the model's dtypes
+            state = {k: v.to(self._dtypes[k]) if k in self._dtypes and v.dtype != self._dtypes[k] else v
+                     for k, v in state.items()}
         if names is not None:
             missing = [n for n in names if n not in state]
             if missing:
