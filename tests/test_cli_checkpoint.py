@@ -252,3 +252,16 @@ def test_a_compact_recording_gives_centres_in_the_models_dtype(bn_setup):
     d = lossatlas.directions.pca(traj, n=2, like=problem)
     ds = lossatlas.surface(traj.problem(problem), final, d, steps=3, progress=False)
     assert np.isfinite(ds.loss.values).all()
+
+
+def test_the_3d_plot_marks_theta_at_its_value_not_a_neighbours():
+    import xarray as xr
+
+    from lossatlas.plot.surface import _value_at_origin
+
+    x, y = np.array([-1.5, -0.5, 0.5, 1.5]), np.array([-1.0, 0.0, 1.0])  # x has no 0: an even count
+    z = 10.0 + 2.0 * x[:, None] + 3.0 * y[None, :]
+    da = xr.DataArray(z, dims=("x", "y"), coords={"x": x, "y": y})
+    assert _value_at_origin(da, "x", "y") == pytest.approx(10.0)  # nearest would give 9 or 11
+    on_grid = xr.DataArray(z[:3] * 0 + 7.0, dims=("x", "y"), coords={"x": [-1.0, 0.0, 1.0], "y": y})
+    assert _value_at_origin(on_grid, "x", "y") == 7.0
