@@ -582,6 +582,110 @@ def _unused():
     return Case("unused-parameter", _UnusedParam(), (torch.randn(N, 4, generator=g), _classes(g)), nn.CrossEntropyLoss())
 
 
+@family("bn-batch-statistics")
+def _bn_batch_stats():
+    """BatchNorm without running statistics: normalised by each batch's own statistics, also in eval
+    mode (so the loss depends on the batching)."""
+    g = _gen(34)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Tanh(), nn.Linear(5, 3))
+    return Case("bn-batch-statistics", model, (torch.randn(N, 4, generator=g) + 1, _classes(g)), nn.CrossEntropyLoss())
+
+
+@family("instancenorm-conv")
+def _instancenorm():
+    g = _gen(35)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.InstanceNorm2d(3, affine=True), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 3 * 3, 2))
+    return Case("instancenorm-conv", model, (torch.randn(N, 1, 5, 5, generator=g), _classes(g, 2)),
+                nn.CrossEntropyLoss())
+
+
+class _DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.cls = nn.Linear(6, 3)
+        self.reg = nn.Linear(6, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"logits": self.cls(h), "value": self.reg(h)}
+
+
+def _dict_out_closure(model_call, batch):
+    x, y, v = batch
+    out = model_call(x)
+    return nn.functional.cross_entropy(out["logits"], y) + 0.5 * nn.functional.mse_loss(out["value"], v)
+
+
+@family("dict-output-two-heads")
+def _dict_out():
+    g = _gen(36)
+    data = (torch.randn(N, 4, generator=g), _classes(g), torch.randn(N, 1, generator=g))
+    return Case("dict-output-two-heads", _DictOut(), data, closure=_dict_out_closure)
+
+
+@family("partially-frozen-first-layer")
+def _partial_frozen():
+    g = _gen(37)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    model[0].weight.requires_grad_(False)  # the folded layer's weight is fixed, its bias moves
+    return Case("partially-frozen-first-layer", model, (torch.randn(N, 5, generator=g), _classes(g)),
+                nn.CrossEntropyLoss())
+
+
+@family("mse-none-reduction")
+def _mse_none():
+    g = _gen(38)
+    x = torch.randn(N, 3, generator=g)
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Tanh(), nn.Linear(4, 2, bias=False))
+    return Case("mse-none-reduction", model, (x, x[:, :2].cos()), nn.MSELoss(reduction="none"))
+
+
+@family("kldiv-batchmean")
+def _kldiv():
+    g = _gen(39)
+    x = torch.randn(N, 4, generator=g)
+    target = torch.softmax(torch.randn(N, 3, generator=g), dim=1)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3), nn.LogSoftmax(dim=1))
+    return Case("kldiv-batchmean", model, (x, target), nn.KLDivLoss(reduction="batchmean"))
+
+
+@family("conv3d-transpose1d")
+def _conv3d():
+    g = _gen(40)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c3 = nn.Conv3d(1, 2, 2)
+            self.t1 = nn.ConvTranspose1d(2, 2, 3, stride=2)
+            self.out = nn.Linear(2 * 17, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.c3(x)).flatten(2)  # (N, 2, 8)
+            return self.out(torch.tanh(self.t1(h)).flatten(1))
+    return Case("conv3d-transpose1d", Net(), (torch.randn(N, 1, 3, 3, 3, generator=g), torch.randn(N, 2, generator=g)),
+                nn.MSELoss())
+
+
+@family("embedding-padding-idx")
+def _emb_padding():
+    g = _gen(41)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(8, 4, padding_idx=0)
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, tokens):
+            e = self.emb(tokens)
+            return self.out(e.sum(1) / (tokens != 0).sum(1, keepdim=True).clamp(min=1))
+    tokens = torch.randint(0, 8, (N, 5), generator=g)
+    return Case("embedding-padding-idx", Net(), (tokens, _classes(g)), nn.CrossEntropyLoss())
+
+
 # -- the naive reference --------------------------------------------------------------------------
 def _f64(t):
     return t.to(torch.float64) if isinstance(t, Tensor) and t.is_floating_point() else t

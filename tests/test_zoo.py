@@ -229,3 +229,17 @@ def test_zoo_under_two_torchrun_ranks(tmp_path):
                 got = np.load(tmp_path / f"{name}-{parallel}-{rank}.npz")
                 ref = _zoo.reference(case, case.sizes("ragged"), center, dirs, got["coefficients"])
                 assert_close(got["loss"], ref, torch.float64, what=f"{name} / torchrun {parallel} / rank {rank}")
+
+
+def test_the_fold_paths_do_fold():
+    """The "+fold" paths are not the plain paths again: in most families some layer is folded."""
+    from lossatlas.evaluator import PointEvaluator
+
+    folded = []
+    for name in FAMILIES:
+        case, problem, center, dirs = _setup(name, "ragged", "float64")
+        with PointEvaluator(problem, center, dirs, strategy="loop", exact_linear=True, metrics=False) as ev:
+            if ev.fold is not None and ev.fold.active_layers:
+                folded.append(name)
+    assert len(folded) >= len(FAMILIES) // 2, folded
+    assert {"mlp-tanh", "cnn-bn-eval", "conv-transpose", "grouped-conv", "attention"} <= set(folded), folded
