@@ -5,7 +5,9 @@ loss at θ is never a neighbouring grid point's."""
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ import lossatlas
 from lossatlas.cli import app, main
 from lossatlas.testing import assert_close
 from lossatlas.trajectory import Trajectory, TrajectoryRecorder
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 TARGET = textwrap.dedent("""
     import torch, lossatlas
@@ -265,3 +269,28 @@ def test_the_3d_plot_marks_theta_at_its_value_not_a_neighbours():
     assert _value_at_origin(da, "x", "y") == pytest.approx(10.0)  # nearest would give 9 or 11
     on_grid = xr.DataArray(z[:3] * 0 + 7.0, dims=("x", "y"), coords={"x": [-1.0, 0.0, 1.0], "y": y})
     assert _value_at_origin(on_grid, "x", "y") == 7.0
+
+
+@pytest.mark.parametrize("name", sorted(__import__("_zoo").FAMILIES))
+def test_with_state_equals_a_problem_of_the_loaded_model_for_every_zoo_family(name):
+    """Registry-driven: for every family (tied weights, frozen parts, BatchNorm, …) a problem given a
+    changed state_dict evaluates like a problem built from a model with that state loaded."""
+    import copy
+
+    import _zoo
+
+    case = _zoo.FAMILIES[name]()
+    problem = case.problem("ragged", torch.float64)
+    other = copy.deepcopy(case.model)
+    with torch.no_grad():
+        for k, t in other.state_dict(keep_vars=True).items():
+            if t.is_floating_point():
+                t.mul_(1.1).add_(0.01 * ("running_var" not in k))
+    state = {k: v.detach().clone() for k, v in other.state_dict().items()}
+    loaded = problem.with_state(state)
+    direct = _zoo.Case(name, other, case.data, case.loss, case.closure, case.bn).problem("ragged", torch.float64)
+    assert_close(loaded.loss(loaded.params()), direct.loss(direct.params()), torch.float64, what=name)
+    assert loaded.fingerprint()["model"] == direct.fingerprint()["model"]
+    trainable = {n for n, p in case.model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    if any(k not in trainable for k in state):  # buffers or frozen parameters changed: another computation
+        assert loaded.fingerprint()["model"] != problem.fingerprint()["model"]

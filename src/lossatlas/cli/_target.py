@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -130,11 +130,9 @@ def _read_checkpoint(path: Path, option: str) -> dict[str, torch.Tensor]:
 
 def describe_state(problem: Problem, state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
     """What a full state_dict held, by kind of entry (for the one-line summary of a command)."""
-    model = problem.model
-    trainable = set(problem.param_names)
-    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    n_train = sum(1 for k in state if k in trainable)
-    n_frozen = sum(1 for k in state if k in params and k not in trainable)
+    flags = {n: p.requires_grad for n, p in problem.model.named_parameters(remove_duplicate=False)}  # tied too
+    n_train = sum(1 for k in state if flags.get(k) is True)
+    n_frozen = sum(1 for k in state if flags.get(k) is False)
     n_buffers = len(state) - n_train - n_frozen
     return {"source": source, "entries": len(state), "trainable": n_train, "frozen": n_frozen,
             "buffers": n_buffers}
