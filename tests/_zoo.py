@@ -287,7 +287,7 @@ def _frozen_features():
 class _Preprocess(nn.Module):
     def __init__(self):
         super().__init__()
-        self.lin = nn.Linear(8, 3)
+        self.lin = nn.Linear(64, 3)
 
     def forward(self, x):
         h = torch.cat([x, x * x], dim=1)  # preprocessing inside forward: a fresh tensor at every call
@@ -297,7 +297,7 @@ class _Preprocess(nn.Module):
 @family("preprocessing-in-forward")
 def _preprocess():
     g = _gen(17)
-    return Case("preprocessing-in-forward", _Preprocess(), (torch.randn(N, 4, generator=g), _classes(g)),
+    return Case("preprocessing-in-forward", _Preprocess(), (torch.randn(N, 32, generator=g), _classes(g)),
                 nn.CrossEntropyLoss(), notes="defect 1: the folded Linear's input is computed inside forward")
 
 
