@@ -434,7 +434,8 @@ class _Tied(nn.Module):
 @family("tied-weights")
 def _tied():
     g = _gen(24)
-    return Case("tied-weights", _Tied(), (torch.randint(0, 9, (N, 3), generator=g), torch.randint(0, 9, (N,), generator=g)),
+    data = (torch.randint(0, 9, (N, 3), generator=g), torch.randint(0, 9, (N,), generator=g))
+    return Case("tied-weights", _Tied(), data,
                 nn.CrossEntropyLoss())
 
 
@@ -579,7 +580,8 @@ class _UnusedParam(nn.Module):
 @family("unused-parameter")
 def _unused():
     g = _gen(31)
-    return Case("unused-parameter", _UnusedParam(), (torch.randn(N, 4, generator=g), _classes(g)), nn.CrossEntropyLoss())
+    return Case("unused-parameter", _UnusedParam(), (torch.randn(N, 4, generator=g), _classes(g)),
+                nn.CrossEntropyLoss())
 
 
 @family("bn-batch-statistics")
