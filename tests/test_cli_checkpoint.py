@@ -294,3 +294,20 @@ def test_with_state_equals_a_problem_of_the_loaded_model_for_every_zoo_family(na
     trainable = {n for n, p in case.model.named_parameters(remove_duplicate=False) if p.requires_grad}
     if any(k not in trainable for k in state):  # buffers or frozen parameters changed: another computation
         assert loaded.fingerprint()["model"] != problem.fingerprint()["model"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.floats(-50, 50), width=st.floats(0, 80), margin=st.floats(0, 1), steps=st.integers(3, 61))
+def test_the_trajectory_plane_has_theta_on_its_grid_and_covers_the_path(lo, width, margin, steps):
+    from lossatlas.cli.paths_cmd import _span_with_zero
+    from lossatlas.grid import axis_coordinates
+
+    hi = lo + width
+    a, b = _span_with_zero(lo, hi, margin, steps)
+    axis = axis_coordinates(a, b, steps)
+    assert (axis == 0.0).sum() == 1
+    assert axis[0] <= min(lo, 0.0) and axis[-1] >= max(hi, 0.0)

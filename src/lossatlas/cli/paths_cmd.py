@@ -200,6 +200,8 @@ def _span_with_zero(lo: float, hi: float, margin: float, steps: int) -> tuple[fl
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     pad = margin * max(hi - lo, 1e-3)
     lo, hi = lo - pad, hi + pad
+    if hi - lo < 1e-3:  # a path that does not move (and no margin): a small plane around θ_n
+        lo, hi = lo - 5e-4, hi + 5e-4
     if steps < 3:
         return lo, hi
     h = (hi - lo) / (steps - 2)  # one step of slack, so that shifting the axis onto 0 keeps [lo, hi] covered
