@@ -451,6 +451,50 @@ class Problem:
         new.__dict__.pop("_buffer_slot_cache", None)
         return new
 
+    def with_state(self, state: Mapping[str, Tensor], *, func: str = "Problem.with_state",
+                   arg: str = "state") -> Problem:
+        """The same problem (loss, data, settings) for the model whose *whole* ``state_dict`` is
+        ``state``: trainable and frozen parameters and buffers (BatchNorm running statistics), e.g.
+        a checkpoint written by ``torch.save(model.state_dict())``. ``state`` must hold exactly the
+        model's entries (missing or unexpected keys, and shape mismatches, are errors naming them).
+        It is loaded into a fresh copy of the model (``load_state_dict(strict=True)``); neither
+        your model nor this problem changes. ``params()`` of the result is the state's trainable
+        parameters, the natural centre."""
+        from .errors import ParameterMismatchError
+
+        if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise bad_type(func, arg, "a state_dict (a dict of tensors)", state)
+        model = copy.deepcopy(self.model)  # never the user's module
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point() and t.dtype != self.dtype:  # load without rounding through another dtype
+                t.data = t.data.to(self.dtype)
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            parts = ([f"lacks the model's entries {P._names(missing)}"] if missing else []) + (
+                [f"has entries the model does not have: {P._names(unexpected)}"] if unexpected else [])
+            hint = ""
+            if unexpected and all(k.startswith("module.") for k in state) and all(
+                    k.removeprefix("module.") in expected for k in state):
+                hint = " (saved from a DataParallel/DDP wrapper? remove the 'module.' prefix of its keys)"
+            raise ParameterMismatchError(f"{func}(): argument '{arg}' must hold exactly the model's state_dict "
+                                         f"({len(expected)} entries); it {' and '.join(parts)}{hint}")
+        for k, v in expected.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ParameterMismatchError(f"{func}(): argument '{arg}' entry {k!r} must have shape "
+                                             f"{tuple(v.shape)} like the model's; received {tuple(state[k].shape)}")
+        with torch.no_grad():
+            model.load_state_dict(dict(state), strict=True)
+        new = copy.copy(self)
+        new.model = model
+        new._module = new._private_copy(model)
+        new._center = P.params_of(model, dtype=self.dtype, device=self.device)
+        new._param_slots = _slots(new._module, new.param_names, buffers=False)
+        new._bn_modules = _bn_modules(new._module)
+        new.__dict__.pop("_buffer_slot_cache", None)
+        return new
+
     def __repr__(self) -> str:
         n_params = sum(v.numel() for v in self._center.values())
         return (f"Problem(model={type(self.model).__name__}, params={n_params}, samples={self.n_samples}, "

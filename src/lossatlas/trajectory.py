@@ -152,7 +152,8 @@ class TrajectoryRecorder:
         layout = {k: [list(v.shape), str(v.dtype if self.dtype is None or not v.is_floating_point() else self.dtype)]
                   for k, v in state.items()}
         if self._meta is None:
-            self._meta = {"format": FORMAT, "params": list(params), "layout": layout}
+            self._meta = {"format": FORMAT, "params": list(params), "layout": layout,
+                          "dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in state.items()}}
             (self.path / META).write_text(json.dumps(self._meta))
             return
         if self._meta["layout"] != layout:
@@ -222,7 +223,7 @@ class Trajectory:
 
     def __init__(self, items: Sequence[Path | Mapping[str, Tensor]], steps: Sequence[int], *,
                  scalars: Mapping[str, Sequence[float]] | None = None, param_names: Sequence[str] | None = None,
-                 source: str = "memory"):
+                 source: str = "memory", dtypes: Mapping[str, str] | None = None):
         if not items:
             raise bad_value("Trajectory", "items", "at least one checkpoint", items)
         self._items = list(items)
@@ -230,6 +231,9 @@ class Trajectory:
         self.scalars = {k: np.asarray(v, dtype=np.float64) for k, v in (scalars or {}).items()}
         self.param_names = list(param_names) if param_names is not None else None
         self.source = source
+        # the model's own dtypes when the recorder stored a compact copy (TrajectoryRecorder(dtype=...))
+        self._dtypes = {k: getattr(torch, v) for k, v in (dtypes or {}).items() if isinstance(getattr(torch, v, None),
+                                                                                           torch.dtype)}
 
     @classmethod
     def open(cls, path: str | Path) -> Trajectory:
@@ -246,7 +250,7 @@ class Trajectory:
             keys = sorted({k for e in entries for k in e if k not in ("step", "file")})
             scalars = {k: [e.get(k, np.nan) for e in entries] for k in keys}
             return cls([path / e["file"] for e in entries], [e["step"] for e in entries], scalars=scalars,
-                       param_names=meta.get("params"), source=str(path))
+                       param_names=meta.get("params"), source=str(path), dtypes=meta.get("dtypes"))
         files = sorted((f for f in path.iterdir() if f.suffix in CHECKPOINT_SUFFIXES and f.is_file()),
                        key=_natural_key)
         if not files:
@@ -278,9 +282,14 @@ class Trajectory:
 
     def load(self, i: int, names: Sequence[str] | None = None, *, dtype: torch.dtype | None = None,
              device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """Checkpoint ``i`` (negative counts from the end), restricted to ``names`` if given."""
+        """Checkpoint ``i`` (negative counts from the end), restricted to ``names`` if given, in the
+        recorded model's dtypes (also when the recorder stored a compact ``dtype=`` copy) unless
+        ``dtype`` is given."""
         item = self._items[i]
         state = load_state(item) if isinstance(item, Path) else item
+        if dtype is None and self._dtypes:  # a compact copy (TrajectoryRecorder(dtype=...)) in the model's dtypes
+            state = {k: v.to(self._dtypes[k]) if k in self._dtypes and v.dtype != self._dtypes[k] else v
+                     for k, v in state.items()}
         if names is not None:
             missing = [n for n in names if n not in state]
             if missing:
@@ -293,9 +302,60 @@ class Trajectory:
         for i in range(len(self)):
             yield self.load(i)
 
-    def final(self, names: Sequence[str] | None = None, **kw: Any) -> dict[str, Tensor]:
-        """The last checkpoint θ_n (the centre of Li et al.'s PCA plane)."""
-        return self.load(-1, names, **kw)
+    def final(self, names: Sequence[str] | None = None, *, like: Any = None, **kw: Any) -> dict[str, Tensor]:
+        """The last checkpoint's parameters θ_n (the centre of Li et al.'s PCA plane), ready to be
+        a centre: ``lossatlas.surface(problem, traj.final(), d)``.
+
+        ``names`` default to the recorded trainable parameters (a :class:`TrajectoryRecorder`
+        recording, or :meth:`from_params`; a plain directory of ``state_dict`` files gives every
+        entry, so pass ``like``). ``like``: a Problem (or parameter dict) whose names, dtype and
+        device the result gets. ``dtype=``/``device=`` as in :meth:`load`.
+
+        Buffers are not parameters: a recording made with ``buffers=True`` (the default) also
+        holds the BatchNorm running statistics (and frozen parameters) of each checkpoint, and a
+        problem evaluates with *its model's* buffers. To evaluate θ_n as the trained model did,
+        use the problem built from the last checkpoint's whole state, :meth:`problem`::
+
+            lossatlas.surface(traj.problem(problem), traj.final(like=problem), d)
+        """
+        return self._params(-1, names, like, kw)
+
+    def _params(self, i: int, names, like, kw) -> dict[str, Tensor]:
+        if like is not None:
+            ref = like.params() if hasattr(like, "param_names") and hasattr(like, "params") else dict(like)
+            if names is None:
+                names = list(ref)
+            first = next(iter(ref.values()))
+            kw = {"dtype": first.dtype, "device": first.device, **kw}
+        elif names is None:
+            names = self.param_names
+        return self.load(i, names, **kw)
+
+    def state(self, i: int = -1) -> dict[str, Tensor]:
+        """Checkpoint ``i``'s whole recorded state (parameters and, if recorded, buffers), as saved."""
+        return self.load(i)
+
+    def buffers(self, i: int = -1) -> dict[str, Tensor]:
+        """The entries of checkpoint ``i`` that are not recorded trainable parameters (BatchNorm
+        statistics, frozen parameters); empty for a recording made with ``buffers=False``. Needs
+        the recorded parameter names (a recording or :meth:`from_params`)."""
+        if self.param_names is None:
+            raise bad_value("Trajectory.buffers", "self", "a recording with known parameter names "
+                            "(TrajectoryRecorder or Trajectory.from_params)", self.source)
+        names = set(self.param_names)
+        return {k: v for k, v in self.load(i).items() if k not in names}
+
+    def problem(self, problem: Any, i: int = -1) -> Any:
+        """``problem`` evaluated with checkpoint ``i``'s whole state (buffers such as BatchNorm
+        running statistics and frozen parameters included): :meth:`Problem.with_state
+        <lossatlas.Problem.with_state>` of :meth:`state`. The checkpoint must hold the model's
+        whole ``state_dict`` (record with ``buffers=True``, the default); missing or unexpected
+        entries are an error naming them."""
+        from .problem import Problem
+
+        if not isinstance(problem, Problem):
+            raise bad_type("Trajectory.problem", "problem", "a lossatlas.Problem", problem)
+        return problem.with_state(self.state(i), func="Trajectory.problem", arg=f"checkpoint {i}")
 
     def project(self, directions: Directions | Sequence[Mapping[str, Tensor]],
                 center: Mapping[str, Tensor] | None = None,

@@ -5,14 +5,17 @@ TARGET is one of:
 * a built-in example name (``lossatlas examples`` lists them), e.g. ``mlp-digits``;
 * ``path/to/file.py:function`` where ``function()`` returns a :class:`~lossatlas.Problem`, a pair
   ``(problem, center)`` or an :class:`~lossatlas.examples.Example`;
-* either of those plus ``--checkpoint FILE``: a ``state_dict`` (or a dict holding one under
-  ``"state_dict"``/``"model"``) whose trainable entries become the centre.
+* either of those plus ``--checkpoint FILE``: the model's whole ``state_dict`` (or a dict holding
+  one under ``"state_dict"``/``"model"``), loaded strictly into a copy of the model: its trainable
+  entries become the centre, its frozen parameters and buffers (BatchNorm running statistics) are
+  what the problem evaluates with. Missing or unexpected entries are an error naming them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,8 @@ def resolve(target: str, *, checkpoint: Path | None = None, dtype: str | None = 
             f"TARGET must be an example name ({', '.join(examples.names())}) or path/to/file.py:function; "
             f"received {target!r}")
     if checkpoint is not None:
-        resolved.center = _center_from_checkpoint(checkpoint, resolved.problem)
+        resolved.problem, resolved.center, resolved.info["checkpoint"] = problem_from_checkpoint(
+            checkpoint, resolved.problem)
         resolved.name += f" @ {Path(checkpoint).name}"
     return resolved
 
@@ -115,16 +119,61 @@ def _from_file(target: str, dtype: torch.dtype | None, device: str | None) -> Ta
     return Target(f"{path.name}:{func_name}", problem, center, desc, example=ex)
 
 
-def _center_from_checkpoint(path: Path, problem: Problem) -> P.Params:
+def _read_checkpoint(path: Path, option: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
-        raise InvalidArgumentError(f"--checkpoint {str(path)!r} does not exist")
+        raise InvalidArgumentError(f"{option} {str(path)!r} does not exist")
     from ..trajectory import load_state
 
-    state = load_state(path)
+    return load_state(path)
+
+
+def describe_state(problem: Problem, state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """What a full state_dict held, by kind of entry (for the one-line summary of a command)."""
+    flags = {n: p.requires_grad for n, p in problem.model.named_parameters(remove_duplicate=False)}  # tied too
+    n_train = sum(1 for k in state if flags.get(k) is True)
+    n_frozen = sum(1 for k in state if flags.get(k) is False)
+    n_buffers = len(state) - n_train - n_frozen
+    return {"source": source, "entries": len(state), "trainable": n_train, "frozen": n_frozen,
+            "buffers": n_buffers}
+
+
+def checkpoint_note(info: Mapping[str, Any]) -> str:
+    """``checkpoint sd.pt: model loaded with all 42 entries (30 trainable, 12 buffers)``."""
+    parts = [f"{info['trainable']} trainable"]
+    if info["frozen"]:
+        parts.append(f"{info['frozen']} frozen")
+    parts.append(f"{info['buffers']} buffer{'s' if info['buffers'] != 1 else ''}")
+    return (f"checkpoint {info['source']}: model loaded with all {info['entries']} entries "
+            f"({', '.join(parts)})")
+
+
+def problem_from_checkpoint(path: Path, problem: Problem, *, option: str = "--checkpoint",
+                            state: Mapping[str, torch.Tensor] | None = None,
+                            ) -> tuple[Problem, P.Params, dict[str, Any]]:
+    """(problem with the checkpoint's whole state loaded, its trainable parameters, summary)."""
+    if state is None:
+        state = _read_checkpoint(path, option)
+    loaded = problem.with_state(state, func=option, arg=Path(path).name)
+    center = loaded.params()
+    loaded.check_params(center, func=option, arg="state_dict")
+    return loaded, center, describe_state(problem, state, Path(path).name)
+
+
+def _center_from_checkpoint(path: Path, problem: Problem, option: str = "checkpoint") -> P.Params:
+    """The trainable parameters of a checkpoint: an end point of a path between two models, which
+    lives in θ (buffers of A and B cannot both hold along the path: BatchNorm statistics are the
+    problem's, or recalibrated with ``--bn recalibrate``). Entries the model does not have are
+    refused, naming them, and so are missing trainable parameters."""
+    state = _read_checkpoint(path, option)
+    known = problem.model.state_dict()
+    unexpected = [k for k in state if k not in known]
     missing = [n for n in problem.param_names if n not in state]
-    if missing:
-        raise InvalidArgumentError(f"--checkpoint {str(path)!r} lacks parameters of the model: {missing[:4]}")
+    if missing or unexpected:
+        parts = ([f"lacks the model's parameters {P._names(missing)}"] if missing else []) + (
+            [f"has entries the model does not have: {P._names(unexpected)}"] if unexpected else [])
+        raise InvalidArgumentError(f"{option} {str(path)!r} must be a state_dict of the model; it "
+                                   f"{' and '.join(parts)}")
     center = {n: state[n].to(dtype=problem.dtype, device=problem.device) for n in problem.param_names}
-    problem.check_params(center, func="--checkpoint", arg="state_dict")
+    problem.check_params(center, func=option, arg=Path(path).name)
     return center

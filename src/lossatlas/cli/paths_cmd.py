@@ -8,6 +8,7 @@ short summary.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,9 @@ def interpolate_cmd(
     plt.close(fig)
     console = _console()
     console.print(_table(f"interpolation {tgt.name}: {a.name} → {b.name}", rows))
+    if tgt.problem._bn_modules and (bn or tgt.problem.bn) == "eval":
+        console.print("note: A and B are parameters only; BatchNorm used the TARGET model's running statistics "
+                      "at every t (not A's or B's): pass --bn recalibrate to recompute them at each point")
     console.print(f"wrote {out / 'interpolation.zarr'} and {out / 'interpolation.png'} "
                   f"in {time.perf_counter() - t0:.1f} s")
 
@@ -137,16 +141,21 @@ def trajectory_cmd(
     from ..store import GridStore
     from ..surface import open_directions
     from ..trajectory import Trajectory, project
-    from ._target import resolve
+    from ._target import checkpoint_note, problem_from_checkpoint, resolve
 
     t0 = time.perf_counter()
     out = out or Path("lossatlas-trajectory")
     if margin < 0:
         raise InvalidArgumentError(f"--margin must be >= 0; received {margin}")
     tgt = resolve(target, dtype=dtype, device=device)
-    problem = tgt.problem
     traj = Trajectory.open(checkpoints)
-    final = to(traj.final(problem.param_names), dtype=problem.dtype, device=problem.device)
+    # the last checkpoint's whole state (buffers such as BatchNorm statistics, frozen parameters):
+    # the plane is drawn around the model as trained, not around its parameters in the TARGET's model
+    final_file = traj._items[-1]
+    source = Path(final_file) if isinstance(final_file, Path) else Path(f"checkpoint {len(traj) - 1}")
+    problem, final, tgt.info["checkpoint"] = problem_from_checkpoint(
+        source, tgt.problem, option="--checkpoints", state=traj.state(-1))
+    tgt.problem, tgt.center = problem, final
     if directions is not None:
         if GridStore.exists(directions):
             center, d = open_directions(directions)
@@ -160,11 +169,7 @@ def trajectory_cmd(
         raise InvalidArgumentError(f"--directions must hold 2 directions (a plane); received {len(d)}")
     problem.check_params(center, func="trajectory", arg="center")
     path = project(traj, d, center)
-    span = []
-    for v in ("x", "y"):
-        lo, hi = float(min(path[v].min(), 0.0)), float(max(path[v].max(), 0.0))
-        pad = margin * max(hi - lo, 1e-3)
-        span.append((lo - pad, hi + pad))
+    span = [_span_with_zero(float(path[v].min()), float(path[v].max()), margin, steps) for v in ("x", "y")]
     out.mkdir(parents=True, exist_ok=True)
     ds = surface(with_bn(problem, bn), center, d, steps=steps, span=span, store=out / "trajectory-plane.zarr",
                  overwrite=True, progress=progress)
@@ -183,8 +188,25 @@ def trajectory_cmd(
              ("loss at the plane's centre", problem.loss(center))]
     console = _console()
     console.print(_table(f"trajectory of {tgt.name} ({checkpoints})", rows))
+    if directions is None or center is final:
+        console.print(f"centre: the last checkpoint ({checkpoint_note(tgt.info['checkpoint'])})")
     console.print(f"wrote {out / 'trajectory-plane.zarr'} and {out / 'trajectory.png'} "
                   f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _span_with_zero(lo: float, hi: float, margin: float, steps: int) -> tuple[float, float]:
+    """An axis range covering [lo, hi] ∪ {0} padded by ``margin`` of its extent, on which 0 (the
+    plane's centre θ_n) is exactly one of ``steps`` evenly spaced points (``steps`` ≥ 3)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = margin * max(hi - lo, 1e-3)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < 1e-3:  # a path that does not move (and no margin): a small plane around θ_n
+        lo, hi = lo - 5e-4, hi + 5e-4
+    if steps < 3:
+        return lo, hi
+    h = (hi - lo) / (steps - 2)  # one step of slack, so that shifting the axis onto 0 keeps [lo, hi] covered
+    k = math.ceil(-lo / h)  # 0 is the k-th point: -k·h <= lo and (steps - 1 - k)·h >= hi
+    return -k * h + 0.0, (steps - 1 - k) * h
 
 
 @app.command("connect")

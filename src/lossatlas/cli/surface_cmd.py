@@ -112,7 +112,8 @@ def _span(span: str, dims: int):
 def surface(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
     dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane."),
-    steps: int = typer.Option(41, "--steps", help="Points per axis (odd keeps θ on the grid)."),
+    steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
+                              "grid; otherwise θ's loss is evaluated apart)."),
     span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
     directions: str = typer.Option("random", "--directions",
                                    help="random | example | hessian | axes:NAME[,NAME] (single parameters)."),
@@ -155,23 +156,53 @@ def surface(
     table = Table(title=f"surface of {tgt.name}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    center_value = float(ds.loss.sel({k: 0.0 for k in ds.loss.dims}, method="nearest"))
+    at_center, where = centre_values(ds, tgt.problem, tgt.center)
     rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
             ("directions", ", ".join(ds.attrs.get("direction_labels", []))),
-            ("loss at centre", f"{center_value:.6g}"),
+            ("loss at centre θ" + "*" * bool(where), f"{at_center['loss']:.6g}"),
             ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
             ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
             ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
-    if "accuracy" in ds:
-        rows.insert(4, ("accuracy at centre", f"{float(ds.accuracy.sel({k: 0.0 for k in ds.loss.dims}, method='nearest')):.4f}"))
+    if "accuracy" in at_center:
+        rows.insert(4, ("accuracy at centre θ" + "*" * bool(where), f"{at_center['accuracy']:.4f}"))
     if store is not None:
         rows.append(("store", str(store)))
     for k, v in rows:
         table.add_row(k, v)
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    if "checkpoint" in tgt.info:
+        console.print(centre_line(tgt), soft_wrap=True)
+    if where:
+        console.print("* θ is not a point of this grid (an even --steps, or a --span without 0): its values were "
+                      "evaluated separately, not read off a neighbouring point; an odd --steps with a symmetric "
+                      "--span puts θ on the grid", soft_wrap=True)
     if plot_file is not None:
         _write_figure(ds, plot_file, kind=None)
         _console().print(f"figure: {plot_file}")
+
+
+def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
+    """The values at θ (every coordinate 0) and "" when θ is a point of the grid; otherwise θ's
+    values evaluated separately and a note saying so (never a neighbouring grid point's)."""
+    dims = ds.loss.dims
+    if all(np.any(ds[d].values == 0.0) for d in dims):
+        point = {d: 0.0 for d in dims}
+        return {k: float(ds[k].sel(point)) for k in ("loss", "accuracy") if k in ds}, ""
+    values = problem.evaluate(center)
+    return {k: values[k] for k in ("loss", "accuracy") if k in values}, "not on the grid"
+
+
+def centre_line(tgt) -> str:
+    """``centre: loss 0.267, accuracy 0.93 (checkpoint sd.pt: model loaded with all 42 entries …)``:
+    the centre's values from a problem built from the checkpoint alone."""
+    from ._target import checkpoint_note
+
+    values = tgt.problem.evaluate(tgt.center)
+    text = f"centre: loss {values['loss']:.6g}"
+    if "accuracy" in values:
+        text += f", accuracy {values['accuracy']:.4f}"
+    return f"{text} ({checkpoint_note(tgt.info['checkpoint'])})"
 
 
 def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,

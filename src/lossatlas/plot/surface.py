@@ -286,7 +286,7 @@ def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = No
     ax.plot_surface(X, Y, zf, cmap=cmap, linewidth=0, antialiased=True, rcount=min(200, X.shape[0]),
                     ccount=min(200, X.shape[1]))
     if mark_center and ds[dx].min() <= 0 <= ds[dx].max() and ds[dy].min() <= 0 <= ds[dy].max():
-        zc = float(ds[variable].sel({dx: 0.0, dy: 0.0}, method="nearest"))
+        zc = _value_at_origin(ds[variable], dx, dy)
         ax.scatter([0], [0], [np.log10(zc) if log and zc > 0 else zc], color="red", s=40, marker="*", depthshade=False)
     ax.view_init(elev=elev, azim=azim)
     ax.set_xlabel(_label(ds, dx), fontsize=8)
@@ -297,6 +297,24 @@ def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = No
     ax.set_title(_title(ds, variable, title), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _value_at_origin(da, dx: str, dy: str) -> float:
+    """The value at (0, 0): the grid's own when θ is a grid point, else the bilinear interpolation of
+    the drawn surface there (never a neighbouring point's value)."""
+    xs, ys = da[dx].values, da[dy].values
+    if (xs == 0.0).any() and (ys == 0.0).any():
+        return float(da.sel({dx: 0.0, dy: 0.0}))
+    z = da.transpose(dx, dy).values
+
+    def bracket(axis):
+        i = int(np.clip(np.searchsorted(axis, 0.0) - 1, 0, len(axis) - 2)) if len(axis) > 1 else 0
+        w = 0.0 if len(axis) == 1 else (0.0 - axis[i]) / (axis[i + 1] - axis[i])
+        return i, w
+    (i, wx), (j, wy) = bracket(xs), bracket(ys)
+    i1, j1 = min(i + 1, len(xs) - 1), min(j + 1, len(ys) - 1)
+    return float((1 - wx) * (1 - wy) * z[i, j] + wx * (1 - wy) * z[i1, j] + (1 - wx) * wy * z[i, j1]
+                 + wx * wy * z[i1, j1])
 
 
 def save(fig, path: str | Path, *, dpi: int = 130) -> Path:
