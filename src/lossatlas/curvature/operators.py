@@ -115,7 +115,7 @@ class CurvatureOperator:
         self.product_error = 0.0
         self.method_notes: list[str] = []
         self._method = method
-        self._math_sdpa = method == "double-backward-math-sdpa"
+        self._math_sdpa = method not in (None, "double-backward")
         self._leaves = [self.theta[k].clone().requires_grad_(True) for k in self.names]
         leaf_of = dict(zip(self.names, self._leaves))
         self._point = {k: leaf_of.get(k, v) for k, v in self.theta.items()}
@@ -400,6 +400,13 @@ class CurvatureOperator:
             self.product_error = max(self.product_error, error)
         return ((4.0 * d1 - d2) / 3.0 * size).to(self.dtype)
 
+    def _agrees(self, a: Tensor, b: Tensor) -> bool:
+        """Whether two products of the same vector agree up to rounding (1000 ε of their size)."""
+        eps = torch.finfo(self.dtype).eps
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        size = max(float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b)))
+        return float(torch.linalg.vector_norm(a - b)) <= 1000 * eps * size
+
     def _run(self, method: str, v: Tensor, check: bool) -> Tensor:
         if method in ("double-backward", "double-backward-math-sdpa"):
             return self._double_backward(v, check)
@@ -423,6 +430,17 @@ class CurvatureOperator:
                     raise
                 tried.append((method, exc))
                 continue
+            if method == "forward-over-reverse":
+                # forward-mode rules are not all right (F.layer_norm on torch 2.13): check against differences
+                fd = self._finite_difference(v)
+                slack = 10 * self.product_error * float(torch.linalg.vector_norm(v))
+                if float(torch.linalg.vector_norm(out.to(torch.float64) - fd.to(torch.float64))) > slack + \
+                        1000 * torch.finfo(self.dtype).eps * float(torch.linalg.vector_norm(out)):
+                    tried.append((method, RuntimeError("its product disagreed with finite differences beyond their "
+                                                       "error estimate (a wrong forward-mode rule)")))
+                    method, out = "finite-difference", fd
+                else:
+                    self.product_error = 0.0
             self._method = method
             if tried:
                 reasons = "; ".join(f"{m} failed ({' '.join(str(e).split())[:120]})" for m, e in tried)
@@ -459,9 +477,15 @@ class CurvatureOperator:
         if self.vectorize and k > 1 and self.method in EXACT_METHODS:
             try:
                 fn = self._vmapped or self._vectorised()
-                self._vmapped = fn
                 with self._kernels():
-                    return torch.cat([fn(vs[:, s:s + BLOCK].T.contiguous()).T for s in range(0, k, BLOCK)], dim=1)
+                    out = torch.cat([fn(vs[:, s:s + BLOCK].T.contiguous()).T for s in range(0, k, BLOCK)], dim=1)
+                if self._vmapped is None and not self._agrees(out[:, 0], self._product(vs[:, 0])):
+                    # forward-mode rules can be wrong (F.layer_norm on torch 2.13): never trust them unchecked
+                    self.method_notes.append("vectorised forward-over-reverse products disagreed with "
+                                             f"{self.method} (a wrong forward-mode rule in torch): not used")
+                    raise RuntimeError("vectorised products disagree")
+                self._vmapped = fn
+                return out
             except (RuntimeError, NotImplementedError, TypeError):
                 self.vectorize = False  # an operation without a batching or forward-mode rule: loop instead
         return torch.stack([self._product(vs[:, j]) for j in range(k)], dim=1)
