@@ -20,7 +20,7 @@ from ..progress import progress_bar
 from . import _common as C
 from .lanczos import breakdown_tolerance, quadrature
 from .operators import as_operator
-from .results import Density, Estimate, _bracket, _mean_estimate, cms_bracket, quadrature_mass
+from .results import Density, Estimate, _bracket, _mean_estimate, cms_bracket, mass_estimate
 
 __all__ = ["density"]
 
@@ -75,7 +75,6 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
     nodes = np.zeros((probes, steps))
     weights = np.zeros((probes, steps))
     exact = np.zeros(probes, dtype=bool)
-    spread = np.zeros((probes, steps))
     starts = C.rademacher(n, probes, seed, device=op.device)
     tiny = breakdown_tolerance(op.dtype)
     asymmetry = 0.0
@@ -86,7 +85,7 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
                 raise EvaluationError(f"{func}(): the curvature products are not finite at θ (NaN or Inf in the "
                                       "loss or its derivatives); there is no spectrum to estimate")
             m = len(q.nodes)
-            nodes[p, :m], weights[p, :m], exact[p], spread[p, :m] = q.nodes, q.weights, q.exact, q.residuals
+            nodes[p, :m], weights[p, :m], exact[p] = q.nodes, q.weights, q.exact
             nodes[p, m:] = q.nodes[-1]  # padding with zero weight after an early (exact) breakdown
             asymmetry = max(asymmetry, q.asymmetry)
     lo, hi = float(nodes.min()), float(nodes.max())
@@ -96,9 +95,7 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
     span = hi - lo + 2 * TAIL * width
     points = max(points, min(MAX_POINTS, int(np.ceil(span / (0.5 * width))) + 1))  # resolve the kernel
     grid = np.linspace(lo - TAIL * width, hi + TAIL * width, points)
-    negative = _mean_estimate(quadrature_mass(nodes, weights, -tau, spread), "slq")
-    band = _mean_estimate(quadrature_mass(nodes, weights, np.nextafter(tau, np.inf), spread)
-                          - quadrature_mass(nodes, weights, -tau, spread), "slq")
+    negative = mass_estimate(nodes, weights, 0.0, exact, tau)
     bounds = _bracket(*cms_bracket(nodes, weights, 0.0, exact, band=tau), 3.0)
     tr = _mean_estimate(n * (weights * nodes).sum(axis=1), "slq")
     products = op.products - start
@@ -107,7 +104,7 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
                      negative_mass=negative, negative_bounds=bounds,
                      trace=Estimate(tr.value, tr.stderr, tr.samples, "slq", products, product_method=op.method,
                                     notes=notes),
-                     size=n, products=products, seed=seed, iters=steps, exact=exact, zero_tol=tau, zero_mass=band,
-                     product_method=op.method, notes=notes, residuals=spread)
+                     size=n, products=products, seed=seed, iters=steps, exact=exact, zero_tol=tau,
+                     product_method=op.method, notes=notes)
     object.__setattr__(result, "values", result(grid))  # tabulate φ with the object's own evaluator
     return result

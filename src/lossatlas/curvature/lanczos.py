@@ -243,7 +243,6 @@ class Quadrature(NamedTuple):
     exact: bool          # the Krylov space became invariant: the measure *is* Σ wᵢ δ(θᵢ)
     asymmetry: float     # largest measured |vᵢᵀ(A vⱼ) − vⱼᵀ(A vᵢ)|
     finite: bool         # False: a product was NaN/Inf (nodes and weights are then meaningless)
-    residuals: np.ndarray  # Ritz residual of each node, β|s_m| (0 when exact): the spread of its mass
 
 
 def quadrature(matvec: MatVec, v0: Tensor, *, steps: int, breakdown: float,
@@ -261,8 +260,7 @@ def quadrature(matvec: MatVec, v0: Tensor, *, steps: int, breakdown: float,
             exact = K.finite
             break
     if not K.finite:
-        return Quadrature(np.full(1, np.nan), np.ones(1), False, K.asymmetry, False, np.full(1, np.nan))
+        return Quadrature(np.full(1, np.nan), np.ones(1), False, K.asymmetry, False)
     theta, S = K.ritz()
     weights = S[0, :] ** 2
-    residuals = np.zeros(len(theta)) if exact else K.beta * np.abs(S[-1, :])
-    return Quadrature(theta, weights / weights.sum(), exact, K.asymmetry, True, residuals)
+    return Quadrature(theta, weights / weights.sum(), exact, K.asymmetry, True)

@@ -161,13 +161,11 @@ class Density:
 
     Signs near zero. ``zero_tol`` is τ, the band |λ| ≤ τ that these products cannot tell from zero
     (:func:`lossatlas.curvature._common.zero_band`: 100 machine epsilons of the operator's dtype
-    times ‖H‖, or more when the products were measured to be less accurate). ``zero_mass`` is the
-    quadrature's mass inside the band.
+    times ‖H‖, or more when the products were measured to be less accurate).
 
     * ``negative_mass``: the fraction of eigenvalues *below −τ* (certainly negative), each probe's
-      quadrature mass there (a node split by its Ritz residual ``residuals``, see
-      :func:`quadrature_mass`) averaged over probes; its ``stderr`` is the probe-to-probe standard
-      error only.
+      Gauss-quadrature mass there averaged over probes; its ``stderr`` combines the probe-to-probe
+      standard error with the quadrature's own uncertainty at −τ (:func:`mass_estimate`).
     * ``negative_bounds``: a bracket of the negative mass that accounts for everything else. Its lower
       end is the Chebyshev–Markov–Stieltjes lower bound of the mass below −τ (so a zero eigenvalue is
       never counted negative), its upper end the CMS upper bound of the mass below +τ (the band may
@@ -190,10 +188,8 @@ class Density:
     iters: int = 0
     exact: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     zero_tol: float = 0.0
-    zero_mass: Estimate | None = None
     product_method: str = "double-backward"
     notes: tuple[str, ...] = ()
-    residuals: np.ndarray | None = None
 
     def __call__(self, t: Any) -> np.ndarray:
         """φ at the points ``t`` (any array shape)."""
@@ -208,9 +204,10 @@ class Density:
 
     def mass_below(self, t: float) -> Estimate:
         """The estimated fraction of eigenvalues certainly below ``t``, i.e. below t − τ (``zero_tol``):
-        each probe's quadrature mass there (Σ wᵢ over θᵢ < t − τ), mean ± standard error over probes.
-        See :meth:`mass_bounds` for a bracket."""
-        return _mean_estimate(quadrature_mass(self.nodes, self.weights, t - self.zero_tol, self.residuals), "slq")
+        each probe's quadrature mass there (Σ wᵢ over θᵢ < t − τ) averaged over probes, ± a standard
+        error combining the probes' sampling error and the quadrature's uncertainty
+        (:func:`mass_estimate`). See :meth:`mass_bounds` for a bracket."""
+        return mass_estimate(self.nodes, self.weights, t, self.exact, self.zero_tol)
 
     def mass_bounds(self, t: float, z: float = 3.0) -> tuple[float, float]:
         """A bracket of the fraction of eigenvalues below ``t``, honest about the band: from the
@@ -250,21 +247,24 @@ def _mean_estimate(samples: np.ndarray, method: str, products: int = 0) -> Estim
     return Estimate(float(samples.mean()), stderr, samples=m, method=method, products=products)
 
 
-def quadrature_mass(nodes: np.ndarray, weights: np.ndarray, t: float, spread: np.ndarray | None = None
-                    ) -> np.ndarray:
-    """(probes,): each probe's quadrature mass below t, Σ wᵢ Φ((t − θᵢ)/rᵢ), where the Ritz residual
-    rᵢ = ‖A yᵢ − θᵢ yᵢ‖ is the root-mean-square spread of the eigenvalues that make up the Ritz vector
-    yᵢ around θᵢ: a node that has converged (rᵢ → 0, exactly 0 for an invariant Krylov space) counts
-    wholly on its side of t, an unconverged node near t is split (unlike the bare count Σ_{θᵢ<t} wᵢ,
-    which is biased when a heavy node of near-zero eigenvalues sits beside t)."""
-    if spread is None:
-        return (weights * (nodes < t)).sum(axis=1)
-    from scipy.special import ndtr
+def quadrature_mass(nodes: np.ndarray, weights: np.ndarray, t: float) -> np.ndarray:
+    """(probes,): each probe's quadrature mass Σ wᵢ over the nodes θᵢ < t (the Gauss-quadrature
+    estimate of its spectral measure's mass below t; exact for an invariant Krylov space)."""
+    return (weights * (nodes < t)).sum(axis=1)
 
-    r = np.asarray(spread, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(r > 0, ndtr((t - nodes) / np.where(r > 0, r, 1.0)), (nodes < t).astype(np.float64))
-    return (weights * share).sum(axis=1)
+
+def mass_estimate(nodes: np.ndarray, weights: np.ndarray, t: float, exact: np.ndarray | None, band: float,
+                  method: str = "slq") -> Estimate:
+    """The fraction of eigenvalues below t − band: the mean over probes of the quadrature mass there,
+    with a standard error that combines the probe-to-probe standard error s and the quadrature's
+    own uncertainty q, half the mean width of the per-probe CMS bracket at t − band (the weights
+    of the nodes next to the threshold): stderr = √(s² + q²)."""
+    count = quadrature_mass(nodes, weights, t - band)
+    sampled = _mean_estimate(count, method)
+    lo, hi = cms_bracket(nodes, weights, t - band, exact)
+    q = 0.5 * float(np.mean(hi - lo))
+    s = sampled.stderr if math.isfinite(sampled.stderr) else 0.0
+    return Estimate(sampled.value, math.sqrt(s * s + q * q), samples=sampled.samples, method=method)
 
 
 def cms_bracket(nodes: np.ndarray, weights: np.ndarray, t: float, exact: np.ndarray | None = None, *,
