@@ -115,6 +115,7 @@ class CurvatureOperator:
         self.product_error = 0.0
         self.method_notes: list[str] = []
         self._method = method
+        self._checked = False  # the first product of the method has been taken
         self._math_sdpa = method not in (None, "double-backward")
         self._leaves = [self.theta[k].clone().requires_grad_(True) for k in self.names]
         leaf_of = dict(zip(self.names, self._leaves))
@@ -416,7 +417,17 @@ class CurvatureOperator:
 
     def _product(self, v: Tensor) -> Tensor:
         if self._method is not None:
-            return self._run(self._method, v, check=False)
+            if self._checked:
+                return self._run(self._method, v, check=False)
+            try:  # a method given by the user: its first product says whether it works for this model
+                out = self._run(self._method, v, check=True)
+            except (RuntimeError, NotImplementedError) as exc:
+                if isinstance(exc, DifferentiationError) or not (_no_derivative(exc) or
+                                                                 self._method == "forward-over-reverse"):
+                    raise
+                raise self._failure([(self._method, exc)]) from exc
+            self._checked = True
+            return out
         tried: list[tuple[str, BaseException]] = []
         for method in self._candidates():
             if method == "double-backward-math-sdpa" and tried and not _ATTENTION.search(str(tried[-1][1])):
@@ -426,7 +437,9 @@ class CurvatureOperator:
             try:
                 out = self._run(method, v, check=True)
             except (RuntimeError, NotImplementedError) as exc:
-                if isinstance(exc, DifferentiationError) or not _no_derivative(exc):
+                # forward mode is reached only after reverse mode built the graph: any failure is its own
+                forward = method == "forward-over-reverse"
+                if isinstance(exc, DifferentiationError) or not (_no_derivative(exc) or forward):
                     raise
                 tried.append((method, exc))
                 continue
@@ -441,7 +454,7 @@ class CurvatureOperator:
                     method, out = "finite-difference", fd
                 else:
                     self.product_error = 0.0
-            self._method = method
+            self._method, self._checked = method, True
             if tried:
                 reasons = "; ".join(f"{m} failed ({' '.join(str(e).split())[:120]})" for m, e in tried)
                 exactness = ("exact" if method in EXACT_METHODS else
