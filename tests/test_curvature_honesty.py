@@ -441,3 +441,56 @@ def test_ratio_map_keeps_nan_points_and_counts_them(tmp_path):
         assert np.isnan(ds.lambda_min.values[bad]).all() and np.isfinite(ds.lambda_min.values[~bad]).all()
         assert (ds.converged.values[bad] == 0).all()
         assert ds.attrs["nan_curvature_points"] == int(bad.sum())
+
+
+# -- float32 and single probes -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_float32_flags_and_brackets_never_overstate(name):
+    problem, exact = exact_case(MODELS[name])
+    for which in ("smallest", "both"):
+        eig = C.eigenvalues(problem, k=2, which=which, dtype=torch.float32, progress=False)
+        assert_flags_honest(eig, exact, which, 2)
+        assert eig.zero_tol >= 100 * torch.finfo(torch.float32).eps * eig.scale
+    for probes in (1, 4):
+        d = C.density(problem, iters=5, probes=probes, dtype=torch.float32, progress=False)
+        lo, hi = d.negative_bounds
+        assert lo <= float((exact < -d.zero_tol).mean()) <= hi
+        assert math.isfinite(d.negative_mass.stderr)
+
+
+# -- products that are not trusted unchecked ---------------------------------------------------------
+def test_wrong_vectorised_products_are_detected_and_not_used(monkeypatch):
+    problem, _ = exact_case(tanh_mlp)
+    reference = C.hessian_operator(problem)
+    op = C.hessian_operator(problem, vectorize=True)
+    real = op._vectorised
+
+    def wrong():
+        fn = real()
+        return lambda block: 1.5 * fn(block)  # a forward-mode rule gone wrong
+
+    monkeypatch.setattr(op, "_vectorised", wrong)
+    block = torch.eye(op.shape[0], dtype=F64)[:, :5]
+    torch.testing.assert_close(op.mm(block), reference.mm(block), rtol=1e-10, atol=1e-12)
+    assert not op.vectorize and any("disagreed" in n for n in op.method_notes)
+
+
+def test_forward_over_reverse_is_checked_against_finite_differences(monkeypatch):
+    problem, exact = exact_case(tanh_mlp)
+    op = C.hessian_operator(problem, retain=False)
+    real = op._forward_over_reverse
+
+    def no_double_backward(v, check):
+        raise NotImplementedError("the derivative for 'fused_op_backward' is not implemented.")
+
+    monkeypatch.setattr(op, "_double_backward", no_double_backward)
+    monkeypatch.setattr(op, "_forward_over_reverse", lambda v: 2.0 * real(v))  # wrong
+    eig = C.eigenvalues(op, k=1, tol=1e-6, progress=False)
+    assert op.method == "finite-difference" and any("disagreed" in n for n in eig.notes)
+    assert abs(eig.values[0] - exact[-1]) <= eig.errors[0]
+
+    right = C.hessian_operator(problem, retain=False)
+    monkeypatch.setattr(right, "_double_backward", no_double_backward)
+    eig = C.eigenvalues(right, k=1, tol=1e-9, progress=False)
+    assert right.method == "forward-over-reverse" and right.exact and right.product_error == 0.0
+    assert abs(eig.values[0] - exact[-1]) <= 1e-9 * abs(exact[-1]) + eig.errors[0]

@@ -95,8 +95,8 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
     span = hi - lo + 2 * TAIL * width
     points = max(points, min(MAX_POINTS, int(np.ceil(span / (0.5 * width))) + 1))  # resolve the kernel
     grid = np.linspace(lo - TAIL * width, hi + TAIL * width, points)
-    negative = mass_estimate(nodes, weights, 0.0, exact, tau)
-    bounds = _bracket(*cms_bracket(nodes, weights, 0.0, exact, band=tau), 3.0)
+    negative = mass_estimate(nodes, weights, 0.0, exact, tau, n)
+    bounds = _bracket(*cms_bracket(nodes, weights, 0.0, exact, band=tau), 3.0, n)
     tr = _mean_estimate(n * (weights * nodes).sum(axis=1), "slq")
     products = op.products - start
     notes = tuple(op.method_notes)

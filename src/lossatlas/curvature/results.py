@@ -169,9 +169,11 @@ class Density:
     * ``negative_bounds``: a bracket of the negative mass that accounts for everything else. Its lower
       end is the Chebyshev–Markov–Stieltjes lower bound of the mass below −τ (so a zero eigenvalue is
       never counted negative), its upper end the CMS upper bound of the mass below +τ (the band may
-      hide tiny negative eigenvalues), each averaged over probes and widened by 3 standard errors of
-      that average (the sampling error of the probes). It contains both the fraction of eigenvalues
-      below −τ and the fraction below 0.
+      hide tiny negative eigenvalues), each averaged over probes and widened by 3 standard deviations
+      of a probe average (bounded for Rademacher probes: √(2F/(n·probes)), see :func:`_bracket`).
+      It contains both the fraction of eigenvalues
+      below −τ and the fraction below 0 (eigenvalues within rounding, ~τ/100, of ±τ may fall on
+      either side of the band's edge).
     """
 
     grid: np.ndarray
@@ -207,13 +209,13 @@ class Density:
         each probe's quadrature mass there (Σ wᵢ over θᵢ < t − τ) averaged over probes, ± a standard
         error combining the probes' sampling error and the quadrature's uncertainty
         (:func:`mass_estimate`). See :meth:`mass_bounds` for a bracket."""
-        return mass_estimate(self.nodes, self.weights, t, self.exact, self.zero_tol)
+        return mass_estimate(self.nodes, self.weights, t, self.exact, self.zero_tol, self.size)
 
     def mass_bounds(self, t: float, z: float = 3.0) -> tuple[float, float]:
         """A bracket of the fraction of eigenvalues below ``t``, honest about the band: from the
         Chebyshev–Markov–Stieltjes lower bound of the mass below t − τ to the upper bound of the mass
-        below t + τ, averaged over probes, each end widened by ``z`` standard errors of its average,
-        clipped to [0, 1].
+        below t + τ, averaged over probes, each end widened by ``z`` standard deviations of a probe
+        average (:func:`_bracket`), clipped to [0, 1].
 
         A Gauss quadrature brackets the distribution function of each probe's spectral measure: with
         θ_j < t ≤ θ_{j+1}, the mass below t lies between Σ_{i<j} wᵢ and Σ_{i≤j+1} wᵢ (exactly Σ_{i≤j} wᵢ
@@ -221,7 +223,7 @@ class Density:
         measure, so the probe averages bracket it up to sampling error.
         """
         lo, hi = cms_bracket(self.nodes, self.weights, t, self.exact, band=self.zero_tol)
-        return _bracket(lo, hi, z)
+        return _bracket(lo, hi, z, self.size)
 
     @property
     def lambda_min(self) -> float:
@@ -234,10 +236,24 @@ class Density:
         return float(self.nodes.max())
 
 
-def _bracket(lo: np.ndarray, hi: np.ndarray, z: float) -> tuple[float, float]:
+def _probe_sd(n: int, m: int, mass: float = 1.0) -> float:
+    """A bound on the standard deviation of the average over ``m`` Rademacher/√n probes v of vᵀPv, for
+    the spectral projector P of a mass ``mass`` = k/n: Var(zᵀPz) = 2(‖P‖_F² − Σ Pᵢᵢ²) ≤ 2k, so
+    sd ≤ √(2·mass/(n·m)). Empirical spreads can badly understate it for small n (few distinct probes)."""
+    return math.sqrt(2.0 * max(mass, 0.0) / (max(n, 1) * max(m, 1)))
+
+
+def _bracket(lo: np.ndarray, hi: np.ndarray, z: float, n: int) -> tuple[float, float]:
+    """The mass F below a threshold from per-probe bounds lo_p ≤ F_p ≤ hi_p (F_p: each probe's own
+    mass, E[F_p] = F): mean(lo) − z·σ(F) ≤ F ≤ mean(hi) + z·σ(F) with σ(F) = √(2F/(n·m))
+    (:func:`_probe_sd`), solved for F. Holds with probability ≥ 1 − 1/z² by Chebyshev's inequality
+    (≈ 99.7 % for z = 3 once the probe average is near-normal)."""
     m = len(lo)
-    se = (lambda a: float(np.std(a, ddof=1) / math.sqrt(m)) if m > 1 else 0.0)
-    return (float(max(0.0, lo.mean() - z * se(lo))), float(min(1.0, hi.mean() + z * se(hi))))
+    c = z * math.sqrt(2.0 / (max(n, 1) * max(m, 1)))
+    a, b = float(np.mean(hi)), float(np.mean(lo))
+    upper = ((c + math.sqrt(c * c + 4 * max(a, 0.0))) / 2) ** 2
+    lower = ((-c + math.sqrt(c * c + 4 * b)) / 2) ** 2 if b > 0 else 0.0
+    return (float(max(0.0, min(lower, b))), float(min(1.0, max(upper, a))))
 
 
 def _mean_estimate(samples: np.ndarray, method: str, products: int = 0) -> Estimate:
@@ -254,16 +270,18 @@ def quadrature_mass(nodes: np.ndarray, weights: np.ndarray, t: float) -> np.ndar
 
 
 def mass_estimate(nodes: np.ndarray, weights: np.ndarray, t: float, exact: np.ndarray | None, band: float,
-                  method: str = "slq") -> Estimate:
+                  n: int, method: str = "slq") -> Estimate:
     """The fraction of eigenvalues below t − band: the mean over probes of the quadrature mass there,
     with a standard error that combines the probe-to-probe standard error s and the quadrature's
     own uncertainty q, half the mean width of the per-probe CMS bracket at t − band (the weights
-    of the nodes next to the threshold): stderr = √(s² + q²)."""
+    of the nodes next to the threshold): stderr = √(s² + q²), with s the larger of the probes' spread
+    and the bound of :func:`_probe_sd` (``n``: the operator size)."""
     count = quadrature_mass(nodes, weights, t - band)
     sampled = _mean_estimate(count, method)
     lo, hi = cms_bracket(nodes, weights, t - band, exact)
     q = 0.5 * float(np.mean(hi - lo))
-    s = sampled.stderr if math.isfinite(sampled.stderr) else 0.0
+    spread = sampled.stderr if len(count) > 1 else 0.0
+    s = max(spread, _probe_sd(n, len(count), sampled.value))
     return Estimate(sampled.value, math.sqrt(s * s + q * q), samples=sampled.samples, method=method)
 
 
