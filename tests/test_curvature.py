@@ -195,7 +195,8 @@ def test_density_integrates_to_one_and_negative_mass(mlp):
     d = C.density(problem, iters=40, probes=8, seed=0, progress=False)
     assert d.integral() == pytest.approx(1.0, abs=1e-6)
     fraction = float((exact < 0).mean())
-    assert abs(d.negative_mass.value - fraction) <= 0.05
+    # the stderr counts the probes' sampling error and the quadrature's uncertainty near zero
+    assert abs(d.negative_mass.value - fraction) <= 3 * d.negative_mass.stderr
     lo, hi = d.negative_bounds
     assert lo - 3 * d.negative_mass.stderr <= fraction <= hi + 3 * d.negative_mass.stderr
     assert abs(d.trace.value - exact.sum()) <= 3 * d.trace.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -68,3 +69,24 @@ def default_basis(n: int, wanted: int, requested: int | None, preferred: int = 1
     by_memory = max(wanted + 3, BASIS_BYTES // (16 * max(n, 1)) - 1)  # basis vectors and their products
     return int(min(n, max(min(preferred, by_memory), 2 * wanted + 2)))
 
+
+
+#: the zero band is at least this many machine epsilons of the operator's dtype times ‖A‖
+ZERO_EPS = 100.0
+
+
+def zero_band(dtype: torch.dtype, scale: float, asymmetry: float, n: int, product_error: float = 0.0) -> float:
+    """τ: eigenvalues with |λ| ≤ τ cannot be told from zero by these products.
+
+    τ = max(100·ε·s, √n·a, 3·e) with ε the machine epsilon of the operator's dtype, s an estimate of
+    ‖A‖₂ from below (the largest |Ritz value|), a the largest asymmetry |vᵢᵀ(A vⱼ) − vⱼᵀ(A vᵢ)|
+    measured by the Lanczos runs (a product error seen along random directions: the error of the
+    whole matrix is up to ~√n times larger), and e the largest error estimated for a product with a
+    unit vector (finite-difference products; 0 for exact ones). Rounding of exact products in float64
+    gives eigenvalues of exactly-zero directions at ~1e-16·s, in float32 at ~1e-8·s: two orders of
+    magnitude inside the band.
+    """
+    if not (math.isfinite(scale) and math.isfinite(asymmetry)):
+        return float("nan")
+    eps = float(torch.finfo(dtype).eps)
+    return float(max(ZERO_EPS * eps * scale, math.sqrt(max(n, 1)) * asymmetry, 3.0 * product_error))

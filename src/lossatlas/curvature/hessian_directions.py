@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 from torch import Tensor
 
 from .. import params as P
 from ..directions import Directions
-from ..errors import bad_value
+from ..errors import EvaluationError, bad_value
 from . import _common as C
 from .eigen import DEFAULT_TOL, eigenvalues
 from .operators import as_operator
@@ -64,6 +65,9 @@ def hessian_directions(problem, theta: Mapping[str, Tensor] | None = None, n: in
         picks = list(range(top)) + [len(eig) - 1 - i for i in range(bottom)]
         tags = (["λmax" if i == 0 else f"λ{i + 1}" for i in range(top)]
                 + ["λmin" if i == 0 else f"λmin+{i}" for i in range(bottom)])
+    if not np.all(np.isfinite(eig.values)):
+        raise EvaluationError(f"{func}(): the Hessian is not finite at θ (NaN or Inf in the loss or its derivatives); "
+                              "it has no eigenvectors to use as directions")
     vectors = [eig.vectors[i] for i in picks]
     if norm == "model":
         size = P.norm({k: op.theta[k] for k in op.names})
@@ -77,6 +81,8 @@ def hessian_directions(problem, theta: Mapping[str, Tensor] | None = None, n: in
         "eigenvalues": values,
         "residuals": [float(eig.residuals[i]) for i in picks],
         "converged": [bool(eig.converged[i]) for i in picks],
+        "extremal_certified": [bool(eig.extremal_certified[i]) for i in picks],
+        "product_method": eig.product_method,
         "tol": tol,
         "scale": eig.scale,
         "seed": seed,

@@ -15,12 +15,20 @@ Rayleigh–Ritz matrix up to rounding and no spurious copies of eigenvalues appe
 When the basis spans an invariant subspace (β ≈ 0), the eigenpair search goes on from a random
 vector orthogonal to it, so eigenvalues the start vector cannot reach (a second copy of a repeated
 eigenvalue, a block the start vector misses) are still found.
+
+A run may be *locked* against given orthonormal vectors Y: then it works in their orthogonal
+complement, on (I − YYᵀ) A (I − YYᵀ), which is how :mod:`.eigen` checks that no eigenvalue beyond the
+ones it found was missed. Every step also measures how far the products are from symmetric: the
+new column of T, vᵢᵀ(A vⱼ), must equal the entry the previous steps put in its row, vⱼᵀ(A vᵢ); the
+largest difference (``asymmetry``) is a measured lower estimate of the error of the products. A
+product that is not finite (NaN or Inf) ends the run with ``finite = False``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,8 +42,10 @@ class Krylov:
     matrix T, grown one product at a time."""
 
     def __init__(self, n: int, m: int, *, device: torch.device, breakdown: float, deflate: bool = False,
-                 keep_products: bool = False):
-        self.n, self.m = n, m
+                 keep_products: bool = False, lock: Tensor | None = None):
+        self.lock = None if lock is None or lock.shape[0] == 0 else lock.to(torch.float64)
+        self.n = n - (0 if self.lock is None else self.lock.shape[0])  # dimension of the space searched
+        self.m = m
         self.V = torch.empty(m + 1, n, dtype=torch.float64, device=device)  # rows written before use
         # the products A vⱼ themselves, so that A y for a Ritz vector y = Σ sⱼ vⱼ is Σ sⱼ (A vⱼ): an explicit
         # residual without another product
@@ -46,9 +56,21 @@ class Krylov:
         self.breakdown = breakdown
         self.deflate = deflate  # on breakdown, continue from a random vector orthogonal to the basis
         self.scale = 0.0     # largest |diagonal| seen: the scale of "small" residuals
+        self.asymmetry = 0.0  # largest |vᵢᵀ(A vⱼ) − vⱼᵀ(A vᵢ)| measured
+        self.finite = True   # every product so far was finite
+
+    def _against(self, w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+        """w orthogonalised against the locked vectors and ``basis``; coefficients on ``basis``."""
+        if self.lock is None:
+            return _orthogonalise(w, basis)
+        p = self.lock.shape[0]
+        w, h = _orthogonalise(w, torch.cat([self.lock, basis]))
+        return w, h[p:]
 
     def start(self, v0: Tensor) -> None:
         v0 = v0.to(torch.float64)
+        if self.lock is not None:
+            v0, _ = _orthogonalise(v0, self.lock)
         self.V[0] = v0 / torch.linalg.vector_norm(v0)
         self.size = 0
 
@@ -57,11 +79,17 @@ class Krylov:
         or (without ``deflate``) the basis spans an invariant subspace."""
         j = self.size
         w = matvec(self.V[j]).to(torch.float64)
+        if not bool(torch.isfinite(w).all()):
+            self.finite = False
+            self.beta = 0.0
+            return False
         if self.W is not None:
             self.W[j] = w
         basis = self.V[: j + 1]
-        w, h = _orthogonalise(w, basis)
+        w, h = self._against(w, basis)
         h = h.cpu().numpy()
+        if j:
+            self.asymmetry = max(self.asymmetry, float(np.abs(h[:j] - self.T[j, :j]).max()))
         self.T[: j + 1, j] = h
         self.scale = max(self.scale, abs(float(h[j])))
         beta = float(torch.linalg.vector_norm(w))
@@ -75,8 +103,8 @@ class Krylov:
             if not self.deflate:
                 return False
             gen = torch.Generator().manual_seed(self.size)
-            fresh = torch.randn(self.n, generator=gen, dtype=torch.float64).to(self.V.device)
-            fresh, _ = _orthogonalise(fresh, self.V[: j + 1])
+            fresh = torch.randn(self.V.shape[1], generator=gen, dtype=torch.float64).to(self.V.device)
+            fresh, _ = self._against(fresh, self.V[: j + 1])
             self.V[j + 1] = fresh / torch.linalg.vector_norm(fresh)
             return True
         self.beta = beta
@@ -124,6 +152,9 @@ class PairsResult:
     products: int
     restarts: int
     exhausted: bool             # stopped by max_products before convergence
+    asymmetry: float = 0.0      # largest measured |vᵢᵀ(A vⱼ) − vⱼᵀ(A vᵢ)| (a product-error estimate)
+    finite: bool = True         # False: a product was NaN/Inf and the values are NaN
+    complete: bool = False      # the Krylov space grew to the whole (complement) space: every eigenvalue found
 
 
 def breakdown_tolerance(dtype: torch.dtype) -> float:
@@ -133,7 +164,7 @@ def breakdown_tolerance(dtype: torch.dtype) -> float:
 
 def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray], np.ndarray], k: int, tol: float,
                   max_products: int, basis: int, breakdown: float, min_steps: int = 10,
-                  on_product: Callable[[], None] = lambda: None) -> PairsResult:
+                  on_product: Callable[[], None] = lambda: None, lock: Tensor | None = None) -> PairsResult:
     """Thick-restart Lanczos for the ``k`` Ritz pairs first in ``priority(theta)`` (an ordering of the
     indices of the ascending Ritz values).
 
@@ -142,11 +173,14 @@ def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray]
     an exact breakdown). A residual alone certifies that *an* eigenvalue lies within it, not that it
     is the extreme one: in a small Krylov space the smallest Ritz value sits in the bulk of
     near-zero eigenvalues with a small residual long before the most negative eigenvalue emerges.
+    ``lock``: rows of orthonormal vectors whose complement is searched (see the module notes); the
+    returned ``images`` are then the products A y themselves, not their projections.
     """
-    n = v0.numel()
+    n = v0.numel() - (0 if lock is None else lock.shape[0])
+    k = min(k, n)
     basis = int(min(n, max(basis, k + 3)))
     min_steps = min(n, max(min_steps, k))
-    K = Krylov(n, basis, device=v0.device, breakdown=breakdown, deflate=True, keep_products=True)
+    K = Krylov(v0.numel(), basis, device=v0.device, breakdown=breakdown, deflate=True, keep_products=True, lock=lock)
     K.start(v0)
     products = restarts = 0
     keep_count = max(k + 1, (basis + k) // 2)
@@ -157,6 +191,8 @@ def extreme_pairs(matvec: MatVec, v0: Tensor, *, priority: Callable[[np.ndarray]
             alive = K.step(matvec)
             products += 1
             on_product()
+            if not K.finite:
+                return _nonfinite(K, k, products, restarts)
             m = K.size
             if m < min(k, n) or not (m <= 64 or m % 4 == 0 or m == basis or not alive or products >= max_products):
                 continue
@@ -192,12 +228,26 @@ def _finish(K: Krylov, theta, S, order, est, scale, products, restarts, *, exhau
     coefficients = torch.as_tensor(S[:, order].T, dtype=torch.float64, device=K.V.device)
     vectors, images = (coefficients @ K.V[:m]).T, (coefficients @ K.W[:m]).T
     return PairsResult(theta[order].copy(), vectors, images, np.asarray(est, dtype=np.float64), scale, products,
-                       restarts, exhausted)
+                       restarts, exhausted, asymmetry=K.asymmetry, complete=K.size >= K.n)
+
+
+def _nonfinite(K: Krylov, k: int, products: int, restarts: int) -> PairsResult:
+    nan = torch.full((K.V.shape[1], k), float("nan"), dtype=torch.float64, device=K.V.device)
+    return PairsResult(np.full(k, np.nan), nan, nan.clone(), np.full(k, np.nan), float("nan"), products, restarts,
+                       exhausted=False, asymmetry=K.asymmetry, finite=False)
+
+
+class Quadrature(NamedTuple):
+    nodes: np.ndarray
+    weights: np.ndarray
+    exact: bool          # the Krylov space became invariant: the measure *is* Σ wᵢ δ(θᵢ)
+    asymmetry: float     # largest measured |vᵢᵀ(A vⱼ) − vⱼᵀ(A vᵢ)|
+    finite: bool         # False: a product was NaN/Inf (nodes and weights are then meaningless)
 
 
 def quadrature(matvec: MatVec, v0: Tensor, *, steps: int, breakdown: float,
-               on_product: Callable[[], None] = lambda: None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Gauss quadrature of the spectral measure of v0/‖v0‖: ``(nodes, weights, exact)``. The weights
+               on_product: Callable[[], None] = lambda: None) -> Quadrature:
+    """Gauss quadrature of the spectral measure of v0/‖v0‖ (a :class:`Quadrature`). The weights
     are the squared first components of the eigenvectors of T and sum to 1; ``exact`` is True when
     the Krylov space became invariant (then the measure *is* Σ wᵢ δ(θᵢ))."""
     n = v0.numel()
@@ -207,8 +257,10 @@ def quadrature(matvec: MatVec, v0: Tensor, *, steps: int, breakdown: float,
     while K.size < K.m:
         on_product()
         if not K.step(matvec):
-            exact = True
+            exact = K.finite
             break
+    if not K.finite:
+        return Quadrature(np.full(1, np.nan), np.ones(1), False, K.asymmetry, False)
     theta, S = K.ritz()
     weights = S[0, :] ** 2
-    return theta, weights / weights.sum(), exact
+    return Quadrature(theta, weights / weights.sum(), exact, K.asymmetry, True)

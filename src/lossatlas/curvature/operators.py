@@ -15,10 +15,35 @@ policy: stored statistics (``bn="eval"``), or statistics recomputed once at θ a
 
 When the autograd graphs of all batches fit in memory (``retain="auto"``: at most
 :data:`RETAIN_BYTES`), they are built once and every product is one backward pass through them.
+
+Product methods (:data:`PRODUCT_METHODS`, chosen at the first product and kept in ``op.method``,
+with the reason in ``op.method_notes``; results repeat it as ``product_method``/``notes``):
+
+1. ``"double-backward"``: ``torch.autograd.grad`` twice (exact; the fastest on CPU).
+2. ``"double-backward-math-sdpa"``: the same with ``scaled_dot_product_attention`` forced to its
+   math kernel (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``), tried when a fused kernel has
+   no double backward (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` on CPU). Exact: the
+   math kernel is composed of ordinary differentiable operations.
+3. ``"forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad``, per batch (exact), for
+   operations with a forward-mode rule but no double backward.
+4. ``"finite-difference"``: Richardson-extrapolated central differences of exact gradients,
+   (4·D(h) − D(2h))/3 with D(h) = (∇L(θ + h·u) − ∇L(θ − h·u))/(2h) along the unit vector u and
+   h = ε^(1/3)·max(1, ‖θ‖) (ε: the dtype's machine epsilon). Approximate: each product estimates its
+   own error ‖D(h) − D(2h)‖/3 + 4ε‖∇L‖/h, and ``op.product_error`` keeps the largest (per unit
+   vector), which widens the zero band and the error bars of the estimators. For models with no
+   second-order rule at all (``nn.EmbeddingBag``); Hessian only.
+
+A loss that has no gradient with respect to the model output (a 0–1 loss through ``argmax`` or a
+comparison, a ``round``-ed loss whose gradient is identically zero) has no curvature to measure:
+the first product raises :class:`~lossatlas.errors.DifferentiationError`, as it does when no
+method works. Parameters the loss does not use at all are not an error (zero rows and columns).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,11 +52,12 @@ import torch
 from torch import Tensor
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value
+from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value
 from ..problem import Problem
 from ._select import ParamSelection, select
 
-__all__ = ["CurvatureOperator", "hessian_operator", "ggn_operator", "RETAIN_BYTES", "CONVEX_LOSSES"]
+__all__ = ["CurvatureOperator", "hessian_operator", "ggn_operator", "RETAIN_BYTES", "CONVEX_LOSSES",
+           "PRODUCT_METHODS", "EXACT_METHODS"]
 
 #: most bytes of autograd graphs kept between products (``retain="auto"``)
 RETAIN_BYTES = 1 << 30
@@ -42,6 +68,16 @@ CONVEX_LOSSES = ("MSELoss", "mse_loss", "CrossEntropyLoss", "cross_entropy", "BC
                  "binary_cross_entropy_with_logits", "BCELoss", "binary_cross_entropy", "HuberLoss", "huber_loss",
                  "SmoothL1Loss", "smooth_l1_loss", "PoissonNLLLoss", "poisson_nll_loss")
 KINDS = ("hessian", "ggn")
+#: how products are computed, in the order tried (see the module notes)
+PRODUCT_METHODS = ("double-backward", "double-backward-math-sdpa", "forward-over-reverse", "finite-difference")
+#: the methods whose products are exact up to rounding
+EXACT_METHODS = PRODUCT_METHODS[:3]
+_ATTENTION = re.compile(r"attention|scaled_dot_product|sdpa", re.IGNORECASE)
+#: torch's messages for "this operation has no (higher-order / forward-mode) derivative"
+_NO_DERIVATIVE = re.compile(r"derivative for .* is not implemented|derivative for .* not implemented|"
+                            r"does not support it because it has not been implemented|forward ad|forward-mode|"
+                            r"does not require grad and does not have a grad_fn|not implemented for|"
+                            r"double backward|differentiab", re.IGNORECASE)
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -52,11 +88,20 @@ class CurvatureOperator:
     ``op @ v`` (or :meth:`mv`) multiplies a 1-D tensor of length ``op.shape[0]``; ``op @ V`` with a
     2-D ``V`` multiplies every column (:meth:`mm`); :meth:`apply` takes and returns parameter dicts.
     ``products`` counts matrix-vector products so far. Build with :func:`hessian_operator` or
-    :func:`ggn_operator`.
+    :func:`ggn_operator`. ``method`` (one of :data:`PRODUCT_METHODS`, or None for automatic) fixes
+    how products are computed; ``op.method`` tells which one is used (deciding it with one product
+    if none was taken yet), ``op.exact`` whether its products are exact up to rounding and
+    ``op.product_error`` the largest estimated error of a product with a unit vector (0 for the
+    exact methods: their rounding is accounted for by the estimators from the dtype).
     """
 
     def __init__(self, problem: Problem, theta: Mapping[str, Tensor], names: tuple[str, ...], *, kind: str,
-                 retain: bool | str = "auto", vectorize: bool | None = None):
+                 retain: bool | str = "auto", vectorize: bool | None = None, method: str | None = None):
+        if method is not None and method not in PRODUCT_METHODS:
+            raise bad_value("CurvatureOperator", "method", f"None (automatic) or one of {PRODUCT_METHODS}", method)
+        if kind == "ggn" and method in ("forward-over-reverse", "finite-difference"):
+            raise bad_value("CurvatureOperator", "method", "'double-backward' or 'double-backward-math-sdpa' for "
+                            "the GGN", method)
         self.problem = problem
         self.kind = kind
         self.theta: P.Params = {k: v.detach() for k, v in theta.items()}
@@ -67,17 +112,83 @@ class CurvatureOperator:
         self.dtype = problem.dtype
         self.device = problem.device
         self.products = 0
+        self.product_error = 0.0
+        self.method_notes: list[str] = []
+        self._method = method
+        self._checked = False  # the first product of the method has been taken
+        self._math_sdpa = method not in (None, "double-backward")
         self._leaves = [self.theta[k].clone().requires_grad_(True) for k in self.names]
         leaf_of = dict(zip(self.names, self._leaves))
         self._point = {k: leaf_of.get(k, v) for k, v in self.theta.items()}
         self._buffers = (problem.recalibrated_buffers(self.theta)
                          if problem.bn == "recalibrate" and problem._bn_modules else None)
         self._graphs: list[Any] | None = None
-        self.retained = self._decide_retain(retain)
+        self._retain_arg = retain
+        self.retained = False
+        if method in (None, "double-backward", "double-backward-math-sdpa"):
+            try:
+                with self._kernels():
+                    self.retained = self._decide_retain(retain)
+            except (RuntimeError, NotImplementedError) as exc:  # a first-order failure: nothing else can work
+                if not _no_derivative(exc):
+                    raise
+                raise self._failure([("gradient", exc)]) from exc
         if vectorize is None:  # measured on a 2-core CPU: a loop of single products is as fast or faster
             vectorize = self.device.type != "cpu"
         self.vectorize = bool(vectorize) and kind == "hessian"
         self._vmapped = None
+
+    # -- product method ----------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """How products are computed (one of :data:`PRODUCT_METHODS`). Decided at the first product
+        (reading this before any product takes one, not counted in ``products``)."""
+        if self._method is None:
+            gen = torch.Generator().manual_seed(12345)
+            self._product(torch.randn(self.shape[0], generator=gen, dtype=torch.float64).to(self.dtype).to(
+                self.device))
+        return str(self._method)
+
+    @property
+    def exact(self) -> bool:
+        """Whether products are exact up to rounding (every method but finite differences)."""
+        return self.method in EXACT_METHODS
+
+    def _kernels(self):
+        """The attention-kernel context of graph building and products."""
+        if not self._math_sdpa:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+
+    def _describe(self) -> str:
+        model = type(self.problem.model).__name__ if getattr(self.problem, "model", None) is not None else "model"
+        loss = "a closure" if self.problem.closure is not None else _loss_name(self.problem.loss_fn)
+        return f"the {model} with loss {loss}"
+
+    def _failure(self, tried: list[tuple[str, BaseException]]) -> DifferentiationError:
+        what = "; ".join(f"{m}: {type(e).__name__}: {' '.join(str(e).split())[:160]}" for m, e in tried)
+        kind = "Hessian" if self.kind == "hessian" else "GGN"
+        return DifferentiationError(f"{kind} products of {self._describe()} cannot be computed: torch cannot "
+                                    f"differentiate it as needed ({what})")
+
+    def _candidates(self) -> list[str]:
+        if self._method is not None:
+            return [self._method]
+        if self.kind == "ggn":
+            return ["double-backward", "double-backward-math-sdpa"]
+        return list(PRODUCT_METHODS)
+
+    def _switch(self, method: str) -> None:
+        """Prepare the state a method needs (graphs are rebuilt under the math attention kernel)."""
+        self._graphs = None
+        self.retained = False
+        self._vmapped = None
+        self._math_sdpa = method != "double-backward"
+        if method == "double-backward-math-sdpa":
+            with self._kernels():
+                self.retained = self._decide_retain(self._retain_arg)
 
     # -- graphs ------------------------------------------------------------------------------------
     def _graph(self, batch: Any, n: int) -> tuple:
@@ -86,13 +197,40 @@ class CurvatureOperator:
                 return self._hessian_graph(batch, n)
             return self._ggn_graph(batch, n)
 
+    def _output_depends_on_leaves(self, batch: Any) -> bool:
+        """Whether the model output of a batch depends on the selected parameters (one more forward,
+        only run to tell a loss without gradient from parameters the loss does not use)."""
+        seen: list[bool] = []
+
+        def hook(module, args, output):
+            flat = output if isinstance(output, (tuple, list)) else (output.values() if isinstance(output, Mapping)
+                                                                     else (output,))
+            seen.append(any(isinstance(t, Tensor) and t.requires_grad for t in flat))
+
+        handle = self.problem._module.register_forward_hook(hook)
+        try:
+            with torch.enable_grad(), self.problem.bound(self._point, self._buffers):
+                if self.problem.closure is not None:
+                    self.problem.closure(self.problem._module, batch)
+                else:
+                    self.problem._module(batch[0])
+        except Exception:  # noqa: BLE001 - a diagnosis only; the loss itself evaluated fine
+            return False
+        finally:
+            handle.remove()
+        return any(seen)
+
     def _hessian_graph(self, batch: Any, n: int) -> tuple:
         term = self.problem.batch_terms(self._point, batch, n, self._buffers, metrics=False)["loss"]
         if not term.requires_grad:
-            return ("hessian", [])
+            return ("hessian", [], "no-grad" if self._output_depends_on_leaves(batch) else "unused")
         grads = torch.autograd.grad(term, self._leaves, create_graph=True, allow_unused=True)
         pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return ("hessian", pairs)
+        status = "ok"
+        if not pairs:
+            present = [g for g in grads if g is not None]
+            status = "zero-grad" if present and all(not bool(g.any()) for g in present) else "constant-grad"
+        return ("hessian", pairs, status)
 
     def _ggn_graph(self, batch: Any, n: int) -> tuple:
         problem = self.problem
@@ -103,14 +241,34 @@ class CurvatureOperator:
             raise InvalidArgumentError("ggn_operator(): the model must return a tensor (the GGN needs the model "
                                        f"output); received {type(outputs).__name__}")
         if not outputs.requires_grad:
-            return ("ggn", None)
+            return ("ggn", None, "unused")
         out_leaf = outputs.detach().requires_grad_(True)
         term = _weighted(problem, problem.loss_fn(out_leaf, targets), n)
+        if not term.requires_grad:
+            return ("ggn", None, "no-grad")
         (g_out,) = torch.autograd.grad(term, out_leaf, create_graph=True)
         u = torch.zeros_like(outputs, requires_grad=True)
         jt_u = torch.autograd.grad(outputs, self._leaves, u, create_graph=True, allow_unused=True)
         pairs = [(i, g) for i, g in enumerate(jt_u) if g is not None and g.requires_grad]
-        return ("ggn", (outputs, out_leaf, g_out, u, pairs))
+        status = "zero-grad" if not g_out.requires_grad and not bool(g_out.any()) else "ok"
+        return ("ggn", (outputs, out_leaf, g_out, u, pairs), status)
+
+    def _check_statuses(self, statuses: list[str]) -> None:
+        """Raise when the loss has no usable gradient: no batch connects the parameters to the loss
+        although the model output depends on them, or every gradient is identically zero without a
+        derivative of its own (a piecewise-constant loss)."""
+        if any(s in ("ok", "constant-grad") for s in statuses):
+            return
+        if "no-grad" in statuses:
+            reason = ("the loss has no gradient with respect to the model output (it is cut from the autograd "
+                      "graph, e.g. a 0–1 loss through argmax or a comparison)")
+        elif "zero-grad" in statuses:
+            reason = ("the gradient of the loss is identically zero and has no derivative (a piecewise-constant "
+                      "loss, e.g. one built with round/floor/sign or a step function)")
+        else:
+            return  # the selected parameters are unused: the matrix is zero
+        raise DifferentiationError(f"{'Hessian' if self.kind == 'hessian' else 'GGN'} of {self._describe()}: "
+                                   f"{reason}; there is no curvature to measure")
 
     def _decide_retain(self, retain: bool | str) -> bool:
         if retain is False:
@@ -155,7 +313,7 @@ class CurvatureOperator:
 
     def _backward(self, graph: tuple, parts: list[Tensor]) -> list[Tensor | None]:
         """One batch's contribution to the product with ``parts`` (already split and shaped)."""
-        kind, data = graph
+        kind, data, _ = graph
         keep = self._graphs is not None
         if kind == "hessian":
             if not data:
@@ -172,16 +330,138 @@ class CurvatureOperator:
         (hjv,) = torch.autograd.grad(g_out, out_leaf, jv, retain_graph=True)
         return list(torch.autograd.grad(outputs, self._leaves, hjv, retain_graph=keep, allow_unused=True))
 
-    def _product(self, v: Tensor) -> Tensor:
+    def _flat(self, total: list[Tensor | None]) -> Tensor:
+        return torch.cat([(t if t is not None else torch.zeros_like(leaf)).reshape(-1)
+                          for t, leaf in zip(total, self._leaves)])
+
+    def _double_backward(self, v: Tensor, check: bool) -> Tensor:
         parts = self._split(v)
         total: list[Tensor | None] = [None] * len(self._leaves)
-        with torch.enable_grad():
+        statuses = []
+        with torch.enable_grad(), self._kernels():
             for graph in self._graphs_iter():
+                statuses.append(graph[2])
                 for i, g in enumerate(self._backward(graph, parts)):
                     if g is not None:
                         total[i] = g if total[i] is None else total[i] + g
-        return torch.cat([(t if t is not None else torch.zeros_like(leaf)).reshape(-1)
-                          for t, leaf in zip(total, self._leaves)])
+        if check:
+            self._check_statuses(statuses)
+        return self._flat(total)
+
+    def _forward_over_reverse(self, v: Tensor) -> Tensor:
+        problem, names, buffers = self.problem, self.names, self._buffers
+        fixed = {k: t for k, t in self.theta.items() if k not in names}
+        order = list(self.theta)
+        point = {k: self.theta[k] for k in names}
+        tangent = dict(zip(names, self._split(v)))
+        total: list[Tensor | None] = [None] * len(names)
+        with self._kernels():
+            for batch, n in problem.data:
+                def term(selected: dict[str, Tensor], batch=batch, n=n) -> Tensor:
+                    params = {k: selected[k] if k in selected else fixed[k] for k in order}
+                    return problem.batch_terms(params, batch, n, buffers, metrics=False)["loss"]
+
+                out = torch.func.jvp(torch.func.grad(term), (point,), (tangent,))[1]
+                for i, k in enumerate(names):
+                    total[i] = out[k] if total[i] is None else total[i] + out[k]
+        return self._flat(total)
+
+    def _gradient(self, flat: Tensor) -> Tensor:
+        """∇L at θ + (flat on the selected parameters), exact first-order autograd, batch by batch."""
+        leaves = [t.detach().requires_grad_(True) for t in self._split(flat)]
+        point = dict(self.theta)
+        for k, leaf in zip(self.names, leaves):
+            point[k] = leaf
+        total: list[Tensor | None] = [None] * len(leaves)
+        with torch.enable_grad(), self._kernels():
+            for batch, n in self.problem.data:
+                term = self.problem.batch_terms(point, batch, n, self._buffers, metrics=False)["loss"]
+                if not term.requires_grad:
+                    continue
+                for i, g in enumerate(torch.autograd.grad(term, leaves, allow_unused=True)):
+                    if g is not None:
+                        total[i] = g if total[i] is None else total[i] + g
+        return torch.cat([(t if t is not None else torch.zeros_like(leaf)).reshape(-1).detach()
+                          for t, leaf in zip(total, leaves)])
+
+    def _finite_difference(self, v: Tensor) -> Tensor:
+        size = float(torch.linalg.vector_norm(v))
+        if size == 0.0 or not math.isfinite(size):
+            return torch.zeros_like(v) if size == 0.0 else torch.full_like(v, float("nan"))
+        u = v / size
+        base = torch.cat([self.theta[k].reshape(-1) for k in self.names])
+        eps = torch.finfo(self.dtype).eps
+        h = eps ** (1.0 / 3.0) * max(1.0, float(torch.linalg.vector_norm(base.to(torch.float64))))
+        g = {s: self._gradient(base + s * h * u).to(torch.float64) for s in (1, -1, 2, -2)}
+        d1 = (g[1] - g[-1]) / (2 * h)
+        d2 = (g[2] - g[-2]) / (4 * h)
+        scale = max(float(torch.linalg.vector_norm(g[s])) for s in g)
+        error = float(torch.linalg.vector_norm(d1 - d2)) / 3.0 + 4.0 * eps * scale / h
+        if math.isfinite(error):
+            self.product_error = max(self.product_error, error)
+        return ((4.0 * d1 - d2) / 3.0 * size).to(self.dtype)
+
+    def _agrees(self, a: Tensor, b: Tensor) -> bool:
+        """Whether two products of the same vector agree up to rounding (1000 ε of their size)."""
+        eps = torch.finfo(self.dtype).eps
+        a, b = a.to(torch.float64), b.to(torch.float64)
+        size = max(float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b)))
+        return float(torch.linalg.vector_norm(a - b)) <= 1000 * eps * size
+
+    def _run(self, method: str, v: Tensor, check: bool) -> Tensor:
+        if method in ("double-backward", "double-backward-math-sdpa"):
+            return self._double_backward(v, check)
+        if method == "forward-over-reverse":
+            return self._forward_over_reverse(v)
+        return self._finite_difference(v)
+
+    def _product(self, v: Tensor) -> Tensor:
+        if self._method is not None:
+            if self._checked:
+                return self._run(self._method, v, check=False)
+            try:  # a method given by the user: its first product says whether it works for this model
+                out = self._run(self._method, v, check=True)
+            except (RuntimeError, NotImplementedError) as exc:
+                if isinstance(exc, DifferentiationError) or not (_no_derivative(exc) or
+                                                                 self._method == "forward-over-reverse"):
+                    raise
+                raise self._failure([(self._method, exc)]) from exc
+            self._checked = True
+            return out
+        tried: list[tuple[str, BaseException]] = []
+        for method in self._candidates():
+            if method == "double-backward-math-sdpa" and tried and not _ATTENTION.search(str(tried[-1][1])):
+                continue  # only a fused attention kernel is helped by the math kernel
+            if method != "double-backward":
+                self._switch(method)
+            try:
+                out = self._run(method, v, check=True)
+            except (RuntimeError, NotImplementedError) as exc:
+                # forward mode is reached only after reverse mode built the graph: any failure is its own
+                forward = method == "forward-over-reverse"
+                if isinstance(exc, DifferentiationError) or not (_no_derivative(exc) or forward):
+                    raise
+                tried.append((method, exc))
+                continue
+            if method == "forward-over-reverse":
+                # forward-mode rules are not all right (F.layer_norm on torch 2.13): check against differences
+                fd = self._finite_difference(v)
+                slack = 10 * self.product_error * float(torch.linalg.vector_norm(v))
+                if float(torch.linalg.vector_norm(out.to(torch.float64) - fd.to(torch.float64))) > slack + \
+                        1000 * torch.finfo(self.dtype).eps * float(torch.linalg.vector_norm(out)):
+                    tried.append((method, RuntimeError("its product disagreed with finite differences beyond their "
+                                                       "error estimate (a wrong forward-mode rule)")))
+                    method, out = "finite-difference", fd
+                else:
+                    self.product_error = 0.0
+            self._method, self._checked = method, True
+            if tried:
+                reasons = "; ".join(f"{m} failed ({' '.join(str(e).split())[:120]})" for m, e in tried)
+                exactness = ("exact" if method in EXACT_METHODS else
+                             "approximate, each product with an error estimate (op.product_error)")
+                self.method_notes.append(f"products by {method} ({exactness}): {reasons}")
+            return out
+        raise self._failure(tried)
 
     def _as_input(self, v: Any, ndim: tuple[int, ...], func: str) -> Tensor:
         if not isinstance(v, Tensor):
@@ -207,11 +487,18 @@ class CurvatureOperator:
         vs = self._as_input(vs, (2,), "CurvatureOperator.mm")
         k = vs.shape[1]
         self.products += k
-        if self.vectorize and k > 1:
+        if self.vectorize and k > 1 and self.method in EXACT_METHODS:
             try:
                 fn = self._vmapped or self._vectorised()
+                with self._kernels():
+                    out = torch.cat([fn(vs[:, s:s + BLOCK].T.contiguous()).T for s in range(0, k, BLOCK)], dim=1)
+                if self._vmapped is None and not self._agrees(out[:, 0], self._product(vs[:, 0])):
+                    # forward-mode rules can be wrong (F.layer_norm on torch 2.13): never trust them unchecked
+                    self.method_notes.append("vectorised forward-over-reverse products disagreed with "
+                                             f"{self.method} (a wrong forward-mode rule in torch): not used")
+                    raise RuntimeError("vectorised products disagree")
                 self._vmapped = fn
-                return torch.cat([fn(vs[:, s:s + BLOCK].T.contiguous()).T for s in range(0, k, BLOCK)], dim=1)
+                return out
             except (RuntimeError, NotImplementedError, TypeError):
                 self.vectorize = False  # an operation without a batching or forward-mode rule: loop instead
         return torch.stack([self._product(vs[:, j]) for j in range(k)], dim=1)
@@ -305,8 +592,15 @@ class CurvatureOperator:
         return LinearOperator(self.shape, matvec=matvec, matmat=matmat, rmatvec=matvec, dtype=np.float64)
 
     def __repr__(self) -> str:
+        method = self._method or "automatic (decided at the first product)"
         return (f"CurvatureOperator(kind={self.kind!r}, size={self.shape[0]}, parameters={len(self.names)}, "
-                f"dtype={self.dtype}, device={self.device}, retained={self.retained}, products={self.products})")
+                f"dtype={self.dtype}, device={self.device}, retained={self.retained}, products={self.products}, "
+                f"method={method!r})")
+
+
+def _no_derivative(exc: BaseException) -> bool:
+    """Whether a torch error says an operation has no derivative of the order/mode a method needs."""
+    return isinstance(exc, NotImplementedError) or bool(_NO_DERIVATIVE.search(str(exc)))
 
 
 def _weighted(problem: Problem, raw: Tensor, n: int) -> Tensor:
@@ -349,7 +643,7 @@ def _prepare(problem: Any, theta: Mapping[str, Tensor] | None, params: ParamSele
 
 def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                      dtype: torch.dtype | None = None, retain: bool | str = "auto",
-                     vectorize: bool | None = None) -> CurvatureOperator:
+                     vectorize: bool | None = None, method: str | None = None) -> CurvatureOperator:
     """The Hessian ∇²L(θ) of the problem's dataset loss as a :class:`CurvatureOperator`.
 
     ``theta``: the point (default: the problem's θ₀). ``params``: which parameters (``None``/``"all"``,
@@ -359,6 +653,8 @@ def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None
     autograd graphs between products (``"auto"``: when they fit in :data:`RETAIN_BYTES`).
     ``vectorize``: compute blocks of products (:meth:`CurvatureOperator.mm`, used by
     :func:`trace`) with ``torch.vmap`` (default: on GPUs; on CPUs a loop of single products was as fast).
+    ``method``: how products are computed (:data:`PRODUCT_METHODS`; default: the first that works,
+    see the module notes); the operator's ``method`` tells which one it uses.
 
     >>> import torch, lossatlas
     >>> x = torch.linspace(-1, 1, 8).reshape(-1, 1)
@@ -369,7 +665,7 @@ def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None
             [0.0000, 2.0000]], dtype=torch.float64)
     """
     return _make("hessian", problem, theta, params=params, dtype=dtype, retain=retain, vectorize=vectorize,
-                 func="hessian_operator")
+                 func="hessian_operator", method=method)
 
 
 def ggn_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
@@ -397,7 +693,8 @@ def ggn_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *,
 
 
 def _make(kind: str, problem: Any, theta: Mapping[str, Tensor] | None, *, params: ParamSelection, dtype: Any,
-          retain: Any, func: str, convex_loss: bool = False, vectorize: bool | None = None) -> CurvatureOperator:
+          retain: Any, func: str, convex_loss: bool = False, vectorize: bool | None = None,
+          method: str | None = None) -> CurvatureOperator:
     if kind == "ggn" and isinstance(problem, Problem):
         if problem.closure is not None or problem.loss_fn is None:
             raise InvalidArgumentError(f"{func}(): argument 'problem' must have a loss(outputs, targets), not a "
@@ -411,8 +708,10 @@ def _make(kind: str, problem: Any, theta: Mapping[str, Tensor] | None, *, params
                                        f"received {name} (pass convex_loss=True if it is)")
     if vectorize is not None and not isinstance(vectorize, bool):
         raise bad_type(func, "vectorize", "True, False or None (automatic)", vectorize)
+    if method is not None and method not in PRODUCT_METHODS:
+        raise bad_value(func, "method", f"None (automatic) or one of {PRODUCT_METHODS}", method)
     problem, theta, names = _prepare(problem, theta, params, dtype, retain, func)
-    return CurvatureOperator(problem, theta, names, kind=kind, retain=retain, vectorize=vectorize)
+    return CurvatureOperator(problem, theta, names, kind=kind, retain=retain, vectorize=vectorize, method=method)
 
 
 def as_operator(problem: Any, theta: Mapping[str, Tensor] | None, *, func: str, curvature: str = "hessian",

@@ -57,6 +57,13 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     chunk and resumed by calling again with the same arguments (reopen it with
     :func:`lossatlas.open_surface`).
 
+    What a point claims: ``converged`` = 1 means both values are eigenvalues within their residuals;
+    to keep maps affordable their extremality is *not* certified (``attrs["extremal_certified"]`` = 0;
+    use :func:`eigenvalues` at a point of interest for that). A negative converged ``lambda_min``
+    with ``lambda_min + residual_min < 0`` proves negative curvature either way. A point where the
+    loss or its derivatives are not finite keeps NaN curvature (``converged`` 0) and the map goes on;
+    ``attrs["nan_curvature_points"]`` counts them (``attrs["nan_points"]`` counts NaN losses).
+
     >>> import torch, lossatlas
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
@@ -121,7 +128,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
                       decide=lambda req, local: {"chunk_shape": req["chunk_shape"] or list(chunk_shape)},
                       create=create) as session:
         if session.complete:
-            return open_surface(session.store.path)
+            return _count_nan(open_surface(session.store.path))
         evaluate = _PointCurvature(problem, center, dirs, names, kind=curvature, tol=tol, seed=seed,
                                    max_products=max_products, basis=basis)
         layout = grid.chunks(tuple(session.settings["chunk_shape"]))
@@ -130,11 +137,19 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
                             description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", context=session.context)
         elapsed = time.perf_counter() - t0
         if session.store is not None:
-            return open_surface(session.store.path)
+            return _count_nan(open_surface(session.store.path))
         ds = _dataset(grid, values, dirs.labels, attrs_for(session.settings["chunk_shape"]), layout,
                       np.ones(layout.counts, dtype=bool))
         ds.attrs["seconds"] = elapsed
-        return ds
+        return _count_nan(ds)
+
+
+def _count_nan(ds: xr.Dataset) -> xr.Dataset:
+    """Count computed points whose curvature is NaN (``products`` is NaN only where not computed)."""
+    computed = np.isfinite(ds["products"].values)
+    ds.attrs["nan_curvature_points"] = int((computed & ~np.isfinite(ds["lambda_min"].values)).sum())
+    ds.attrs["extremal_certified"] = 0
+    return ds
 
 
 class _PointCurvature:
@@ -144,18 +159,20 @@ class _PointCurvature:
                  max_products: int, basis: int | None):
         self.problem, self.center, self.dirs, self.names = problem, dict(center), list(dirs.vectors), names
         self.kind, self.tol, self.seed, self.max_products, self.basis = kind, tol, seed, max_products, basis
+        self.method: str | None = None  # the product method found at the first point, kept for the others
 
     def point(self, coefficients: np.ndarray) -> dict[str, float]:
         theta = P.lincomb(self.center, self.dirs, [float(c) for c in coefficients])
-        op = CurvatureOperator(self.problem, theta, self.names, kind=self.kind)
+        op = CurvatureOperator(self.problem, theta, self.names, kind=self.kind, method=self.method)
         eig = solve(op, k=1, which="both", tol=self.tol, seed=self.seed, max_products=self.max_products,
-                    basis=self.basis, progress=False)
+                    basis=self.basis, progress=False, certify=False)
+        self.method = self.method or op._method
         lmax, lmin = float(eig.values[0]), float(eig.values[-1])
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = float(np.abs(np.float64(lmin) / np.float64(lmax)))
         return {"loss": self.problem.loss(theta), "lambda_min": lmin, "lambda_max": lmax, "ratio": ratio,
                 "residual_min": float(eig.residuals[-1]), "residual_max": float(eig.residuals[0]),
-                "converged": float(eig.all_converged), "products": float(op.products)}
+                "converged": float(bool(np.all(eig.converged))), "products": float(op.products)}
 
     def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
         rows = [self.point(c) for c in np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.dirs))]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_value
+from ..errors import EvaluationError, bad_value
 from ..progress import progress_bar
 from . import _common as C
 from .operators import CurvatureOperator, as_operator
@@ -43,7 +43,9 @@ def trace(problem, theta: Mapping[str, Tensor] | None = None, *, method: str = "
     (``probes`` ≥ 2). Returns an :class:`Estimate` whose ``layers`` maps each layer (module) to
     its own trace estimate. ``params``, ``dtype``: as :func:`hessian_operator`; ``problem`` may be
     a :class:`CurvatureOperator`. When the products cover the whole space (n ≤ probes/3 for
-    Hutch++) the result is exact, with standard error 0.
+    Hutch++) the result is exact, with standard error 0. The result records how products were
+    computed (``product_method``) and ``notes``; non-finite products raise
+    :class:`~lossatlas.errors.EvaluationError`.
 
     >>> import torch, lossatlas
     >>> x = torch.linspace(-1, 1, 8).reshape(-1, 1)
@@ -66,7 +68,17 @@ def trace(problem, theta: Mapping[str, Tensor] | None = None, *, method: str = "
             exact, samples = None, _hutchinson(op, product, probes, seed)
         else:
             exact, samples = _hutchpp(op, product, probes, seed)
-    return _assemble(op, exact, samples, method, op.products - start)
+    for part in (exact, samples):
+        if part is not None and not np.all(np.isfinite(part)):
+            raise EvaluationError(f"{func}(): the curvature products are not finite at θ (NaN or Inf in the loss or "
+                                  "its derivatives); there is no trace to estimate")
+    est = _assemble(op, exact, samples, method, op.products - start)
+    notes = tuple(op.method_notes)
+    if not op.exact:
+        notes += (f"products by finite differences: each may be off by about {op.product_error:.2g} (per unit "
+                  "vector), not included in the standard error",)
+    return Estimate(est.value, est.stderr, est.samples, est.method, est.products, est.layers,
+                    product_method=op.method, notes=notes)
 
 
 def _blocked(op: CurvatureOperator, advance):
