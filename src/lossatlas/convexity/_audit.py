@@ -27,9 +27,9 @@ def _skip_reason(method: str, exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if len(text) > 300:
         text = text[:297] + "..."
-    need = {"hessian": "Hessian-vector products (double backward)", "jensen": "the loss",
+    need = {"hessian": "Hessian-vector products (double backward) and a Lanczos iteration", "jensen": "the loss",
             "symmetry": "the model's outputs"}[method]
-    return f"{method} skipped: it needs {need}, and torch failed: {type(exc).__name__}: {text}"
+    return f"{method} skipped: it needs {need}, which failed here ({type(exc).__name__}: {text})"
 
 METHODS = ("jensen", "hessian", "symmetry")
 PROVEN = "non-convex (proven)"
@@ -189,7 +189,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
                 tried["hessian"] = {**info, "seconds": time.perf_counter() - t1}
                 why = info.get("why")
                 not_certified = info.get("not_certified")
-            except _SKIPPABLE as exc:
+            except (*_SKIPPABLE, np.linalg.LinAlgError) as exc:
                 skipped["hessian"] = _skip_reason("hessian", exc)
 
     if "jensen" in methods:
