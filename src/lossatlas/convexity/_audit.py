@@ -31,6 +31,7 @@ def _skip_reason(method: str, exc: BaseException) -> str:
             "symmetry": "the model's outputs"}[method]
     return f"{method} skipped: it needs {need}, which failed here ({type(exc).__name__}: {text})"
 
+
 METHODS = ("jensen", "hessian", "symmetry")
 PROVEN = "non-convex (proven)"
 NOT_FOUND = "no violation found"
@@ -42,6 +43,11 @@ class Audit:
 
     ``verdict`` is ``"non-convex (proven)"`` when at least one certificate verified in float64, and
     ``"no violation found"`` otherwise — never "convex": sampling cannot prove convexity.
+
+    ``skipped`` maps each method that could not run to the reason (e.g. torch has no double backward
+    for a fused kernel, so no Hessian); the other methods still ran. ``non_finite`` counts evaluated
+    points whose loss was NaN/Inf (never a violation). ``not_certified`` says, in numbers, why a negative
+    Hessian eigenvalue at θ did not become a certificate (then it is evidence, not a proof).
     """
 
     verdict: str
@@ -69,11 +75,13 @@ class Audit:
         lines = [head]
         if self.certificates:
             kinds = sorted({c.kind for c in self.certificates})
-            lines.append(f"{len(self.certificates)} certificate(s) verified in float64 ({', '.join(kinds)}); "
+            lines.append(f"{len(self.certificates)} certificate(s) verified in float64 by the plain reference path, "
+                         f"each gap beyond its measured rounding error ({', '.join(kinds)}); "
                          f"strongest: {max(self.certificates, key=lambda c: c.margin).summary()}.")
         else:
             lines.append("No Jensen violation, negative curvature or symmetry argument survived float64 "
-                         "verification. This is not a proof of convexity: the search only sampled the landscape.")
+                         "verification (a gap must beat the rounding error measured on its own computation). This "
+                         "is not a proof of convexity: the search only sampled the landscape.")
         if self.best_jensen_gap is not None:
             lines.append(f"Largest relative Jensen gap seen in the search: {self.best_jensen_gap:.3e}.")
         if self.lambda_min is not None:
