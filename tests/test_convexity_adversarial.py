@@ -134,6 +134,43 @@ def test_float32_inside_the_model_is_refused_even_when_the_loss_is_float64():
     assert any("below float64" in r for r in cert.check(problem).reasons)
 
 
+def test_numpy_float32_closure_is_refused():
+    """A closure that leaves torch (numpy in float32) is outside what the audit can watch and measure."""
+    import numpy as np
+
+    x, y = regression(3)
+
+    def closure(call, batch):
+        xb, yb = batch
+        out = call(xb).detach().numpy().astype(np.float32)
+        return torch.tensor(float(((out - yb.numpy().astype(np.float32)) ** 2).mean()), dtype=F64)
+
+    torch.manual_seed(0)
+    problem = lossatlas.Problem(nn.Linear(5, 1).to(F64), None, (x, y), closure=closure, metrics=None)
+    result = no_proof(problem, budget=80, methods=("jensen",))
+    theta = problem.params()
+    cert = Certificate("jensen", theta, {k: v + 1 for k, v in theta.items()}, 0.5, {"a": 0, "b": 0, "t": 0}, 1.0,
+                       0.0, problem.fingerprint())
+    reasons = cert.check(problem).reasons
+    assert any("does not depend on the parameters through torch operations" in r for r in reasons), reasons
+    assert result.tried["jensen"]["evaluations"] > 0
+
+
+def test_python_float_inside_the_loss_is_refused():
+    x, y = regression(5)
+
+    def loss(out, target):
+        m = float(out.mean())  # leaves torch: the rounding of what follows is not watched
+        return ((out - m) ** 2).mean() + ((m - target.mean()) ** 2)
+
+    torch.manual_seed(0)
+    problem = lossatlas.Problem(nn.Linear(5, 1).to(F64), loss, (x, y), metrics=None)
+    theta = problem.params()
+    cert = Certificate("jensen", theta, {k: v + 1 for k, v in theta.items()}, 0.5, {"a": 0, "b": 0, "t": 0}, 1.0,
+                       0.0, problem.fingerprint())
+    assert any("leaves torch" in r for r in cert.check(problem).reasons)
+
+
 @pytest.mark.parametrize("case", ["subnormal", "underflow-then-scaled", "huge", "overflow"])
 def test_extreme_scales_never_prove(case):
     x, y = regression(2)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,8 +101,20 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
     def __init__(self, seed: int | None):
         super().__init__()
         self.low: dict[str, str] = {}
+        self.left_torch = ""
         self.seed = seed
         self._gens: dict[torch.device, torch.Generator] = {}
+        self._taint: dict[int, weakref.ref] = {}
+
+    # data flow from the parameters: which tensors were computed from them by watched operations
+    def taint(self, tensors) -> None:
+        for t in tensors:
+            if isinstance(t, Tensor):
+                self._taint[id(t)] = weakref.ref(t)
+
+    def tainted(self, t: Any) -> bool:
+        r = self._taint.get(id(t)) if isinstance(t, Tensor) else None
+        return r is not None and r() is t
 
     def _gen(self, device: torch.device) -> torch.Generator:
         g = self._gens.get(device)
@@ -126,10 +139,18 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
         mutable = bool(schema is not None and schema.is_mutable)
         view = bool(schema is not None and not mutable and any(r.alias_info is not None for r in schema.returns))
         perturb = self.seed is not None and not view and name not in _EXACT
+        inputs = pytree.tree_leaves((args, kwargs))
+        from_params = any(self.tainted(t) for t in inputs)
+        if from_params and name == "_local_scalar_dense" and inputs and inputs[0].is_floating_point():
+            self.left_torch = self.left_torch or "a parameter-dependent float tensor was converted to a Python number"
         if perturb and not mutable:
             args, kwargs = pytree.tree_map(lambda t: t + self._noise(t) if self._perturbable(t) else t, (args, kwargs))
         out = func(*args, **kwargs)
         flat = pytree.tree_leaves(out)
+        if from_params:
+            self.taint(flat)
+            if mutable:
+                self.taint(_written(schema, args, kwargs))
         if name not in _CREATION:
             for t in flat:
                 if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex()) and \
@@ -143,6 +164,18 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
             else:
                 out = pytree.tree_map(lambda t: t + self._noise(t) if self._perturbable(t) else t, out)
         return out
+
+
+def _written(schema, args, kwargs) -> list[Tensor]:
+    """The arguments an in-place / out= operation writes to."""
+    out = []
+    for i, arg in enumerate(schema.arguments):
+        info = arg.alias_info
+        if info is None or not info.is_write:
+            continue
+        value = args[i] if i < len(args) else kwargs.get(arg.name)
+        out += [t for t in pytree.tree_leaves(value) if isinstance(t, Tensor)]
+    return out
 
 
 def _plain_module(module: nn.Module) -> nn.Module:
@@ -188,6 +221,7 @@ class Reference:
         p64 = self.p64
         problems: list[str] = []
         with torch.no_grad():
+            watch.taint(params.values())
             buffers = None
             if p64.bn == "recalibrate" and p64._bn_modules:
                 with watch:
@@ -207,16 +241,18 @@ class Reference:
                     if not isinstance(raw, Tensor):
                         problems.append(f"the loss returned {type(raw).__name__}, not a tensor")
                         return math.nan, problems
-                    if raw.dtype != torch.float64:
-                        problems.append(f"the loss returned a {str(raw.dtype).replace('torch.', '')} tensor, "
-                                        "below the problem's float64")
-                    if p64.reduction == "sum":
-                        term = float(raw) / p64.n_samples
-                    elif p64.reduction == "none":
-                        term = float(raw.double().mean()) * n / p64.n_samples
-                    else:
-                        term = float(raw) * n / p64.n_samples
-                terms.append(term)
+                    value = raw.double().mean() if p64.reduction == "none" else raw
+                if raw.dtype != torch.float64:
+                    problems.append(f"the loss returned a {str(raw.dtype).replace('torch.', '')} tensor, "
+                                    "below the problem's float64")
+                if not watch.tainted(value):
+                    problems.append("the loss does not depend on the parameters through torch operations that "
+                                    "lossatlas can watch (computed in numpy or Python floats?): its rounding is "
+                                    "not measured")
+                scale = (1.0 / p64.n_samples) if p64.reduction == "sum" else n / p64.n_samples
+                terms.append(float(value) * scale)
+        if watch.left_torch:
+            problems.append(f"the computation leaves torch ({watch.left_torch}): its rounding is not measured")
         if not all(math.isfinite(v) for v in terms):
             return math.nan, problems
         return math.fsum(terms), problems
@@ -237,6 +273,18 @@ class Reference:
                             "is not measured, so no certificate is issued")
         return out, list(dict.fromkeys(problems))
 
+    @staticmethod
+    def _jitter(points, a, b, t: float, seed: int):
+        """The runs' x_t moved by the (magnified) rounding of forming (1−t)·a + t·b: up to
+        2^-(53−AMPLIFY_BITS)·(|a| + t·|b − a|) per element, relative to the endpoints, not to x_t."""
+        g = torch.Generator().manual_seed(1_000_003 + seed)
+        moved = {}
+        for k, v in points["t"].items():
+            r = torch.rand(v.shape, generator=g, dtype=v.dtype).to(v.device).mul_(2.0).sub_(1.0)
+            size = (a[k].abs() + t * (b[k] - a[k]).abs()).mul_(_U)
+            moved[k] = v + r * size
+        return {**points, "t": moved}
+
     # a triple ------------------------------------------------------------------------------------
     def triple(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float, *, seed: int = 0) -> Evaluation:
         """Evaluate the Jensen triple (a, b, t) and everything its rounding bound is made of."""
@@ -254,7 +302,8 @@ class Reference:
             except Exception as exc:  # the plain path is the reference; a failing fast path is a finding
                 reasons.append(f"the problem's own evaluation failed at {k}: {exc}")
                 fast[k] = math.nan
-        runs = [self.losses(points, seed=seed * MCA_RUNS + i)[0] for i in range(MCA_RUNS)]
+        runs = [self.losses(self._jitter(points, a, b, t, seed * MCA_RUNS + i), seed=seed * MCA_RUNS + i)[0]
+                for i in range(MCA_RUNS)]
         weights = {"a": 1.0 - t, "b": t, "t": 1.0}
         finite = all(math.isfinite(v) for d in [ref, again, *runs] for v in d.values())
         gap = jensen_gap(ref["a"], ref["b"], ref["t"], t)
