@@ -438,3 +438,19 @@ def test_nan_region_points_are_counted_never_violations():
     result = convexity.audit(problem, theta, budget=80, progress=False)
     assert not result.certificates, result.summary()  # convex where finite: NaN never makes a violation
     assert result.non_finite > 0 and f"{result.non_finite} evaluated point(s)" in result.summary()
+
+
+def test_certificates_are_about_the_model_as_the_problem_took_it():
+    """The user's model changed after the Problem was made (BatchNorm statistics moved): a certificate must
+    hold for the problem's own snapshot, never for the live model."""
+    model, loss_fn, x, y = _non_convex("batchnorm")
+    snapshot = copy.deepcopy(model)
+    problem = lossatlas.Problem(model.float(), loss_fn, (x.float(), y), metrics=None)
+    with torch.no_grad():
+        model[1].running_mean += 3.0  # after the snapshot
+    result = convexity.audit(problem, budget=80, progress=False)
+    for cert in result.certificates:
+        independently_verified(cert, snapshot, loss_fn, x.float().double(), y)
+    if not result.certificates:
+        refusals = result.tried["jensen"]["refusals"]
+        assert any("disagree" in r for r in refusals) or not refusals, refusals

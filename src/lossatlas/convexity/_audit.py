@@ -144,7 +144,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
         raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
     t0 = time.perf_counter()
     p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
-    reference = Reference(p64)
+    reference = Reference(p64, snapshot=problem._module)  # the model as the problem took it
     certificates: list[Certificate] = []
     tried: dict[str, Any] = {}
     notes: list[str] = []

@@ -211,10 +211,12 @@ class Evaluation:
 class Reference:
     """Plain, watched float64 evaluation of a float64 problem's loss (see the module notes)."""
 
-    def __init__(self, p64):
+    def __init__(self, p64, snapshot: nn.Module | None = None):
+        """``p64``: the float64 problem (its data, loss, closure, settings, and its own evaluation path
+        to compare with); ``snapshot``: the module to copy (default ``p64``'s private one) — pass the
+        original problem's private module, the model as it was when the problem was made."""
         self.p64 = p64
-        self.module = _plain_module(p64._module)
-        self.batches = list(p64.data)
+        self.module = _plain_module(snapshot if snapshot is not None else p64._module)
 
     # one evaluation -------------------------------------------------------------------------------
     def _value(self, params: Mapping[str, Tensor], watch: _Watch) -> tuple[float, list[str]]:
@@ -228,7 +230,7 @@ class Reference:
                     buffers = p64.recalibrated_buffers(params)
             state = {**dict(params), **(buffers or {})}
             terms = []
-            for batch, n in self.batches:
+            for batch, n in p64.data:
                 with watch:
                     if p64.closure is not None:
                         def call(*a, **k):
@@ -291,9 +293,17 @@ class Reference:
         x_t = P.lincomb(a, [P.sub(b, a)], [t])
         points = {"a": a, "b": b, "t": x_t}
         reasons: list[str] = []
-        ref, problems = self.losses(points)
+        try:
+            ref, problems = self.losses(points)
+            again, _ = self.losses(points)
+            runs = [self.losses(self._jitter(points, a, b, t, seed * MCA_RUNS + i), seed=seed * MCA_RUNS + i)[0]
+                    for i in range(MCA_RUNS)]
+        except Exception as exc:  # an operation the watched plain path cannot run: no certificate
+            nan = {k: math.nan for k in points}
+            text = " ".join(str(exc).split())[:300]
+            return Evaluation(nan, math.nan, math.nan, math.nan, math.nan, {},
+                              [f"the plain float64 reference evaluation failed ({type(exc).__name__}: {text})"])
         reasons += problems
-        again, _ = self.losses(points)
         fast = {}
         for k, p in points.items():
             try:
@@ -302,8 +312,6 @@ class Reference:
             except Exception as exc:  # the plain path is the reference; a failing fast path is a finding
                 reasons.append(f"the problem's own evaluation failed at {k}: {exc}")
                 fast[k] = math.nan
-        runs = [self.losses(self._jitter(points, a, b, t, seed * MCA_RUNS + i), seed=seed * MCA_RUNS + i)[0]
-                for i in range(MCA_RUNS)]
         weights = {"a": 1.0 - t, "b": t, "t": 1.0}
         finite = all(math.isfinite(v) for d in [ref, again, *runs] for v in d.values())
         gap = jensen_gap(ref["a"], ref["b"], ref["t"], t)
