@@ -104,17 +104,18 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
         self.left_torch = ""
         self.seed = seed
         self._gens: dict[torch.device, torch.Generator] = {}
-        self._taint: dict[int, weakref.ref] = {}
+        self._taint: dict[int, tuple[weakref.ref, bool]] = {}
 
-    # data flow from the parameters: which tensors were computed from them by watched operations
-    def taint(self, tensors) -> None:
+    # data flow from the parameters: which tensors were computed from them by watched operations, and
+    # which of those continuously (through floating tensors only: not through a comparison or argmax)
+    def taint(self, tensors, continuous: bool = True) -> None:
         for t in tensors:
             if isinstance(t, Tensor):
-                self._taint[id(t)] = weakref.ref(t)
+                self._taint[id(t)] = (weakref.ref(t), continuous and t.is_floating_point())
 
-    def tainted(self, t: Any) -> bool:
-        r = self._taint.get(id(t)) if isinstance(t, Tensor) else None
-        return r is not None and r() is t
+    def tainted(self, t: Any, *, continuous: bool = False) -> bool:
+        entry = self._taint.get(id(t)) if isinstance(t, Tensor) else None
+        return entry is not None and entry[0]() is t and (entry[1] or not continuous)
 
     def _gen(self, device: torch.device) -> torch.Generator:
         g = self._gens.get(device)
@@ -141,16 +142,17 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
         perturb = self.seed is not None and not view and name not in _EXACT
         inputs = pytree.tree_leaves((args, kwargs))
         from_params = any(self.tainted(t) for t in inputs)
-        if from_params and name == "_local_scalar_dense" and inputs and inputs[0].is_floating_point():
+        smooth = from_params and any(self.tainted(t, continuous=True) for t in inputs)
+        if smooth and name == "_local_scalar_dense":
             self.left_torch = self.left_torch or "a parameter-dependent float tensor was converted to a Python number"
         if perturb and not mutable:
             args, kwargs = pytree.tree_map(lambda t: t + self._noise(t) if self._perturbable(t) else t, (args, kwargs))
         out = func(*args, **kwargs)
         flat = pytree.tree_leaves(out)
         if from_params:
-            self.taint(flat)
+            self.taint(flat, smooth)
             if mutable:
-                self.taint(_written(schema, args, kwargs))
+                self.taint(_written(schema, args, kwargs), smooth)
         if name not in _CREATION:
             for t in flat:
                 if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex()) and \
