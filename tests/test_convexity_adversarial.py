@@ -498,3 +498,15 @@ def test_rounding_traps_never_prove(log_offset, log_scale, seed, name):
     # the same search in float32 (proofs are always re-checked in float64)
     p32 = lossatlas.Problem(nn.Linear(3, 1), ROUNDING_TRAPS[name], (x.float(), y.float()), metrics=None)
     no_proof(p32, {k: v.float() for k, v in theta.items()}, budget=40, seed=seed % 5, methods=("jensen",))
+
+
+def test_mixed_precision_problem_is_proven_in_float64():
+    """A bfloat16 problem with a float32 loss: the search runs in 16 bits, the proof is float64 throughout."""
+    model, loss_fn, x, y = _non_convex("tanh")
+    problem = lossatlas.Problem(model, loss_fn, (x, y), dtype=torch.bfloat16, loss_dtype=torch.float32,
+                                metrics=None)
+    result = convexity.audit(problem, budget=60, progress=False, methods=("symmetry", "jensen"))
+    assert result.proven_nonconvex, result.summary()
+    for cert in result.certificates:
+        assert cert.verify(problem)
+        independently_verified(cert, model, loss_fn, x, y)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value
 from ..problem import Problem
 from ._certificate import Certificate, make_certificate
-from ._reference import Reference
+from ._reference import Reference, float64_problem
 from ._search import jensen_search
 
 #: errors that make a method inapplicable to a model (torch cannot differentiate it as the method
@@ -143,7 +143,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
         raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
     t0 = time.perf_counter()
-    p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
+    p64 = float64_problem(problem)
     reference = Reference(p64, snapshot=problem._module)  # the model as the problem took it
     certificates: list[Certificate] = []
     tried: dict[str, Any] = {}

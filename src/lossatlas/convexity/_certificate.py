@@ -52,7 +52,7 @@ from .. import params as P
 from .._version import __version__
 from ..errors import LossAtlasError, StoreError, bad_type
 from ._jensen import is_violation, jensen_gap, rounding_bound
-from ._reference import Reference
+from ._reference import Reference, float64_problem
 
 KINDS = ("jensen", "hessian", "symmetry")
 FORMAT = "lossatlas-certificate/1"
@@ -125,7 +125,7 @@ class Certificate:
 
         if not isinstance(problem, Problem):
             raise bad_type("Certificate.verify", "problem", "a lossatlas.Problem", problem)
-        p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
+        p64 = float64_problem(problem)
         if reference is not None and reference.p64 is not p64:
             reference = None
         reasons: list[str] = []

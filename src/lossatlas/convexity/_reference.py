@@ -180,6 +180,16 @@ def _written(schema, args, kwargs) -> list[Tensor]:
     return out
 
 
+def float64_problem(problem):
+    """The problem evaluated in float64 throughout: its float64 variant, with the loss computed in float64
+    too (a mixed-precision problem's ``loss_dtype=float32`` is a speed setting, not part of the function)."""
+    p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
+    if p64.loss_dtype != torch.float64:
+        p64 = copy.copy(p64)
+        p64._loss_dtype_arg = torch.float64
+    return p64
+
+
 def _plain_module(module: nn.Module) -> nn.Module:
     """A float64 deep copy of the problem's private module without lossatlas' faster forwards."""
     from .. import _fast_paths
