@@ -510,3 +510,24 @@ def test_mixed_precision_problem_is_proven_in_float64():
     for cert in result.certificates:
         assert cert.verify(problem)
         independently_verified(cert, model, loss_fn, x, y)
+
+
+def test_a_wrong_fast_path_cannot_make_a_proof():
+    """If the problem's own evaluation path were wrong (as a stale fold cache once was: 8 % off at random),
+    its 'violations' are not proofs: certificates are recomputed by the plain path and the two compared."""
+    x, y = regression(8)
+    torch.manual_seed(0)
+    problem = lossatlas.Problem(nn.Linear(5, 1).to(F64), nn.MSELoss(), (x, y), metrics=None)
+    honest = problem.evaluate_tensors
+
+    def buggy(params, *, metrics=True):
+        out = dict(honest(params, metrics=metrics))
+        wiggle = torch.sin(1e3 * sum(v.double().sum() for v in params.values()))
+        out["loss"] = out["loss"] * (1 + 0.05 * wiggle)  # a few % off, depending on the point
+        return out
+
+    problem.evaluate_tensors = buggy
+    result = no_proof(problem, budget=80, methods=("jensen",))
+    refusals = result.tried["jensen"]["refusals"]
+    assert refusals and all("disagree" in r or "does not exceed" in r for r in refusals), refusals
+    assert any("disagree" in r for r in refusals)
