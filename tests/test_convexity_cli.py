@@ -67,3 +67,13 @@ def test_audit_prints_its_verdict_once():
     r = CliRunner().invoke(app, ["audit", "seed-relu", "--budget", "60", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert flat(r.output).count("non-convex (proven)") == 1, r.output
+
+
+def test_an_eigenvalue_within_its_residual_is_not_called_evidence():
+    from lossatlas.convexity._curvature import _why_not
+
+    scan = [{"h": h, "gap": -1e-20, "floor": 1e-9} for h in (1e-4, 1e-2, 1.0)]
+    text = _why_not(-1e-12, True, 1e-9, scan, [], "The most negative Hessian eigenvalue")
+    assert "indistinguishable from zero" in text and "evidence, not a proof" not in text
+    text = _why_not(-1e-3, True, 1e-9, scan, [], "The most negative Hessian eigenvalue")
+    assert "evidence, not a proof" in text and "h ≳" in text

@@ -88,6 +88,9 @@ def _why_not(lam: float, converged: bool, residual: float, scan: list[dict[str, 
     −λh²/2 of the gap against the rounding floor, and where the measured gap leaves that model."""
     head = (f"{what} λ = {lam:.4g} ({'converged' if converged else 'not converged'}, residual {residual:.1e}) "
             f"did not become a certificate")
+    if not abs(lam) > residual:
+        head += (" — and |λ| does not exceed its residual, so it is indistinguishable from zero: not even evidence "
+                 "of negative curvature")
     pts = [s for s in scan if math.isfinite(s["gap"]) and math.isfinite(s["floor"])]
     if not pts:
         return head + ": the loss was not finite at any step along its eigenvector."
@@ -114,7 +117,9 @@ def _why_not(lam: float, converged: bool, residual: float, scan: list[dict[str, 
         text += "; at no step does the measured gap follow that prediction"
     text += (f" (at h = {near['h']:.1e}: measured {near['gap']:.2e}, predicted {pred:.2e}). The quadratic picture "
              f"at θ does not reach the step needed to beat rounding — likely ReLU/max-pool kinks (or higher-order "
-             f"terms) within the step, so this eigenvalue is evidence, not a proof")
+             f"terms) within the step")
+    if abs(lam) > residual and converged:
+        text += ", so this eigenvalue is evidence, not a proof"
     return text + "."
 
 
