@@ -531,3 +531,20 @@ def test_a_wrong_fast_path_cannot_make_a_proof():
     refusals = result.tried["jensen"]["refusals"]
     assert refusals and all("disagree" in r or "does not exceed" in r for r in refusals), refusals
     assert any("disagree" in r for r in refusals)
+
+
+def test_a_model_that_cannot_run_in_float64_gets_no_proof_and_is_told_why():
+    class Float32Only(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(5, 1))
+
+        def forward(self, x):
+            return torch.mm(x, self.w.float())  # float64 inputs: dtype mismatch
+
+    x, y = regression(9)
+    problem = lossatlas.Problem(Float32Only(), nn.MSELoss(), (x.float(), y.float()))
+    result = convexity.audit(problem, budget=40, progress=False)
+    assert result.verdict == convexity.NOT_FOUND and not result.certificates
+    assert set(result.skipped) == set(convexity.METHODS), result.summary()
+    assert "cannot be evaluated in float64" in result.summary()

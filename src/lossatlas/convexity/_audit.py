@@ -155,8 +155,15 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     not_certified = None
     non_finite = 0
     theta64 = {k: v.detach().to(device=p64.device, dtype=torch.float64) for k, v in theta.items()}
-    with torch.no_grad():
-        f_theta = float(p64.evaluate_tensors(theta64, metrics=False)["loss"])
+    try:
+        with torch.no_grad():
+            f_theta = float(p64.evaluate_tensors(theta64, metrics=False)["loss"])
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        # proofs are made in float64: a model that cannot run in float64 gets none, and is told why
+        text = " ".join(str(exc).split())[:300]
+        skipped = {m: f"{m} skipped: the model/loss cannot be evaluated in float64, where every proof is checked "
+                      f"({type(exc).__name__}: {text})" for m in methods}
+        return Audit(NOT_FOUND, [], {}, None, None, None, time.perf_counter() - t0, None, [], None, name, skipped)
     centre_finite = math.isfinite(f_theta)
     if not centre_finite:
         non_finite += 1
