@@ -241,9 +241,9 @@ def test_hessian_block_certificates_are_checked_on_their_block(classification, m
     along = _curvature._along
     calls = []
 
-    def full_fails(p64, theta64, v, scale):  # pretend kinks hide the full eigenvector's curvature
+    def full_fails(p64, theta64, v, scale, *rest):  # pretend kinks hide the full eigenvector's curvature
         calls.append(1)
-        return None if len(calls) == 1 else along(p64, theta64, v, scale)
+        return None if len(calls) == 1 else along(p64, theta64, v, scale, *rest)
 
     monkeypatch.setattr(_curvature, "_along", full_fails)
     result = convexity.audit(problem, methods=("hessian",), progress=False)

@@ -85,8 +85,11 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     negative = [(v, r) for v, r, c in zip(eig.values, eig.residuals, eig.converged) if c and v < -r]
     if negative:
         v, r = min(negative)
-        console.print(f"[bold]non-convex at this point[/bold]: converged eigenvalue {v:.4g} < 0 (residual {r:.1e}), "
-                      "so the Hessian is not positive semi-definite here.")
+        console.print(f"[bold]negative eigenvalue[/bold] λ = {v:.4g} (converged, residual {r:.1e}): the Hessian here is "
+                      "not positive semi-definite. This is evidence of non-convexity, not a proof: "
+                      f"`lossatlas audit {target}` turns it into a certificate (a Jensen triple θ ∓ h·v that beats "
+                      "measured rounding) or says why it cannot (e.g. ReLU kinks closer than the step that beats "
+                      "rounding).", highlight=False)
     elif eig.all_converged and eig.min >= 0:
         console.print("no negative curvature found: every converged extreme eigenvalue is ≥ 0 (locally convex "
                       "here; this says nothing about other points).")

@@ -6,6 +6,12 @@ gives a way to prove non-convexity with one concrete witness, and lossatlas turn
 a :class:`Certificate` (three points, their losses, the gap and a rounding bound) that
 :meth:`Certificate.verify` re-checks in float64. None of them can prove convexity: when nothing is
 found the verdict is "no violation found", never "convex".
+
+A certificate is accepted only when the losses, recomputed by a plain float64 path independent of the
+problem's fast paths, are finite, computed in float64 throughout by torch operations, and their Jensen
+gap beats both a fixed floor (:func:`rounding_bound`) and ~10⁴ times the rounding error *measured*
+on that computation by Monte Carlo arithmetic (see :mod:`lossatlas.convexity._certificate` for exactly
+what that guarantees and assumes).
 """
 
 from ._audit import METHODS, NOT_FOUND, PROVEN, Audit, audit, verify

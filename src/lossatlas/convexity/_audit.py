@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,10 +12,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value
+from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value
 from ..problem import Problem
 from ._certificate import Certificate, make_certificate
+from ._reference import Reference, float64_problem
 from ._search import jensen_search
+
+#: errors that make a method inapplicable to a model (torch cannot differentiate it as the method
+#: needs, a kernel without double backward, a loss without gradient): the method is skipped, said so
+_SKIPPABLE = (DifferentiationError, EvaluationError, RuntimeError, NotImplementedError)
+
+
+def _skip_reason(method: str, exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    need = {"hessian": "Hessian-vector products (double backward) and a Lanczos iteration", "jensen": "the loss",
+            "symmetry": "the model's outputs"}[method]
+    return f"{method} skipped: it needs {need}, which failed here ({type(exc).__name__}: {text})"
+
 
 METHODS = ("jensen", "hessian", "symmetry")
 PROVEN = "non-convex (proven)"
@@ -27,6 +43,11 @@ class Audit:
 
     ``verdict`` is ``"non-convex (proven)"`` when at least one certificate verified in float64, and
     ``"no violation found"`` otherwise — never "convex": sampling cannot prove convexity.
+
+    ``skipped`` maps each method that could not run to the reason (e.g. torch has no double backward
+    for a fused kernel, so no Hessian); the other methods still ran. ``non_finite`` counts evaluated
+    points whose loss was NaN/Inf (never a violation). ``not_certified`` says, in numbers, why a negative
+    Hessian eigenvalue at θ did not become a certificate (then it is evidence, not a proof).
     """
 
     verdict: str
@@ -40,6 +61,9 @@ class Audit:
     notes: list[str] = field(default_factory=list)
     jensen_gaps: np.ndarray | None = None
     name: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
+    non_finite: int = 0
+    not_certified: str | None = None
 
     @property
     def proven_nonconvex(self) -> bool:
@@ -51,17 +75,25 @@ class Audit:
         lines = [head]
         if self.certificates:
             kinds = sorted({c.kind for c in self.certificates})
-            lines.append(f"{len(self.certificates)} certificate(s) verified in float64 ({', '.join(kinds)}); "
+            lines.append(f"{len(self.certificates)} certificate(s) verified in float64 by the plain reference path, "
+                         f"each gap beyond its measured rounding error ({', '.join(kinds)}); "
                          f"strongest: {max(self.certificates, key=lambda c: c.margin).summary()}.")
         else:
             lines.append("No Jensen violation, negative curvature or symmetry argument survived float64 "
-                         "verification. This is not a proof of convexity: the search only sampled the landscape.")
+                         "verification (a gap must beat the rounding error measured on its own computation). This "
+                         "is not a proof of convexity: the search only sampled the landscape.")
         if self.best_jensen_gap is not None:
             lines.append(f"Largest relative Jensen gap seen in the search: {self.best_jensen_gap:.3e}.")
         if self.lambda_min is not None:
             lines.append(f"Hessian at θ: λmin = {self.lambda_min:.4g}, λmax = {self.lambda_max:.4g}.")
+        if self.not_certified:
+            lines.append(self.not_certified)
         if self.why and self.why.get("text"):
             lines.append(self.why["text"])
+        for reason in self.skipped.values():
+            lines.append(reason[0].upper() + reason[1:] + ("" if reason.endswith(".") else "."))
+        if self.non_finite:
+            lines.append(f"{self.non_finite} evaluated point(s) had a NaN/Inf loss; they never count as violations.")
         lines += self.notes
         lines.append(f"({self.seconds:.1f} s)")
         return "\n".join(lines)
@@ -69,10 +101,12 @@ class Audit:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "verdict": self.verdict, "proven_nonconvex": self.proven_nonconvex,
                 "certificates": [{"kind": c.kind, "gap": c.gap, "bound": c.bound, "margin": c.margin, "t": c.t,
-                                  "losses": c.losses, "eigen": c.eigen, "symmetry": c.symmetry}
+                                  "losses": c.losses, "eigen": c.eigen, "symmetry": c.symmetry,
+                                  "error_estimate": c.meta.get("error_estimate")}
                                  for c in self.certificates],
                 "tried": self.tried, "best_jensen_gap": self.best_jensen_gap, "lambda_min": self.lambda_min,
-                "lambda_max": self.lambda_max, "seconds": self.seconds, "why": self.why, "notes": self.notes}
+                "lambda_max": self.lambda_max, "seconds": self.seconds, "why": self.why, "notes": self.notes,
+                "skipped": self.skipped, "non_finite": self.non_finite, "not_certified": self.not_certified}
 
 
 def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget: int = 400, seed: int = 0,
@@ -109,58 +143,108 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
         raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
     t0 = time.perf_counter()
-    p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
+    p64 = float64_problem(problem)
+    reference = Reference(p64, snapshot=problem._module)  # the model as the problem took it
     certificates: list[Certificate] = []
     tried: dict[str, Any] = {}
     notes: list[str] = []
+    skipped: dict[str, str] = {}
     best_gap = lam_min = lam_max = None
     gaps = None
     why = None
+    not_certified = None
+    non_finite = 0
+    theta64 = {k: v.detach().to(device=p64.device, dtype=torch.float64) for k, v in theta.items()}
+    try:
+        with torch.no_grad():
+            f_theta = float(p64.evaluate_tensors(theta64, metrics=False)["loss"])
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        # proofs are made in float64: a model that cannot run in float64 gets none, and is told why
+        text = " ".join(str(exc).split())[:300]
+        skipped = {m: f"{m} skipped: the model/loss cannot be evaluated in float64, where every proof is checked "
+                      f"({type(exc).__name__}: {text})" for m in methods}
+        return Audit(NOT_FOUND, [], {}, None, None, None, time.perf_counter() - t0, None, [], None, name, skipped)
+    centre_finite = math.isfinite(f_theta)
+    if not centre_finite:
+        non_finite += 1
 
     if "symmetry" in methods:
         from ._symmetry import symmetry_certificates
 
         t1 = time.perf_counter()
-        found, info = symmetry_certificates(problem, p64, theta, seed=seed, limit=max_certificates)
-        certificates += found
-        tried["symmetry"] = {**info, "seconds": time.perf_counter() - t1}
-        if info.get("unsupported"):
-            notes.append(f"Symmetry: {info['unsupported']}")
+        if not centre_finite:
+            skipped["symmetry"] = (f"symmetry skipped: the loss at θ is {f_theta} (a symmetry argument compares "
+                                   "f(θ) with the midpoint of θ and its twin)")
+        else:
+            try:
+                found, info = symmetry_certificates(problem, p64, theta, seed=seed, limit=max_certificates,
+                                                    evaluator=reference)
+                certificates += found
+                tried["symmetry"] = {**info, "seconds": time.perf_counter() - t1}
+                if info.get("unsupported"):
+                    notes.append(f"Symmetry: {info['unsupported']}")
+            except _SKIPPABLE as exc:
+                skipped["symmetry"] = _skip_reason("symmetry", exc)
 
     if "hessian" in methods:
         from ._curvature import hessian_certificate
 
         t1 = time.perf_counter()
-        cert, info = hessian_certificate(problem, p64, theta, seed=seed, progress=progress)
-        lam_min, lam_max = info.get("lambda_min"), info.get("lambda_max")
-        if cert is not None:
-            certificates.append(cert)
-        tried["hessian"] = {**info, "seconds": time.perf_counter() - t1}
-        why = info.get("why")
+        if not centre_finite:
+            skipped["hessian"] = f"hessian skipped: the loss at θ is {f_theta}, so its Hessian there is undefined"
+        else:
+            try:
+                cert, info = hessian_certificate(problem, p64, theta, seed=seed, progress=progress,
+                                                 reference=reference)
+                lam_min, lam_max = info.get("lambda_min"), info.get("lambda_max")
+                if lam_min is not None and not math.isfinite(lam_min):
+                    notes.append("The Hessian's eigenvalues at θ are not finite (NaN/Inf in its products).")
+                if cert is not None:
+                    certificates.append(cert)
+                tried["hessian"] = {**info, "seconds": time.perf_counter() - t1}
+                why = info.get("why")
+                not_certified = info.get("not_certified")
+            except (*_SKIPPABLE, np.linalg.LinAlgError) as exc:
+                skipped["hessian"] = _skip_reason("hessian", exc)
 
     if "jensen" in methods:
         t1 = time.perf_counter()
-        result = jensen_search(problem, theta, budget=budget, seed=seed, checkpoints=checkpoints, progress=progress)
-        gaps = result.relative_gaps
-        best_gap = result.best.relative_gap if result.best is not None else None
-        verified = 0
-        for cand in result.candidates:
-            if verified >= max_certificates or not cand.gap > 0:
-                break
-            cert = make_certificate(p64, "jensen", cand.a, cand.b, cand.t,
-                                    note=f"found by the Jensen search ({cand.source}, radius {cand.radius:g})",
-                                    meta={"source": cand.source, "radius": cand.radius})
-            if cert is not None and cert.verify(p64):
-                certificates.append(cert)
-                verified += 1
-        tried["jensen"] = {"evaluations": result.evaluations, "segments": result.tried, "radii": result.radii,
-                           "seconds": time.perf_counter() - t1, "candidates_checked_in_float64":
-                           min(len(result.candidates), max_certificates + 5)}
+        try:
+            result = jensen_search(problem, theta, budget=budget, seed=seed, checkpoints=checkpoints,
+                                   progress=progress)
+        except _SKIPPABLE as exc:
+            skipped["jensen"] = _skip_reason("jensen", exc)
+        else:
+            gaps = result.relative_gaps
+            best_gap = result.best.relative_gap if result.best is not None else None
+            if best_gap is not None and not math.isfinite(best_gap):
+                best_gap = None
+            non_finite += result.non_finite
+            if result.refinement_skipped:
+                notes.append(f"Jensen search: gradient refinement skipped ({result.refinement_skipped}); "
+                             "the other phases ran.")
+            verified = checked = 0
+            refusals: list[str] = []
+            for cand in result.candidates:
+                if verified >= max_certificates or not cand.gap > 0:
+                    break
+                checked += 1
+                cert = make_certificate(p64, "jensen", cand.a, cand.b, cand.t,
+                                        note=f"found by the Jensen search ({cand.source}, radius {cand.radius:g})",
+                                        meta={"source": cand.source, "radius": cand.radius}, reference=reference,
+                                        why=refusals)
+                if cert is not None:
+                    certificates.append(cert)
+                    verified += 1
+            tried["jensen"] = {"evaluations": result.evaluations, "segments": result.tried, "radii": result.radii,
+                               "seconds": time.perf_counter() - t1, "candidates_checked_in_float64": checked,
+                               "non_finite_points": result.non_finite,
+                               "refusals": list(dict.fromkeys(refusals))[:5]}
 
     certificates.sort(key=lambda c: c.margin, reverse=True)
     verdict = PROVEN if certificates else NOT_FOUND
     return Audit(verdict, certificates, tried, best_gap, lam_min, lam_max, time.perf_counter() - t0, why, notes,
-                 gaps, name)
+                 gaps, name, skipped, non_finite, not_certified)
 
 
 def verify(certificate: Certificate, problem: Problem) -> bool:

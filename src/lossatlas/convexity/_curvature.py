@@ -54,13 +54,16 @@ BLOCK_TOL = 1e-4
 BLOCK_PRODUCTS = 200
 
 
-def _along(p64, theta64: Mapping[str, Tensor], v: Mapping[str, Tensor], scale: float) -> tuple[float, float] | None:
-    """The step h (and its gap-to-bound ratio) of the clearest violation along v, or None.
+def _along(p64, theta64: Mapping[str, Tensor], v: Mapping[str, Tensor], scale: float,
+           scan: list[dict[str, float]] | None = None) -> tuple[float, float] | None:
+    """The step h (and its gap-to-floor ratio) of the clearest violation along v, or None.
 
     Steps are tried from the largest down. Where the curvature is smooth the ratio grows like h² until
     higher-order terms (or kinks) take over, so the scan stops once a violation has been found and the
     ratio falls below half the best one (or the violation ends): the clearest violation of the
-    largest-step run of violations."""
+    largest-step run of violations. This is a screen against the fixed floor :func:`rounding_bound`;
+    the chosen triple must then pass :meth:`Certificate.check` (the measured bound). Every step tried
+    is appended to ``scan`` as ``{"h", "gap", "floor"}``."""
     f0 = p64.loss(theta64)
     best = None
     for r in reversed(H_STEPS):
@@ -69,6 +72,8 @@ def _along(p64, theta64: Mapping[str, Tensor], v: Mapping[str, Tensor], scale: f
         fp = p64.loss(P.axpy(h, v, theta64))
         gap = jensen_gap(fm, fp, f0, 0.5)
         bound = rounding_bound(fm, fp, f0)
+        if scan is not None:
+            scan.append({"h": float(h), "gap": float(gap), "floor": float(bound)})
         violated = is_violation(gap, bound)
         if violated and (best is None or gap / bound > best[1]):
             best = (h, gap / bound)
@@ -77,10 +82,52 @@ def _along(p64, theta64: Mapping[str, Tensor], v: Mapping[str, Tensor], scale: f
     return None if best is None else best
 
 
+def _why_not(lam: float, converged: bool, residual: float, scan: list[dict[str, float]], refused: list[str],
+             what: str) -> str:
+    """Why a negative eigenpair gave no certificate, in numbers: the steps tried, the quadratic model
+    −λh²/2 of the gap against the rounding floor, and where the measured gap leaves that model."""
+    head = (f"{what} λ = {lam:.4g} ({'converged' if converged else 'not converged'}, residual {residual:.1e}) "
+            f"did not become a certificate")
+    if not abs(lam) > residual:
+        head += (" — and |λ| does not exceed its residual, so it is indistinguishable from zero: not even evidence "
+                 "of negative curvature")
+    pts = [s for s in scan if math.isfinite(s["gap"]) and math.isfinite(s["floor"])]
+    if not pts:
+        return head + ": the loss was not finite at any step along its eigenvector."
+    hs = [s["h"] for s in pts]
+    best = max(pts, key=lambda s: s["gap"] / s["floor"])
+    floor0 = min(s["floor"] for s in pts)
+    h_need = math.sqrt(2.0 * floor0 / abs(lam))
+    text = (f"{head}: along its eigenvector v the second difference f(θ) − ½(f(θ−hv) + f(θ+hv)) at {len(pts)} "
+            f"steps h = {min(hs):.1e}…{max(hs):.1e} ")
+    if refused:
+        text += (f"beat the rounding floor but the triple was refused on re-checking ({'; '.join(refused[:2])})")
+        return text + "."
+    text += (f"never exceeded the rounding bound (best: gap {best['gap']:.2e} vs bound {best['floor']:.2e} at "
+             f"h = {best['h']:.1e}). The curvature predicts a gap −λh²/2 = {abs(lam) / 2:.2e}·h², which beats the "
+             f"bound ≈ {floor0:.1e} only for h ≳ {h_need:.1e}")
+    quad = [s for s in pts if s["h"] > 0 and 0.5 <= s["gap"] / (0.5 * abs(lam) * s["h"] ** 2) <= 2.0]
+    near = min(pts, key=lambda s: abs(math.log(s["h"] / h_need)))
+    pred = 0.5 * abs(lam) * near["h"] ** 2
+    if quad:
+        hq = max(s["h"] for s in quad)
+        text += (f"; the measured gap follows that prediction only up to h ≈ {hq:.1e}" if hq < h_need else
+                 f"; the measured gap follows it up to h ≈ {hq:.1e}, yet stays below the bound")
+    else:
+        text += "; at no step does the measured gap follow that prediction"
+    text += (f" (at h = {near['h']:.1e}: measured {near['gap']:.2e}, predicted {pred:.2e}). The quadratic picture "
+             f"at θ does not reach the step needed to beat rounding — likely ReLU/max-pool kinks (or higher-order "
+             f"terms) within the step")
+    if abs(lam) > residual and converged:
+        text += ", so this eigenvalue is evidence, not a proof"
+    return text + "."
+
+
 def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int = 0, progress: bool = False,
-                        tol: float = 1e-6) -> tuple[Certificate | None, dict[str, Any]]:
+                        tol: float = 1e-6, reference=None) -> tuple[Certificate | None, dict[str, Any]]:
     """λmin and λmax at θ (float64 Lanczos); a certificate when λmin < 0 gives a verified violation, from
-    the full Hessian's eigenvector or else from that of a trailing-layer block (see the module notes)."""
+    the full Hessian's eigenvector or else from that of a trailing-layer block (see the module notes).
+    When λmin < 0 gives none, ``info["not_certified"]`` says why, in numbers."""
     from ..curvature import eigenvalues
     from ..curvature._select import layer_of
 
@@ -95,14 +142,18 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
     if not lam_min < 0:
         return None, info
     scale = max(P.norm(theta64), 1.0)
-    found = _along(p64, theta64, v, scale)
+    scan: list[dict[str, float]] = []
+    refused: list[str] = []
+    found = _along(p64, theta64, v, scale, scan)
     if found is not None:
         h, _ = found
         cert = _certificate(p64, theta64, v, h, {"value": lam_min, "residual": float(eig.residuals[-1]),
                                                   "converged": bool(eig.converged[-1]), "lambda_max": lam_max},
-                            f"negative curvature λmin = {lam_min:.4g} at θ")
+                            f"negative curvature λmin = {lam_min:.4g} at θ", reference, refused)
         if cert is not None:
             return cert, info
+    reasons = [_why_not(lam_min, bool(eig.converged[-1]), float(eig.residuals[-1]), scan, refused,
+                        "The most negative Hessian eigenvalue")]
     # Kinks within ~1e-7·‖θ‖ of θ hide the full eigenvector's curvature: try blocks of the Hessian.
     info["blocks"] = []
     for names in _trailing_blocks(p64):
@@ -115,33 +166,39 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
         info["blocks"].append(tried)
         info["products"] += int(eig_b.products)
         if not lam_b < 0:
+            tried["reason"] = f"no negative eigenvalue (λmin of the block = {lam_b:.3g})"
             continue
         v_b = eig_b.vectors[0]
-        found = _along(p64, theta64, v_b, scale)
-        if found is None:
-            continue
-        cert = _certificate(p64, theta64, v_b, found[0],
-                            {"value": lam_b, "residual": float(eig_b.residuals[0]),
-                             "converged": bool(eig_b.converged[0]), "lambda_max": lam_max, "lambda_min": lam_min,
-                             "params": list(names)},
-                            f"negative curvature λ = {lam_b:.4g} of the Hessian block over the parameters of "
-                            f"{', '.join(layers)} at θ (full λmin = {lam_min:.4g})")
+        scan_b: list[dict[str, float]] = []
+        refused_b: list[str] = []
+        found = _along(p64, theta64, v_b, scale, scan_b)
+        cert = None
+        if found is not None:
+            cert = _certificate(p64, theta64, v_b, found[0],
+                                {"value": lam_b, "residual": float(eig_b.residuals[0]),
+                                 "converged": bool(eig_b.converged[0]), "lambda_max": lam_max,
+                                 "lambda_min": lam_min, "params": list(names)},
+                                f"negative curvature λ = {lam_b:.4g} of the Hessian block over the parameters of "
+                                f"{', '.join(layers)} at θ (full λmin = {lam_min:.4g})", reference, refused_b)
         if cert is not None:
             tried["certificate"] = True
             return cert, info
+        tried["reason"] = _why_not(lam_b, bool(eig_b.converged[0]), float(eig_b.residuals[0]), scan_b, refused_b,
+                                   f"The Hessian block over {', '.join(layers)}:")
+    info["scan"] = scan
+    blocks = "; ".join(f"block {', '.join(b['layers'])}: {b.get('reason', '')}" for b in info["blocks"])
+    info["not_certified"] = reasons[0] + (f" Trailing-layer blocks tried: {blocks}" if blocks else "")
     info["note"] = ("λmin < 0 but no step along its eigenvector (nor along the most negative eigenvector of a "
                     "trailing-layer Hessian block) gave a violation beyond rounding")
     return None, info
 
 
-def _certificate(p64, theta64, v, h: float, eigen: dict[str, Any], what: str) -> Certificate | None:
+def _certificate(p64, theta64, v, h: float, eigen: dict[str, Any], what: str, reference=None,
+                 why: list[str] | None = None) -> Certificate | None:
     """The triple (θ − hv, θ + hv, ½) as a certificate, kept only if it verifies in float64."""
     a, b = P.axpy(-h, v, theta64), P.axpy(h, v, theta64)
-    cert = make_certificate(p64, "hessian", a, b, 0.5, eigen={**eigen, "step": h}, eigenvector=v,
-                            note=f"{what}; triple θ ∓ {h:.3g}·v")
-    if cert is not None and not cert.verify(p64):
-        return None
-    return cert
+    return make_certificate(p64, "hessian", a, b, 0.5, eigen={**eigen, "step": h}, eigenvector=v,
+                            note=f"{what}; triple θ ∓ {h:.3g}·v", reference=reference, why=why)
 
 
 def _trailing_blocks(p64) -> list[tuple[str, ...]]:

@@ -6,7 +6,10 @@ A function f is convex iff for all a, b and t ∈ [0, 1]
 
 The *Jensen gap* J(a, b, t) = f((1−t)a + tb) − (1−t)f(a) − t·f(b) is ≤ 0 for convex f; one triple
 with J > 0 proves f is not convex. Values computed in floating point carry rounding error, so a gap
-counts only when it exceeds :func:`rounding_bound`.
+counts only when it exceeds :func:`rounding_bound` — a fixed *floor*, never sufficient alone: a loss
+whose computation cancels, or that is computed below float64, has rounding errors far above it.
+Certificates also demand a gap beyond the error measured on their own computation
+(:mod:`lossatlas.convexity._reference`).
 """
 
 from __future__ import annotations
@@ -32,14 +35,17 @@ def jensen_gap(f_a: float, f_b: float, f_t: float, t: float) -> float:
 
 def rounding_bound(f_a: float, f_b: float, f_t: float, *, relative_error: float = 1e-9,
                    measured: float = 0.0) -> float:
-    """An upper bound on the error of a computed Jensen gap.
+    """The fixed floor under the rounding bound of a computed Jensen gap.
 
-    Each loss value is trusted to ``relative_error``·max(|f|, tiny) — for float64 evaluation of a
-    network the default 1e-9 is ~10⁷·eps, far above the accumulated error of a forward pass and a
-    dataset mean (depth × width × eps ≲ 1e-11 for the models here) — plus ``measured``: the largest
-    disagreement observed between two independent evaluations of the same losses (different
-    batchings), times ten. The bound combines the three loss errors by the triangle inequality
-    (weights 1, 1−t ≤ 1, t ≤ 1), so it is conservative for every t.
+    Each loss value is allowed ``relative_error``·max(|f|, tiny) — for a well-conditioned float64
+    evaluation of a network the default 1e-9 is ~10⁷·eps, far above the accumulated error of a forward
+    pass and a dataset mean — plus ``measured`` (an observed disagreement, times ten). This is an
+    assumption about the computation, not a bound: a loss whose computation cancels (mean(z²) −
+    mean(z)² with large means) or runs below float64 beats it with rounding noise. Certificates
+    therefore also require the gap to beat ~10⁴ times the error measured on their own computation
+    (:class:`~lossatlas.convexity.Verification` ``error_estimate``); this floor only guarantees that
+    no gap within a few million ulps of the losses ever counts. The three loss errors combine by the
+    triangle inequality (weights 1, 1−t ≤ 1, t ≤ 1), so it is conservative for every t.
     """
     scale = max(abs(f_a), abs(f_b), abs(f_t), 1e-300)
     return 3.0 * relative_error * scale + 10.0 * abs(measured) + 3.0 * 2.0 ** -52 * scale

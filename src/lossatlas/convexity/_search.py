@@ -66,6 +66,8 @@ class SearchResult:
     radii: dict[str, list[float]] = field(default_factory=dict)
     evaluations: int = 0
     seconds: float = 0.0
+    non_finite: int = 0
+    refinement_skipped: str = ""
 
     @property
     def best(self) -> Candidate | None:
@@ -78,6 +80,7 @@ class _Budget:
         self.total = total
         self.used = 0
         self.advance = advance
+        self.non_finite = 0
 
     @property
     def left(self) -> int:
@@ -87,7 +90,10 @@ class _Budget:
         self.used += 1
         self.advance(1)
         with torch.no_grad():
-            return float(self.problem.evaluate_tensors(params, metrics=False)["loss"])
+            value = float(self.problem.evaluate_tensors(params, metrics=False)["loss"])
+        if not math.isfinite(value):
+            self.non_finite += 1  # a NaN/Inf point: its candidates get gap −inf, never a violation
+        return value
 
     def grad(self, params: Mapping[str, Tensor]) -> tuple[float, P.Params]:
         """(f, ∇f) — counted as three evaluations (forward + backward)."""
@@ -198,40 +204,52 @@ def jensen_search(problem, theta: Mapping[str, Tensor], *, budget: int = 400, se
                 b = P.lincomb(theta, [d], [float(k + 1)])
                 record(Candidate(a, b, 0.5, values[k - 1], values[k + 1], values[k], "slice", r))
 
-        # refinement: normalised gradient ascent on J(a, b, t) from the best candidates
+        # refinement: normalised gradient ascent on J(a, b, t) from the best candidates (skipped, and said
+        # so, when torch cannot differentiate the loss: a 0–1 loss, a kernel without backward)
         found.sort(key=lambda x: x.relative_gap, reverse=True)
         starts = [c for c in found[:3] if math.isfinite(c.relative_gap)]
-        for c in starts:
-            best = c
-            step = 0.25 * max(P.norm(P.sub(c.b, c.a)), 1e-8 * norm_theta)
-            while B.left >= 9 and step > 1e-6 * norm_theta:
-                x = P.lincomb(best.a, [P.sub(best.b, best.a)], [best.t])
-                _, gx = B.grad(x)
-                _, ga = B.grad(best.a)
-                _, gb = B.grad(best.b)
-                da = P.scale(P.sub(gx, ga), 1.0 - best.t)        # ∂J/∂a
-                db = P.scale(P.sub(gx, gb), best.t)              # ∂J/∂b
-                g_norm = math.sqrt(P.norm(da) ** 2 + P.norm(db) ** 2)
-                if not math.isfinite(g_norm) or g_norm == 0:
-                    break
-                a_new = P.axpy(step / g_norm, da, best.a)
-                b_new = P.axpy(step / g_norm, db, best.b)
-                if B.left < 3:
-                    break
-                x_new = P.lincomb(a_new, [P.sub(b_new, a_new)], [best.t])
-                cand = Candidate(a_new, b_new, best.t, B.loss(a_new), B.loss(b_new), B.loss(x_new), "refined",
-                                 best.radius)
-                gaps.append(cand.relative_gap)
-                tried["refined"] = tried.get("refined", 0) + 1
-                if cand.gap > best.gap:
-                    best = cand
-                    step *= 1.5
-                else:
-                    step *= 0.3
-            if best is not c:
-                found.append(best)
+        try:
+            _refine(B, starts, found, gaps, tried, norm_theta)
+        except (RuntimeError, NotImplementedError) as exc:
+            refinement_skipped = f"torch could not differentiate the loss: {' '.join(str(exc).split())[:200]}"
+        else:
+            refinement_skipped = ""
         advance(max(0, budget - B.used))
 
     found.sort(key=lambda x: x.relative_gap, reverse=True)
     return SearchResult(found[:keep], np.asarray(gaps, dtype=float), tried, radii_used, B.used,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, B.non_finite, refinement_skipped)
+
+
+def _refine(B: _Budget, starts: list[Candidate], found: list[Candidate], gaps: list[float], tried: dict[str, int],
+            norm_theta: float) -> None:
+    """Normalised gradient ascent on J over both endpoints, from each start."""
+    for c in starts:
+        best = c
+        step = 0.25 * max(P.norm(P.sub(c.b, c.a)), 1e-8 * norm_theta)
+        while B.left >= 9 and step > 1e-6 * norm_theta:
+            x = P.lincomb(best.a, [P.sub(best.b, best.a)], [best.t])
+            _, gx = B.grad(x)
+            _, ga = B.grad(best.a)
+            _, gb = B.grad(best.b)
+            da = P.scale(P.sub(gx, ga), 1.0 - best.t)        # ∂J/∂a
+            db = P.scale(P.sub(gx, gb), best.t)              # ∂J/∂b
+            g_norm = math.sqrt(P.norm(da) ** 2 + P.norm(db) ** 2)
+            if not math.isfinite(g_norm) or g_norm == 0:
+                break
+            a_new = P.axpy(step / g_norm, da, best.a)
+            b_new = P.axpy(step / g_norm, db, best.b)
+            if B.left < 3:
+                break
+            x_new = P.lincomb(a_new, [P.sub(b_new, a_new)], [best.t])
+            cand = Candidate(a_new, b_new, best.t, B.loss(a_new), B.loss(b_new), B.loss(x_new), "refined",
+                             best.radius)
+            gaps.append(cand.relative_gap)
+            tried["refined"] = tried.get("refined", 0) + 1
+            if cand.gap > best.gap:
+                best = cand
+                step *= 1.5
+            else:
+                step *= 0.3
+        if best is not c:
+            found.append(best)
