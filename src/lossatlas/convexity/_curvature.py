@@ -137,7 +137,9 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
     v = eig.vectors[-1]
     info: dict[str, Any] = {"lambda_min": lam_min, "lambda_max": lam_max,
                             "residual_min": float(eig.residuals[-1]), "converged_min": bool(eig.converged[-1]),
-                            "products": int(eig.products)}
+                            "products": int(eig.products), "product_method": eig.product_method}
+    if eig.notes:
+        info["product_notes"] = list(eig.notes)
     info["why"] = explain(p64, theta64, v, lam_min)
     if not lam_min < 0:
         return None, info
