@@ -24,7 +24,9 @@ input the products were computed from, by what it is, never by a memory address 
   memory (same address, shape, strides and dtype; the entry holds a reference to that memory, so
   it cannot be freed and reused) and that memory must be unmodified since (its version counter);
 * any other input (created inside ``forward``: a frozen embedding's output, ``torch.cat([x, x*x])``)
-  must equal, bit for bit, a private copy of the input the products were computed from.
+  must equal, bit for bit, a private copy of the input the products were computed from (on the
+  CPU, where that check is a memory comparison; on other devices it would cost a host
+  synchronisation at every use, so such inputs are not folded there).
 
 When the check fails (another batch, a tensor that depends on θ through a non-differentiable path,
 anything unexpected), the layer runs for real: the fold never guesses.
@@ -89,13 +91,18 @@ class _Entry:
 
     __slots__ = ("products", "ref", "ptr", "shape", "stride", "dtype", "device", "version", "copy", "scratch")
 
+    @staticmethod
+    def of_batch(x: Tensor, batch_storages: set[int]) -> bool:
+        """Whether ``x`` reads the memory of the cached batch (else it was made inside forward)."""
+        return _version(x) is not None and x.untyped_storage().data_ptr() in batch_storages
+
     def __init__(self, x: Tensor, products: Tensor, batch_storages: set[int]):
         self.products = products
         self.shape, self.stride, self.dtype, self.device = x.shape, x.stride(), x.dtype, x.device
         self.ptr = x.data_ptr()
         self.version = _version(x)
         self.scratch = _Scratch()
-        if self.version is not None and x.untyped_storage().data_ptr() in batch_storages:
+        if self.of_batch(x, batch_storages):
             # a view of the cached batch: held here, so its memory cannot be freed and reused
             self.ref, self.copy = x, None
         else:
@@ -229,6 +236,8 @@ class LinearFold:
                         for j, x in enumerate(calls[i]):
                             if not _plain(x) or x.requires_grad:
                                 continue
+                            if x.device.type != "cpu" and not _Entry.of_batch(x, storages):
+                                continue  # a value check off the CPU would cost a host sync per use: no fold
                             entry = _Entry(x, self._products(m, mname, x, center, directions, low), storages)
                             used += entry.nbytes
                             if used > budget:

@@ -78,6 +78,8 @@ class Problem:
     model
         Any ``nn.Module``. It is deep-copied (onto ``device``/``dtype``) and the copy is evaluated
         in eval mode (dropout off, BatchNorm running statistics); the original is never modified.
+        The copy is a snapshot: changing the model afterwards (weights, buffers, submodules)
+        changes neither this problem nor the variants :meth:`with_dtype` derives from it.
     loss
         ``loss(outputs, targets) -> scalar tensor``, e.g. ``nn.CrossEntropyLoss()``. The batch value
         is read as a per-sample mean. Losses with ``reduction="sum"`` contribute ``ℓ_b / N`` (so the
@@ -85,7 +87,10 @@ class Problem:
         outputs are averaged like ``"mean"``. May be ``None`` when ``closure`` is given.
     data
         ``(inputs, targets)`` tensors, a ``Dataset``, a ``DataLoader`` or a re-iterable of batches.
-        Batches are moved to ``device`` once and cached when they fit in ``max_cache_bytes``.
+        Batches are moved to ``device`` once and cached (as private copies) when they fit in
+        ``max_cache_bytes``, else streamed at each evaluation, each pass checked against the batch
+        sizes counted at construction (:class:`~lossatlas.DataError` when they differ). Batches
+        with no sample are skipped (they hold no term of the mean).
     closure
         ``closure(model_call, batch) -> loss`` for batches that are not ``(inputs, targets)`` pairs;
         ``model_call(*args, **kwargs)`` runs the model at the point being evaluated. The closure may
@@ -108,6 +113,9 @@ class Problem:
     metrics
         ``"auto"`` (accuracy for classification targets), ``None``, or a dict/list of metrics:
         the string ``"accuracy"`` or callables ``fn(outputs, targets) -> scalar`` (batch means).
+
+    A problem may be shared between threads: evaluations hold a per-problem re-entrant lock while
+    they use the private model, so they are serialised (correct values, no speed-up).
 
     Example
     -------
