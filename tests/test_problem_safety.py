@@ -298,3 +298,13 @@ def test_recast_of_a_shuffled_loader_raises_instead_of_mixing_samples(classifica
     pr = lossatlas.Problem(model, loss_fn, loader)
     with pytest.raises(DataError, match="changed"):
         pr.with_dtype(F64)
+
+
+def test_float32_variant_of_a_float64_problem_comes_back_exactly(classification):
+    model, loss_fn, x, y = classification
+    x64 = x.to(F64) + 1e-9
+    pr = lossatlas.Problem(model, loss_fn, (x64, y), dtype=F64)
+    back = pr.with_dtype(torch.float32).with_dtype(F64)
+    assert back.data.fingerprint() == pr.data.fingerprint()
+    theta = pr.params()
+    assert back.loss(theta) == pr.loss(theta)

@@ -53,6 +53,9 @@ def exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
     return src == dst or dst in _EXACT_CASTS.get(src, ())
 
 
+_PRIVATE = "private"  # token of a batch read from lossatlas' own cache
+
+
 def _digest(batch: Any) -> str:
     h = hashlib.sha256()
     for t in tensors_in(batch):
@@ -197,7 +200,7 @@ class BatchSource:
                 narrowed[0] |= not exact_cast(t.dtype, self.dtype)
             else:
                 out = t.to(device=self.device)
-            if not private and out.data_ptr() == t.data_ptr() and out.numel():
+            if out is t and not private:  # still the source's memory: a private copy
                 out = out.clone()
             return out
         return map_tensors(batch, mv), narrowed[0]
@@ -236,7 +239,9 @@ class BatchSource:
             moved, narrowed = self._move_checked(raw, private=private)
             batches.append(moved)
             sizes.append(n)
-            tokens.append(_digest(raw) if narrowed and not one_shot else None)
+            # rounded: how to recognise the source batch when it is read again (our own cache as the
+            # source cannot change)
+            tokens.append((_PRIVATE if private else _digest(raw)) if narrowed and not one_shot else None)
         return Materialised(batches, sizes, None, tokens)
 
     def _stream(self) -> Iterator[tuple[Any, int]]:
@@ -320,7 +325,10 @@ class BatchSource:
                 raise old._changed(f"batch {i} has {n} samples when read again for dtype {self.dtype}, "
                                    f"{expected[i] if i < len(expected) else 'none'} at construction")
             token = mat.tokens[i]
-            same = _digest(raw) == token if token is not None else _same_tensors(old._move(raw), mat.batches[i])
+            if token is None:
+                same = _same_tensors(old._move_checked(raw, private=True)[0], mat.batches[i])
+            else:
+                same = token == _PRIVATE or _digest(raw) == token
             if not same:
                 raise old._changed(f"batch {i} read again for dtype {self.dtype} holds other values than at "
                                    "construction")
