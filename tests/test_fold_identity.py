@@ -213,3 +213,29 @@ def test_problem_loss_while_an_evaluator_is_open_is_not_folded(classification):
         ev(np.array([[0.9, -0.9]]))
         ev.fold.coefficients = (0.9, -0.9)  # even with stale coefficients left behind
         assert pr.loss(theta) == expected
+
+
+def test_per_batch_terms_with_inputs_made_inside_forward():
+    """The data-parallel path (per-batch terms) announces batches like the problem's own loop."""
+    x, y = _data(CatFeatures)
+    model = CatFeatures().double()
+    pr = lossatlas.Problem(model, torch.nn.CrossEntropyLoss(), (x, y), batch_size=30)
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    c = np.array([[0.5, -0.25], [-0.75, 0.5]])
+    for strategy in ("loop", "vmap"):
+        with PointEvaluator(pr, pr.params(), d.vectors, strategy=strategy, per_batch=True) as ev:
+            assert ev.fold.active_layers == ["lin"]
+            terms = ev.terms(c)
+        with PointEvaluator(pr, pr.params(), d.vectors, strategy=strategy, per_batch=True,
+                            exact_linear=False) as ev:
+            direct = ev.terms(c)
+        assert_close(terms.numpy(), direct.numpy(), F64, what=strategy)
+
+
+def test_recalibrated_batchnorm_after_a_folded_layer_over_several_batches(cnn_data):
+    model, loss_fn, x, y = cnn_data
+    pr = lossatlas.Problem(model, loss_fn, (x.double(), y), dtype=F64, batch_size=16, bn="recalibrate")
+    d = lossatlas.directions.random(pr, n=2, seed=1)
+    a = lossatlas.surface(pr, None, d, steps=3, progress=False, strategy="loop")
+    b = lossatlas.surface(pr, None, d, steps=3, progress=False, strategy="loop", exact_linear=False)
+    assert_close(a.loss.values, b.loss.values, F64)
