@@ -255,6 +255,8 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
     batches = list(problem.data)
     bn_buffers = _bn_buffer_names(problem)
     t0 = time.perf_counter()
+    lock = problem._guard.lock  # BatchNorm of the shared private module in train mode: no other thread meanwhile
+    lock.acquire()
     try:
         for m in problem._bn_modules:
             m.train()
@@ -283,6 +285,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
     finally:
         for m in problem._bn_modules:
             m.eval()
+        lock.release()
     seconds = time.perf_counter() - t0
     points = [a, *({n: v.detach() for n, v in p.items()} for p in leaves), b]
     info = {"curve": curve, "bends": k, "steps": int(steps), "lr": float(lr), "batch_size": batch_size,

@@ -11,6 +11,20 @@ Accepted forms (see :class:`lossatlas.Problem`):
 Batches are moved to the problem's device (floating tensors cast to its dtype) once and kept while
 their total size fits ``max_cache_bytes``; otherwise they are streamed from the source at each
 evaluation. Either way batches are never re-collated per evaluation when cached.
+
+The data is a snapshot, and data that changes is never used silently:
+
+* cached batches are private copies: changing the user's tensors afterwards changes nothing;
+* batches with no sample (leading size 0) are skipped: they hold no term of the sample mean
+  Σ n_b ℓ_b / N (the mean of an empty batch, 0/0, would otherwise poison it with NaN);
+* streamed data is re-read at every evaluation and must yield, at every pass, batches of the sizes
+  counted at construction (empty ones included), as many of them: otherwise :class:`DataError`
+  (a pass that yields fewer, more or other-sized batches, e.g. a ``DataLoader`` with
+  ``drop_last=False`` over a dataset that grew, would weight the samples wrongly or drop some);
+* a variant in another dtype (:meth:`BatchSource.recast`) is rebuilt from the cached batches when
+  they hold the source exactly, else re-read from the source, which must then yield the very same
+  data (checked exactly: by value, or by SHA-256 of the batches the cache rounded) or
+  :class:`DataError` is raised (a shuffled ``DataLoader`` is not the same data twice).
 """
 
 from __future__ import annotations
@@ -29,6 +43,41 @@ from .errors import DataError, bad_type, bad_value
 
 DEFAULT_BATCH = 8192
 DEFAULT_CACHE_BYTES = 4 * 2**30
+
+_EXACT_CASTS = {torch.float16: (torch.float32, torch.float64), torch.bfloat16: (torch.float32, torch.float64),
+                torch.float32: (torch.float64,)}
+
+
+def exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every value of floating dtype ``src`` is exactly representable in ``dst``."""
+    return src == dst or dst in _EXACT_CASTS.get(src, ())
+
+
+_PRIVATE = "private"  # token of a batch read from lossatlas' own cache
+
+
+def _digest(batch: Any) -> str:
+    h = hashlib.sha256()
+    for t in tensors_in(batch):
+        c = t.detach().contiguous().cpu()
+        h.update(f"{tuple(c.shape)}|{c.dtype}|".encode())
+        h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _same_tensors(a: Any, b: Any) -> bool:
+    ta, tb = tensors_in(a), tensors_in(b)
+    if len(ta) != len(tb):
+        return False
+    for x, y in zip(ta, tb):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        if x.is_floating_point():
+            it = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+            x, y = x.view(it), y.view(it)
+        if not torch.equal(x, y.to(x.device)):
+            return False
+    return True
 
 
 def map_tensors(obj: Any, fn) -> Any:
@@ -76,8 +125,9 @@ class Materialised:
     """Batches (cached on device) or a streaming source, with the number of samples of each."""
 
     batches: list[Any] | None
-    sizes: list[int]
+    sizes: list[int]  # samples of each non-empty batch (the batches evaluated)
     stream: Iterable | None
+    tokens: list[str | None] | None = None  # per cached batch: SHA-256 of the source batch if rounded
 
     @property
     def n_samples(self) -> int:
@@ -137,20 +187,39 @@ class BatchSource:
 
     # -- materialisation ------------------------------------------------------------------------
     def _move(self, batch: Any) -> Any:
+        return self._move_checked(batch)[0]
+
+    def _move_checked(self, batch: Any, *, private: bool = False) -> tuple[Any, bool]:
+        """The batch on the device in the problem's dtype, and whether a floating tensor was rounded.
+        A tensor that would still be the source's memory is copied unless ``private``."""
+        narrowed = [False]
+
         def mv(t: Tensor) -> Tensor:
             if t.is_floating_point():
-                return t.to(device=self.device, dtype=self.dtype)
-            return t.to(device=self.device)
-        return map_tensors(batch, mv)
+                out = t.to(device=self.device, dtype=self.dtype)
+                narrowed[0] |= not exact_cast(t.dtype, self.dtype)
+            else:
+                out = t.to(device=self.device)
+            if out is t and not private:  # still the source's memory: a private copy
+                out = out.clone()
+            return out
+        return map_tensors(batch, mv), narrowed[0]
 
-    def _materialise(self) -> Materialised:
+    def _changed(self, what: str) -> DataError:
+        return DataError(f"Problem: argument 'data' changed between iterations: {what}; it must yield the same "
+                         "batches at every pass (no shuffling, no batches added or dropped)")
+
+    def _materialise(self, *, private: bool = False) -> Materialised:
         src = self._source
         one_shot = iter(src) is src if self.kind == "iterable" else False
         batches: list[Any] = []
         sizes: list[int] = []
+        raw_sizes: list[int] = []  # this pass so far, empty batches included
+        tokens: list[str | None] = []
         used = 0
         for raw in src:
             n = leading_size(raw)
+            raw_sizes.append(n)
             used += nbytes(raw)
             if used > self.budget:
                 if one_shot:
@@ -158,12 +227,40 @@ class BatchSource:
                         f"Problem(): argument 'data' is a one-shot iterator larger than the cache budget "
                         f"({self.budget} bytes); pass a re-iterable (a list, Dataset or DataLoader) or raise "
                         f"max_cache_bytes")
-                # too big to cache: stream it at every evaluation (sizes counted once)
-                sizes = [leading_size(b) for b in src]
-                return Materialised(None, sizes, src)
-            batches.append(self._move(raw))
+                # too big to cache: stream it at every evaluation; sizes counted on a full pass, and
+                # checked against the batches of this pass read so far
+                counted = [k for k in (leading_size(b) for b in src) if k]
+                seen = [k for k in raw_sizes if k]
+                if counted[:len(seen)] != seen:
+                    raise self._changed(f"batch sizes {counted[:len(seen)]} at the second pass, {seen} at the first")
+                return Materialised(None, counted, src)
+            if n == 0:
+                continue  # no sample: no term of the mean
+            moved, narrowed = self._move_checked(raw, private=private)
+            batches.append(moved)
             sizes.append(n)
-        return Materialised(batches, sizes, None)
+            # rounded: how to recognise the source batch when it is read again (our own cache as the
+            # source cannot change)
+            tokens.append((_PRIVATE if private else _digest(raw)) if narrowed and not one_shot else None)
+        return Materialised(batches, sizes, None, tokens)
+
+    def _stream(self) -> Iterator[tuple[Any, int]]:
+        """(raw batch, n) of a streamed source, empty batches skipped, checked against the sizes
+        counted at construction (batch ``k`` is the ``k``-th non-empty one)."""
+        expected = self._mat.sizes
+        k = 0
+        for raw in self._mat.stream:
+            n = leading_size(raw)
+            if n == 0:
+                continue
+            if k >= len(expected):
+                raise self._changed(f"it yielded more than the {len(expected)} batches counted at construction")
+            if n != expected[k]:
+                raise self._changed(f"batch {k} has {n} samples, {expected[k]} when counted at construction")
+            yield raw, n
+            k += 1
+        if k != len(expected):
+            raise self._changed(f"it yielded {k} batches, {len(expected)} when counted at construction")
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -186,20 +283,67 @@ class BatchSource:
         if self._mat.batches is not None:
             yield from zip(self._mat.batches, self._mat.sizes)
         else:
-            for raw, n in zip(self._mat.stream, self._mat.sizes):
+            for raw, n in self._stream():
                 yield self._move(raw), n
 
     def recast(self, dtype: torch.dtype) -> BatchSource:
-        """The same data in another floating dtype, rebuilt from the original source when it can be
-        iterated again (so no precision is lost), else from the cached batches."""
+        """The same data in another floating dtype, with no precision lost where it can be helped:
+        from the cached batches when they hold the source exactly (a snapshot: later changes to the
+        source do not matter), else re-read from the source, which must yield the same data as at
+        construction (:class:`DataError` otherwise). A one-shot iterator that was rounded when cached
+        cannot be read again: the variant holds its cached (rounded) batches. Streamed data is
+        re-read at every evaluation, as for this source."""
         new = copy.copy(self)
         new.dtype = dtype
         new._fingerprint = None
-        reusable = self.kind != "iterable" or iter(self._source) is not self._source
-        source = self._source if reusable else self._mat.batches
-        new._source = source
-        new._mat = new._materialise()
+        mat = self._mat
+        if mat.cached and not any(mat.tokens or ()):
+            new._source = mat.batches
+            new.kind = "iterable"
+            new._mat = new._materialise(private=True)
+        elif mat.cached:
+            new._mat = new._reread(self)
+        else:
+            new._mat = new._materialise()
+            if new._mat.sizes != mat.sizes:
+                raise self._changed(f"batch sizes {new._mat.sizes} when read again for dtype {dtype}, "
+                                    f"{mat.sizes} at construction")
         return new
+
+    def _reread(self, old: BatchSource) -> Materialised:
+        """Cached batches re-read from the source in this dtype, each checked to be the batch ``old``
+        cached: equal after the same conversion, or (where the conversion rounded) the same SHA-256."""
+        mat = old._mat
+        expected = mat.sizes
+        batches: list[Any] | None = []
+        used, i = 0, 0
+        for raw in self._source:
+            n = leading_size(raw)
+            if n == 0:
+                continue
+            if i >= len(expected) or n != expected[i]:
+                raise old._changed(f"batch {i} has {n} samples when read again for dtype {self.dtype}, "
+                                   f"{expected[i] if i < len(expected) else 'none'} at construction")
+            token = mat.tokens[i]
+            if token is None:
+                same = _same_tensors(old._move_checked(raw, private=True)[0], mat.batches[i])
+            else:
+                same = token == _PRIVATE or _digest(raw) == token
+            if not same:
+                raise old._changed(f"batch {i} read again for dtype {self.dtype} holds other values than at "
+                                   "construction")
+            used += nbytes(raw)
+            if batches is not None and used <= self.budget:
+                batches.append(self._move(raw))
+            else:
+                batches = None  # too big in this dtype: stream it (checked at every pass)
+            i += 1
+        if i != len(expected):
+            raise old._changed(f"{i} batches when read again for dtype {self.dtype}, {len(expected)} at "
+                               "construction")
+        if batches is None:
+            return Materialised(None, list(expected), self._source)
+        return Materialised(batches, list(expected), None, [None] * len(batches))
 
     def first(self) -> tuple[Any, int]:
         return next(iter(self))

@@ -324,9 +324,9 @@ class _BatchShard:
             for i in self.indices:
                 yield batches[i], self._sizes[i]
         else:
-            for i, raw in enumerate(self.source._mat.stream):
+            for i, (raw, n) in enumerate(self.source._stream()):  # checked like the source's own passes
                 if i in mine:
-                    yield self.source._move(raw), self._sizes[i]
+                    yield self.source._move(raw), n
 
     def first(self):
         return next(iter(self))

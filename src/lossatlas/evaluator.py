@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import params as P
 from ._linear_fold import LinearFold
-from .errors import EvaluationError, bad_value
+from .errors import EvaluationError, LossAtlasError, bad_value
 
 STRATEGIES = ("auto", "loop", "vmap")
 VMAP_MEMORY = 512 * 2**20  # bytes of activations a vmapped batch of points may use
@@ -127,12 +127,15 @@ class PointEvaluator:
 
     def _evaluate(self, coefficients: np.ndarray) -> Tensor:
         coefficients = np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.directions))
+        # the problem's lock for the whole call: parameters bound and the fold armed on a private
+        # module that other threads may share (they wait; values are never mixed)
+        armed = self.fold.armed() if self.fold is not None else contextlib.nullcontext()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.problem._guard.lock, armed:
                 if self.strategy == "vmap":
                     return self._run_vmap(coefficients)
                 return self._run_loop(coefficients)
-        except EvaluationError:
+        except LossAtlasError:
             raise
         except Exception as exc:
             raise EvaluationError(f"surface(): evaluating the model failed with {type(exc).__name__}: {exc}") from exc
@@ -153,9 +156,17 @@ class PointEvaluator:
             values = problem.evaluate_bound(metrics=self.metrics)
             return torch.stack([values[k] for k in self.names])
         rows = []
-        for batch, n in problem.data:
-            terms = problem._terms_bound(batch, n, self.metrics)
-            rows.append(torch.stack([terms[k].to(torch.float64) for k in self.names]))
+        guard = problem._guard
+        with guard.lock:
+            try:
+                for b, (batch, n) in enumerate(problem.data):
+                    guard.batch = b  # announced to the linear fold, as in Problem.evaluate_bound
+                    guard.calls.clear()
+                    terms = problem._terms_bound(batch, n, self.metrics)
+                    rows.append(torch.stack([terms[k].to(torch.float64) for k in self.names]))
+            finally:
+                guard.batch = None
+                guard.calls.clear()
         return torch.stack(rows, dim=-1)
 
     def _run_loop(self, coefficients: np.ndarray) -> Tensor:
@@ -238,16 +249,17 @@ class PointEvaluator:
         def hook(mod, args, out):
             if isinstance(out, Tensor):
                 total[0] += out.numel() * out.element_size()
-        for m in problem._module.modules():
-            if not list(m.children()):
-                hooks.append(m.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                batch, n = problem.data.first()
-                problem.batch_terms(self.center, batch, n, metrics=self.metrics)
-        finally:
-            for h in hooks:
-                h.remove()
+        with problem._guard.lock:  # hooks on the shared private module
+            for m in problem._module.modules():
+                if not list(m.children()):
+                    hooks.append(m.register_forward_hook(hook))
+            try:
+                with torch.no_grad():
+                    batch, n = problem.data.first()
+                    problem.batch_terms(self.center, batch, n, metrics=self.metrics)
+            finally:
+                for h in hooks:
+                    h.remove()
         return max(total[0], 1)
 
     def _default_vmap_batch(self) -> int:

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +41,35 @@ def _loss_reduction(loss: Any) -> str:
     return str(getattr(loss, "reduction", "mean"))
 
 
+class _Guard:
+    """What a Problem shares with the shallow copies that evaluate the same private module.
+
+    * ``lock``: a re-entrant lock held while the private module is in use (parameters bound into
+      it, BatchNorm switched to train mode for recalibration, hooks or fold dispatchers installed):
+      a Problem may be shared between threads; their evaluations are serialised, never interleaved.
+    * ``batch``/``calls``: the index of the batch that an evaluation loop is running and the calls
+      made so far per layer (how the linear fold finds the products of an input).
+    * ``fold``/``patches``: the fold in use and the installed fold dispatchers (``_linear_fold``).
+
+    A deep copy (of a Problem, or of its module) gets a fresh guard: it evaluates its own module.
+    """
+
+    __slots__ = ("lock", "batch", "calls", "fold", "patches")
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.batch: int | None = None
+        self.calls: dict[int, int] = {}
+        self.fold: Any = None
+        self.patches: dict[int, list] = {}
+
+    def __deepcopy__(self, memo) -> _Guard:
+        return _Guard()
+
+    def __reduce__(self):
+        return (_Guard, ())
+
+
 class Problem:
     """A model, a loss and data: ``loss(θ)``, ``evaluate(θ)``, ``grad(θ)`` at any parameters θ.
 
@@ -48,6 +78,8 @@ class Problem:
     model
         Any ``nn.Module``. It is deep-copied (onto ``device``/``dtype``) and the copy is evaluated
         in eval mode (dropout off, BatchNorm running statistics); the original is never modified.
+        The copy is a snapshot: changing the model afterwards (weights, buffers, submodules)
+        changes neither this problem nor the variants :meth:`with_dtype` derives from it.
     loss
         ``loss(outputs, targets) -> scalar tensor``, e.g. ``nn.CrossEntropyLoss()``. The batch value
         is read as a per-sample mean. Losses with ``reduction="sum"`` contribute ``ℓ_b / N`` (so the
@@ -55,7 +87,10 @@ class Problem:
         outputs are averaged like ``"mean"``. May be ``None`` when ``closure`` is given.
     data
         ``(inputs, targets)`` tensors, a ``Dataset``, a ``DataLoader`` or a re-iterable of batches.
-        Batches are moved to ``device`` once and cached when they fit in ``max_cache_bytes``.
+        Batches are moved to ``device`` once and cached (as private copies) when they fit in
+        ``max_cache_bytes``, else streamed at each evaluation, each pass checked against the batch
+        sizes counted at construction (:class:`~lossatlas.DataError` when they differ). Batches
+        with no sample are skipped (they hold no term of the mean).
     closure
         ``closure(model_call, batch) -> loss`` for batches that are not ``(inputs, targets)`` pairs;
         ``model_call(*args, **kwargs)`` runs the model at the point being evaluated. The closure may
@@ -78,6 +113,9 @@ class Problem:
     metrics
         ``"auto"`` (accuracy for classification targets), ``None``, or a dict/list of metrics:
         the string ``"accuracy"`` or callables ``fn(outputs, targets) -> scalar`` (batch means).
+
+    A problem may be shared between threads: evaluations hold a per-problem re-entrant lock while
+    they use the private model, so they are serialised (correct values, no speed-up).
 
     Example
     -------
@@ -137,7 +175,8 @@ class Problem:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise bad_value("Problem", "device", "an available device (CUDA is not available here)", str(device))
 
-        self.model = model  # the user's module: read, never written
+        self.model = model  # the user's module: never written, and never read again after construction
+        self._guard = _Guard()
         self.loss_fn = loss
         self._loss_call = fast_cross_entropy(loss) or loss  # same values, a faster CPU layout
         self.closure = closure
@@ -145,12 +184,15 @@ class Problem:
         self.reduction = _loss_reduction(loss) if loss is not None else "mean"
         self.param_names: tuple[str, ...] = tuple(n for n, _ in trainable)
 
+        # the snapshot: the private copy (and, where its dtype cannot hold them exactly, the original
+        # values of frozen parameters and buffers) is all that is ever evaluated or re-derived
         self._module = self._private_copy(model)
+        self._originals = _inexact_originals(model, self.dtype, self.param_names)
+        self._center = P.params_of(model, dtype=self.dtype, device=self.device)
         self._param_slots = _slots(self._module, self.param_names, buffers=False)
         self.data = BatchSource(data, device=self.device, dtype=self.dtype, batch_size=batch_size,
                                 max_cache_bytes=max_cache_bytes)
         self.n_samples = self.data.n_samples
-        self._center = P.params_of(model, dtype=self.dtype, device=self.device)
         self._bn_modules = _bn_modules(self._module)
         self._metric_fns: dict[str, MetricFn] = {}
         self._probe(metrics)
@@ -251,23 +293,25 @@ class Problem:
     def bound(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None):
         """Place ``params`` (and ``buffers``) into the private model for the duration of the block:
         the same effect as ``torch.func.functional_call`` (tied parameters included) without its
-        per-call bookkeeping. Originals are restored on every exit path."""
-        saved = []
-        try:
-            for name, t in params.items():
-                for owner, attr in self._param_slots[name]:
-                    saved.append((owner._parameters, attr, owner._parameters[attr]))
-                    owner._parameters[attr] = t
-            if buffers:
-                slots = self._buffer_slots()
-                for name, t in buffers.items():
-                    for owner, attr in slots[name]:
-                        saved.append((owner._buffers, attr, owner._buffers[attr]))
-                        owner._buffers[attr] = t
-            yield self._module
-        finally:
-            for table, attr, original in reversed(saved):
-                table[attr] = original
+        per-call bookkeeping. Originals are restored on every exit path. The problem's lock is held
+        for the block: another thread using the problem waits (values are never mixed)."""
+        with self._guard.lock:
+            saved = []
+            try:
+                for name, t in params.items():
+                    for owner, attr in self._param_slots[name]:
+                        saved.append((owner._parameters, attr, owner._parameters[attr]))
+                        owner._parameters[attr] = t
+                if buffers:
+                    slots = self._buffer_slots()
+                    for name, t in buffers.items():
+                        for owner, attr in slots[name]:
+                            saved.append((owner._buffers, attr, owner._buffers[attr]))
+                            owner._buffers[attr] = t
+                yield self._module
+            finally:
+                for table, attr, original in reversed(saved):
+                    table[attr] = original
 
     def _buffer_slots(self):
         if not hasattr(self, "_buffer_slot_cache"):
@@ -355,10 +399,18 @@ class Problem:
         """Like :meth:`evaluate_tensors` for parameters already placed with :meth:`bound` (lets a
         caller bind reusable buffers once and update them in place between evaluations)."""
         totals: dict[str, Tensor] = {}
-        for batch, n in self.data:
-            for k, v in self._terms_bound(batch, n, metrics).items():
-                v = v.to(torch.float64)
-                totals[k] = v if k not in totals else totals[k] + v
+        guard = self._guard
+        with guard.lock:
+            try:
+                for b, (batch, n) in enumerate(self.data):
+                    guard.batch = b  # announced to the linear fold (see _linear_fold)
+                    guard.calls.clear()
+                    for k, v in self._terms_bound(batch, n, metrics).items():
+                        v = v.to(torch.float64)
+                        totals[k] = v if k not in totals else totals[k] + v
+            finally:
+                guard.batch = None
+                guard.calls.clear()
         return totals
 
     def loss(self, params: Mapping[str, Tensor]) -> float:
@@ -393,6 +445,10 @@ class Problem:
     def recalibrated_buffers(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """BatchNorm running statistics recomputed at ``params`` from the whole data set: the
         sample-weighted mean of per-batch statistics (exact when the data is a single batch)."""
+        with self._guard.lock:  # BatchNorm layers of the shared module go to train mode meanwhile
+            return self._recalibrated_buffers(params)
+
+    def _recalibrated_buffers(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         names = {m: n for n, m in self._module.named_modules()}
         buffers: dict[str, Tensor] = {}
         for m in self._bn_modules:
@@ -440,10 +496,21 @@ class Problem:
         }
 
     def with_dtype(self, dtype: torch.dtype) -> Problem:
-        """The same problem evaluated in another dtype (e.g. ``torch.float64`` for verification)."""
+        """The same problem evaluated in another dtype (e.g. ``torch.float64`` for verification).
+
+        Derived from the snapshot taken at construction, never from the live user model: changing
+        the model afterwards (a weight, a BatchNorm buffer, a submodule) changes neither this problem
+        nor its variants. Frozen parameters and buffers keep their original values where the new
+        dtype holds them (a float64 variant of a bfloat16 problem made from a float32 model uses the
+        float32 values, not their bfloat16 roundings: the problem keeps the originals that its own
+        dtype rounded); the trainable parameters θ₀ are this problem's θ₀, cast. The data is
+        rebuilt as :meth:`BatchSource.recast` describes."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise bad_value("Problem.with_dtype", "dtype", "a floating torch.dtype (e.g. torch.float64)", dtype)
         new = copy.copy(self)
+        new._guard = _Guard()
         new.dtype = dtype
-        new._module = new._private_copy(self.model)
+        new._module, new._originals = self._variant_module(dtype)
         new.data = self.data.recast(dtype)
         new._center = P.to(self._center, dtype=dtype)
         new._param_slots = _slots(new._module, new.param_names, buffers=False)
@@ -457,18 +524,16 @@ class Problem:
         ``state``: trainable and frozen parameters and buffers (BatchNorm running statistics), e.g.
         a checkpoint written by ``torch.save(model.state_dict())``. ``state`` must hold exactly the
         model's entries (missing or unexpected keys, and shape mismatches, are errors naming them).
-        It is loaded into a fresh copy of the model (``load_state_dict(strict=True)``); neither
-        your model nor this problem changes. ``params()`` of the result is the state's trainable
-        parameters, the natural centre."""
+        It is loaded (``load_state_dict(strict=True)``) into a copy of the snapshot this problem took
+        at construction, never into the live model: neither your model nor this problem changes, and
+        entries a state_dict does not hold (non-persistent buffers) come from the snapshot.
+        ``params()`` of the result is the state's trainable parameters, the natural centre."""
         from .errors import ParameterMismatchError
 
         if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
             raise bad_type(func, arg, "a state_dict (a dict of tensors)", state)
-        model = copy.deepcopy(self.model)  # never the user's module
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point() and t.dtype != self.dtype:  # load without rounding through another dtype
-                t.data = t.data.to(self.dtype)
-        expected = model.state_dict()
+        module, _ = self._variant_module(self.dtype)  # a copy of the snapshot, never the user's module
+        expected = module.state_dict()
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         if missing or unexpected:
@@ -485,15 +550,42 @@ class Problem:
                 raise ParameterMismatchError(f"{func}(): argument '{arg}' entry {k!r} must have shape "
                                              f"{tuple(v.shape)} like the model's; received {tuple(state[k].shape)}")
         with torch.no_grad():
-            model.load_state_dict(dict(state), strict=True)
+            module.load_state_dict(dict(state), strict=True)  # cast to the problem's dtype, as at construction
         new = copy.copy(self)
-        new.model = model
-        new._module = new._private_copy(model)
-        new._center = P.params_of(model, dtype=self.dtype, device=self.device)
+        new.model = copy.deepcopy(self.model)  # what `model` reports: the loaded state (evaluation uses `module`)
+        with torch.no_grad():
+            new.model.load_state_dict(dict(state), strict=True)
+        new._guard = _Guard()
+        new._module = module
+        new._originals = {k: v.detach().to("cpu", copy=True) for k, v in state.items()
+                          if k in expected and v.is_floating_point() and k not in self.param_names
+                          and not _exact_cast(v.dtype, self.dtype)}
+        new._center = {n: state[n].detach().to(device=self.device, dtype=self.dtype).clone() for n in self.param_names}
         new._param_slots = _slots(new._module, new.param_names, buffers=False)
         new._bn_modules = _bn_modules(new._module)
         new.__dict__.pop("_buffer_slot_cache", None)
         return new
+
+    def _variant_module(self, dtype: torch.dtype) -> tuple[nn.Module, dict[str, Tensor]]:
+        """A deep copy of the private module in ``dtype`` (frozen parameters and buffers from the
+        originals where kept) and the originals the variant needs to keep in turn."""
+        from ._linear_fold import dispatchers_removed
+
+        with self._guard.lock, dispatchers_removed(self._guard):
+            module = copy.deepcopy(self._module)
+        originals: dict[str, Tensor] = {}
+        tensors = dict(module.named_parameters())
+        tensors.update(module.named_buffers())
+        for name, t in tensors.items():
+            if not t.is_floating_point():
+                continue
+            kept = self._originals.get(name)
+            src = kept if kept is not None else t.detach()
+            if not _exact_cast(src.dtype, dtype) and name not in self.param_names:
+                originals[name] = kept if kept is not None else t.detach().to("cpu", copy=True)
+            if kept is not None or t.dtype != dtype:
+                t.data = src.to(device=self.device, dtype=dtype)
+        return module, originals
 
     def __repr__(self) -> str:
         n_params = sum(v.numel() for v in self._center.values())
@@ -512,6 +604,27 @@ def _slots(module: nn.Module, names, *, buffers: bool) -> dict[str, list[tuple[n
         prefix, _, attr = full.rpartition(".")
         by_id.setdefault(id(tensor), []).append((module.get_submodule(prefix), attr))
     return {name: by_id[id(table[name])] for name in names}
+
+
+_EXACT_CASTS = {torch.float16: (torch.float32, torch.float64), torch.bfloat16: (torch.float32, torch.float64),
+                torch.float32: (torch.float64,)}
+
+
+def _exact_cast(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every value of ``src`` is exactly representable in ``dst``."""
+    return src == dst or dst in _EXACT_CASTS.get(src, ())
+
+
+def _inexact_originals(model: nn.Module, dtype: torch.dtype, trainable) -> dict[str, Tensor]:
+    """CPU copies of the frozen parameters and floating buffers that ``dtype`` cannot hold exactly
+    (empty when the problem's dtype is the model's or wider: the private copy is then the snapshot)."""
+    names = set(trainable)
+    out: dict[str, Tensor] = {}
+    items = [(n, p) for n, p in model.named_parameters() if n not in names] + list(model.named_buffers())
+    for name, t in items:
+        if t.is_floating_point() and not _exact_cast(t.dtype, dtype):
+            out[name] = t.detach().to("cpu", copy=True)
+    return out
 
 
 def _bn_modules(module: nn.Module) -> list[nn.Module]:
