@@ -494,3 +494,29 @@ def test_forward_over_reverse_is_checked_against_finite_differences(monkeypatch)
     eig = C.eigenvalues(right, k=1, tol=1e-9, progress=False)
     assert right.method == "forward-over-reverse" and right.exact and right.product_error == 0.0
     assert abs(eig.values[0] - exact[-1]) <= 1e-9 * abs(exact[-1]) + eig.errors[0]
+
+
+def test_exact_hessian_oracle_is_right_through_layer_norm():
+    """lossatlas.testing.exact_hessian differentiates reverse-over-reverse: equal to the Hessian of the
+    same network with layer norm written by hand (torch.func.hessian of the native one is not)."""
+    from lossatlas.testing import exact_hessian
+
+    g = _gen(1)
+    x, t = torch.randn(6, 4, generator=g, dtype=F64), torch.randn(6, 1, generator=g, dtype=F64)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Tanh(),
+                                torch.nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5, generator=g)
+        model[1].bias.normal_(generator=g)
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+    names, sizes = list(theta), [v.numel() for v in theta.values()]
+
+    def by_hand(flat):
+        p = {k: v.reshape(theta[k].shape) for k, v in zip(names, flat.split(sizes))}
+        h = x @ p["0.weight"].T + p["0.bias"]
+        h = torch.tanh(layer_norm(h, p["1.weight"], p["1.bias"]))
+        return ((h @ p["3.weight"].T + p["3.bias"] - t) ** 2).mean()
+
+    flat = torch.cat([v.reshape(-1) for v in theta.values()])
+    torch.testing.assert_close(exact_hessian(model, torch.nn.MSELoss(), [(x, t)], theta),
+                               torch.func.hessian(by_hand)(flat), rtol=1e-10, atol=1e-12)
