@@ -308,3 +308,18 @@ def test_float32_variant_of_a_float64_problem_comes_back_exactly(classification)
     assert back.data.fingerprint() == pr.data.fingerprint()
     theta = pr.params()
     assert back.loss(theta) == pr.loss(theta)
+
+
+def test_grad_of_a_loss_without_gradient_is_a_differentiation_error():
+    x, y = torch.randn(12, 3), torch.randn(12, 1)
+
+    def zero_one(out, target):
+        return (torch.sign(out) != torch.sign(target)).to(out.dtype).mean()
+
+    problem = lossatlas.Problem(torch.nn.Linear(3, 1), zero_one, (x, y), metrics=None)
+    with pytest.raises(lossatlas.DifferentiationError, match=r"Problem.grad\(\).*no gradient.*zero_one"):
+        problem.grad(problem.params())
+    plain = lossatlas.Problem(torch.nn.Linear(3, 1), torch.nn.MSELoss(), (x, y))
+    with torch.no_grad():  # a caller's no_grad block does not turn the gradient off
+        g = plain.grad(plain.params())
+    assert float(sum(v.abs().sum() for v in g.values())) > 0

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import params as P
 from ._fast_paths import fast_cross_entropy, patch_private_module
 from .data import BatchSource, map_tensors
-from .errors import (EvaluationError, InvalidArgumentError, LossFunctionError, bad_type, bad_value)
+from .errors import (DifferentiationError, EvaluationError, InvalidArgumentError, LossFunctionError, bad_type, bad_value)
 
 __all__ = ["Problem"]
 
@@ -433,9 +433,20 @@ class Problem:
         buffers = None
         if self.bn == "recalibrate" and self._bn_modules:
             buffers = self.recalibrated_buffers(params)
-        for batch, n in self.data:
-            term = self.batch_terms(leaves, batch, n, buffers, metrics=False)["loss"]
-            gs = torch.autograd.grad(term, list(leaves.values()), allow_unused=True)
+        for b, (batch, n) in enumerate(self.data):
+            with torch.enable_grad():
+                term = self.batch_terms(leaves, batch, n, buffers, metrics=False)["loss"]
+                if not term.requires_grad:
+                    raise DifferentiationError(
+                        f"Problem.grad(): the {'closure' if self.closure is not None else 'loss'} must depend "
+                        f"differentiably on the parameters; its value on batch {b} carries no gradient (a 0–1 loss, "
+                        "a value computed outside torch or detached); received "
+                        f"{_describe_callable(self.closure if self.closure is not None else self.loss_fn)}")
+                try:
+                    gs = torch.autograd.grad(term, list(leaves.values()), allow_unused=True)
+                except RuntimeError as exc:
+                    raise DifferentiationError(f"Problem.grad(): torch cannot differentiate the model or loss "
+                                               f"({exc})") from exc
             for acc, g in zip(grads, gs):
                 if g is not None:
                     acc.add_(g)
