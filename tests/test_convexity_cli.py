@@ -46,7 +46,7 @@ def test_hessian_evidence_and_audit_explanation_agree(tmp_path):
                             "--density-iters", "2", "--density-probes", "2"])
     assert h.exit_code == 0, h.output
     text = flat(h.output)
-    assert "negative eigenvalue λ = -0.2381 (converged" in text and "not a proof" in text
+    assert "negative eigenvalue λ = -0.2381 ±" in text and "(converged)" in text and "not a proof" in text
     assert "lossatlas audit" in text
     out = tmp_path / "audit.json"
     a = runner.invoke(app, ["audit", target, "--methods", "hessian", "--no-progress", "--json", str(out)])
@@ -73,7 +73,19 @@ def test_an_eigenvalue_within_its_residual_is_not_called_evidence():
     from lossatlas.convexity._curvature import _why_not
 
     scan = [{"h": h, "gap": -1e-20, "floor": 1e-9} for h in (1e-4, 1e-2, 1.0)]
-    text = _why_not(-1e-12, True, 1e-9, scan, [], "The most negative Hessian eigenvalue")
+    text = _why_not(-1e-12, True, 1e-9, 1e-9, scan, [], "The most negative Hessian eigenvalue")
     assert "indistinguishable from zero" in text and "evidence, not a proof" not in text
-    text = _why_not(-1e-3, True, 1e-9, scan, [], "The most negative Hessian eigenvalue")
+    # beyond its residual but inside the products' zero band: still no evidence
+    text = _why_not(-1e-6, True, 1e-9, 1e-5, scan, [], "The most negative Hessian eigenvalue")
+    assert "indistinguishable from zero" in text and "evidence, not a proof" not in text
+    text = _why_not(-1e-3, True, 1e-9, 1e-9, scan, [], "The most negative Hessian eigenvalue")
     assert "evidence, not a proof" in text and "h ≳" in text
+
+
+def test_hessian_calls_an_eigenvalue_inside_the_zero_band_indistinguishable_from_zero():
+    # seed-relu in float32: λmin ≈ −2e-7 with residual 1.5e-7, far inside τ ≈ 1e-4 (float32 products)
+    r = CliRunner().invoke(app, ["hessian", "seed-relu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    text = flat(r.output)
+    assert "indistinguishable from 0" in text and "negative eigenvalue λ" not in text
+    assert "zero band τ =" in text and "± error" in text and "converged, extremal" in text

@@ -38,7 +38,8 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
             device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
-    """Extreme Hessian eigenvalues (with residuals), trace and eigenvalue density at the target's centre."""
+    """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre."""
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
@@ -62,19 +63,23 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
         "torch.", ""))
     table.add_column("")
     table.add_column("eigenvalue", justify="right")
-    table.add_column("residual ‖Hv − λv‖", justify="right")
+    table.add_column("± error", justify="right")
     table.add_column("residual / max|λ|", justify="right")
-    table.add_column("converged", justify="center")
+    table.add_column("status", justify="left")
     half = len(eig) // 2 if len(eig) > 1 else len(eig)
     labels = [f"λ{i + 1}" if i else "λmax" for i in range(half)]
     labels += [f"λmin+{len(eig) - 1 - i}" if i < len(eig) - 1 else "λmin" for i in range(half, len(eig))]
     for label, row in zip(labels, eig.summary()):
-        table.add_row(label, f"{row['value']:.6g}", f"{row['residual']:.2e}", f"{row['relative_residual']:.1e}",
-                      "yes" if row["converged"] else "[red]no[/red]")
+        status = row["status"] if row["converged"] and row["extremal_certified"] else f"[red]{row['status']}[/red]"
+        table.add_row(label, f"{row['value']:.6g}", f"{row['error']:.1e}", f"{row['relative_residual']:.1e}", status)
     console.print(table)
+    console.print(f"products: {op.method}; zero band τ = {eig.zero_tol:.1e} (|λ| ≤ τ cannot be told from 0 by these "
+                  "products)", highlight=False)
+    for note in dict.fromkeys((*op.method_notes, *eig.notes, *tr.notes, *dens.notes)):
+        console.print(f"note: {note}", highlight=False)
     lo, hi = dens.negative_bounds
     console.print(f"trace ({tr.method}, {tr.products} products): {tr}")
-    console.print(f"negative eigenvalue mass (SLQ, {dens.nodes.shape[0]} probes × {dens.iters} steps): "
+    console.print(f"negative eigenvalue mass below −τ (SLQ, {dens.nodes.shape[0]} probes × {dens.iters} steps): "
                   f"{dens.negative_mass} (bracket {lo:.3f}–{hi:.3f})")
     eps = 1e-3 * eig.scale
     lo, hi = dens.mass_bounds(-eps)
@@ -82,17 +87,22 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     if max(hi - lo, dens.negative_bounds[1] - dens.negative_bounds[0]) > 0.1:
         console.print("(a wide bracket: many eigenvalues sit too close to the threshold for this many Lanczos "
                       "steps to tell their signs apart; raise --density-iters to narrow it)")
-    negative = [(v, r) for v, r, c in zip(eig.values, eig.residuals, eig.converged) if c and v < -r]
+    negative = [(v, e) for v, e, neg in zip(eig.values, eig.errors, eig.negative) if neg]
     if negative:
-        v, r = min(negative)
-        console.print(f"[bold]negative eigenvalue[/bold] λ = {v:.4g} (converged, residual {r:.1e}): the Hessian here is "
+        v, e = min(negative)
+        console.print(f"[bold]negative eigenvalue[/bold] λ = {v:.4g} ± {e:.1e} (converged): the Hessian here is "
                       "not positive semi-definite. This is evidence of non-convexity, not a proof: "
                       f"`lossatlas audit {target}` turns it into a certificate (a Jensen triple θ ∓ h·v that beats "
                       "measured rounding) or says why it cannot (e.g. ReLU kinks closer than the step that beats "
                       "rounding).", highlight=False)
-    elif eig.all_converged and eig.min >= 0:
-        console.print("no negative curvature found: every converged extreme eigenvalue is ≥ 0 (locally convex "
-                      "here; this says nothing about other points).")
+    elif eig.min < 0:
+        i = int(np.argmin(eig.values))
+        console.print(f"λmin = {eig.values[i]:.3g} lies within its error ± {eig.errors[i]:.1e} of zero "
+                      f"({eig.status[i]}): indistinguishable from 0 with these products — not evidence of negative "
+                      "curvature.", highlight=False)
+    elif eig.all_converged:
+        console.print("no negative curvature found: every extreme eigenvalue converged, was checked to be extreme, "
+                      "and is ≥ 0 (locally convex here; this says nothing about other points).")
     if density_plot is not None:
         import matplotlib
 
@@ -136,7 +146,7 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
     ratio, conv = ds.ratio.values, ds.converged.values
     console.print(f"|λmin/λmax| over {'×'.join(map(str, ratio.shape))} points of {tgt.name}: "
                   f"min {ratio.min():.3g}, median {float(np.nanmedian(ratio)):.3g}, max {ratio.max():.3g}; "
-                  f"negative curvature certified (λmin + residual < 0, converged) at "
+                  f"negative curvature shown (λmin + residual < 0, converged; evidence, not a proof) at "
                   f"{int(((ds.lambda_min.values + ds.residual_min.values < 0) & (conv == 1)).sum())} points; "
                   f"{int(conv.sum())}/{conv.size} converged")
     if store is not None:

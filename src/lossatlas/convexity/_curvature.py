@@ -82,15 +82,15 @@ def _along(p64, theta64: Mapping[str, Tensor], v: Mapping[str, Tensor], scale: f
     return None if best is None else best
 
 
-def _why_not(lam: float, converged: bool, residual: float, scan: list[dict[str, float]], refused: list[str],
-             what: str) -> str:
+def _why_not(lam: float, converged: bool, residual: float, error: float, scan: list[dict[str, float]],
+             refused: list[str], what: str) -> str:
     """Why a negative eigenpair gave no certificate, in numbers: the steps tried, the quadratic model
     −λh²/2 of the gap against the rounding floor, and where the measured gap leaves that model."""
     head = (f"{what} λ = {lam:.4g} ({'converged' if converged else 'not converged'}, residual {residual:.1e}) "
             f"did not become a certificate")
-    if not abs(lam) > residual:
-        head += (" — and |λ| does not exceed its residual, so it is indistinguishable from zero: not even evidence "
-                 "of negative curvature")
+    if not abs(lam) > error:
+        head += (f" — and |λ| does not exceed its error ± {error:.1e} (residual plus the products' zero band), so it "
+                 "is indistinguishable from zero: not even evidence of negative curvature")
     pts = [s for s in scan if math.isfinite(s["gap"]) and math.isfinite(s["floor"])]
     if not pts:
         return head + ": the loss was not finite at any step along its eigenvector."
@@ -118,7 +118,7 @@ def _why_not(lam: float, converged: bool, residual: float, scan: list[dict[str, 
     text += (f" (at h = {near['h']:.1e}: measured {near['gap']:.2e}, predicted {pred:.2e}). The quadratic picture "
              f"at θ does not reach the step needed to beat rounding — likely ReLU/max-pool kinks (or higher-order "
              f"terms) within the step")
-    if abs(lam) > residual and converged:
+    if abs(lam) > error and converged:
         text += ", so this eigenvalue is evidence, not a proof"
     return text + "."
 
@@ -154,7 +154,8 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
                             f"negative curvature λmin = {lam_min:.4g} at θ", reference, refused)
         if cert is not None:
             return cert, info
-    reasons = [_why_not(lam_min, bool(eig.converged[-1]), float(eig.residuals[-1]), scan, refused,
+    reasons = [_why_not(lam_min, bool(eig.converged[-1]), float(eig.residuals[-1]), float(eig.errors[-1]), scan,
+                        refused,
                         "The most negative Hessian eigenvalue")]
     # Kinks within ~1e-7·‖θ‖ of θ hide the full eigenvector's curvature: try blocks of the Hessian.
     info["blocks"] = []
@@ -185,7 +186,8 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
         if cert is not None:
             tried["certificate"] = True
             return cert, info
-        tried["reason"] = _why_not(lam_b, bool(eig_b.converged[0]), float(eig_b.residuals[0]), scan_b, refused_b,
+        tried["reason"] = _why_not(lam_b, bool(eig_b.converged[0]), float(eig_b.residuals[0]), float(eig_b.errors[0]),
+                                   scan_b, refused_b,
                                    f"The Hessian block over {', '.join(layers)}:")
     info["scan"] = scan
     blocks = "; ".join(f"block {', '.join(b['layers'])}: {b.get('reason', '')}" for b in info["blocks"])

@@ -101,6 +101,14 @@ class Eigen:
         return np.asarray(self.converged, dtype=bool) & np.asarray(self.extremal_certified, dtype=bool)
 
     @property
+    def negative(self) -> np.ndarray:
+        """Per pair: the Hessian certainly has an eigenvalue below zero near this one — converged and
+        value + error < 0 (a converged Ritz value has an eigenvalue within its residual; the error adds
+        the zero band of the products). Evidence of non-convexity, not a certificate."""
+        values = np.asarray(self.values, dtype=np.float64)
+        return np.asarray(self.converged, dtype=bool) & np.isfinite(values) & (values + self.errors < 0)
+
+    @property
     def all_converged(self) -> bool:
         """True when every returned pair converged and was certified extremal (see :attr:`status`)."""
         return bool(len(self.values)) and bool(np.all(self.certified))
