@@ -85,7 +85,8 @@ class Audit:
         if self.best_jensen_gap is not None:
             lines.append(f"Largest relative Jensen gap seen in the search: {self.best_jensen_gap:.3e}.")
         if self.lambda_min is not None:
-            lines.append(f"Hessian at θ: λmin = {self.lambda_min:.4g}, λmax = {self.lambda_max:.4g}.")
+            lines.append(f"Hessian at θ (Lanczos, extremes not certified): λmin ≈ {self.lambda_min:.4g}, "
+                         f"λmax ≈ {self.lambda_max:.4g}.")
         if self.not_certified:
             lines.append(self.not_certified)
         if self.why and self.why.get("text"):

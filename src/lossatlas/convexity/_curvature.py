@@ -132,12 +132,16 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
     from ..curvature._select import layer_of
 
     theta64 = P.to(theta, dtype=torch.float64, device=p64.device)
-    eig = eigenvalues(p64, theta64, k=1, which="both", tol=tol, seed=seed, dtype=torch.float64, progress=progress)
+    # certify=False: a certificate needs a negative eigenpair, not proof that it is the most negative one
+    # (the extremality check would double the products); the result says the extremes are not certified
+    eig = eigenvalues(p64, theta64, k=1, which="both", tol=tol, seed=seed, dtype=torch.float64, certify=False,
+                      progress=progress)
     lam_max, lam_min = float(eig.values[0]), float(eig.values[-1])
     v = eig.vectors[-1]
     info: dict[str, Any] = {"lambda_min": lam_min, "lambda_max": lam_max,
                             "residual_min": float(eig.residuals[-1]), "converged_min": bool(eig.converged[-1]),
-                            "products": int(eig.products), "product_method": eig.product_method}
+                            "products": int(eig.products), "product_method": eig.product_method,
+                            "extremal_certified": bool(eig.extremal_certified.all())}
     if eig.notes:
         info["product_notes"] = list(eig.notes)
     info["why"] = explain(p64, theta64, v, lam_min)
@@ -162,7 +166,7 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
     for names in _trailing_blocks(p64):
         layers = list(dict.fromkeys(layer_of(n) for n in names))
         eig_b = eigenvalues(p64, theta64, k=1, which="smallest", tol=max(tol, BLOCK_TOL), seed=seed,
-                            max_products=BLOCK_PRODUCTS, params=list(names), dtype=torch.float64,
+                            max_products=BLOCK_PRODUCTS, params=list(names), dtype=torch.float64, certify=False,
                             progress=progress)
         lam_b = float(eig_b.values[0])
         tried = {"layers": layers, "lambda_min": lam_b, "products": int(eig_b.products), "certificate": False}
