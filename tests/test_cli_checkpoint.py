@@ -122,6 +122,9 @@ def test_surface_checkpoint_uses_buffers_and_frozen_entries(bn_setup, dtype):
     # printed with 6 significant digits: next to the grid's value at θ, what the checkpoint alone gives
     assert abs(_centre(r.output) - expected) <= 1e-5 * expected
     assert abs(_table_centre(r.output) - expected) <= 1e-5 * expected
+    text = " ".join(r.output.split())
+    plain = float(text.split("plain forward): loss ")[1].split()[0].rstrip(")"))  # the checkpoint in plain torch
+    assert abs(plain - expected) <= 1e-5 * expected and "warning" not in text
     center, _ = lossatlas.open_directions(store)
     assert torch.equal(center["conv.weight"], trained.conv.weight.detach().to(torch_dtype))
 
@@ -311,3 +314,16 @@ def test_the_trajectory_plane_has_theta_on_its_grid_and_covers_the_path(lo, widt
     axis = axis_coordinates(a, b, steps)
     assert (axis == 0.0).sum() == 1
     assert axis[0] <= min(lo, 0.0) and axis[-1] >= max(hi, 0.0)
+
+
+@pytest.mark.parametrize("command", [["hessian", "--k", "1", "--trace-probes", "4", "--density-iters", "2",
+                                      "--density-probes", "2"], ["audit", "--methods", "jensen", "--budget", "20"]])
+def test_every_command_with_a_checkpoint_prints_the_centre_and_the_checkpoints_own_loss(bn_setup, command):
+    tmp_path, module, trained = bn_setup
+    expected, _ = _python_loss(module, trained.state_dict())
+    r = CliRunner().invoke(app, [command[0], f"{tmp_path / 'target.py'}:make", "--checkpoint",
+                                 str(tmp_path / "sd.pt"), "--no-progress", *command[1:]])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert abs(_centre(r.output) - expected) <= 1e-5 * expected
+    assert "plain forward): loss" in text and "warning" not in text

@@ -13,6 +13,7 @@ TARGET is one of:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from collections.abc import Mapping
@@ -139,13 +140,61 @@ def describe_state(problem: Problem, state: Mapping[str, torch.Tensor], source: 
 
 
 def checkpoint_note(info: Mapping[str, Any]) -> str:
-    """``checkpoint sd.pt: model loaded with all 42 entries (30 trainable, 12 buffers)``."""
+    """``checkpoint sd.pt: model loaded with all 42 entries (30 trainable, 12 buffers); the checkpoint
+    alone, loaded by plain torch: loss 0.267``."""
     parts = [f"{info['trainable']} trainable"]
     if info["frozen"]:
         parts.append(f"{info['frozen']} frozen")
     parts.append(f"{info['buffers']} buffer{'s' if info['buffers'] != 1 else ''}")
-    return (f"checkpoint {info['source']}: model loaded with all {info['entries']} entries "
-            f"({', '.join(parts)})")
+    text = f"checkpoint {info['source']}: model loaded with all {info['entries']} entries ({', '.join(parts)})"
+    if info.get("plain_loss") is not None:
+        text += (f"; the checkpoint alone (load_state_dict into the model, eval mode, plain forward): "
+                 f"loss {info['plain_loss']:.6g}")
+    return text
+
+
+def centre_line(tgt) -> str:
+    """``centre: loss 0.267, accuracy 0.93 (checkpoint sd.pt: model loaded with all 42 entries …)``:
+    the centre's values from a problem built from the checkpoint alone."""
+    values = tgt.problem.evaluate(tgt.center)
+    text = f"centre: loss {values['loss']:.6g}"
+    if "accuracy" in values:
+        text += f", accuracy {values['accuracy']:.4f}"
+    text = f"{text} ({checkpoint_note(tgt.info['checkpoint'])})"
+    plain = tgt.info["checkpoint"].get("plain_loss")
+    if plain is not None and not abs(plain - values["loss"]) <= 1e-4 * max(abs(plain), 1e-12) + 1e-7:
+        text += (f"\n[bold red]warning[/bold red]: the centre's loss {values['loss']:.6g} differs from the checkpoint's "
+                 f"own {plain:.6g}; please report this")
+    return text
+
+
+def plain_loss(problem: Problem, state: Mapping[str, torch.Tensor]) -> float:
+    """The dataset loss Σ_b n_b·ℓ_b / N of ``state`` loaded by plain torch (``load_state_dict`` into a
+    copy of the model in the problem's dtype, eval mode, its own forward — no lossatlas evaluation
+    path): the independent number a checkpoint's centre is printed next to."""
+    model = copy.deepcopy(problem.model)
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point() and t.dtype != problem.dtype:
+            t.data = t.data.to(problem.dtype)
+    with torch.no_grad():
+        model.load_state_dict(dict(state), strict=True)
+        model.to(problem.device).eval()
+        total = 0.0
+        for batch, n in problem.data:
+            if problem.closure is not None:
+                raw = problem.closure(model, batch)
+                raw = raw["loss"] if isinstance(raw, Mapping) else raw
+            else:
+                out = model(batch[0])
+                if problem.loss_dtype != problem.dtype and out.is_floating_point():
+                    out = out.to(problem.loss_dtype)
+                raw = problem.loss_fn(out, batch[1])
+            raw = raw.double()
+            if problem.reduction == "sum":
+                total += float(raw) / problem.n_samples
+            else:
+                total += float(raw.mean()) * n / problem.n_samples
+    return total
 
 
 def problem_from_checkpoint(path: Path, problem: Problem, *, option: str = "--checkpoint",
@@ -157,7 +206,12 @@ def problem_from_checkpoint(path: Path, problem: Problem, *, option: str = "--ch
     loaded = problem.with_state(state, func=option, arg=Path(path).name)
     center = loaded.params()
     loaded.check_params(center, func=option, arg="state_dict")
-    return loaded, center, describe_state(problem, state, Path(path).name)
+    info = describe_state(problem, state, Path(path).name)
+    try:
+        info["plain_loss"] = plain_loss(problem, state)
+    except Exception:  # a model that only runs inside lossatlas' closure layout: nothing to compare with
+        info["plain_loss"] = None
+    return loaded, center, info
 
 
 def _center_from_checkpoint(path: Path, problem: Problem, option: str = "checkpoint") -> P.Params:

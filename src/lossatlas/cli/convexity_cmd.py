@@ -44,9 +44,11 @@ def audit(
     from rich.table import Table
 
     from .. import convexity
-    from ._target import resolve
+    from ._target import centre_line, resolve
 
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    if "checkpoint" in tgt.info:
+        _console().print(centre_line(tgt), soft_wrap=True, highlight=False)
     result = convexity.audit(tgt.problem, tgt.center, budget=budget, seed=seed, methods=_methods(methods),
                              progress=progress, name=tgt.name)
     console = _console()

@@ -45,11 +45,13 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
 
     from .. import curvature
     from ..curvature.operators import as_operator
-    from ._target import resolve
+    from ._target import centre_line, resolve
 
     console = Console()
     t0 = time.perf_counter()
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    if "checkpoint" in tgt.info:
+        console.print(centre_line(tgt), soft_wrap=True, highlight=False)
     kind = "ggn" if ggn else "hessian"
     op = as_operator(tgt.problem, tgt.center, func="hessian", curvature=kind, params=_selection(params))
     size = op.shape[0]

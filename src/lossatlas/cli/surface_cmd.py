@@ -172,6 +172,8 @@ def surface(
     console = _console()
     console.print(table)
     if "checkpoint" in tgt.info:
+        from ._target import centre_line
+
         console.print(centre_line(tgt), soft_wrap=True)
     if where:
         console.print("* θ is not a point of this grid (an even --steps, or a --span without 0): its values were "
@@ -191,18 +193,6 @@ def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
         return {k: float(ds[k].sel(point)) for k in ("loss", "accuracy") if k in ds}, ""
     values = problem.evaluate(center)
     return {k: values[k] for k in ("loss", "accuracy") if k in values}, "not on the grid"
-
-
-def centre_line(tgt) -> str:
-    """``centre: loss 0.267, accuracy 0.93 (checkpoint sd.pt: model loaded with all 42 entries …)``:
-    the centre's values from a problem built from the checkpoint alone."""
-    from ._target import checkpoint_note
-
-    values = tgt.problem.evaluate(tgt.center)
-    text = f"centre: loss {values['loss']:.6g}"
-    if "accuracy" in values:
-        text += f", accuracy {values['accuracy']:.4f}"
-    return f"{text} ({checkpoint_note(tgt.info['checkpoint'])})"
 
 
 def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,
