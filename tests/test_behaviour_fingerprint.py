@@ -360,5 +360,5 @@ def test_ranks_agree_with_tolerance_and_share_rank_0s_entry():
     noisy["points"][1]["loss"] *= 1 + 1e-7
     assert B.agree(entry, func="surface", context=_FakeRanks(noisy)) == entry
     other = lossatlas.Problem(model(), (lambda o, t: 5 * CE(o, t)), (x, y)).behaviour_fingerprint()
-    with pytest.raises(lossatlas.DistributedError, match="rank 1 computes differently than rank 0: the loss"):
+    with pytest.raises(lossatlas.DistributedError, match="rank 1 has a different computation than rank 0 .differs in: behaviour — the loss"):
         B.agree(entry, func="surface", context=_FakeRanks(other))

@@ -254,8 +254,10 @@ def agree(entry: Mapping[str, Any], *, func: str, context=None) -> dict[str, Any
     for r, other in enumerate(every):
         diffs = compare(every[0], other) if r else []
         if diffs:
-            raise DistributedError(f"{func}(): rank {r} computes differently than rank 0: {diffs[0]}; every rank "
-                                   "must build the same problem (model, loss, metrics, data)")
+            raise DistributedError(
+                f"{func}(): rank {r} has a different computation than rank 0 (differs in: behaviour — {diffs[0]}); "
+                "every rank must build the same problem (seed the model's initialisation, load the same checkpoint "
+                "and data, pass the same loss, metrics and arguments)")
     return dict(every[0])
 
 
