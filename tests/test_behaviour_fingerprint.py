@@ -362,3 +362,33 @@ def test_ranks_agree_with_tolerance_and_share_rank_0s_entry():
     other = lossatlas.Problem(model(), (lambda o, t: 5 * CE(o, t)), (x, y)).behaviour_fingerprint()
     with pytest.raises(lossatlas.DistributedError, match="rank 1 has a different computation than rank 0 .differs in: behaviour — the loss"):
         B.agree(entry, func="surface", context=_FakeRanks(other))
+
+
+def test_behaviour_is_the_same_while_the_linear_fold_is_installed():
+    import numpy as np_
+
+    from lossatlas.evaluator import PointEvaluator
+
+    x, y = data()
+    problem = lossatlas.Problem(model(), CE, (x, y))
+    before = problem.behaviour_fingerprint()
+    d = lossatlas.directions.random(problem, n=2, seed=0)
+    ev = PointEvaluator(problem, problem.params(), d.vectors, strategy="loop", exact_linear=True)
+    try:
+        value = ev(np_.array([[0.3, 0.2]]))
+        assert problem._guard.patches  # the fold's dispatchers are in the private module
+        assert problem.behaviour_fingerprint() == before
+        np.testing.assert_array_equal(ev(np_.array([[0.3, 0.2]]))["loss"], value["loss"])
+    finally:
+        ev.close()
+
+
+def test_ratio_map_store_resumed_with_another_loss_is_refused(tmp_path):
+    x, y = data()
+    problem = lossatlas.Problem(model(torch.tanh), (lambda o, t: CE(o, t)), (x, y))
+    d = lossatlas.directions.random(problem, n=2, seed=0)
+    path = tmp_path / "r.zarr"
+    lossatlas.curvature.ratio_map(problem, None, d, steps=3, progress=False, store=path)
+    other = lossatlas.Problem(model(torch.tanh), (lambda o, t: 5 * CE(o, t)), (x, y))
+    with pytest.raises(lossatlas.ProvenanceMismatchError, match="the loss at the centre differs"):
+        lossatlas.curvature.ratio_map(other, None, d, steps=3, progress=False, store=path)
