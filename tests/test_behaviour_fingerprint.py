@@ -392,3 +392,14 @@ def test_ratio_map_store_resumed_with_another_loss_is_refused(tmp_path):
     other = lossatlas.Problem(model(torch.tanh), (lambda o, t: 5 * CE(o, t)), (x, y))
     with pytest.raises(lossatlas.ProvenanceMismatchError, match="the loss at the centre differs"):
         lossatlas.curvature.ratio_map(other, None, d, steps=3, progress=False, store=path)
+
+
+def test_tolerance_follows_the_precision_actually_computed():
+    x, y = data()
+    f64 = lossatlas.Problem(model(), CE, (x, y), dtype=torch.float64)
+    assert f64.behaviour_fingerprint()["rtol"] == B.RTOL[torch.float64]
+    # a float64 problem whose loss computes in float32 rounds like float32
+    mixed = lossatlas.Problem(model(), (lambda o, t: CE(o.float(), t)), (x, y), dtype=torch.float64)
+    assert mixed.behaviour_fingerprint()["rtol"] == B.RTOL[torch.float32]
+    bf16 = lossatlas.Problem(model(), CE, (x, y), dtype=torch.bfloat16)
+    assert bf16.behaviour_fingerprint()["rtol"] == B.RTOL[torch.bfloat16]
