@@ -285,7 +285,7 @@ def test_store_with_another_behaviour_scheme_is_accepted_with_a_note(tmp_path, m
     path = tmp_path / "s.zarr"
     d, full = half_done(path, problem, monkeypatch)
     monkeypatch.setattr(B, "VERSION", 1)
-    with pytest.warns(UserWarning, match="another scheme"):
+    with pytest.warns(UserWarning, match="could not be compared by behaviour .it holds a behaviour fingerprint of another scheme"):
         done = resume(path, problem, d)
     np.testing.assert_array_equal(done.loss.values, full.loss.values)
 
@@ -403,3 +403,23 @@ def test_tolerance_follows_the_precision_actually_computed():
     assert mixed.behaviour_fingerprint()["rtol"] == B.RTOL[torch.float32]
     bf16 = lossatlas.Problem(model(), CE, (x, y), dtype=torch.bfloat16)
     assert bf16.behaviour_fingerprint()["rtol"] == B.RTOL[torch.bfloat16]
+
+
+def test_evaluation_that_raises_at_a_probe_on_one_side_only_is_a_difference():
+    x, y = data()
+
+    problem = lossatlas.Problem(model(), CE, (x, y))
+    with torch.no_grad():
+        limit = 1.01 * float(problem.model_call(problem.params())(x).abs().max())
+
+    def fragile(o, t):  # fine at θ₀ (the problem's own probe), raises far from it
+        if o.abs().max() > limit:
+            raise RuntimeError("diverged")
+        return CE(o, t)
+
+    raising = lossatlas.Problem(model(), fragile, (x, y)).behaviour_fingerprint()
+    assert raising["points"] is None and "diverged" in raising["error"]
+    fine = lossatlas.Problem(model(), (lambda o, t: CE(o, t)), (x, y)).behaviour_fingerprint()
+    assert B.comparable(fine, raising)
+    assert "the evaluation at the fixed points raised now (RuntimeError: diverged)" in B.compare(fine, raising)[0]
+    assert not B.comparable(raising, raising)

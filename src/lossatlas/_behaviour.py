@@ -150,7 +150,8 @@ def comparable(stored: Any, now: Any) -> bool:
         return False
     if any(stored.get(k) != now.get(k) for k in ("version", "probes", "seed")):
         return False
-    return isinstance(stored.get("points"), list) and isinstance(now.get("points"), list)
+    # values on at least one side: a side whose evaluation raised differs from one that gave values
+    return isinstance(stored.get("points"), list) or isinstance(now.get("points"), list)
 
 
 def _evaluate(view, batch: Any, point: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -187,6 +188,10 @@ def compare(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """Sentences naming what differs between two behaviour entries (empty: the same computation)."""
     if not comparable(stored, now):
         return []  # another fingerprint scheme, or no values: not comparable (the caller notes it)
+    if not isinstance(stored.get("points"), list) or not isinstance(now.get("points"), list):
+        raised, fine = (now, "now") if not isinstance(now.get("points"), list) else (stored, "when stored")
+        return [f"the evaluation at the fixed points raised {'now' if fine == 'now' else 'when stored'} "
+                f"({raised.get('error')}) and gave values {'when stored' if fine == 'now' else 'now'}"]
     if stored.get("samples") != now.get("samples"):
         return [f"the fixed batch has {now.get('samples')} samples now, {stored.get('samples')} when stored "
                 "— different data?"]
@@ -275,6 +280,11 @@ def describe_missing(func: str, path: str) -> str:
             "label_smoothing, an activation held as a function) cannot be detected for it")
 
 
-def describe_incomparable(func: str, path: str) -> str:
-    return (f"{func}(): the store at {path!r} holds a behaviour fingerprint of another scheme: resumed after "
+def describe_incomparable(func: str, path: str, stored: Any = None, now: Any = None) -> str:
+    if isinstance(stored, Mapping) and isinstance(now, Mapping) and stored.get("version") == now.get("version") \
+            and stored.get("error") and now.get("error"):
+        why = f"the evaluation at its fixed points raises ({now.get('error')})"
+    else:
+        why = "it holds a behaviour fingerprint of another scheme"
+    return (f"{func}(): the store at {path!r} could not be compared by behaviour ({why}): resumed after "
             "checking its structural fingerprints only")

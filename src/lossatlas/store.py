@@ -374,8 +374,9 @@ class GridStore:
             have = self.provenance.get(key, "<missing>")
             if key == "behaviour":
                 if not B.comparable(have, value):
-                    note = B.describe_missing if key not in self.provenance else B.describe_incomparable
-                    warnings.warn(note(func, str(self.path)), UserWarning, stacklevel=3)
+                    note = (B.describe_missing(func, str(self.path)) if key not in self.provenance
+                            else B.describe_incomparable(func, str(self.path), have, value))
+                    warnings.warn(note, UserWarning, stacklevel=3)
                     continue
                 why = B.compare(have, value)
                 if why:
