@@ -182,13 +182,14 @@ def test_structural_fingerprints_alone_cannot_see_these_changes():
         assert B.compare(a().behaviour_fingerprint(), b().behaviour_fingerprint()), case
 
 
-def test_fresh_problem_same_computation_resumes_to_the_same_values(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fresh_problem_same_computation_resumes_to_the_same_values(tmp_path, monkeypatch, dtype):
     x, y = data()
     path = tmp_path / "s.zarr"
-    d, full = half_done(path, lossatlas.Problem(model(), (lambda o, t: CE(o, t)), (x, y)), monkeypatch)
+    d, full = half_done(path, lossatlas.Problem(model(), (lambda o, t: CE(o, t)), (x, y), dtype=dtype), monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no note either: the behaviour matched
-        done = resume(path, lossatlas.Problem(model(), (lambda o, t: CE(o, t)), (x, y)), d)
+        done = resume(path, lossatlas.Problem(model(), (lambda o, t: CE(o, t)), (x, y), dtype=dtype), d)
     np.testing.assert_array_equal(done.loss.values, full.loss.values)
 
 
@@ -365,8 +366,6 @@ def test_ranks_agree_with_tolerance_and_share_rank_0s_entry():
 
 
 def test_behaviour_is_the_same_while_the_linear_fold_is_installed():
-    import numpy as np_
-
     from lossatlas.evaluator import PointEvaluator
 
     x, y = data()
@@ -375,10 +374,10 @@ def test_behaviour_is_the_same_while_the_linear_fold_is_installed():
     d = lossatlas.directions.random(problem, n=2, seed=0)
     ev = PointEvaluator(problem, problem.params(), d.vectors, strategy="loop", exact_linear=True)
     try:
-        value = ev(np_.array([[0.3, 0.2]]))
+        value = ev(np.array([[0.3, 0.2]]))
         assert problem._guard.patches  # the fold's dispatchers are in the private module
         assert problem.behaviour_fingerprint() == before
-        np.testing.assert_array_equal(ev(np_.array([[0.3, 0.2]]))["loss"], value["loss"])
+        np.testing.assert_array_equal(ev(np.array([[0.3, 0.2]]))["loss"], value["loss"])
     finally:
         ev.close()
 
