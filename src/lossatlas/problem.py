@@ -486,9 +486,15 @@ class Problem:
         return buffers
 
     # ------------------------------------------------------------------------------------------
-    def fingerprint(self) -> dict[str, str]:
+    def fingerprint(self, *, behaviour: bool = False) -> dict[str, Any]:
         """Fingerprints that identify the computation: model structure and fixed tensors (frozen
-        parameters, buffers), the data, the loss and the evaluation settings."""
+        parameters, buffers), the data, the loss and the evaluation settings (strings).
+
+        These structural fingerprints cannot see what a ``lambda``, ``label_smoothing`` or an
+        activation held as a plain function computes: with ``behaviour=True`` the result also holds
+        ``"behaviour"``, :meth:`behaviour_fingerprint` (what stores record and check on resume)."""
+        if behaviour:
+            return {**self.fingerprint(), "behaviour": self.behaviour_fingerprint()}
         h = hashlib.sha256()
         h.update(repr(self._module).encode())
         for n, p in self._module.named_parameters():
@@ -505,6 +511,18 @@ class Problem:
                         f"|reduction={self.reduction}|n={self.n_samples}"
                         + (f"|loss_dtype={self.loss_dtype}" if self.loss_dtype != self.dtype else ""),
         }
+
+    def behaviour_fingerprint(self) -> dict[str, Any]:
+        """What the problem computes, as JSON-able numbers: the loss, every metric and a digest of the
+        model outputs (for a closure: its loss and metrics) at θ₀ and three fixed probe points
+        θ₀ + ε·r (r Gaussian from a fixed seed, scaled per tensor to the tensor's norm; ε = 0.05, 0.3,
+        1.5), evaluated by this problem's own code on a fixed batch (the first 16 samples of the first
+        batch). A handful of forward passes; nothing is modified. Compare two with
+        ``lossatlas._behaviour.compare`` (a tolerance scaled to the precision: the last bits of float32
+        sums depend on the evaluation order and thread count)."""
+        from ._behaviour import behaviour
+
+        return behaviour(self)
 
     def with_dtype(self, dtype: torch.dtype) -> Problem:
         """The same problem evaluated in another dtype (e.g. ``torch.float64`` for verification).

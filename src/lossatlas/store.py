@@ -359,18 +359,38 @@ class GridStore:
 
     # -- provenance ------------------------------------------------------------------------------
     def check_provenance(self, expected: Mapping[str, Any], *, func: str) -> None:
-        """Raise :class:`ProvenanceMismatchError` naming every field that differs."""
-        diffs = []
+        """Raise :class:`ProvenanceMismatchError` naming every field that differs.
+
+        The ``"behaviour"`` field (:meth:`Problem.behaviour_fingerprint`: loss, metrics and model
+        outputs at fixed points) is compared numerically, with a tolerance scaled to the evaluation
+        precision, and the message says what differs (model outputs, the loss, a metric). A store
+        without one (made before behaviour fingerprints) or with one of another scheme is accepted
+        on its other fields, with a warning saying so."""
+        from . import _behaviour as B
+
+        diffs: list[str] = []
+        shown: list[str] = []
         for key, value in expected.items():
             have = self.provenance.get(key, "<missing>")
+            if key == "behaviour":
+                if not B.comparable(have, value):
+                    note = (B.describe_missing(func, str(self.path)) if key not in self.provenance
+                            else B.describe_incomparable(func, str(self.path), have, value))
+                    warnings.warn(note, UserWarning, stacklevel=3)
+                    continue
+                why = B.compare(have, value)
+                if why:
+                    diffs.append(key)
+                    shown.insert(0, "behaviour: " + "; ".join(why[:3]))
+                continue
             if json.dumps(have, sort_keys=True) != json.dumps(value, sort_keys=True):
                 diffs.append(key)
+                shown.append(f"{key}: store has {_short(_part(have, value))}, requested {_short(_part(value, have))}")
         if diffs:
-            shown = "; ".join(f"{k}: store has {_short(self.provenance.get(k))}, requested {_short(expected[k])}"
-                              for k in diffs[:4])
             raise ProvenanceMismatchError(
                 f"{func}(): argument 'store' at {str(self.path)!r} was made by a different computation "
-                f"({len(diffs)} field(s) differ: {shown}); pass overwrite=True to replace it, or another path")
+                f"({len(diffs)} field(s) differ: {'; '.join(shown[:4])}); pass overwrite=True to replace it, "
+                "or another path")
 
     # -- locking ----------------------------------------------------------------------------------
     def lock(self, *, func: str, job: str | None = None) -> None:
@@ -466,3 +486,13 @@ def _dead_local_holder(holder: str) -> bool:
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _part(value: Any, other: Any) -> Any:
+    """The fields of a ``a=1|b=2`` description that ``other`` does not have (settings, losses): what
+    differs, not the common prefix that a short display would show instead."""
+    if isinstance(value, str) and isinstance(other, str) and "|" in value + other:
+        theirs = set(other.split("|"))
+        mine = [f for f in value.split("|") if f not in theirs]
+        return "|".join(mine) if mine else "(none)"
+    return value

@@ -206,7 +206,9 @@ def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
 
 
 def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,
-                exact_linear: bool) -> dict[str, Any]:
+                exact_linear: bool, *, func: str = "surface") -> dict[str, Any]:
+    from ._behaviour import agree
+
     fp = problem.fingerprint()
     return {
         "format": FORMAT,
@@ -216,6 +218,9 @@ def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics:
         "data": fp["data"],
         "loss": fp["loss"],
         "settings": fp["settings"],
+        # what the problem computes (loss, metrics, outputs at fixed points): checked with a tolerance on
+        # resume, and taken from rank 0 once every rank agrees (the provenance must be bit-identical)
+        "behaviour": agree(problem.behaviour_fingerprint(), func=func),
         "center": P.fingerprint(center),
         "directions": dirs.fingerprint(),
         "direction_spec": json.loads(json.dumps(_jsonable(dirs.spec))),

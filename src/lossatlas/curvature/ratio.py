@@ -109,7 +109,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
                 "params": list(names)}
-    base = dict(_provenance(problem, center, dirs, grid, False, False), kind="ratio_map", strategy="lanczos",
+    base = dict(_provenance(problem, center, dirs, grid, False, False, func=func), kind="ratio_map", strategy="lanczos",
                 eigen=settings)
 
     def attrs_for(shape: list[int]) -> dict:

@@ -1,0 +1,290 @@
+"""Behaviour fingerprints: what a problem *computes*, not what it looks like.
+
+Structural fingerprints (a hash of the model's ``repr``, parameter shapes and fixed tensors, the
+loss's ``repr``/qualname) cannot see a ``lambda`` that scales the loss, ``label_smoothing``, or an
+activation stored as a plain function inside a custom class. A store resumed with such another
+computation would mix its values with the old ones. So the provenance also holds a *behaviour*
+entry: the problem evaluated, with its own evaluation code (loss, metrics, reduction, BatchNorm
+policy, closure, mixed precision), on a fixed small batch at a few fixed points:
+
+* the batch: the first ``N_SAMPLES`` samples of the first batch (tensors whose leading dimension is
+  the batch's sample count are sliced; the whole first batch when slicing fails);
+* the points: θ₀ and θ₀ + εₖ·rₖ for ``PROBES`` εₖ, rₖ Gaussian from a fixed seed, scaled per tensor
+  to ‖θ₀‖ of that tensor (to unit norm where it is zero), so each probe moves every tensor by εₖ of
+  its own size (the farthest far enough that a different activation shows);
+* per point: the loss, every metric, and a digest of the model outputs (count, sum, Σ|x|, ‖x‖, a
+  fixed weighted sum, the first values) — for closures the closure's loss and metrics.
+
+Values are stored as float64 numbers (non-finite ones as strings). :func:`compare` checks a stored
+entry against a fresh one with a tolerance scaled to the evaluation precision (evaluation order and
+thread count change the last bits of float32 sums) and returns sentences naming what differs:
+model outputs, the loss, or a metric. Nothing of the problem is mutated: evaluations run on the
+problem's private module under its lock, with the linear fold's dispatchers removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .data import map_tensors, tensors_in
+
+__all__ = ["VERSION", "behaviour", "compare", "comparable", "agree", "tolerance"]
+
+VERSION = 1
+N_SAMPLES = 16
+SEED = 1_407_2026
+PROBES = (0.05, 0.3, 1.5)  # relative size of each probe step (per tensor), after the centre
+HEAD = 4  # first output values recorded
+MIX_MAX = 1 << 20  # at most this many output values enter the weighted sum (a fixed strided subset)
+
+#: relative tolerance per evaluation precision (the lowest of the model's and the loss's dtype)
+RTOL = {torch.float64: 1e-7, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def tolerance(problem) -> float:
+    """The relative tolerance used to compare behaviour entries of ``problem``."""
+    return max(RTOL.get(problem.dtype, 3e-2), RTOL.get(problem.loss_dtype, 3e-2))
+
+
+class _OneBatch:
+    """A data source of one (fixed) batch, for a shallow view of a problem."""
+
+    def __init__(self, batch: Any, n: int):
+        self.batch, self.n = batch, n
+        self.n_samples, self.n_batches, self.cached, self.sizes = n, 1, True, [n]
+
+    def __iter__(self):
+        yield self.batch, self.n
+
+    def first(self):
+        return self.batch, self.n
+
+
+def _number(v: Any) -> float | str:
+    x = float(v)
+    return x if math.isfinite(x) else repr(x)  # 'nan', 'inf', '-inf': JSON without NaN literals
+
+
+def _probe_points(problem) -> list[dict[str, Tensor]]:
+    center = problem._center
+    gen = torch.Generator(device="cpu").manual_seed(SEED)
+    points = [center]
+    for eps in PROBES:
+        point = {}
+        for name in problem.param_names:
+            t = center[name]
+            r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
+            base = t.detach().to("cpu", torch.float64)
+            scale = float(base.norm()) or 1.0
+            rn = float(r.norm()) or 1.0
+            point[name] = (base + r * (eps * scale / rn)).to(device=t.device, dtype=t.dtype)
+        points.append(point)
+    return points
+
+
+def _digest(outputs: Any) -> dict[str, Any] | None:
+    leaves = [t for t in tensors_in(outputs) if t.is_floating_point()] if outputs is not None else []
+    if not leaves:
+        return None
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in leaves])
+    n = flat.numel()
+    sub = flat[:: max(1, -(-n // MIX_MAX))]
+    w = torch.sin(torch.arange(sub.numel(), device=sub.device, dtype=torch.float64) * 0.7548776662466927 + 0.5)
+    return {"n": int(n), "sum": _number(flat.sum()), "abs": _number(flat.abs().sum()),
+            "norm": _number(flat.norm()), "mix": _number((w * sub).sum()),
+            "head": [_number(v) for v in flat[:HEAD].cpu().tolist()]}
+
+
+def _fixed_batch(problem) -> list[tuple[Any, int, bool]]:
+    batch, n = problem.data.first()
+    k = min(int(n), N_SAMPLES)
+    if k == n:
+        return [(batch, n, False)]
+    sliced = map_tensors(batch, lambda t: t[:k] if t.ndim >= 1 and t.shape[0] == n else t)
+    return [(sliced, k, True), (batch, n, False)]
+
+
+def behaviour(problem) -> dict[str, Any]:
+    """The behaviour entry of ``problem`` (JSON-able): see the module docstring."""
+    from ._linear_fold import dispatchers_removed
+
+    points = _probe_points(problem)
+    guard = problem._guard
+    error: Exception | None = None
+    with torch.no_grad(), guard.lock, dispatchers_removed(guard):
+        for batch, k, sliced in _fixed_batch(problem):
+            view = copy.copy(problem)  # same module, lock and settings; one fixed batch as its data
+            view.data = _OneBatch(batch, k)
+            view.n_samples = k
+            try:
+                records = [_evaluate(view, batch, point) for point in points]
+            except Exception as exc:  # e.g. a closure that cannot take a sliced batch: use the whole one
+                error = exc
+                continue
+            return _entry(problem, k, sliced, records)
+    # the whole first batch failed too at a probe point (the problem's own probe at θ₀ did not): an entry
+    # that records why, which compare() cannot use (the caller notes it)
+    return _entry(problem, 0, False, None, error=f"{type(error).__name__}: {error}"[:200])
+
+
+def _entry(problem, k: int, sliced: bool, records, error: str | None = None) -> dict[str, Any]:
+    rtol = tolerance(problem)
+    for r in records or ():
+        rtol = max(rtol, r.pop("_rtol"))
+    out = {"version": VERSION, "samples": int(k), "sliced": bool(sliced), "seed": SEED,
+           "probes": [0.0, *PROBES], "rtol": rtol, "points": records}
+    if error is not None:
+        out["error"] = error
+    return out
+
+
+def comparable(stored: Any, now: Any) -> bool:
+    """Whether two behaviour entries were made by the same scheme and both hold values."""
+    if not isinstance(stored, Mapping) or not isinstance(now, Mapping):
+        return False
+    if any(stored.get(k) != now.get(k) for k in ("version", "probes", "seed")):
+        return False
+    # values on at least one side: a side whose evaluation raised differs from one that gave values
+    return isinstance(stored.get("points"), list) or isinstance(now.get("points"), list)
+
+
+def _evaluate(view, batch: Any, point: Mapping[str, Tensor]) -> dict[str, Any]:
+    buffers = view._recalibrated_buffers(point) if view.bn == "recalibrate" and view._bn_modules else None
+    with view.bound(point, buffers):
+        terms = view.evaluate_bound(metrics=True)
+        outputs, raw, _ = view._forward_bound(batch)
+    record: dict[str, Any] = {"loss": _number(terms["loss"])}
+    record["metrics"] = {k: _number(v) for k, v in sorted(terms.items()) if k != "loss"}
+    record["outputs"] = _digest(outputs)
+    # the precision actually met: a float64 problem whose loss or closure computes in float32 rounds
+    # like float32 (thread count and evaluation order then change more than float64's last bits)
+    seen = [t.dtype for t in tensors_in((outputs, raw)) if t.is_floating_point()]
+    record["_rtol"] = max([RTOL.get(dt, RTOL[torch.bfloat16]) for dt in seen], default=0.0)
+    return record
+
+
+# -- comparing ----------------------------------------------------------------------------------------
+def _where(i: int) -> str:
+    return "at the centre" if i == 0 else f"at probe {i}"
+
+
+def _fmt(v: Any) -> str:
+    return v if isinstance(v, str) else f"{v:.7g}"
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return abs(a - b) <= tol
+
+
+def compare(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Sentences naming what differs between two behaviour entries (empty: the same computation)."""
+    if not comparable(stored, now):
+        return []  # another fingerprint scheme, or no values: not comparable (the caller notes it)
+    if not isinstance(stored.get("points"), list) or not isinstance(now.get("points"), list):
+        raised, fine = (now, "now") if not isinstance(now.get("points"), list) else (stored, "when stored")
+        return [f"the evaluation at the fixed points raised {'now' if fine == 'now' else 'when stored'} "
+                f"({raised.get('error')}) and gave values {'when stored' if fine == 'now' else 'now'}"]
+    if stored.get("samples") != now.get("samples"):
+        return [f"the fixed batch has {now.get('samples')} samples now, {stored.get('samples')} when stored "
+                "— different data?"]
+    rtol = max(float(stored.get("rtol", 0.0)), float(now.get("rtol", 0.0)))
+    sp, np_ = stored.get("points", []), now.get("points", [])
+    out_diff: list[str] = []
+    loss_diff: list[str] = []
+    metric_diff: list[str] = []
+    losses = [abs(p["loss"]) for p in sp if not isinstance(p["loss"], str)]
+    scale = max(losses, default=0.0)
+    for i, (a, b) in enumerate(zip(sp, np_)):
+        da, db = a.get("outputs"), b.get("outputs")
+        if (da is None) != (db is None):
+            out_diff.append(f"the model outputs {_where(i)} are {'absent' if db is None else 'present'} now and "
+                            f"were {'absent' if da is None else 'present'} when stored")
+        elif da is not None and not out_diff:
+            why = _outputs_differ(da, db, rtol)
+            if why:
+                out_diff.append(f"the model outputs differ {_where(i)} ({why}) — a different model (an activation, "
+                                "a buffer, a layer)?")
+        la, lb = a["loss"], b["loss"]
+        if not loss_diff and not _close(la, lb, rtol * (max(_mag(la), _mag(lb)) + scale)):
+            what = "closure's loss" if da is None and db is None else "loss"
+            loss_diff.append(f"the {what} {_where(i)} differs: {_fmt(la)} stored vs {_fmt(lb)} now — "
+                             f"a different {'closure' if what != 'loss' else 'loss function'}?")
+        ma, mb = a.get("metrics", {}), b.get("metrics", {})
+        if sorted(ma) != sorted(mb):
+            if not metric_diff:
+                metric_diff.append(f"the metrics are {sorted(mb)} now, {sorted(ma)} when stored")
+            continue
+        for name in sorted(ma):
+            va, vb = ma[name], mb[name]
+            if not metric_diff and not _close(va, vb, rtol * (max(_mag(va), _mag(vb)) + 1.0)):
+                metric_diff.append(f"the metric {name!r} {_where(i)} differs: {_fmt(va)} stored vs {_fmt(vb)} now "
+                                   "— a different metric function?")
+    if out_diff:  # the loss and metrics differ as a consequence: say so, without guessing at the loss
+        return out_diff + [d.split(" — ")[0].replace(" differs:", " differs too:") for d in loss_diff]
+    return loss_diff + metric_diff
+
+
+def _mag(v: Any) -> float:
+    return 0.0 if isinstance(v, str) else abs(v)
+
+
+def _outputs_differ(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float) -> str:
+    if a.get("n") != b.get("n"):
+        return f"{b.get('n')} values now, {a.get('n')} stored"
+    size = max(_mag(a["abs"]), _mag(b["abs"]))
+    per = size / max(1, int(a["n"]))
+    checks = [("Σ|x|", a["abs"], b["abs"], rtol * size), ("‖x‖", a["norm"], b["norm"],
+              rtol * max(_mag(a["norm"]), _mag(b["norm"]))),
+              ("sum", a["sum"], b["sum"], rtol * size), ("weighted sum", a["mix"], b["mix"], rtol * size)]
+    checks += [(f"value {j}", x, y, rtol * (max(_mag(x), _mag(y)) + per))
+               for j, (x, y) in enumerate(zip(a.get("head", []), b.get("head", [])))]
+    for label, x, y, tol in checks:
+        if not _close(x, y, tol):
+            return f"{label} {_fmt(x)} stored vs {_fmt(y)} now"
+    return ""
+
+
+def agree(entry: Mapping[str, Any], *, func: str, context=None) -> dict[str, Any]:
+    """Rank 0's ``entry`` on every rank, after checking (with the tolerance) that every rank computed
+    the same behaviour: the provenance must be bit-identical across ranks, the evaluation need not be.
+    A single process returns ``entry``."""
+    from . import distributed as D
+    from .errors import DistributedError
+
+    ctx = context or D.context()
+    if not ctx.active:
+        return dict(entry)
+    every = ctx.gather(dict(entry))
+    for r, other in enumerate(every):
+        diffs = compare(every[0], other) if r else []
+        if diffs:
+            raise DistributedError(
+                f"{func}(): rank {r} has a different computation than rank 0 (differs in: behaviour — {diffs[0]}); "
+                "every rank must build the same problem (seed the model's initialisation, load the same checkpoint "
+                "and data, pass the same loss, metrics and arguments)")
+    return dict(every[0])
+
+
+def describe_missing(func: str, path: str) -> str:
+    return (f"{func}(): the store at {path!r} predates behaviour fingerprints (it was made by an older lossatlas): "
+            "resumed after checking its structural fingerprints only (model structure and fixed tensors, data, "
+            "the loss's description, settings); a loss or model that differs only in behaviour (a lambda, "
+            "label_smoothing, an activation held as a function) cannot be detected for it")
+
+
+def describe_incomparable(func: str, path: str, stored: Any = None, now: Any = None) -> str:
+    if isinstance(stored, Mapping) and isinstance(now, Mapping) and stored.get("version") == now.get("version") \
+            and stored.get("error") and now.get("error"):
+        why = f"the evaluation at its fixed points raises ({now.get('error')})"
+    else:
+        why = "it holds a behaviour fingerprint of another scheme"
+    return (f"{func}(): the store at {path!r} could not be compared by behaviour ({why}): resumed after "
+            "checking its structural fingerprints only")
