@@ -287,7 +287,11 @@ def open_surface(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`surface` as the same Dataset (loaded into memory).
 
     Points of chunks not yet computed are NaN; ``attrs["complete"]``, ``attrs["points_done"]`` tell
-    how far the run got, ``attrs["nan_points"]`` counts NaN results among computed points.
+    how far the run got, ``attrs["nan_points"]`` counts NaN results among computed points. Every
+    done chunk is checked against its checksum: a damaged store (a chunk missing, truncated or
+    altered; coordinates or attributes edited) raises :class:`~lossatlas.StoreError` naming what is
+    damaged; rerunning the computation recomputes damaged chunks. ``attrs["verified"]`` is 0 for a
+    store made before checksums.
     """
     gstore = GridStore.open(path, func="open_surface")
     attrs = {k: v for k, v in gstore.group.attrs.items()
@@ -295,7 +299,9 @@ def open_surface(path: str | Path) -> xr.Dataset:
     attrs["provenance"] = json.dumps(gstore.provenance, sort_keys=True)
     attrs["store"] = str(Path(path))
     labels = attrs.get("direction_labels") or [f"direction {i + 1}" for i in range(gstore.grid.ndim)]
-    ds = _dataset(gstore.grid, gstore.read(), labels, attrs, gstore.layout, gstore.done_mask())
+    values, done = gstore.read_checked(func="open_surface")  # a damaged chunk: StoreError naming it
+    ds = _dataset(gstore.grid, values, labels, attrs, gstore.layout, done)
+    ds.attrs["verified"] = int(gstore.verified)  # 0: made before checksums (unverified)
     return ds
 
 
