@@ -374,3 +374,137 @@ def test_checksums_do_not_change_the_values(finished, reference):
     _same(lossatlas.open_surface(finished), reference)
     gstore = GridStore.open(finished)
     assert gstore.verified and os.path.isdir(finished / "chunk_digest")
+
+
+def test_info_check_of_something_that_is_not_a_store_exits_2(tmp_path, capsys):
+    from lossatlas.cli import main
+
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(SystemExit) as code:
+        main(["info", "--check", str(tmp_path / "plain")])
+    assert code.value.code == 2
+    assert "must be a lossatlas store" in capsys.readouterr().err
+
+
+# -- SIGKILL while checksums are written ------------------------------------------------------------------
+# A chunk's checksums are written after its values and before its done marker: a kill at any moment
+# in between leaves the chunk not done (recomputed), never a done chunk that looks damaged, and the
+# resumed store holds the bytes of an uninterrupted run.
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+from _fault_harness import (DELAY, PAUSE_DIGEST, free_port, kill, rank_env, shared_zygote,  # noqa: E402
+                            wait_dead, wait_phase)
+
+
+def _digest_env(trace: Path) -> dict:
+    return {"LOSSATLAS_DEBUG_TRACE": str(trace), "LOSSATLAS_DEBUG_PAUSE": PAUSE_DIGEST}
+
+
+def _moments(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    # the digest pause (10 ms), the digest write, the done pause (10 ms): kills land in all three
+    return [(int(rng.integers(1, 4)), float(rng.uniform(0.0, 0.025))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    return shared_zygote()
+
+
+@pytest.fixture(scope="module")
+def forked_reference(zygote, tmp_path_factory):
+    path = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    pid = zygote.spawn({"store": str(path), "log": str(path) + ".log"})
+    assert wait_dead([pid])
+    assert Path(str(path) + ".log.ok").exists(), Path(str(path) + ".log").read_text()
+    return lossatlas.open_surface(path)
+
+
+def _after_kill(store: Path, trace: Path, pids, reference) -> None:
+    if GridStore.exists(store):
+        gstore = GridStore.open(store)
+        assert gstore.audit() == []  # a kill never leaves a done chunk that fails its checksum
+        lossatlas.open_surface(store)  # readable as it is (partial)
+        finished = sum(1 for line in trace.read_text().splitlines()
+                       if line.split()[0] == "done" and int(line.split()[1]) in pids)
+        assert int(gstore.done_mask().sum()) >= finished - len(pids)
+    with warnings.catch_warnings(), pinned_threads(1):
+        warnings.simplefilter("ignore", lossatlas.StoreRepairWarning)
+        resumed = _dist_problem.run(store)
+    assert resumed.attrs["complete"] == 1
+    _same(resumed, reference)
+    _same(lossatlas.open_surface(store), reference)
+    assert GridStore.open(store).audit() == []
+
+
+def test_sigkill_while_writing_checksums_single_process(zygote, forked_reference, tmp_path):
+    for i, (occurrence, delay) in enumerate(_moments(6, seed=1414)):
+        store, trace = tmp_path / f"run{i}.zarr", tmp_path / f"run{i}.trace"
+        pid = zygote.spawn({"store": str(store), "log": str(tmp_path / f"run{i}.log"), "delay": DELAY,
+                            "env": _digest_env(trace)})
+        assert wait_phase(trace, pid, "digest", occurrence), (i, occurrence)
+        time.sleep(delay)
+        kill(pid)
+        _after_kill(store, trace, {pid}, forked_reference)
+
+
+def test_sigkill_one_rank_of_two_while_writing_checksums(zygote, forked_reference, tmp_path):
+    for i, (occurrence, delay) in enumerate(_moments(8, seed=2718)):
+        victim = i % 2
+        store, trace = tmp_path / f"job{i}.zarr", tmp_path / f"job{i}.trace"
+        port = free_port()
+        pids = [zygote.spawn({"store": str(store), "log": str(tmp_path / f"job{i}-rank{r}.log"), "delay": DELAY,
+                              "env": {**_digest_env(trace), **rank_env(r, 2, port)}}) for r in (0, 1)]
+        assert wait_phase(trace, pids[victim], "digest", occurrence), (i, occurrence, victim)
+        time.sleep(delay)
+        kill(pids[victim])
+        time.sleep(0.02)  # what torchrun's agent does when a worker dies: stop the others
+        for p in pids:
+            kill(p, signal.SIGTERM)
+        assert wait_dead(pids)
+        _after_kill(store, trace, set(pids), forked_reference)
+
+
+def _rank_pid(trace: Path, rank: int, timeout: float = 120.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if trace.exists():
+            for line in trace.read_text().splitlines():
+                _, pid, r = line.split()
+                if int(r) == rank:
+                    return int(pid)
+        time.sleep(0.01)
+    raise AssertionError(f"rank {rank} never started")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("i", range(4))
+def test_torchrun_sigkill_one_rank_while_writing_checksums(forked_reference, tmp_path, i):
+    """Through torchrun itself: one rank of a 2-rank job is killed while it writes a chunk's
+    checksums; torchrun stops the job, and a plain rerun resumes it to the uninterrupted bytes."""
+    from test_distributed import TORCHRUN, _env
+
+    if TORCHRUN is None:
+        pytest.skip("torchrun not found beside the interpreter")
+    occurrence, delay = _moments(4, seed=99)[i]
+    victim = i % 2
+    store, trace = tmp_path / "job.zarr", tmp_path / "job.trace"
+    env = {**_env(), **_digest_env(trace), "LOSSATLAS_DIST_TIMEOUT": "120"}
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.1",
+           str(HERE / "_dist_problem.py"), str(store.parent), "fault", str(store), str(DELAY)]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pid = _rank_pid(trace, victim)
+        assert wait_phase(trace, pid, "digest", occurrence, timeout=120), (occurrence, victim)
+        time.sleep(delay)
+        kill(pid)
+        out, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode != 0, out[-2000:]
+    pids = {int(line.split()[1]) for line in trace.read_text().splitlines()}
+    _after_kill(store, trace, pids, forked_reference)

@@ -256,6 +256,8 @@ def _check_store(store: Path) -> int:
     try:
         gstore = GridStore.open(store, func="info", verify=False)
     except StoreError as exc:
+        if not GridStore.is_store(store):
+            raise  # not a lossatlas store at all: the usual error (exit status 2)
         console.print(f"DAMAGED {store}: {exc}", markup=False, soft_wrap=True)
         return 1
     lines = [f"DAMAGED metadata: {p}" for p in gstore.metadata_problems]
