@@ -508,3 +508,23 @@ def test_torchrun_sigkill_one_rank_while_writing_checksums(forked_reference, tmp
     assert job.returncode != 0, out[-2000:]
     pids = {int(line.split()[1]) for line in trace.read_text().splitlines()}
     _after_kill(store, trace, pids, forked_reference)
+
+
+def test_edited_saved_centre_is_refused_by_open_directions(finished):
+    import zarr
+
+    center, dirs = lossatlas.open_directions(finished)  # intact: loads
+    group = zarr.open_group(str(finished / "center"), mode="r+")
+    name = sorted(group.array_keys())[0]
+    arr = group[name]
+    values = np.asarray(arr[...])
+    values.flat[0] += 1.0
+    arr[...] = values
+    with pytest.raises(lossatlas.StoreError, match="saved centre differ"):
+        lossatlas.open_directions(finished)
+
+
+def test_damaged_store_without_group_metadata_is_not_called_foreign(finished):
+    (finished / "zarr.json").unlink()
+    with pytest.raises(lossatlas.StoreError, match="damaged lossatlas store"):
+        _dist_problem.run(finished)

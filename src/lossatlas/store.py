@@ -325,6 +325,9 @@ class GridStore:
         given = Path(path)
         path = _real(given)  # through a symlink: the store is made where it points
         if path.exists() and not cls.exists(path) and not (path.is_dir() and not any(path.iterdir())):
+            if cls.is_store(path):
+                raise StoreError(f"could not create store at {str(given)!r}: a damaged lossatlas store is there (its "
+                                 "group metadata is missing); delete it or pass overwrite=True to recompute it")
             raise StoreError(f"could not create store at {str(given)!r}: it exists and is not a lossatlas store "
                              f"({'a file' if not path.is_dir() else 'a directory with other contents'}); "
                              "choose another path")

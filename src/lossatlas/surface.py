@@ -23,7 +23,7 @@ from . import params as P
 from ._resume import check_store_args
 from ._version import __version__
 from .directions import Directions
-from .errors import InvalidArgumentError, bad_type, bad_value
+from .errors import InvalidArgumentError, StoreError, bad_type, bad_value
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
@@ -315,4 +315,14 @@ def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
     if not GridStore.exists(path):
         raise InvalidArgumentError(f"open_directions(): argument 'path' must be a lossatlas store; received {str(path)!r}")
     center = read_params(zarr.open_group(str(path / "center"), mode="r"))
-    return center, Directions.load(path / "directions")
+    dirs = Directions.load(path / "directions")
+    # the saved centre and directions must be those the store's values were computed with
+    prov = GridStore.open(path, func="open_directions").provenance
+    edited = [what for what, have, fp in (("centre", prov.get("center"), P.fingerprint(center)),
+                                          ("directions", prov.get("directions"), dirs.fingerprint()))
+              if have is not None and have != fp]
+    if edited:
+        raise StoreError(f"open_directions(): argument 'path' points to a damaged lossatlas store at {str(path)!r} "
+                         f"(its saved {' and '.join(edited)} differ from the fingerprints in its provenance: edited "
+                         "or damaged); recompute it with overwrite=True")
+    return center, dirs
