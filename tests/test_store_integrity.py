@@ -67,16 +67,22 @@ def _valid_other_values(path: Path) -> None:
     arr[index] = np.asarray(arr[index]) + 1e-9
 
 
+def _forge_marker(path: Path, chunk) -> None:
+    """Mark a chunk done by hand (as a store made before checksums would: 1), over other values."""
+    _valid_other_values(path)
+    gstore = GridStore.open(path)
+    gstore._array("chunk_done")[tuple(slice(i, i + 1) for i in chunk)] = np.ones((1, 1), np.uint64)
+
+
 CHUNK_DAMAGE = {
     "deleted": (lambda p: (p / "loss" / "c" / "1" / "0").unlink(), (1, 0), "values are missing"),
     "truncated": (lambda p: (p / "loss" / "c" / "1" / "0").write_bytes((p / "loss" / "c" / "1" / "0").read_bytes()[:9]),
                   (1, 0), "unreadable chunk (1, 0) of 'loss'"),
     "bit-flipped": (lambda p: _flip(p / "loss" / "c" / "1" / "0"), (1, 0), "(1, 0)"),
-    "rewritten with other values": (_valid_other_values, (1, 0), "chunk (1, 0) of 'loss' does not match its checksum"),
+    "rewritten with other values": (_valid_other_values, (1, 0), "chunk (1, 0) does not match its checksum"),
     "moved from another chunk": (lambda p: (p / "accuracy" / "c" / "1" / "0").write_bytes(
-        (p / "accuracy" / "c" / "0" / "0").read_bytes()), (1, 0), "chunk (1, 0) of 'accuracy' does not match"),
-    "checksum deleted": (lambda p: (p / "chunk_digest" / "c" / "1" / "0" / "0").unlink(), (1, 0),
-                         "checksum is missing"),
+        (p / "accuracy" / "c" / "0" / "0").read_bytes()), (1, 0), "chunk (1, 0) does not match its checksum"),
+    "done marker forged": (lambda p: _forge_marker(p, (1, 0)), (1, 0), "chunk (1, 0) does not match its checksum"),
 }
 
 
@@ -231,15 +237,22 @@ def test_interpolation_summary_is_not_an_edit(tmp_path):
 
 # -- stores made before checksums ---------------------------------------------------------------------
 def _make_old(path: Path) -> None:
-    """What a store written before checksums looks like: no digest array, no integrity attribute."""
+    """What a store written before checksums looks like: uint8 done markers (1), no integrity attribute."""
     import shutil
 
-    shutil.rmtree(path / "chunk_digest")
+    import zarr
+
+    done = (np.asarray(zarr.open_array(str(path / "chunk_done"), mode="r")[...]) != 0).astype(np.uint8)
+    shutil.rmtree(path / "chunk_done")
+    group = zarr.open_group(str(path), mode="r+")
+    arr = group.create_array("chunk_done", shape=done.shape, dtype="uint8", chunks=(1, 1), fill_value=0,
+                             dimension_names=["chunk_x", "chunk_y"],
+                             chunk_key_encoding={"name": "default", "separator": "/"})
+    arr.with_config({"write_empty_chunks": True})[...] = done
     meta = path / "zarr.json"
     doc = json.loads(meta.read_text())
     del doc["attributes"]["integrity"]
     meta.write_text(json.dumps(doc))
-    # and the group's listing (consolidated metadata, if any) does not matter: zarr v3 lists directories
 
 
 def test_old_store_opens_unverified_and_resumes(finished, reference, capsys):
@@ -253,7 +266,7 @@ def test_old_store_opens_unverified_and_resumes(finished, reference, capsys):
     _same(ds, reference)
     gstore._array("chunk_done")[0:1, 0:1] = np.zeros((1, 1), np.uint8)
     _same(_dist_problem.run(finished), reference)  # resumed without checksums, no crash
-    assert not (finished / "chunk_digest").exists()
+    assert str(GridStore.open(finished).group["chunk_done"].dtype) == "uint8"
     with pytest.raises(SystemExit) as code:
         main(["info", "--check", str(finished)])
     assert code.value.code in (0, None)
@@ -373,7 +386,8 @@ def test_store_created_through_a_dangling_symlink_is_made_where_it_points(tmp_pa
 def test_checksums_do_not_change_the_values(finished, reference):
     _same(lossatlas.open_surface(finished), reference)
     gstore = GridStore.open(finished)
-    assert gstore.verified and os.path.isdir(finished / "chunk_digest")
+    assert gstore.verified and str(gstore.group["chunk_done"].dtype) == "uint64"
+    assert os.path.isdir(finished / "chunk_done")
 
 
 def test_info_check_of_something_that_is_not_a_store_exits_2(tmp_path, capsys):

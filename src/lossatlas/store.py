@@ -10,7 +10,8 @@ Layout of a store directory::
     zarr.json        group attributes: format, provenance (JSON), grid, chunking
     x, y, …          coordinate arrays
     loss, …          one float64 array per variable, chunked like the work
-    chunk_done       uint8 per chunk: 1 once every variable of the chunk is written
+    chunk_done       uint64 per chunk: 0 until every variable of the chunk is written, then the
+                     chunk's checksum (uint8 and 1 in stores made before checksums)
     directions/      the directions (see Directions.save)
     center/          the centre θ
 
@@ -36,8 +37,10 @@ Integrity (stores made since checksums, ``attrs["integrity"]``):
 * every group attribute and every coordinate array (values and attributes) has a digest taken at
   creation; opening a store whose attributes or coordinates were edited, added or removed refuses
   it (:class:`StoreError` naming them);
-* ``chunk_digest`` holds, per chunk and variable, a digest (blake2b, 64 bits) of the chunk's exact
-  float64 bytes and its index, written after the values and before the done marker; every read
+* the done marker of a chunk *is* its checksum: ``chunk_done`` (uint64) holds a digest (blake2b,
+  64 bits, never 0) of the chunk's exact float64 bytes of every variable and of its index, written
+  in one file after the values (0: not done), so no moment exists where a chunk is marked done
+  without its checksum; every read
   (:meth:`GridStore.read`, ``open_surface``) checks every done chunk, and a chunk that is missing,
   undecodable (truncated) or does not match its digest is *damaged*: a read refuses the store
   naming the chunks, a resume (:meth:`GridStore.repair`) marks them not done and recomputes them
@@ -73,7 +76,6 @@ from .grid import ChunkLayout, Grid
 
 FORMAT = "lossatlas-grid-store/1"
 DONE = "chunk_done"
-DIGEST = "chunk_digest"
 INTEGRITY = "integrity"
 SCHEME = "lossatlas-digest/1 (blake2b-64)"
 STALE_CREATION_SECONDS = 24 * 3600  # a creation directory of another host older than this is garbage
@@ -111,21 +113,23 @@ def _coord_digest(values: np.ndarray, attrs: Mapping[str, Any]) -> str:
     return _hash(data.tobytes(), repr(data.shape).encode(), json.dumps(dict(attrs), sort_keys=True).encode()).hex()
 
 
-def chunk_digest(name: str, chunk: Sequence[int], values: np.ndarray) -> int:
-    """The digest of one variable's chunk: its exact float64 bytes, its shape, the chunk's index and
-    the variable's name (a chunk file moved to another index or variable does not match). Never 0
-    (0 is the fill value: no digest written)."""
-    data = np.ascontiguousarray(np.asarray(values, dtype="<f8"))
-    value = int.from_bytes(_hash(name.encode(), json.dumps([int(i) for i in chunk]).encode(),
-                                 repr(data.shape).encode(), data.tobytes()), "little")
-    return value or 1
+def chunk_digest(chunk: Sequence[int], values: Mapping[str, np.ndarray]) -> int:
+    """The digest of one chunk: the chunk's index, then each variable's name, shape and exact float64
+    bytes (a chunk file moved to another index or variable does not match). Never 0 or 1 (0 is the
+    fill value, "not done"; 1 is the marker of stores made before checksums)."""
+    parts = [json.dumps([int(i) for i in chunk]).encode()]
+    for name in sorted(values):
+        data = np.ascontiguousarray(np.asarray(values[name], dtype="<f8"))
+        parts += [name.encode(), repr(data.shape).encode(), data.tobytes()]
+    value = int.from_bytes(_hash(*parts), "little")
+    return value if value > 1 else value + 2
 
 
 @dataclass(frozen=True)
 class Damage:
     """One problem found in a store's chunks: ``kind`` is ``unreadable`` (the file cannot be decoded),
     ``missing`` (a done chunk without its file), ``checksum`` (values differ from their digest),
-    ``no-checksum`` (a done chunk without a digest) or ``marker`` (an unreadable done marker)."""
+    or ``marker`` (an unreadable done marker)."""
 
     chunk: tuple[int, ...]
     variable: str | None
@@ -136,8 +140,7 @@ class Damage:
         c, v = self.chunk, self.variable
         return {"unreadable": f"unreadable chunk {c} of {v!r}",
                 "missing": f"chunk {c} was marked done but its values are missing ({v!r})",
-                "checksum": f"chunk {c} of {v!r} does not match its checksum",
-                "no-checksum": f"chunk {c} was marked done but its checksum is missing or unreadable",
+                "checksum": f"chunk {c} does not match its checksum",
                 "marker": f"unreadable done marker of chunk {c}"}[self.kind]
 
 
@@ -238,8 +241,11 @@ class GridStore:
     def _metadata_problems(self, attrs: Mapping[str, Any]) -> list[str]:
         """Attributes and coordinate arrays that differ from their digests taken at creation."""
         if self.integrity is None:
-            if (self.path / DIGEST / "zarr.json").exists():
-                return [f"its checksums ({INTEGRITY!r} attribute) were removed"]
+            try:
+                if str(self.group[DONE].dtype) == "uint64":
+                    return [f"its checksums ({INTEGRITY!r} attribute) were removed"]
+            except Exception:
+                pass
             return []
         problems = []
         sealed = self.integrity.get("attrs")
@@ -346,12 +352,8 @@ class GridStore:
             for name in variables:
                 root.create_array(name, shape=grid.shape, dtype="float64", chunks=tuple(chunk_shape),
                                   fill_value=np.nan, dimension_names=list(grid.dims), chunk_key_encoding=encoding)
-            root.create_array(DONE, shape=layout.counts, dtype="uint8", chunks=(1,) * grid.ndim, fill_value=0,
+            root.create_array(DONE, shape=layout.counts, dtype="uint64", chunks=(1,) * grid.ndim, fill_value=0,
                               dimension_names=[f"chunk_{d}" for d in grid.dims], chunk_key_encoding=encoding)
-            root.create_array(DIGEST, shape=(*layout.counts, len(variables)), dtype="uint64",
-                              chunks=(*(1,) * grid.ndim, len(variables)), fill_value=0,
-                              dimension_names=[*(f"chunk_{d}" for d in grid.dims), "variable"],
-                              chunk_key_encoding=encoding)
             if write_extra is not None:
                 write_extra(tmp)
             attrs = {"format": FORMAT, "dims": list(grid.dims), "chunk_shape": list(chunk_shape),
@@ -456,10 +458,7 @@ class GridStore:
     def _validate(self, func: str) -> None:
         """Refuse a store whose arrays do not match its own metadata (never use it silently)."""
         expected = {name: (self.grid.shape, tuple(self.layout.chunk_shape), "float64") for name in self.variables}
-        expected[DONE] = (self.layout.counts, (1,) * self.grid.ndim, "uint8")
-        if self.verified:
-            n = len(self.variables)
-            expected[DIGEST] = ((*self.layout.counts, n), (*(1,) * self.grid.ndim, n), "uint64")
+        expected[DONE] = (self.layout.counts, (1,) * self.grid.ndim, "uint64" if self.verified else "uint8")
         for name, (shape, chunks, dtype) in expected.items():
             try:
                 arr = self.group[name]
@@ -515,15 +514,16 @@ class GridStore:
         return notes
 
     def _read_done(self) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-        """The done mask, and the chunks whose marker cannot be decoded (counted not done)."""
+        """The done markers (0: not done; the chunk's digest, or 1 before checksums), and the chunks
+        whose marker cannot be decoded (counted not done)."""
         try:
-            return self.done_mask(), []
+            return np.asarray(self._array(DONE)[...]).astype(np.uint64), []
         except Exception:
-            done = np.zeros(self.layout.counts, dtype=bool)
+            done = np.zeros(self.layout.counts, dtype=np.uint64)
             bad = []
             for chunk in self.layout:
                 try:
-                    done[chunk] = bool(np.asarray(self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)]).item())
+                    done[chunk] = int(np.asarray(self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)]).item())
                 except Exception:
                     bad.append(chunk)
             return done, bad
@@ -538,7 +538,7 @@ class GridStore:
             out = np.full(shape, fill, dtype=dtype)
             bad = []
             for chunk in self.layout:
-                index = self.layout.index(chunk) if name != DIGEST else tuple(slice(i, i + 1) for i in chunk)
+                index = self.layout.index(chunk)
                 try:
                     out[index] = np.asarray(arr[index])
                 except Exception:
@@ -550,7 +550,8 @@ class GridStore:
         damaged), and every problem found. The done markers are read first: a chunk's values and
         digest are written before its marker, so a store being written by another process is
         never seen as damaged."""
-        done, bad_markers = self._read_done()
+        markers, bad_markers = self._read_done()
+        done = markers != 0
         damage = [Damage(c, None, "marker", False) for c in bad_markers]
         values: dict[str, np.ndarray] = {}
         for name in self.variables:
@@ -563,21 +564,12 @@ class GridStore:
                     damage += [Damage(chunk, n, "missing", True) for n in self.variables
                                if (chunk, n) not in unreadable and not self._chunk_file(n, chunk).exists()]
         if self.verified:
-            n = len(self.variables)
-            digests, bad = self._read_tolerant(DIGEST, (*self.layout.counts, n), 0, np.uint64)
-            bad_digest = set(bad)
-            flagged = {(d.chunk, d.variable) for d in damage}
+            flagged = {d.chunk for d in damage}
             for chunk in self.layout:
-                if not done[chunk]:
-                    continue
-                if chunk in bad_digest or not np.all(digests[chunk]):
-                    damage.append(Damage(chunk, None, "no-checksum", True))
-                    continue
-                index = self.layout.index(chunk)
-                for k, name in enumerate(self.variables):
-                    if (chunk, name) not in flagged and chunk_digest(name, chunk, values[name][index]) != int(
-                            digests[chunk][k]):
-                        damage.append(Damage(chunk, name, "checksum", True))
+                if done[chunk] and chunk not in flagged:
+                    index = self.layout.index(chunk)
+                    if chunk_digest(chunk, {n: values[n][index] for n in self.variables}) != int(markers[chunk]):
+                        damage.append(Damage(chunk, None, "checksum", True))
         bad_chunks = {d.chunk for d in damage if d.done}
         for chunk in self.layout:
             if not done[chunk] or chunk in bad_chunks:
@@ -664,20 +656,21 @@ class GridStore:
         return [c for c in self.layout if not done[c]]
 
     def write_chunk(self, chunk: tuple[int, ...], values: Mapping[str, np.ndarray]) -> None:
-        """Write every variable of one chunk, then mark it done (the marker is written last)."""
+        """Write every variable of one chunk, then mark it done (the marker, which holds the chunk's
+        checksum, is written last, in one atomic file write)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
         for name in self.variables:
             _faults.checkpoint("write")
             self._array(name)[index] = np.asarray(values[name], dtype=np.float64).reshape(shape)
+        marker = 1
         if self.verified:
             _faults.checkpoint("digest")
-            digests = [chunk_digest(name, chunk, np.asarray(values[name], dtype=np.float64).reshape(shape))
-                       for name in self.variables]
-            self._array(DIGEST)[tuple(slice(i, i + 1) for i in chunk) + (slice(None),)] = np.asarray(
-                digests, dtype=np.uint64).reshape((1,) * len(chunk) + (len(digests),))
+            marker = chunk_digest(chunk, {n: np.asarray(values[n], dtype=np.float64).reshape(shape)
+                                          for n in self.variables})
         _faults.checkpoint("done")
-        self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.ones((1,) * len(chunk), dtype=np.uint8)
+        dtype = np.uint64 if self.verified else np.uint8
+        self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.full((1,) * len(chunk), marker, dtype=dtype)
 
     def read_checked(self, *, func: str = "open_surface") -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The values (NaN where a chunk is not done) and the done mask, after checking every done
