@@ -25,7 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 PHASES_ALL = ("start", "create", "locked", "chunk", "write", "done")
 PAUSE = "start=0.03,create=0.03,locked=0.03,write=0.01,done=0.01"
-WINDOWS = {"start": 0.03, "create": 0.03, "locked": 0.03, "chunk": 0.02, "write": 0.01, "done": 0.01}
+WINDOWS = {"start": 0.03, "create": 0.03, "locked": 0.03, "chunk": 0.02, "write": 0.01, "done": 0.01,
+           "digest": 0.01}
+PAUSE_DIGEST = PAUSE + ",digest=0.01"  # the kills while checksums are written (tests/test_store_integrity.py)
 DELAY = 0.005  # seconds per forward pass of the slow net: a chunk of 4 points takes ~0.02 s
 
 

@@ -193,7 +193,7 @@ def test_code_using_the_store_primitives_is_distributed_too(tmp_path):
 def test_a_failing_rank_stops_the_job_with_its_error_on_every_rank(tmp_path):
     store = tmp_path / "s.zarr"
     port = free_port()
-    fail = {0: {}, 1: {"DIST_PROBLEM_FAIL_AFTER": "30"}}
+    fail = {0: {}, 1: {"DIST_PROBLEM_FAIL_AFTER": "12"}}  # rank 1 fails in its 4th chunk (it takes 5-8 of 16)
     pids = [shared_zygote().spawn({"store": str(store), "log": str(tmp_path / f"r{r}.log"), "delay": 0.005,
                                    "env": {**rank_env(r, 2, port), **fail[r]}}) for r in (0, 1)]
     assert wait_dead(pids)

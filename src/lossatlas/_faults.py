@@ -10,7 +10,8 @@ Off unless an environment variable is set, and then only a few microseconds per 
 Phases: ``start`` (a run begins, before any store is touched), ``create`` (a new store is
 complete in its temporary directory, not yet renamed into place), ``locked`` (the writer lock is
 held), ``chunk`` (a chunk's evaluation starts), ``write`` (before each variable of a chunk is
-written), ``done`` (values written, before the chunk's done marker).
+written), ``digest`` (values written, before the chunk's checksum is taken), ``done`` (before the
+chunk's done marker, which holds the checksum, is written).
 
 The environment is read at the first checkpoint of each process (forked children re-read it).
 """

@@ -205,9 +205,7 @@ def _summary(problem: Problem, ds: xr.Dataset, a, b, tol: float | None) -> dict[
 
 
 def _write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    import zarr
+    from .store import GridStore
 
-    group = zarr.open_group(str(path), mode="r+")
-    group.attrs.update(json.loads(json.dumps(dict(summary))))
-    group.attrs["kind"] = "interpolation"
+    GridStore.update_attrs(path, dict(summary, kind="interpolation"))  # re-sealed: not an edit
 

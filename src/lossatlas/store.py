@@ -10,7 +10,8 @@ Layout of a store directory::
     zarr.json        group attributes: format, provenance (JSON), grid, chunking
     x, y, …          coordinate arrays
     loss, …          one float64 array per variable, chunked like the work
-    chunk_done       uint8 per chunk: 1 once every variable of the chunk is written
+    chunk_done       uint64 per chunk: 0 until every variable of the chunk is written, then the
+                     chunk's checksum (uint8 and 1 in stores made before checksums)
     directions/      the directions (see Directions.save)
     center/          the centre θ
 
@@ -30,12 +31,30 @@ Crash safety, case by case:
 * killed while writing a chunk: a ``*.partial`` file may remain (removed by the next lock holder);
   the chunk is not marked done and is recomputed.
 * damaged metadata (a missing array, wrong shapes): opening refuses the store with a clear message.
+
+Integrity (stores made since checksums, ``attrs["integrity"]``):
+
+* every group attribute and every coordinate array (values and attributes) has a digest taken at
+  creation; opening a store whose attributes or coordinates were edited, added or removed refuses
+  it (:class:`StoreError` naming them);
+* the done marker of a chunk *is* its checksum: ``chunk_done`` (uint64) holds a digest (blake2b,
+  64 bits, never 0) of the chunk's exact float64 bytes of every variable and of its index, written
+  in one file after the values (0: not done), so no moment exists where a chunk is marked done
+  without its checksum; every read
+  (:meth:`GridStore.read`, ``open_surface``) checks every done chunk, and a chunk that is missing,
+  undecodable (truncated) or does not match its digest is *damaged*: a read refuses the store
+  naming the chunks, a resume (:meth:`GridStore.repair`) marks them not done and recomputes them
+  (with a :class:`StoreRepairWarning` naming them), and :meth:`GridStore.audit` lists them
+  (``lossatlas info --check``).
+
+Stores made before checksums open as before and say ``verified = False`` ("unverified").
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +64,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +76,72 @@ from .grid import ChunkLayout, Grid
 
 FORMAT = "lossatlas-grid-store/1"
 DONE = "chunk_done"
+INTEGRITY = "integrity"
+SCHEME = "lossatlas-digest/1 (blake2b-64)"
 STALE_CREATION_SECONDS = 24 * 3600  # a creation directory of another host older than this is garbage
 DEAD_HOLDER_GRACE = 5.0  # seconds to wait for the kernel to release the lock of a holder that has died
 
-__all__ = ["GridStore", "StoreLock", "FORMAT"]
+__all__ = ["GridStore", "StoreLock", "FORMAT", "Damage"]
 
 
 def _zarr():
     import zarr
 
     return zarr
+
+
+def _real(path: str | Path) -> Path:
+    """The store's resolved path (symlinks of the store and of its parents followed), so two paths to
+    one store share one lock and one creation."""
+    return Path(os.path.realpath(Path(path)))
+
+
+def _hash(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.digest()
+
+
+def _json_digest(value: Any) -> str:
+    return _hash(json.dumps(value, sort_keys=True).encode()).hex()
+
+
+def _coord_digest(values: np.ndarray, attrs: Mapping[str, Any]) -> str:
+    data = np.ascontiguousarray(np.asarray(values, dtype="<f8"))
+    return _hash(data.tobytes(), repr(data.shape).encode(), json.dumps(dict(attrs), sort_keys=True).encode()).hex()
+
+
+def chunk_digest(chunk: Sequence[int], values: Mapping[str, np.ndarray]) -> int:
+    """The digest of one chunk: the chunk's index, then each variable's name, shape and exact float64
+    bytes (a chunk file moved to another index or variable does not match). Never 0 or 1 (0 is the
+    fill value, "not done"; 1 is the marker of stores made before checksums)."""
+    parts = [json.dumps([int(i) for i in chunk]).encode()]
+    for name in sorted(values):
+        data = np.ascontiguousarray(np.asarray(values[name], dtype="<f8"))
+        parts += [name.encode(), repr(data.shape).encode(), data.tobytes()]
+    value = int.from_bytes(_hash(*parts), "little")
+    return value if value > 1 else value + 2
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One problem found in a store's chunks: ``kind`` is ``unreadable`` (the file cannot be decoded),
+    ``missing`` (a done chunk without its file), ``checksum`` (values differ from their digest),
+    or ``marker`` (an unreadable done marker)."""
+
+    chunk: tuple[int, ...]
+    variable: str | None
+    kind: str
+    done: bool
+
+    def __str__(self) -> str:
+        c, v = self.chunk, self.variable
+        return {"unreadable": f"unreadable chunk {c} of {v!r}",
+                "missing": f"chunk {c} was marked done but its values are missing ({v!r})",
+                "checksum": f"chunk {c} does not match its checksum",
+                "marker": f"unreadable done marker of chunk {c}"}[self.kind]
 
 
 class StoreLock:
@@ -82,8 +158,9 @@ class StoreLock:
 
     @staticmethod
     def file_for(path: str | Path) -> Path:
-        """The lock file: beside the store (a hidden file), so zarr readers never see it."""
-        path = Path(path)
+        """The lock file: beside the store (a hidden file), so zarr readers never see it. The store's
+        path is resolved first (symlinks followed), so every path to one store has one lock."""
+        path = _real(path)
         return path.parent / f".{path.name}.lock"
 
     @classmethod
@@ -135,13 +212,20 @@ class GridStore:
     """A grid store on disk. Create with :meth:`create` or :meth:`open`; write chunks while the
     store's :class:`StoreLock` is held (by this process, or by rank 0 of this job)."""
 
-    def __init__(self, path: Path, group: Any, *, func: str = "open_surface"):
+    def __init__(self, path: Path, group: Any, *, func: str = "open_surface", verify: bool = True):
         self.path = path
         self.group = group
         attrs = dict(group.attrs)
         missing = [k for k in ("dims", "chunk_shape", "variables", "provenance") if k not in attrs]
         if missing:
             raise self._damaged(func, f"its metadata lacks {', '.join(missing)}")
+        self.integrity: dict[str, Any] | None = attrs.get(INTEGRITY) if isinstance(attrs.get(INTEGRITY), dict) else None
+        #: whether the store carries checksums (False: made before checksums, "unverified")
+        self.verified = self.integrity is not None
+        #: what was edited in the attributes or coordinates since creation (empty when intact)
+        self.metadata_problems: list[str] = self._metadata_problems(attrs)
+        if verify and self.metadata_problems:
+            raise self._damaged(func, "; ".join(self.metadata_problems))
         try:
             self.provenance: dict[str, Any] = json.loads(attrs["provenance"])
             self.variables: list[str] = list(attrs["variables"])
@@ -154,13 +238,73 @@ class GridStore:
         self._lock: StoreLock | None = None
         self._validate(func)
 
+    def _metadata_problems(self, attrs: Mapping[str, Any]) -> list[str]:
+        """Attributes and coordinate arrays that differ from their digests taken at creation."""
+        if self.integrity is None:
+            try:
+                if str(self.group[DONE].dtype) == "uint64":
+                    return [f"its checksums ({INTEGRITY!r} attribute) were removed"]
+            except Exception:
+                pass
+            return []
+        problems = []
+        sealed = self.integrity.get("attrs")
+        if not isinstance(sealed, dict):
+            return [f"its {INTEGRITY!r} attribute is damaged"]
+        for key in sorted(set(sealed) | set(attrs)):
+            if key == INTEGRITY:
+                continue
+            if key not in attrs:
+                problems.append(f"attribute {key!r} was removed")
+            elif key not in sealed:
+                problems.append(f"attribute {key!r} was added")
+            elif _json_digest(attrs[key]) != sealed[key]:
+                problems.append(f"attribute {key!r} was edited")
+        coords = self.integrity.get("coords")
+        dims = attrs.get("dims")
+        if not isinstance(coords, dict) or not isinstance(dims, list):
+            return problems + [f"its {INTEGRITY!r} attribute is damaged"]
+        for dim in dims:
+            try:
+                arr = self.group[dim]
+                digest = _coord_digest(arr[...], dict(arr.attrs))
+            except Exception:
+                problems.append(f"coordinate array {dim!r} is missing or unreadable")
+                continue
+            if digest != coords.get(dim):
+                problems.append(f"coordinate array {dim!r} was edited")
+        return problems
+
+    @staticmethod
+    def _seal(root: Any, dims: Sequence[str]) -> None:
+        """Record digests of every group attribute and coordinate array (at creation, or after a
+        sanctioned update such as :meth:`update_attrs`)."""
+        attrs = {k: v for k, v in dict(root.attrs).items() if k != INTEGRITY}
+        coords = {}
+        for dim in dims:
+            arr = root[dim]
+            coords[dim] = _coord_digest(arr[...], dict(arr.attrs))
+        root.attrs[INTEGRITY] = {"scheme": SCHEME, "attrs": {k: _json_digest(v) for k, v in attrs.items()},
+                                 "coords": coords}
+
+    @staticmethod
+    def update_attrs(path: str | Path, values: Mapping[str, Any]) -> None:
+        """Add or change group attributes of a store after its run (e.g. a summary) and re-seal them."""
+        root = _zarr().open_group(str(path), mode="r+")
+        sealed = isinstance(root.attrs.get(INTEGRITY), dict)
+        root.update_attributes(json.loads(json.dumps(dict(values))))
+        if sealed:
+            GridStore._seal(root, list(root.attrs["dims"]))
+
     # -- creation / opening ---------------------------------------------------------------------
     @staticmethod
     def exists(path: str | Path) -> bool:
         return (Path(path) / "zarr.json").exists()
 
     @classmethod
-    def open(cls, path: str | Path, *, func: str = "open_surface") -> GridStore:
+    def open(cls, path: str | Path, *, func: str = "open_surface", verify: bool = True) -> GridStore:
+        """Open an existing store. ``verify=False`` opens one whose attributes or coordinates were
+        edited (listed in ``metadata_problems``) instead of refusing it: for audits only."""
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{func}(): argument 'path' must be an existing lossatlas store; received "
@@ -174,7 +318,7 @@ class GridStore:
                     if (path / DONE / "zarr.json").exists() else "")
             raise StoreError(f"{func}(): argument 'path' must be a lossatlas store; received {str(path)!r} "
                              f"({exc}){hint}") from exc
-        return cls(path, group, func=func)
+        return cls(path, group, func=func, verify=verify)
 
     @classmethod
     def create(cls, path: str | Path, *, grid: Grid, chunk_shape: Sequence[int], variables: Sequence[str],
@@ -184,7 +328,15 @@ class GridStore:
         """Build the store in a temporary directory beside ``path`` and rename it into place, so a
         crash during creation never leaves a half-made store at ``path``."""
         zarr = _zarr()
-        path = Path(path)
+        given = Path(path)
+        path = _real(given)  # through a symlink: the store is made where it points
+        if path.exists() and not cls.exists(path) and not (path.is_dir() and not any(path.iterdir())):
+            if cls.is_store(path):
+                raise StoreError(f"could not create store at {str(given)!r}: a damaged lossatlas store is there (its "
+                                 "group metadata is missing); delete it or pass overwrite=True to recompute it")
+            raise StoreError(f"could not create store at {str(given)!r}: it exists and is not a lossatlas store "
+                             f"({'a file' if not path.is_dir() else 'a directory with other contents'}); "
+                             "choose another path")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         encoding = {"name": "default", "separator": "/"}
@@ -200,7 +352,7 @@ class GridStore:
             for name in variables:
                 root.create_array(name, shape=grid.shape, dtype="float64", chunks=tuple(chunk_shape),
                                   fill_value=np.nan, dimension_names=list(grid.dims), chunk_key_encoding=encoding)
-            root.create_array(DONE, shape=layout.counts, dtype="uint8", chunks=(1,) * grid.ndim, fill_value=0,
+            root.create_array(DONE, shape=layout.counts, dtype="uint64", chunks=(1,) * grid.ndim, fill_value=0,
                               dimension_names=[f"chunk_{d}" for d in grid.dims], chunk_key_encoding=encoding)
             if write_extra is not None:
                 write_extra(tmp)
@@ -208,24 +360,25 @@ class GridStore:
                      "variables": list(variables), "provenance": json.dumps(provenance, sort_keys=True),
                      "write_empty_chunks": True}
             attrs.update(extra_attrs or {})
-            root.update_attributes(attrs)  # one metadata write
+            root.update_attributes(json.loads(json.dumps(attrs)))  # one metadata write
+            cls._seal(root, grid.dims)  # digests of the attributes as stored (JSON) and of the coordinates
             _faults.checkpoint("create")
             os.rename(tmp, path)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and cls.exists(path):
-                return cls.open(path)  # another process created it first
-            raise StoreError(f"could not create store at {str(path)!r}: {exc}") from exc
+                return cls.open(given)  # another process created it first
+            raise StoreError(f"could not create store at {str(given)!r}: {exc}") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return cls.open(path)
+        return cls.open(given)
 
     @staticmethod
     def clean_leftovers(path: str | Path) -> list[str]:
         """Remove creation directories of crashed runs beside ``path``: those of dead processes of
         this host, and those of other hosts older than a day. Call while holding the lock."""
-        path = Path(path)
+        path = _real(path)
         removed = []
         host = socket.gethostname()
         for tmp in path.parent.glob(f".{path.name}.creating-*"):
@@ -260,24 +413,41 @@ class GridStore:
 
     @staticmethod
     def remove_here(path: str | Path, *, func: str) -> None:
-        """:meth:`remove` in this process only (no coordination with other ranks)."""
-        path = Path(path)
-        if not path.exists():
+        """:meth:`remove` in this process only (no coordination with other ranks).
+
+        Deletes only a lossatlas store (one whose metadata names the format, or a damaged one that
+        still has its done markers); a regular file, or a directory with anything else in it, is
+        refused with :class:`StoreError`. Through a symlink, the store it points to is deleted (the
+        link is kept, and the new store is made where it points). An empty directory is left in
+        place (the new store takes its place)."""
+        given = Path(path)
+        if not given.exists():
+            return  # nothing there (or a dangling link: the store will be made where it points)
+        path = _real(given)
+        if not path.is_dir():
+            raise StoreError(f"{func}(): argument 'store' points to {str(given)!r}, which is a file, not a lossatlas "
+                             "store; refusing to delete it (choose another path)")
+        if not any(path.iterdir()):
             return
-        marker = path / "zarr.json"
-        ok = (path / DONE / "zarr.json").exists()  # a lossatlas store, possibly with damaged metadata
-        if marker.exists():
-            try:
-                ok = ok or json.loads(marker.read_text()).get("attributes", {}).get("format") == FORMAT
-            except ValueError:
-                pass
-        if not ok and path.is_dir() and any(path.iterdir()):
-            raise StoreError(f"{func}(): argument 'store' points to {str(path)!r}, which exists and is not a "
+        if not GridStore.is_store(path):
+            raise StoreError(f"{func}(): argument 'store' points to {str(given)!r}, which exists and is not a "
                              "lossatlas store; refusing to overwrite it")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        shutil.rmtree(path)
+
+    @staticmethod
+    def is_store(path: str | Path) -> bool:
+        """Whether ``path`` is a directory made by lossatlas (possibly damaged): its group metadata
+        names the format, or its done markers are there."""
+        path = Path(path)
+        if not path.is_dir():
+            return False
+        if (path / DONE / "zarr.json").is_file():
+            return True
+        try:
+            doc = json.loads((path / "zarr.json").read_text())
+            return isinstance(doc, dict) and doc.get("attributes", {}).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
 
     # -- validation and repair ------------------------------------------------------------------
     def _damaged(self, func: str, why: str) -> StoreError:
@@ -288,7 +458,7 @@ class GridStore:
     def _validate(self, func: str) -> None:
         """Refuse a store whose arrays do not match its own metadata (never use it silently)."""
         expected = {name: (self.grid.shape, tuple(self.layout.chunk_shape), "float64") for name in self.variables}
-        expected[DONE] = (self.layout.counts, (1,) * self.grid.ndim, "uint8")
+        expected[DONE] = (self.layout.counts, (1,) * self.grid.ndim, "uint64" if self.verified else "uint8")
         for name, (shape, chunks, dtype) in expected.items():
             try:
                 arr = self.group[name]
@@ -303,11 +473,12 @@ class GridStore:
         return self.path.joinpath(name, "c", *map(str, chunk))
 
     def repair(self, *, func: str) -> list[str]:
-        """Clean up after a crashed run (call while holding the lock, before writing).
+        """Clean up after a crashed run or damage (call while holding the lock, before writing).
 
         Removes ``*.partial`` files of interrupted writes, deletes chunk files that cannot be
-        decoded, and un-marks done chunks whose values are missing or unreadable so that they are
-        computed again. Returns what was repaired (also issued as a :class:`StoreRepairWarning`).
+        decoded, and un-marks done chunks that are damaged (values missing, unreadable, or not
+        matching their checksum) so that they are computed again. Returns what was repaired (also
+        issued as a :class:`StoreRepairWarning` naming the chunks to recompute).
         """
         notes = []
         partial = list(self.path.rglob("*.partial"))
@@ -318,44 +489,107 @@ class GridStore:
                 pass
         if partial:
             notes.append(f"removed {len(partial)} unfinished temporary write(s)")
-        done = self._checked_done(notes)
+        done, _, damage = self._scan()
         redo: set[tuple[int, ...]] = set()
-        for name in self.variables:
-            try:
-                np.asarray(self._array(name)[...])
-            except Exception:
-                for chunk in self.layout:
-                    try:
-                        np.asarray(self._array(name)[self.layout.index(chunk)])
-                    except Exception:
-                        self._chunk_file(name, chunk).unlink(missing_ok=True)
-                        notes.append(f"deleted unreadable chunk {chunk} of {name!r}")
-                        redo.add(chunk)
-        if self.writes_empty_chunks:
-            for chunk in self.layout:
-                if done[chunk] and any(not self._chunk_file(n, chunk).exists() for n in self.variables):
-                    notes.append(f"chunk {chunk} was marked done but its values are missing")
-                    redo.add(chunk)
+        for d in damage:
+            if d.kind == "unreadable":
+                self._chunk_file(d.variable, d.chunk).unlink(missing_ok=True)
+                notes.append(f"deleted {d}")
+            elif d.kind == "marker":
+                self._chunk_file(DONE, d.chunk).unlink(missing_ok=True)
+                notes.append(f"deleted {d}")
+            else:
+                notes.append(str(d))
+            if d.done or d.kind == "marker":
+                redo.add(d.chunk)
         for chunk in sorted(redo):
             if done[chunk]:
                 self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.zeros((1,) * len(chunk), np.uint8)
         if notes:
+            again = (f"; chunk(s) {', '.join(map(str, sorted(redo)))} will be computed again" if redo else "")
             warnings.warn(StoreRepairWarning(
-                f"{func}(): the store at {str(self.path)!r} was left half-written by an interrupted run and has "
-                f"been repaired: {'; '.join(notes[:5])}{' …' if len(notes) > 5 else ''}"), stacklevel=3)
+                f"{func}(): the store at {str(self.path)!r} was damaged or left half-written by an interrupted run "
+                f"and has been repaired: {'; '.join(notes[:5])}{' …' if len(notes) > 5 else ''}{again}"),
+                stacklevel=3)
         return notes
 
-    def _checked_done(self, notes: list[str]) -> np.ndarray:
+    def _read_done(self) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+        """The done markers (0: not done; the chunk's digest, or 1 before checksums), and the chunks
+        whose marker cannot be decoded (counted not done)."""
         try:
-            return self.done_mask()
+            return np.asarray(self._array(DONE)[...]).astype(np.uint64), []
         except Exception:
+            done = np.zeros(self.layout.counts, dtype=np.uint64)
+            bad = []
             for chunk in self.layout:
                 try:
-                    np.asarray(self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)])
+                    done[chunk] = int(np.asarray(self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)]).item())
                 except Exception:
-                    self._chunk_file(DONE, chunk).unlink(missing_ok=True)
-                    notes.append(f"deleted unreadable done marker of chunk {chunk}")
-            return self.done_mask()
+                    bad.append(chunk)
+            return done, bad
+
+    def _read_tolerant(self, name: str, shape: tuple[int, ...], fill: Any,
+                       dtype: Any) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+        """A whole array, chunk by chunk where a chunk cannot be decoded (those filled, and listed)."""
+        arr = self._array(name)
+        try:
+            return np.asarray(arr[...]), []
+        except Exception:
+            out = np.full(shape, fill, dtype=dtype)
+            bad = []
+            for chunk in self.layout:
+                index = self.layout.index(chunk)
+                try:
+                    out[index] = np.asarray(arr[index])
+                except Exception:
+                    bad.append(chunk)
+            return out, bad
+
+    def _scan(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[Damage]]:
+        """Read everything once and check it: the done mask, the values (NaN where not done or
+        damaged), and every problem found. The done markers are read first: a chunk's values and
+        digest are written before its marker, so a store being written by another process is
+        never seen as damaged."""
+        markers, bad_markers = self._read_done()
+        done = markers != 0
+        damage = [Damage(c, None, "marker", False) for c in bad_markers]
+        values: dict[str, np.ndarray] = {}
+        for name in self.variables:
+            values[name], bad = self._read_tolerant(name, self.grid.shape, np.nan, np.float64)
+            damage += [Damage(c, name, "unreadable", bool(done[c])) for c in bad]
+        unreadable = {(d.chunk, d.variable) for d in damage}
+        if self.writes_empty_chunks:
+            for chunk in self.layout:
+                if done[chunk]:
+                    damage += [Damage(chunk, n, "missing", True) for n in self.variables
+                               if (chunk, n) not in unreadable and not self._chunk_file(n, chunk).exists()]
+        if self.verified:
+            flagged = {d.chunk for d in damage}
+            for chunk in self.layout:
+                if done[chunk] and chunk not in flagged:
+                    index = self.layout.index(chunk)
+                    if chunk_digest(chunk, {n: values[n][index] for n in self.variables}) != int(markers[chunk]):
+                        damage.append(Damage(chunk, None, "checksum", True))
+        bad_chunks = {d.chunk for d in damage if d.done}
+        for chunk in self.layout:
+            if not done[chunk] or chunk in bad_chunks:
+                for name in self.variables:
+                    values[name][self.layout.index(chunk)] = np.nan
+        return done, values, damage
+
+    def audit(self) -> list[Damage]:
+        """Every damaged chunk (see :class:`Damage`), without changing anything: done chunks that
+        cannot be trusted and unreadable done markers. (An unreadable file of a chunk not yet done
+        holds no result: it is not listed, and the next run deletes it.)"""
+        return [d for d in self._scan()[2] if d.done or d.kind == "marker"]
+
+    def leftovers(self) -> list[str]:
+        """Temporary files left by interrupted runs: ``*.partial`` writes inside the store and
+        creation directories beside it (removed by the next run that writes the store)."""
+        real = _real(self.path)
+        out = [str(p.relative_to(self.path)) for p in sorted(self.path.rglob("*.partial"))]
+        out += [p.name for p in sorted(real.parent.glob(f".{real.name}.creating-*"))]
+        return out
 
     # -- provenance ------------------------------------------------------------------------------
     def check_provenance(self, expected: Mapping[str, Any], *, func: str) -> None:
@@ -442,17 +676,43 @@ class GridStore:
         return [c for c in self.layout if not done[c]]
 
     def write_chunk(self, chunk: tuple[int, ...], values: Mapping[str, np.ndarray]) -> None:
-        """Write every variable of one chunk, then mark it done (the marker is written last)."""
+        """Write every variable of one chunk, then mark it done (the marker, which holds the chunk's
+        checksum, is written last, in one atomic file write)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
         for name in self.variables:
             _faults.checkpoint("write")
             self._array(name)[index] = np.asarray(values[name], dtype=np.float64).reshape(shape)
+        marker = 1
+        if self.verified:
+            _faults.checkpoint("digest")
+            marker = chunk_digest(chunk, {n: np.asarray(values[n], dtype=np.float64).reshape(shape)
+                                          for n in self.variables})
         _faults.checkpoint("done")
-        self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.ones((1,) * len(chunk), dtype=np.uint8)
+        dtype = np.uint64 if self.verified else np.uint8
+        self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.full((1,) * len(chunk), marker, dtype=dtype)
+
+    def read_checked(self, *, func: str = "open_surface") -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The values (NaN where a chunk is not done) and the done mask, after checking every done
+        chunk; a damaged one raises :class:`StoreError` naming the chunks (never wrong values)."""
+        done, values, damage = self._scan()
+        damage = [d for d in damage if d.done or d.kind == "marker"]
+        if damage:
+            raise self.damage_error(damage, func=func)
+        return values, done
+
+    def damage_error(self, damage: Sequence[Damage], *, func: str) -> StoreError:
+        chunks = sorted({d.chunk for d in damage})
+        shown = "; ".join(map(str, damage[:6])) + (" …" if len(damage) > 6 else "")
+        return StoreError(
+            f"{func}(): the store at {str(self.path)!r} is damaged: {len(chunks)} chunk(s) "
+            f"{', '.join(map(str, chunks[:10]))}{' …' if len(chunks) > 10 else ''} cannot be trusted ({shown}); "
+            "run the computation that made it again with the same arguments to recompute them "
+            "(`lossatlas info --check` lists every problem)")
 
     def read(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(self._array(name)[...]) for name in self.variables}
+        """Every variable's values after checking every done chunk (see :meth:`read_checked`)."""
+        return self.read_checked(func="read")[0]
 
     def points_done(self) -> int:
         done = self.done_mask()

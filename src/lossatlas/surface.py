@@ -23,7 +23,7 @@ from . import params as P
 from ._resume import check_store_args
 from ._version import __version__
 from .directions import Directions
-from .errors import InvalidArgumentError, bad_type, bad_value
+from .errors import InvalidArgumentError, StoreError, bad_type, bad_value
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
@@ -292,7 +292,11 @@ def open_surface(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`surface` as the same Dataset (loaded into memory).
 
     Points of chunks not yet computed are NaN; ``attrs["complete"]``, ``attrs["points_done"]`` tell
-    how far the run got, ``attrs["nan_points"]`` counts NaN results among computed points.
+    how far the run got, ``attrs["nan_points"]`` counts NaN results among computed points. Every
+    done chunk is checked against its checksum: a damaged store (a chunk missing, truncated or
+    altered; coordinates or attributes edited) raises :class:`~lossatlas.StoreError` naming what is
+    damaged; rerunning the computation recomputes damaged chunks. ``attrs["verified"]`` is 0 for a
+    store made before checksums.
     """
     gstore = GridStore.open(path, func="open_surface")
     attrs = {k: v for k, v in gstore.group.attrs.items()
@@ -300,7 +304,9 @@ def open_surface(path: str | Path) -> xr.Dataset:
     attrs["provenance"] = json.dumps(gstore.provenance, sort_keys=True)
     attrs["store"] = str(Path(path))
     labels = attrs.get("direction_labels") or [f"direction {i + 1}" for i in range(gstore.grid.ndim)]
-    ds = _dataset(gstore.grid, gstore.read(), labels, attrs, gstore.layout, gstore.done_mask())
+    values, done = gstore.read_checked(func="open_surface")  # a damaged chunk: StoreError naming it
+    ds = _dataset(gstore.grid, values, labels, attrs, gstore.layout, done)
+    ds.attrs["verified"] = int(gstore.verified)  # 0: made before checksums (unverified)
     return ds
 
 
@@ -314,4 +320,14 @@ def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
     if not GridStore.exists(path):
         raise InvalidArgumentError(f"open_directions(): argument 'path' must be a lossatlas store; received {str(path)!r}")
     center = read_params(zarr.open_group(str(path / "center"), mode="r"))
-    return center, Directions.load(path / "directions")
+    dirs = Directions.load(path / "directions")
+    # the saved centre and directions must be those the store's values were computed with
+    prov = GridStore.open(path, func="open_directions").provenance
+    edited = [what for what, have, fp in (("centre", prov.get("center"), P.fingerprint(center)),
+                                          ("directions", prov.get("directions"), dirs.fingerprint()))
+              if have is not None and have != fp]
+    if edited:
+        raise StoreError(f"open_directions(): argument 'path' points to a damaged lossatlas store at {str(path)!r} "
+                         f"(its saved {' and '.join(edited)} differ from the fingerprints in its provenance: edited "
+                         "or damaged); recompute it with overwrite=True")
+    return center, dirs

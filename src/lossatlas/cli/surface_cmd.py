@@ -247,13 +247,56 @@ def plot_cmd(
     _console().print(f"wrote {path}")
 
 
+def _check_store(store: Path) -> int:
+    """``info --check``: audit every chunk, coordinate and attribute; one line per problem."""
+    from ..errors import StoreError
+    from ..store import GridStore
+
+    console = _console()
+    try:
+        gstore = GridStore.open(store, func="info", verify=False)
+    except StoreError as exc:
+        if not GridStore.is_store(store):
+            raise  # not a lossatlas store at all: the usual error (exit status 2)
+        console.print(f"DAMAGED {store}: {exc}", markup=False, soft_wrap=True)
+        return 1
+    lines = [f"DAMAGED metadata: {p}" for p in gstore.metadata_problems]
+    damage = gstore.audit()
+    lines += [f"DAMAGED chunk {d.chunk}: {d}" for d in damage]
+    lines += [f"LEFTOVER temporary file of an interrupted run: {name} (removed by the next run)"
+              for name in gstore.leftovers()]
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
+    n_done = int(gstore.done_mask().sum()) if not any(d.kind == "marker" for d in damage) else None
+    checks = ("checksums verified" if gstore.verified else "unverified (made before checksums)")
+    chunks = sorted({d.chunk for d in damage})
+    if lines:
+        console.print(f"{store}: {len(lines)} problem(s); {len(chunks)} damaged chunk(s)"
+                      f"{' ' + ', '.join(map(str, chunks)) if chunks else ''} ({checks}); rerun the computation "
+                      "that made it with the same arguments to repair it", markup=False, soft_wrap=True)
+        return 1
+    total = gstore.layout.n_chunks
+    console.print(f"{store}: intact ({n_done}/{total} chunks done, {checks})", markup=False, soft_wrap=True)
+    return 0
+
+
 @app.command()
-def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")) -> None:
-    """Provenance, grid, completeness and NaN count of a store."""
+def info(store: Path = typer.Argument(..., help="A store written by lossatlas."),
+         check: bool = typer.Option(False, "--check", help="Audit the store: check every chunk against its "
+                                    "checksum, the coordinates and attributes against their digests, and look "
+                                    "for leftover temporary files; one line per problem. Exit status 0: intact, "
+                                    "1: damaged or leftovers found (rerun the computation to repair), 2: not a "
+                                    "store.")) -> None:
+    """Provenance, grid, completeness and NaN count of a store (``--check``: audit its integrity).
+
+    A store with a damaged chunk (missing, truncated, altered) or edited coordinates or attributes
+    is refused with an error naming them (exit status 2); ``--check`` lists every problem."""
     from rich.table import Table
 
     from .. import open_surface
 
+    if check:
+        raise typer.Exit(_check_store(store))
     ds = open_surface(store)
     prov = json.loads(ds.attrs["provenance"])
     table = Table(title=f"{store}")
@@ -273,6 +316,8 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
                                  f"{ds.attrs.get('direction_seed')}"),
         ("dtype / strategy", f"{ds.attrs.get('dtype')} / {ds.attrs.get('strategy')}"),
         ("samples", str(ds.attrs.get("n_samples"))),
+        ("integrity", "checksums verified (every done chunk)" if ds.attrs.get("verified")
+         else "unverified (made before checksums)"),
         ("software", prov.get("software", "")),
         ("model fingerprint", prov["model"][:16]),
         ("data fingerprint", prov["data"][:16]),
