@@ -204,7 +204,9 @@ def _span_with_zero(lo: float, hi: float, margin: float, steps: int) -> tuple[fl
         lo, hi = lo - 5e-4, hi + 5e-4
     if steps < 3:
         return lo, hi
-    h = (hi - lo) / (steps - 2)  # one step of slack, so that shifting the axis onto 0 keeps [lo, hi] covered
+    # one step of slack, so that shifting the axis onto 0 keeps [lo, hi] covered; widened by a few ulps so that
+    # rounding in (steps - 1 - k)·h cannot end the axis just below hi (lo = −1e-300, hi = 1, 51 steps did)
+    h = (hi - lo) / (steps - 2) * (1.0 + 1e-12)
     k = math.ceil(-lo / h)  # 0 is the k-th point: -k·h <= lo and (steps - 1 - k)·h >= hi
     return -k * h + 0.0, (steps - 1 - k) * h
 
