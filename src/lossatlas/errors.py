@@ -128,7 +128,7 @@ def check_seed(func: str, seed: Any, arg: str = "seed") -> int:
     import numbers
 
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise bad_type(func, arg, "an integer in [0, 2**63)", seed)
+        raise bad_type(func, arg, "a non-negative integer (< 2**63)", seed)
     if not 0 <= int(seed) <= MAX_SEED:
-        raise bad_value(func, arg, "an integer in [0, 2**63)", seed)
+        raise bad_value(func, arg, "a non-negative integer (< 2**63)", seed)
     return int(seed)
