@@ -122,8 +122,9 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
                                          f"{tuple(known[k].shape)}; received {tuple(t.shape)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise bad_value(func, "max_iter", "an integer >= 1", max_iter)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise bad_type(func, "seed", "an integer", seed)
+    from lossatlas.errors import check_seed
+
+    seed = check_seed(func, seed)
 
     spec = permutation_spec(module)
     param_names = {n for n, _ in module.named_parameters()}

@@ -240,8 +240,9 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
         raise bad_value(func, "lr", "a positive finite number", lr)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise bad_value(func, "batch_size", "a positive integer or None", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise bad_type(func, "seed", "an integer", seed)
+    from lossatlas.errors import check_seed
+
+    seed = check_seed(func, seed)
     if P.norm(P.sub(b, a)) == 0:
         raise InvalidArgumentError(f"{func}(): arguments 'a' and 'b' must differ; received identical parameters")
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import DataError, bad_type, bad_value
 
@@ -78,6 +78,16 @@ def _same_tensors(a: Any, b: Any) -> bool:
         if not torch.equal(x, y.to(x.device)):
             return False
     return True
+
+
+def check_tensor(t: Tensor) -> None:
+    """Refuse what lossatlas cannot evaluate exactly: sparse layouts and tensors without values."""
+    if t.layout != torch.strided:
+        raise DataError(f"Problem(): argument 'data' must hold dense (strided) tensors; received a "
+                        f"{t.layout} tensor of shape {tuple(t.shape)} (call .to_dense() first)")
+    if t.device.type == "meta":
+        raise DataError(f"Problem(): argument 'data' must hold tensors with values; received a tensor "
+                        f"of shape {tuple(t.shape)} on the 'meta' device (it has no data)")
 
 
 def map_tensors(obj: Any, fn) -> Any:
@@ -146,7 +156,8 @@ class BatchSource:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise bad_value("Problem", "batch_size", "a positive integer or None", batch_size)
-        if max_cache_bytes is not None and (not isinstance(max_cache_bytes, int) or max_cache_bytes < 0):
+        if max_cache_bytes is not None and (isinstance(max_cache_bytes, bool) or not isinstance(max_cache_bytes, int)
+                                            or max_cache_bytes < 0):
             raise bad_value("Problem", "max_cache_bytes", "a non-negative integer or None", max_cache_bytes)
         self.device = device
         self.dtype = dtype
@@ -162,12 +173,22 @@ class BatchSource:
         if isinstance(data, (str, bytes)) or data is None or isinstance(data, (int, float)):
             raise bad_type("Problem", "data", "tensors (inputs, targets), a Dataset, a DataLoader or an "
                            "iterable of batches", data)
+        for t in tensors_in(data) if isinstance(data, (Tensor, tuple, list, Mapping)) else ():
+            check_tensor(t)
         if isinstance(data, Tensor):
             return "tensors", _TensorSlices((data,), batch_size, single=True)
         if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
             return "tensors", _TensorSlices(tuple(data), batch_size, single=False)
         if isinstance(data, Mapping) and data and all(isinstance(t, Tensor) for t in data.values()):
             return "tensors", _TensorDictSlices(dict(data), batch_size)
+        unsized = data.dataset if isinstance(data, DataLoader) else data
+        if isinstance(unsized, IterableDataset) and not hasattr(unsized, "__len__"):
+            # an IterableDataset need not end: the data are read in full at construction (exact dataset
+            # means), so an unbounded one would never return
+            raise DataError(
+                f"Problem(): argument 'data' must be finite and sized; received an IterableDataset "
+                f"({type(unsized).__name__}) without __len__, which may never end; give it a __len__, or "
+                f"pass the batches to use, e.g. list(itertools.islice(iter(data), N))")
         if isinstance(data, DataLoader):
             if batch_size is not None:
                 raise bad_value("Problem", "batch_size", "None when data is a DataLoader (it brings its own "
@@ -195,6 +216,7 @@ class BatchSource:
         narrowed = [False]
 
         def mv(t: Tensor) -> Tensor:
+            check_tensor(t)
             if t.is_floating_point():
                 out = t.to(device=self.device, dtype=self.dtype)
                 narrowed[0] |= not exact_cast(t.dtype, self.dtype)

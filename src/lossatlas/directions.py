@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,8 +298,9 @@ def random(
         raise bad_value(func, "n", "an integer >= 1", n)
     if norm not in NORMS:
         raise bad_value(func, "norm", f"one of {NORMS}", norm)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise bad_type(func, "seed", "an integer", seed)
+    from lossatlas.errors import check_seed
+
+    seed = check_seed(func, seed)
     if model is not None and not isinstance(model, nn.Module):
         raise bad_type(func, "model", "an nn.Module or None", model)
     if model is not None:
@@ -308,6 +310,12 @@ def random(
     skip = _ignored(ignore, layout, theta)
     if len(skip) == len(theta):
         raise InvalidArgumentError(f"{func}(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
+    movable = sum(t.numel() for k, t in theta.items() if k not in skip)
+    if orthogonal and n > movable:
+        raise bad_value(func, "n", f"at most {movable} (the number of parameter entries that move; more "
+                        "directions cannot be independent)", n)
+    if not isinstance(orthogonal, bool):
+        raise bad_type(func, "orthogonal", "a bool", orthogonal)
     seeds = _seeds(int(seed), n)
     vectors: list[P.Params] = []
     for s in seeds:
@@ -459,6 +467,26 @@ def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -
         vectors.append(d)
     return Directions(vectors, {"kind": "axes", "n": len(names), "norm": None, "names": list(map(str, names)),
                                 "labels": [str(n) for n in names]})
+
+
+def check_independent(dirs: Directions, func: str, arg: str = "directions") -> float:
+    """Refuse zero, non-finite or linearly dependent directions (a plane spanned by two parallel
+    vectors is a line drawn twice); return the largest |cos| between two of them."""
+    n = len(dirs)
+    norms = [P.norm(d) for d in dirs]
+    for i, v in enumerate(norms):
+        if not math.isfinite(v) or v == 0.0:
+            raise bad_value(func, f"{arg}[{i}]", "a non-zero direction with finite entries",
+                            f"a direction of norm {v}")
+    gram = np.array([[P.dot(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
+    off = [abs(gram[i, j]) for i in range(n) for j in range(n) if i != j]
+    worst = float(max(off, default=0.0))
+    if n > 1:
+        smallest = float(np.linalg.eigvalsh((gram + gram.T) / 2)[0])
+        if not smallest > 1e-10:
+            raise bad_value(func, arg, "linearly independent directions", f"{n} directions spanning fewer than "
+                            f"{n} dimensions (largest |cos| between two of them {worst:.6g})")
+    return worst
 
 
 def _short_list(items: Sequence[str], limit: int = 6) -> str:

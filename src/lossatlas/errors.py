@@ -116,3 +116,19 @@ def bad_value(func: str, arg: str, expected: str, received: Any) -> InvalidArgum
 def bad_type(func: str, arg: str, expected: str, received: Any) -> InvalidTypeError:
     """``InvalidTypeError`` with the standard one-line message."""
     return InvalidTypeError(f"{func}(): argument '{arg}' must be {expected}; received {describe(received)}")
+
+
+#: seeds are integers in [0, 2**63): what numpy's SeedSequence and torch's manual_seed both take
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(func: str, seed: Any, arg: str = "seed") -> int:
+    """``seed`` as an ``int`` in [0, 2**63), or the standard error naming ``arg`` (bools refused).
+    Every public ``seed=`` goes through this one check."""
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise bad_type(func, arg, "a non-negative integer (< 2**63)", seed)
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise bad_value(func, arg, "a non-negative integer (< 2**63)", seed)
+    return int(seed)

@@ -163,7 +163,12 @@ class Problem:
             if not p.is_floating_point():
                 raise bad_value("Problem", f"model parameter {n!r}", "a floating-point tensor", p)
         first = trainable[0][1]
-        self.device = torch.device(device) if device is not None else first.device
+        for n, t in [*trainable, *model.named_buffers()]:
+            if t.device.type == "meta":
+                raise bad_value("Problem", "model", "a model whose parameters and buffers hold values (not on "
+                                "the 'meta' device; load or materialise its weights first)",
+                                f"{n!r} on the meta device")
+        self.device = _as_device(device) if device is not None else first.device
         if dtype is None:
             dtype = first.dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -621,6 +626,26 @@ class Problem:
         return (f"Problem(model={type(self.model).__name__}, params={n_params}, samples={self.n_samples}, "
                 f"batches={self.data.n_batches}, dtype={self.dtype}, device={self.device}, bn={self.bn!r}, "
                 f"metrics={self.metric_names})")
+
+
+def _as_device(device: Any) -> torch.device:
+    """``device=`` as a ``torch.device``, or an error naming it (never torch's own RuntimeError)."""
+    expected = "a device such as 'cpu', 'cuda', 'cuda:1' or a torch.device"
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise bad_type("Problem", "device", expected, device)
+    try:
+        out = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise bad_value("Problem", "device", expected, device) from None
+    if out.type == "meta":
+        raise bad_value("Problem", "device", "a device that holds values (not 'meta')", device)
+    if out.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise bad_value("Problem", "device", expected, device)
+    if out.type == "cuda" and out.index is not None and torch.cuda.is_available() \
+            and out.index >= torch.cuda.device_count():
+        raise bad_value("Problem", "device", f"an existing CUDA device (this machine has "
+                        f"{torch.cuda.device_count()})", device)
+    return out
 
 
 def _slots(module: nn.Module, names, *, buffers: bool) -> dict[str, list[tuple[nn.Module, str]]]:

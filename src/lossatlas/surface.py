@@ -20,6 +20,7 @@ from torch import Tensor
 
 from . import _faults
 from . import params as P
+from ._cost import check_grid_cost
 from ._resume import check_store_args
 from ._version import __version__
 from .directions import Directions
@@ -65,6 +66,7 @@ def surface(
     exact_linear: bool = True,
     metrics: bool = True,
     parallel: str = "grid",
+    allow_large: bool = False,
 ) -> xr.Dataset:
     """Evaluate the loss (and metrics) at θ + Σᵢ aᵢdᵢ for every point of a grid.
 
@@ -81,6 +83,8 @@ def surface(
     chunk of work (default: about one second of work each). ``store``: a directory (zarr) written
     chunk by chunk; calling again with the same arguments resumes and computes only missing chunks;
     a store made by a different computation is refused unless ``overwrite=True``.
+    ``allow_large``: a grid of more than 10⁷ points is refused (with its estimated points, memory
+    and time) unless this is ``True``.
     ``exact_linear``: fold affine layers whose input does not depend on θ (exact algebra).
 
     Under ``torchrun`` (see :mod:`lossatlas.distributed`) call it on every rank with the same
@@ -111,15 +115,23 @@ def surface(
     dirs = as_directions(directions, func=func)
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
+    from .directions import check_independent
+
+    worst = check_independent(dirs, func)
+    if "max_abs_cosine" not in dirs.spec:  # user directions: the measured value, not a default 0
+        dirs = Directions(dirs.vectors, {**dirs.spec, "max_abs_cosine": worst})
     grid = Grid.make(len(dirs), steps, span, func=func)
     if strategy not in STRATEGIES:
         raise bad_value(func, "strategy", f"one of {STRATEGIES}", strategy)
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise bad_value(func, "chunk", "a positive integer (points per chunk) or None", chunk)
-    store = check_store_args(func, store, overwrite)
-
     if parallel not in PARALLEL:
         raise bad_value(func, "parallel", f"one of {PARALLEL}", parallel)
+    for flag in ("overwrite", "progress", "exact_linear", "metrics"):
+        if not isinstance(locals()[flag], bool):
+            raise bad_type(func, flag, "a bool", locals()[flag])
+    check_grid_cost(func, grid, problem, center, variables=len(_names(problem, metrics)), allow_large=allow_large)
+    store = check_store_args(func, store, overwrite)
     _faults.checkpoint("start")
 
     ctx = _dist_context()

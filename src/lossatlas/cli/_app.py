@@ -25,10 +25,33 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    from typer._click import exceptions as click_exc  # typer vendors click
+
     try:
-        app(args=args, prog_name="lossatlas")
+        rc = app(args=args, prog_name="lossatlas", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click_exc.UsageError as exc:  # typer's multi-line usage box → one line
+        if debug:
+            raise
+        typer.secho(f"error: {' '.join(exc.format_message().split())}", err=True, fg="red")
+        raise SystemExit(2) from None
+    except click_exc.ClickException as exc:
+        if debug:
+            raise
+        typer.secho(f"error: {' '.join(exc.format_message().split())}", err=True, fg="red")
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.secho("interrupted; a command writing a store keeps every finished chunk: run the same command "
+                    "again to resume", err=True)
+        raise SystemExit(130) from None
     except LossAtlasError as exc:
         if debug:
             raise
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        typer.secho(f"error: {' '.join(str(exc).split())}", err=True, fg="red")
         raise SystemExit(2) from None
+    if isinstance(rc, int) and rc:
+        raise SystemExit(rc)

@@ -143,6 +143,22 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
         raise bad_value(func, "methods", f"a non-empty subset of {METHODS}", methods)
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
         raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
+    from ..errors import check_seed
+
+    seed = check_seed(func, seed)
+    if isinstance(max_certificates, bool) or not isinstance(max_certificates, int) or max_certificates < 1:
+        raise bad_value(func, "max_certificates", "an integer >= 1", max_certificates)
+    if not isinstance(progress, bool):
+        raise bad_type(func, "progress", "a bool", progress)
+    if checkpoints is not None:
+        if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)):
+            raise bad_type(func, "checkpoints", "a list of parameter dicts or None", checkpoints)
+        if not checkpoints:
+            raise bad_value(func, "checkpoints", "a non-empty list of parameter dicts, or None", checkpoints)
+        for i, c in enumerate(checkpoints):
+            if not isinstance(c, Mapping):
+                raise bad_type(func, f"checkpoints[{i}]", "a parameter dict", c)
+            problem.check_params(c, func=func, arg=f"checkpoints[{i}]")
     t0 = time.perf_counter()
     p64 = float64_problem(problem)
     reference = Reference(p64, snapshot=problem._module)  # the model as the problem took it

@@ -25,9 +25,9 @@ def check_int(func: str, arg: str, value: Any, *, minimum: int = 1, allow_none: 
 
 
 def check_seed(func: str, seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise bad_type(func, "seed", "a non-negative integer", seed)
-    return int(seed)
+    from ..errors import check_seed as impl
+
+    return impl(func, seed)
 
 
 def check_tol(func: str, tol: Any) -> float:

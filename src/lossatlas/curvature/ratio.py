@@ -44,11 +44,11 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
               steps: int | Sequence[int] = 11, span: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
               tol: float = 1e-3, seed: int = 0, max_products: int = 500, basis: int | None = None, params=None,
               dtype: torch.dtype | None = None, curvature: str = "hessian", chunk: int | None = None,
-              store: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> xr.Dataset:
+              store: str | Path | None = None, overwrite: bool = False, progress: bool = True, allow_large: bool = False) -> xr.Dataset:
     """λmin, λmax and ``ratio = |λmin/λmax|`` of the Hessian at every point of a grid.
 
     Grid arguments (``center``, ``directions``, ``steps``, ``span``, ``store``, ``overwrite``,
-    ``progress``) are those of :func:`lossatlas.surface`; ``chunk`` is the number of points per
+    ``progress``, ``allow_large``) are those of :func:`lossatlas.surface`; ``chunk`` is the number of points per
     chunk of work (default 4). At each point the Lanczos run of :func:`eigenvalues` (``which="both"``,
     ``tol``, ``seed``, ``max_products``, ``basis``) gives the variables ``lambda_min``,
     ``lambda_max``, ``ratio``, their residuals ``residual_min``/``residual_max``, ``converged``
@@ -99,6 +99,11 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     basis = C.check_int(func, "basis", basis, minimum=2, allow_none=True)
     chunk = C.check_int(func, "chunk", chunk, allow_none=True)
     C.check_flag(func, "progress", progress)
+    from .._cost import check_grid_cost
+
+    # each point is a Lanczos run: up to max_products Hessian-vector products (≈ 2.5 evaluations each)
+    check_grid_cost(func, grid, problem, center, variables=8, allow_large=allow_large,
+                    evaluations_per_point=2.5 * max_products, max_points=10**6)
     store = check_store_args(func, store, overwrite)
     if curvature == "ggn":  # validates the loss once, before any work
         from .operators import ggn_operator

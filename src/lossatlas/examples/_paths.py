@@ -58,8 +58,9 @@ def mlp_digits_trajectory(path: str | Path | None = None, *, seed: int = 0, ever
     (31, 300, True)
     """
     func = "examples.mlp_digits_trajectory"
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise bad_type(func, "seed", "an integer", seed)
+    from lossatlas.errors import check_seed
+
+    seed = check_seed(func, seed)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise bad_value(func, "every", "an integer >= 1", every)
     if path is not None:
