@@ -53,5 +53,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(f"error: {' '.join(str(exc).split())}", err=True, fg="red")
         raise SystemExit(2) from None
-    if isinstance(rc, int) and rc:
-        raise SystemExit(rc)
+    raise SystemExit(rc if isinstance(rc, int) else 0)  # as typer's standalone mode: always an exit status
