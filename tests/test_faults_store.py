@@ -14,41 +14,14 @@ import numpy as np
 import pytest
 
 import lossatlas
-from lossatlas.runner import pinned_threads
 from lossatlas.store import GridStore, StoreLock
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import _dist_problem  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with pinned_threads(1):  # a tiny model: one thread is quicker on a busy machine
-        yield
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return _dist_problem.run(None)
-
-
-@pytest.fixture
-def finished(tmp_path):
-    path = tmp_path / "s.zarr"
-    _dist_problem.run(path)
-    return path
-
-
-def _resume(path):
-    with pytest.warns(lossatlas.StoreRepairWarning) as caught:
-        ds = _dist_problem.run(path)
-    return ds, " ".join(str(w.message) for w in caught)
-
-
-def _same(ds, reference):
-    for name in ("loss", "accuracy"):
-        np.testing.assert_array_equal(ds[name].values, reference[name].values)
+from _store_fixtures import finished, one_thread, reference  # noqa: E402,F401 (fixtures)
+from _store_fixtures import resume as _resume  # noqa: E402
+from _store_fixtures import same as _same  # noqa: E402
 
 
 def _overwrite(path: Path):
