@@ -319,7 +319,7 @@ API_CASES = [
 
 #: cases still open (issue 14): strict xfail, so fixing one makes its entry here fail until removed
 KNOWN_GAPS = set(['between-same', 'load-state-garbage', 'load-state-json', 'load-state-missing', 'open-directions-missing', 'open-surface-int', 'plane-collinear', 'plot-contour-levels-0', 'plot-contour-levels-neg', 'plot-contour-vmin-gt-vmax', 'plot-contour-vmin-nan', 'plot-heatmap-vmin-gt-vmax', 'plot-line-vmin-gt-vmax', 'plot-save-missing-dir', 'plot-surface3d-vmin-gt-vmax', 'problem-labels-later-batch', 'problem-labels-negative', 'problem-labels-out-of-range', 'problem-metric-raises', 'problem-metric-string', 'problem-metric-vector', 'trajectory-bad-index'])
-KNOWN_CLI_GAPS = set(['demo-out-is-file', 'demo-out-unwritable', 'export-unwritable', 'hessian-k-0', 'hessian-k-neg', 'plot-levels-0', 'plot-out-suffix', 'plot-out-unwritable', 'plot-vmin-gt-vmax', 'surface-huge-grid', 'surface-parallel', 'surface-span-garbage', 'surface-span-nan', 'surface-span-three', 'surface-steps-0', 'surface-steps-neg', 'surface-store-is-file', 'surface-strategy', 'surface-target-import', 'surface-target-needs-args', 'surface-target-raises', 'surface-target-syntax', 'surface-target-top-raise', 'trajectory-bad-index', 'trajectory-empty', 'trajectory-missing'])
+KNOWN_CLI_GAPS = set(['trajectory-bad-index'])
 
 
 def _params(cases, gaps):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from . import _checks
 from ._app import app
 
 
@@ -24,12 +25,12 @@ def _figure_out(fig, path: Path) -> None:
 
 @app.command()
 def hessian(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
-            k: int = typer.Option(3, "--k", help="Eigenvalues at each end of the spectrum."),
+            k: int = typer.Option(3, "--k", min=1, help="Eigenvalues at each end of the spectrum."),
             tol: float = typer.Option(1e-4, "--tol", help="Convergence: residual ≤ tol · max|λ|."),
             seed: int = typer.Option(0, "--seed", help="Seed of the Lanczos start vector and of the probes."),
-            trace_probes: int = typer.Option(99, "--trace-probes", help="Products for the Hutch++ trace."),
-            density_iters: int = typer.Option(90, "--density-iters", help="Lanczos steps per density probe."),
-            density_probes: int = typer.Option(8, "--density-probes", help="Random probes of the density."),
+            trace_probes: int = typer.Option(99, "--trace-probes", min=1, help="Products for the Hutch++ trace."),
+            density_iters: int = typer.Option(90, "--density-iters", min=1, help="Lanczos steps per density probe."),
+            density_probes: int = typer.Option(8, "--density-probes", min=1, help="Random probes of the density."),
             density_plot: Path | None = typer.Option(None, "--density-plot", help="Write the density figure here."),
             params: str | None = typer.Option(None, "--params", help="Parameters: 'weights', a layer, names or "
                                               "glob patterns separated by commas (default: all)."),
@@ -47,6 +48,8 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     from ..curvature.operators import as_operator
     from ._target import centre_line, resolve
 
+    _checks.positive(tol, "--tol")
+    _checks.out_file(density_plot, "--density-plot", _checks.FIGURE_SUFFIXES, what="figure file")
     console = Console()
     t0 = time.perf_counter()
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
@@ -118,11 +121,11 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
 
 @app.command("ratio-map")
 def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
-                  steps: int = typer.Option(11, "--steps", help="Grid points per axis."),
+                  steps: int = typer.Option(11, "--steps", min=1, help="Grid points per axis."),
                   span: float = typer.Option(1.0, "--span", help="Each axis covers [-span, span]."),
                   seed: int = typer.Option(0, "--seed", help="Seed of the directions and of Lanczos."),
                   tol: float = typer.Option(1e-3, "--tol", help="Convergence: residual ≤ tol · max|λ|."),
-                  max_products: int = typer.Option(500, "--max-products", help="Products per point at most."),
+                  max_products: int = typer.Option(500, "--max-products", min=1, help="Products per point at most."),
                   store: Path | None = typer.Option(None, "--store", help="Resumable store (zarr directory)."),
                   resume: bool = typer.Option(True, "--resume/--overwrite",
                                               help="Resume an existing store, or replace it."),
@@ -139,6 +142,10 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
     from .. import curvature
     from ._target import resolve
 
+    _checks.positive(span, "--span")
+    _checks.positive(tol, "--tol")
+    _checks.store_path(store, "--store")
+    _checks.out_file(out, "--out", _checks.FIGURE_SUFFIXES, what="figure file")
     console = Console()
     t0 = time.perf_counter()
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
