@@ -259,9 +259,7 @@ def connect_cmd(
 
     t0 = time.perf_counter()
     out = out or Path("lossatlas-connect")
-    _checks.choice(curve, "--curve", ("bezier", "polychain"))
-    _checks.positive(lr, "--lr")
-    _check_common(out, bn)
+    _check_common(out, bn)  # --curve, --lr, --bends: checked by connect() before it trains
     tgt = resolve(target, dtype=dtype, device=device)
     problem = tgt.problem
     pa, pb = _endpoints(tgt, a, b)

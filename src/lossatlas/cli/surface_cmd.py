@@ -119,7 +119,7 @@ def _span(span: str, dims: int):
 def surface(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
     dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane."),
-    steps: int = typer.Option(41, "--steps", min=1, help="Points per axis (odd with a symmetric --span keeps θ on the "
+    steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
                               "grid; otherwise θ's loss is evaluated apart)."),
     span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
     directions: str = typer.Option("random", "--directions",
@@ -156,7 +156,7 @@ def surface(
     if dims not in (1, 2):
         raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
     span_value = _span(span, dims)
-    grid = Grid.make(dims, steps, span_value, func="surface")
+    grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
     _checks.choice(strategy, "--strategy", STRATEGIES)
     _checks.choice(parallel, "--parallel", PARALLEL)
     _checks.choice(norm, "--norm", ("filter", "layer", "model", "none"))
