@@ -479,6 +479,7 @@ CLI_CASES = [
     ("ratio-span-0", ["ratio-map", "seed-relu", "--span", "0"], "span"),
     ("ratio-max-products-0", ["ratio-map", "seed-relu", "--max-products", "0"], "max-products"),
     ("ratio-out-unwritable", ["ratio-map", "seed-relu", "--out", "/proc/lossatlas/r.png"], "out"),
+    ("ratio-huge-grid", ["ratio-map", "seed-relu", "--steps", "5000", "--no-progress"], "allow-large"),
     ("ratio-store-is-file", ["ratio-map", "seed-relu", "--store", "{d}/afile"], "store"),
     ("audit-json-unwritable", ["audit", "seed-relu", "--json", "/proc/lossatlas/a.json"], "json"),
     ("audit-certificate-is-dir", ["audit", "seed-relu", "--save-certificate", "{d}"], "save-certificate"),

@@ -133,7 +133,9 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
                   checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A state_dict for the centre."),
                   dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
                   device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
-                  progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+                  progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+                  allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused otherwise, "
+                                 "with its estimated memory and time).")
                   ) -> None:
     """|λmin/λmax| of the Hessian over the target's default plane (Li et al. 2018, Fig. 7)."""
     import numpy as np
@@ -151,7 +153,8 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     directions = tgt.default_directions(n=2, seed=seed)
     ds = curvature.ratio_map(tgt.problem, tgt.center, directions, steps=steps, span=span, tol=tol, seed=seed,
-                             max_products=max_products, store=store, overwrite=not resume, progress=progress)
+                             max_products=max_products, store=store, overwrite=not resume, progress=progress,
+                             allow_large=allow_large)
     ratio, conv = ds.ratio.values, ds.converged.values
     console.print(f"|λmin/λmax| over {'×'.join(map(str, ratio.shape))} points of {tgt.name}: "
                   f"min {ratio.min():.3g}, median {float(np.nanmedian(ratio)):.3g}, max {ratio.max():.3g}; "

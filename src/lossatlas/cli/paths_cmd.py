@@ -24,6 +24,8 @@ _DTYPE = typer.Option(None, "--dtype", help="Evaluate in this dtype (float32, fl
 _DEVICE = typer.Option(None, "--device", help="Device, e.g. cpu or cuda.")
 _BN = typer.Option(None, "--bn", help="BatchNorm statistics: eval (stored) or recalibrate (at every point).")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+_ALLOW_LARGE = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused otherwise, "
+                                 "with its estimated memory and time).")
 
 
 def _console():
@@ -136,7 +138,7 @@ def interpolate_cmd(
 @app.command("trajectory")
 def trajectory_cmd(
     target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
-    checkpoints_arg: Path = typer.Argument(None, metavar="[CHECKPOINTS]",
+    checkpoints_arg: Path = typer.Argument(None, metavar="CHECKPOINTS",
                                            help="Directory of checkpoints (or --checkpoints DIR)."),
     checkpoints: Path = typer.Option(None, "--checkpoints", help="Directory of checkpoints (a recording or *.pt)."),
     steps: int = typer.Option(31, "--steps", min=1, help="Grid points per axis of the plane."),
@@ -144,6 +146,7 @@ def trajectory_cmd(
     directions: Path = typer.Option(None, "--directions", help="Reuse a plane: a surface store written by this "
                                     "command (same centre and directions) or saved Directions."),
     bn: str = _BN, out: Path = _OUT, dtype: str = _DTYPE, device: str = _DEVICE, progress: bool = _PROGRESS,
+    allow_large: bool = _ALLOW_LARGE,
 ) -> None:
     """A training trajectory on the plane of its first two principal components (Li et al. 2018)."""
     import numpy as np
@@ -195,7 +198,7 @@ def trajectory_cmd(
     span = [_span_with_zero(float(path[v].min()), float(path[v].max()), margin, steps) for v in ("x", "y")]
     out.mkdir(parents=True, exist_ok=True)
     ds = surface(with_bn(problem, bn), center, d, steps=steps, span=span, store=out / "trajectory-plane.zarr",
-                 overwrite=True, progress=progress)
+                 overwrite=True, progress=progress, allow_large=allow_large)
     path.to_zarr(out / "trajectory-path.zarr", mode="w", consolidated=False)
     plt = _agg()
     ratios = d.spec.get("explained_variance_ratio")
@@ -250,6 +253,7 @@ def connect_cmd(
                                     "and the bend (0: skip)."),
     align_b: bool = typer.Option(False, "--align", help="Align B's units to A's first (weight matching)."),
     bn: str = _BN, out: Path = _OUT, dtype: str = _DTYPE, device: str = _DEVICE, progress: bool = _PROGRESS,
+    allow_large: bool = _ALLOW_LARGE,
 ) -> None:
     """Train a low-loss curve from A to B (Garipov et al. 2018) and compare it with the straight line."""
     from .. import connect, interpolate, surface
@@ -288,7 +292,8 @@ def connect_cmd(
         span = [(min(xs) - 0.2 * (max(xs) - min(xs)), max(xs) + 0.2 * (max(xs) - min(xs))),
                 (min(ys) - 0.3 * (max(ys) - min(ys) or 1.0), max(ys) + 0.3 * (max(ys) - min(ys) or 1.0))]
         plane = surface(with_bn(problem, eval_bn), pa, d, steps=plane_steps, span=span,
-                        store=out / "curve-plane.zarr", overwrite=True, progress=progress)
+                        store=out / "curve-plane.zarr", overwrite=True, progress=progress,
+                        allow_large=allow_large)
         fig = path_on_plane(plane, path, anchors=anchors, annotate=None,
                             title=f"plane through a, b and the bend ({c.kind})")
         fig.savefig(out / "curve-plane.png", dpi=120)
