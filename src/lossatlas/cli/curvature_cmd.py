@@ -134,8 +134,8 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
                   dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
                   device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
                   progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-                  allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused otherwise, "
-                                 "with its estimated memory and time).")
+                  allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁶ "
+                                                   "points (refused otherwise, with its estimated memory and time)."),
                   ) -> None:
     """|λmin/λmax| of the Hessian over the target's default plane (Li et al. 2018, Fig. 7)."""
     import numpy as np
