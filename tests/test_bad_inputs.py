@@ -319,7 +319,7 @@ API_CASES = [
 
 #: cases still open (issue 14): strict xfail, so fixing one makes its entry here fail until removed
 KNOWN_GAPS = set(['between-same', 'load-state-garbage', 'load-state-json', 'load-state-missing', 'open-directions-missing', 'open-surface-int', 'plane-collinear', 'plot-contour-levels-0', 'plot-contour-levels-neg', 'plot-contour-vmin-gt-vmax', 'plot-contour-vmin-nan', 'plot-heatmap-vmin-gt-vmax', 'plot-line-vmin-gt-vmax', 'plot-save-missing-dir', 'plot-surface3d-vmin-gt-vmax', 'problem-labels-later-batch', 'problem-labels-negative', 'problem-labels-out-of-range', 'problem-metric-raises', 'problem-metric-string', 'problem-metric-vector', 'trajectory-bad-index'])
-KNOWN_CLI_GAPS = set(['demo-out-is-file', 'demo-out-unwritable', 'export-unwritable', 'hessian-k-0', 'hessian-k-neg', 'plot-levels-0', 'plot-out-suffix', 'plot-out-unwritable', 'plot-vmin-gt-vmax', 'surface-huge-grid', 'surface-parallel', 'surface-span-garbage', 'surface-span-nan', 'surface-span-three', 'surface-steps-0', 'surface-steps-neg', 'surface-store-is-file', 'surface-strategy', 'surface-target-import', 'surface-target-needs-args', 'surface-target-raises', 'surface-target-syntax', 'surface-target-top-raise', 'trajectory-bad-index', 'trajectory-empty', 'trajectory-missing'])
+KNOWN_CLI_GAPS = set(['trajectory-bad-index'])
 
 
 def _params(cases, gaps):
@@ -353,6 +353,9 @@ TARGET_FILES = {
     "wrongtype.py": "def make():\n    return 42\n",
     "notcallable.py": "make = 3\n",
     "noargs.py": "def make(x):\n    return x\n",
+    "kwonly.py": "def make(*, x):\n    return x\n",
+    "exits.py": "import sys\nsys.exit(3)\n",
+    "factoryexits.py": "def make():\n    raise SystemExit('bye')\n",
 }
 
 
@@ -370,6 +373,8 @@ def files(tmp_path_factory):
     (d / "cert_empty.json").write_text("{}")
     (d / "notastore.zarr").mkdir()
     (d / "afile").write_text("x")
+    (d / "adir.png").mkdir()
+    (d / "adir.pt").mkdir()
     (d / "emptytraj").mkdir()
     (d / "badtraj").mkdir()
     (d / "badtraj" / "index.json").write_text("{broken")
@@ -449,6 +454,57 @@ CLI_CASES = [
     ("trajectory-missing", ["trajectory", "seed-relu", "{d}/nodir"], "trajectory"),
     ("trajectory-empty", ["trajectory", "seed-relu", "{d}/emptytraj"], "trajectory"),
     ("trajectory-bad-index", ["trajectory", "seed-relu", "{d}/badtraj"], "index"),
+    # variants: the same checks on every command (options first, one output-path helper, one TARGET loader)
+    ("surface-span-inf", ["surface", "seed-relu", "--span", "inf", "--steps", "3"], "span"),
+    ("surface-span-zero", ["surface", "seed-relu", "--span", "0", "--steps", "3"], "span"),
+    ("surface-span-reversed", ["surface", "seed-relu", "--span", "1,-1", "--steps", "3"], "span"),
+    ("surface-store-unwritable", ["surface", "seed-relu", "--steps", "3", "--store", "/proc/lossatlas/s.zarr"], "store"),
+    ("surface-plot-suffix", ["surface", "seed-relu", "--steps", "3", "--plot", "{d}/f.nope"], "plot"),
+    ("surface-plot-unwritable", ["surface", "seed-relu", "--steps", "3", "--plot", "/proc/lossatlas/f.png"], "plot"),
+    ("surface-plot-parent-is-file", ["surface", "seed-relu", "--steps", "3", "--plot", "{d}/afile/f.png"], "plot"),
+    ("surface-target-kwonly", ["surface", "{d}/kwonly.py:make", "--steps", "3"], "TARGET"),
+    ("surface-target-exits", ["surface", "{d}/exits.py:make", "--steps", "3"], "SystemExit"),
+    ("surface-target-factory-exits", ["surface", "{d}/factoryexits.py:make", "--steps", "3"], "TARGET"),
+    ("hessian-target-raises", ["hessian", "{d}/raises.py:make"], "RuntimeError"),
+    ("plot-levels-neg", ["plot", "{store}", "--levels", "-5", "--out", "{d}/p.png"], "levels"),
+    ("plot-vmin-nan", ["plot", "{store}", "--vmin", "nan", "--out", "{d}/p.png"], "vmin"),
+    ("plot-vmin-eq-vmax", ["plot", "{store}", "--vmin", "1", "--vmax", "1", "--out", "{d}/p.png"], "vmin"),
+    ("plot-out-is-dir", ["plot", "{store}", "--out", "{d}/adir.png"], "out"),
+    ("plot-out-parent-is-file", ["plot", "{store}", "--out", "{d}/afile/p.png"], "out"),
+    ("plot-html-suffix", ["plot", "{store}", "--kind", "html", "--out", "{d}/p.png"], "out"),
+    ("hessian-tol-0", ["hessian", "seed-relu", "--tol", "0"], "tol"),
+    ("hessian-trace-probes-0", ["hessian", "seed-relu", "--trace-probes", "0"], "trace-probes"),
+    ("hessian-density-iters-0", ["hessian", "seed-relu", "--density-iters", "0"], "density-iters"),
+    ("hessian-density-plot-suffix", ["hessian", "seed-relu", "--density-plot", "{d}/x.nope"], "density-plot"),
+    ("ratio-span-0", ["ratio-map", "seed-relu", "--span", "0"], "span"),
+    ("ratio-max-products-0", ["ratio-map", "seed-relu", "--max-products", "0"], "max-products"),
+    ("ratio-out-unwritable", ["ratio-map", "seed-relu", "--out", "/proc/lossatlas/r.png"], "out"),
+    ("ratio-huge-grid", ["ratio-map", "seed-relu", "--steps", "5000", "--no-progress"], "allow-large"),
+    ("ratio-store-is-file", ["ratio-map", "seed-relu", "--store", "{d}/afile"], "store"),
+    ("audit-json-unwritable", ["audit", "seed-relu", "--json", "/proc/lossatlas/a.json"], "json"),
+    ("audit-certificate-is-dir", ["audit", "seed-relu", "--save-certificate", "{d}"], "save-certificate"),
+    ("compare-budget-0", ["compare", "seed-relu", "--budget", "0"], "budget"),
+    ("compare-out-suffix", ["compare", "seed-relu", "--out", "{d}/c.nope"], "out"),
+    ("export-every-0", ["export", "mlp-digits", "{d}/rec", "--trajectory", "--every", "0"], "every"),
+    ("export-out-suffix", ["export", "seed-relu", "{d}/x.nope"], "OUT"),
+    ("export-out-is-dir", ["export", "seed-relu", "{d}/adir.pt"], "OUT"),
+    ("export-trajectory-out-is-file", ["export", "mlp-digits", "{d}/afile", "--trajectory"], "OUT"),
+    ("demo-out-parent-is-file", ["demo", "--out", "{d}/afile/demo"], "out"),
+    ("trajectory-no-checkpoints", ["trajectory", "seed-relu"], "checkpoints"),
+    ("trajectory-two-checkpoints", ["trajectory", "seed-relu", "{d}/emptytraj", "--checkpoints", "{d}/badtraj"], "checkpoints"),
+    ("trajectory-option-missing", ["trajectory", "seed-relu", "--checkpoints", "{d}/nodir"], "trajectory"),
+    ("trajectory-steps-0", ["trajectory", "seed-relu", "{d}/emptytraj", "--steps", "0"], "steps"),
+    ("trajectory-margin-neg", ["trajectory", "seed-relu", "{d}/emptytraj", "--margin", "-1"], "margin"),
+    ("trajectory-bn", ["trajectory", "seed-relu", "{d}/emptytraj", "--bn", "weird"], "bn"),
+    ("trajectory-out-is-file", ["trajectory", "seed-relu", "{d}/emptytraj", "--out", "{d}/afile"], "out"),
+    ("interpolate-steps-1", ["interpolate", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--steps", "1"], "steps"),
+    ("interpolate-from-positive", ["interpolate", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--from", "0.5"], "from"),
+    ("interpolate-to-nan", ["interpolate", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--to", "nan"], "to"),
+    ("interpolate-out-is-file", ["interpolate", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--out", "{d}/afile"], "out"),
+    ("connect-bends-0", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--bends", "0"], "bends"),
+    ("connect-train-steps-0", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--train-steps", "0"], "train-steps"),
+    ("connect-batch-size-neg", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--batch-size", "-1"], "batch-size"),
+    ("connect-out-unwritable", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--out", "/proc/lossatlas/c"], "out"),
 ]
 
 

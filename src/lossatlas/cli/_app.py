@@ -19,6 +19,21 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
 
 
+def _usage_line(exc) -> str:
+    """A usage error on one line; a bad value (typer checks types and ranges with pydantic, whose
+    message says what was expected but not what was received) ends with the value received."""
+    text = " ".join(exc.format_message().split())
+    errors = getattr(exc.__cause__, "errors", None)
+    if callable(errors) and "received" not in text:
+        try:
+            inputs = [e["input"] for e in errors() if "input" in e]
+        except Exception:  # pragma: no cover - not a pydantic error after all
+            inputs = []
+        if inputs:
+            text = f"{text.rstrip('.')}; received {inputs[0]!r}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     from ..errors import LossAtlasError
@@ -35,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.UsageError as exc:  # typer's multi-line usage box → one line
         if debug:
             raise
-        typer.secho(f"error: {' '.join(exc.format_message().split())}", err=True, fg="red")
+        typer.secho(f"error: {_usage_line(exc)}", err=True, fg="red")
         raise SystemExit(2) from None
     except click_exc.ClickException as exc:
         if debug:

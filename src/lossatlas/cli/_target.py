@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,12 +94,26 @@ def _from_file(target: str, dtype: torch.dtype | None, device: str | None) -> Ta
     sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # the user's file, not lossatlas: one line naming TARGET and the error
+        sys.modules.pop(module_name, None)
+        raise InvalidArgumentError(f"TARGET {target!r}: importing {str(path)!r} failed with "
+                                   f"{_exception_line(exc)}") from exc
     finally:
         sys.path.pop(0)
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise InvalidArgumentError(f"TARGET {target!r}: {str(path)!r} has no function {func_name!r}")
-    out = fn()
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise InvalidArgumentError(f"TARGET {target!r}: {func_name}() must be callable without arguments; its "
+                                   f"signature is {func_name}{inspect.signature(fn)}") from None
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    try:
+        out = fn()
+    except (Exception, SystemExit) as exc:
+        raise InvalidArgumentError(f"TARGET {target!r}: {func_name}() raised {_exception_line(exc)}") from exc
     from ..examples import Example
 
     if isinstance(out, Example):
@@ -118,6 +133,12 @@ def _from_file(target: str, dtype: torch.dtype | None, device: str | None) -> Ta
                                    f"(it is on {problem.device})")
     problem.check_params(center, func=func_name, arg="center")
     return Target(f"{path.name}:{func_name}", problem, center, desc, example=ex)
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``SyntaxError: invalid syntax (t.py, line 1)``: the exception's type and message on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _read_checkpoint(path: Path, option: str) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InvalidArgumentError
+from . import _checks
 from ._app import app
 
 
@@ -30,7 +31,7 @@ def _methods(text: str) -> tuple[str, ...]:
 @app.command()
 def audit(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
-    budget: int = typer.Option(400, "--budget", help="Loss evaluations for the Jensen search."),
+    budget: int = typer.Option(400, "--budget", min=1, help="Loss evaluations for the Jensen search."),
     seed: int = typer.Option(0, "--seed"),
     methods: str = typer.Option("jensen,hessian,symmetry", "--methods", help="Comma-separated methods."),
     save_certificate: Path = typer.Option(None, "--save-certificate", help="Write the strongest certificate (.npz)."),
@@ -46,10 +47,13 @@ def audit(
     from .. import convexity
     from ._target import centre_line, resolve
 
+    methods_value = _methods(methods)
+    _checks.out_file(save_certificate, "--save-certificate", what="certificate file")
+    _checks.out_file(json_out, "--json", (".json",), what="JSON file")
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     if "checkpoint" in tgt.info:
         _console().print(centre_line(tgt), soft_wrap=True, highlight=False)
-    result = convexity.audit(tgt.problem, tgt.center, budget=budget, seed=seed, methods=_methods(methods),
+    result = convexity.audit(tgt.problem, tgt.center, budget=budget, seed=seed, methods=methods_value,
                              progress=progress, name=tgt.name)
     console = _console()
     colour = "red" if result.proven_nonconvex else "green"
@@ -106,7 +110,7 @@ def verify(
 @app.command()
 def compare(
     targets: list[str] = typer.Argument(None, help="Example names (default: convex baselines and non-convex models)."),
-    budget: int = typer.Option(300, "--budget"),
+    budget: int = typer.Option(300, "--budget", min=1),
     seed: int = typer.Option(0, "--seed"),
     methods: str = typer.Option("jensen,hessian,symmetry", "--methods"),
     out: Path = typer.Option(None, "--out", help="Figure file (PNG/PDF/SVG)."),
@@ -117,7 +121,9 @@ def compare(
 
     from .. import convexity, plot
 
-    result = convexity.compare(*(targets or ()), budget=budget, seed=seed, methods=_methods(methods),
+    methods_value = _methods(methods)
+    _checks.out_file(out, "--out", _checks.FIGURE_SUFFIXES, what="figure file")
+    result = convexity.compare(*(targets or ()), budget=budget, seed=seed, methods=methods_value,
                                progress=progress)
     table = Table(title="convexity audit, same budget and seed for every model")
     for col in ("model", "known", "verdict", "certificates", "best Jensen gap", "λmin", "λmax", "λmin/λmax", "time"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from . import _checks
 from ._app import app
 
 
@@ -24,12 +25,12 @@ def _figure_out(fig, path: Path) -> None:
 
 @app.command()
 def hessian(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
-            k: int = typer.Option(3, "--k", help="Eigenvalues at each end of the spectrum."),
+            k: int = typer.Option(3, "--k", min=1, help="Eigenvalues at each end of the spectrum."),
             tol: float = typer.Option(1e-4, "--tol", help="Convergence: residual ≤ tol · max|λ|."),
             seed: int = typer.Option(0, "--seed", help="Seed of the Lanczos start vector and of the probes."),
-            trace_probes: int = typer.Option(99, "--trace-probes", help="Products for the Hutch++ trace."),
-            density_iters: int = typer.Option(90, "--density-iters", help="Lanczos steps per density probe."),
-            density_probes: int = typer.Option(8, "--density-probes", help="Random probes of the density."),
+            trace_probes: int = typer.Option(99, "--trace-probes", min=1, help="Products for the Hutch++ trace."),
+            density_iters: int = typer.Option(90, "--density-iters", min=1, help="Lanczos steps per density probe."),
+            density_probes: int = typer.Option(8, "--density-probes", min=1, help="Random probes of the density."),
             density_plot: Path | None = typer.Option(None, "--density-plot", help="Write the density figure here."),
             params: str | None = typer.Option(None, "--params", help="Parameters: 'weights', a layer, names or "
                                               "glob patterns separated by commas (default: all)."),
@@ -47,6 +48,8 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     from ..curvature.operators import as_operator
     from ._target import centre_line, resolve
 
+    _checks.positive(tol, "--tol")
+    _checks.out_file(density_plot, "--density-plot", _checks.FIGURE_SUFFIXES, what="figure file")
     console = Console()
     t0 = time.perf_counter()
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
@@ -118,11 +121,11 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
 
 @app.command("ratio-map")
 def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
-                  steps: int = typer.Option(11, "--steps", help="Grid points per axis."),
+                  steps: int = typer.Option(11, "--steps", min=1, help="Grid points per axis."),
                   span: float = typer.Option(1.0, "--span", help="Each axis covers [-span, span]."),
                   seed: int = typer.Option(0, "--seed", help="Seed of the directions and of Lanczos."),
                   tol: float = typer.Option(1e-3, "--tol", help="Convergence: residual ≤ tol · max|λ|."),
-                  max_products: int = typer.Option(500, "--max-products", help="Products per point at most."),
+                  max_products: int = typer.Option(500, "--max-products", min=1, help="Products per point at most."),
                   store: Path | None = typer.Option(None, "--store", help="Resumable store (zarr directory)."),
                   resume: bool = typer.Option(True, "--resume/--overwrite",
                                               help="Resume an existing store, or replace it."),
@@ -130,7 +133,9 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
                   checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A state_dict for the centre."),
                   dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
                   device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
-                  progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+                  progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+                  allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁶ "
+                                                   "points (refused otherwise, with its estimated memory and time)."),
                   ) -> None:
     """|λmin/λmax| of the Hessian over the target's default plane (Li et al. 2018, Fig. 7)."""
     import numpy as np
@@ -139,12 +144,17 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
     from .. import curvature
     from ._target import resolve
 
+    _checks.positive(span, "--span")
+    _checks.positive(tol, "--tol")
+    _checks.store_path(store, "--store")
+    _checks.out_file(out, "--out", _checks.FIGURE_SUFFIXES, what="figure file")
     console = Console()
     t0 = time.perf_counter()
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     directions = tgt.default_directions(n=2, seed=seed)
     ds = curvature.ratio_map(tgt.problem, tgt.center, directions, steps=steps, span=span, tol=tol, seed=seed,
-                             max_products=max_products, store=store, overwrite=not resume, progress=progress)
+                             max_products=max_products, store=store, overwrite=not resume, progress=progress,
+                             allow_large=allow_large)
     ratio, conv = ds.ratio.values, ds.converged.values
     console.print(f"|λmin/λmax| over {'×'.join(map(str, ratio.shape))} points of {tgt.name}: "
                   f"min {ratio.min():.3g}, median {float(np.nanmedian(ratio)):.3g}, max {ratio.max():.3g}; "

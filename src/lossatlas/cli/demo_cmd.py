@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from . import _checks
 from ._app import app
 
 
@@ -19,6 +20,7 @@ def demo(out: Path = typer.Option(Path("lossatlas-demo"), "--out", help="Output 
 
     from .. import demo as demo_mod
 
+    _checks.out_dir(out, "--out", what="output folder")
     console = Console()
     t0 = time.perf_counter()
     summary = demo_mod.run(out, quick=quick, progress=progress)

@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from ..errors import InvalidArgumentError
+from . import _checks
 from ._app import app
 
 _OUT = typer.Option(None, "--out", help="Output directory (default: lossatlas-<command>).")
@@ -22,6 +24,8 @@ _DTYPE = typer.Option(None, "--dtype", help="Evaluate in this dtype (float32, fl
 _DEVICE = typer.Option(None, "--device", help="Device, e.g. cpu or cuda.")
 _BN = typer.Option(None, "--bn", help="BatchNorm statistics: eval (stored) or recalibrate (at every point).")
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+_ALLOW_LARGE = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused otherwise, "
+                                 "with its estimated memory and time).")
 
 
 def _console():
@@ -50,6 +54,13 @@ def _agg():
     return plt
 
 
+def _check_common(out: Path, bn: str | None) -> None:
+    """The options every path command shares, checked before the target is loaded."""
+    if bn is not None:
+        _checks.choice(bn, "--bn", ("eval", "recalibrate"))
+    _checks.out_dir(out, "--out", what="output folder")
+
+
 def _endpoints(target, a: Path, b: Path):
     from ._target import _center_from_checkpoint
 
@@ -75,7 +86,7 @@ def interpolate_cmd(
     target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
     a: Path = typer.Argument(..., help="Checkpoint of model a (t = 0)."),
     b: Path = typer.Argument(..., help="Checkpoint of model b (t = 1)."),
-    steps: int = typer.Option(101, "--steps", help="Number of values of t."),
+    steps: int = typer.Option(101, "--steps", min=2, help="Number of values of t."),
     t_from: float = typer.Option(0.0, "--from", help="First t (<= 0)."),
     t_to: float = typer.Option(1.0, "--to", help="Last t (>= 1)."),
     align_b: bool = typer.Option(False, "--align", help="Also interpolate to B aligned to A (weight matching)."),
@@ -88,6 +99,11 @@ def interpolate_cmd(
 
     t0 = time.perf_counter()
     out = out or Path("lossatlas-interpolate")
+    _checks.finite(t_from, "--from")
+    _checks.finite(t_to, "--to")
+    if not (t_from <= 0.0 and t_to >= 1.0):
+        raise InvalidArgumentError(f"--from must be <= 0 and --to >= 1; received --from {t_from:g} and --to {t_to:g}")
+    _check_common(out, bn)
     tgt = resolve(target, dtype=dtype, device=device)
     pa, pb = _endpoints(tgt, a, b)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,19 +138,21 @@ def interpolate_cmd(
 @app.command("trajectory")
 def trajectory_cmd(
     target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
-    checkpoints: Path = typer.Option(..., "--checkpoints", help="Directory of checkpoints (a recording or *.pt)."),
-    steps: int = typer.Option(31, "--steps", help="Grid points per axis of the plane."),
+    checkpoints_arg: Path = typer.Argument(None, metavar="CHECKPOINTS",
+                                           help="Directory of checkpoints (or --checkpoints DIR)."),
+    checkpoints: Path = typer.Option(None, "--checkpoints", help="Directory of checkpoints (a recording or *.pt)."),
+    steps: int = typer.Option(31, "--steps", min=1, help="Grid points per axis of the plane."),
     margin: float = typer.Option(0.25, "--margin", help="Extra span around the path (fraction of its extent)."),
     directions: Path = typer.Option(None, "--directions", help="Reuse a plane: a surface store written by this "
                                     "command (same centre and directions) or saved Directions."),
     bn: str = _BN, out: Path = _OUT, dtype: str = _DTYPE, device: str = _DEVICE, progress: bool = _PROGRESS,
+    allow_large: bool = _ALLOW_LARGE,
 ) -> None:
     """A training trajectory on the plane of its first two principal components (Li et al. 2018)."""
     import numpy as np
 
     from .. import surface
     from ..directions import Directions, pca
-    from ..errors import InvalidArgumentError
     from ..params import to
     from ..paths import with_bn
     from ..plot.paths import path_on_plane
@@ -145,8 +163,16 @@ def trajectory_cmd(
 
     t0 = time.perf_counter()
     out = out or Path("lossatlas-trajectory")
-    if margin < 0:
-        raise InvalidArgumentError(f"--margin must be >= 0; received {margin}")
+    if checkpoints_arg is not None and checkpoints is not None and checkpoints_arg != checkpoints:
+        raise InvalidArgumentError(f"CHECKPOINTS and --checkpoints name different folders; received "
+                                   f"{str(checkpoints_arg)!r} and {str(checkpoints)!r} (give one)")
+    checkpoints = checkpoints or checkpoints_arg
+    if checkpoints is None:
+        raise InvalidArgumentError("trajectory needs its checkpoints: CHECKPOINTS or --checkpoints DIR (a folder "
+                                   "of checkpoints or a recording); received neither")
+    if not math.isfinite(margin) or margin < 0:
+        raise InvalidArgumentError(f"--margin must be a finite number >= 0; received {margin}")
+    _check_common(out, bn)
     tgt = resolve(target, dtype=dtype, device=device)
     traj = Trajectory.open(checkpoints)
     # the last checkpoint's whole state (buffers such as BatchNorm statistics, frozen parameters):
@@ -172,7 +198,7 @@ def trajectory_cmd(
     span = [_span_with_zero(float(path[v].min()), float(path[v].max()), margin, steps) for v in ("x", "y")]
     out.mkdir(parents=True, exist_ok=True)
     ds = surface(with_bn(problem, bn), center, d, steps=steps, span=span, store=out / "trajectory-plane.zarr",
-                 overwrite=True, progress=progress)
+                 overwrite=True, progress=progress, allow_large=allow_large)
     path.to_zarr(out / "trajectory-path.zarr", mode="w", consolidated=False)
     plt = _agg()
     ratios = d.spec.get("explained_variance_ratio")
@@ -217,16 +243,17 @@ def connect_cmd(
     a: Path = typer.Argument(..., help="Checkpoint of model a (t = 0)."),
     b: Path = typer.Argument(..., help="Checkpoint of model b (t = 1)."),
     curve: str = typer.Option("bezier", "--curve", help="bezier or polychain."),
-    bends: int = typer.Option(1, "--bends", help="Number of trainable bends."),
-    train_steps: int = typer.Option(600, "--train-steps", help="Optimiser steps."),
+    bends: int = typer.Option(1, "--bends", min=1, help="Number of trainable bends."),
+    train_steps: int = typer.Option(600, "--train-steps", min=1, help="Optimiser steps."),
     lr: float = typer.Option(0.01, "--lr", help="Adam learning rate (cosine decay)."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Samples per step (0: the problem's batches)."),
+    batch_size: int = typer.Option(128, "--batch-size", min=0, help="Samples per step (0: the problem's batches)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the t draws and mini-batches."),
-    steps: int = typer.Option(61, "--steps", help="Values of t at which line and curve are evaluated."),
-    plane_steps: int = typer.Option(21, "--plane-steps", help="Grid points per axis of the plane through A, B "
+    steps: int = typer.Option(61, "--steps", min=2, help="Values of t at which line and curve are evaluated."),
+    plane_steps: int = typer.Option(21, "--plane-steps", min=0, help="Grid points per axis of the plane through A, B "
                                     "and the bend (0: skip)."),
     align_b: bool = typer.Option(False, "--align", help="Align B's units to A's first (weight matching)."),
     bn: str = _BN, out: Path = _OUT, dtype: str = _DTYPE, device: str = _DEVICE, progress: bool = _PROGRESS,
+    allow_large: bool = _ALLOW_LARGE,
 ) -> None:
     """Train a low-loss curve from A to B (Garipov et al. 2018) and compare it with the straight line."""
     from .. import connect, interpolate, surface
@@ -236,6 +263,7 @@ def connect_cmd(
 
     t0 = time.perf_counter()
     out = out or Path("lossatlas-connect")
+    _check_common(out, bn)  # --curve, --lr, --bends: checked by connect() before it trains
     tgt = resolve(target, dtype=dtype, device=device)
     problem = tgt.problem
     pa, pb = _endpoints(tgt, a, b)
@@ -264,7 +292,8 @@ def connect_cmd(
         span = [(min(xs) - 0.2 * (max(xs) - min(xs)), max(xs) + 0.2 * (max(xs) - min(xs))),
                 (min(ys) - 0.3 * (max(ys) - min(ys) or 1.0), max(ys) + 0.3 * (max(ys) - min(ys) or 1.0))]
         plane = surface(with_bn(problem, eval_bn), pa, d, steps=plane_steps, span=span,
-                        store=out / "curve-plane.zarr", overwrite=True, progress=progress)
+                        store=out / "curve-plane.zarr", overwrite=True, progress=progress,
+                        allow_large=allow_large)
         fig = path_on_plane(plane, path, anchors=anchors, annotate=None,
                             title=f"plane through a, b and the bend ({c.kind})")
         fig.savefig(out / "curve-plane.png", dpi=120)

@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from ..errors import InvalidArgumentError
+from . import _checks
 from ._app import app
 
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
@@ -45,7 +46,7 @@ def export(
     seed: int = typer.Option(0, "--seed", help="Initialisation seed (mlp-digits only)."),
     trajectory: bool = typer.Option(False, "--trajectory", help="Record the training run of mlp-digits into OUT "
                                     "(a checkpoint every --every steps)."),
-    every: int = typer.Option(10, "--every", help="Steps between recorded checkpoints (--trajectory)."),
+    every: int = typer.Option(10, "--every", min=1, help="Steps between recorded checkpoints (--trajectory)."),
 ) -> None:
     """Write an example's trained weights as a state_dict (or its recorded training run), to use as
     checkpoints with `surface --checkpoint`, `interpolate`, `connect` or `trajectory`."""
@@ -58,6 +59,7 @@ def export(
     if trajectory:
         if name != "mlp-digits":
             raise InvalidArgumentError(f"--trajectory is available for mlp-digits; received {name!r}")
+        _checks.out_dir(out, "OUT", what="folder for the recording")
         traj = ex.mlp_digits_trajectory(out, seed=seed, every=every)
         _console().print(f"recorded {len(traj)} checkpoints of mlp-digits (seed {seed}) in {out}")
         return
@@ -69,6 +71,7 @@ def export(
         example = mlp_digits(seed=seed)
     else:
         example = ex.load(name)
+    _checks.out_file(out, "OUT", _checks.CHECKPOINT_SUFFIXES, what="checkpoint file")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in example.model.state_dict().items()}, out)
     _console().print(f"wrote the trained {name} (seed {seed}) to {out}")
@@ -98,7 +101,11 @@ def _span(span: str, dims: int):
     try:
         parts = [float(v) for v in span.replace(":", ",").split(",")]
     except ValueError:
-        raise InvalidArgumentError(f"--span must be a number S or LO,HI; received {span!r}") from None
+        raise InvalidArgumentError(f"--span must be a number S, LO,HI or {dims} LO,HI pairs; received {span!r}"
+                                   ) from None
+    if not all(np.isfinite(parts)):
+        raise InvalidArgumentError(f"--span must be finite numbers (S, LO,HI or {dims} LO,HI pairs); "
+                                   f"received {span!r}")
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
@@ -131,23 +138,41 @@ def surface(
                                  "chunks) | data (ranks share each point's batches)."),
     plot_file: Path = typer.Option(None, "--plot", help="Also save a figure (PNG/PDF/SVG/HTML)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused "
+                                     "otherwise, with its estimated memory and time)."),
 ) -> None:
     """Compute a 1-D or 2-D loss surface around a model and print a summary."""
     from rich.table import Table
 
     from .. import distributed
     from .. import surface as surface_fn
+    from .._cost import check_grid_cost
+    from ..evaluator import STRATEGIES
+    from ..grid import Grid
+    from ..surface import PARALLEL
     from ._target import resolve
 
+    # every option is checked before the target is loaded and the directions are made
     if dims not in (1, 2):
         raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
+    span_value = _span(span, dims)
+    grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
+    _checks.choice(strategy, "--strategy", STRATEGIES)
+    _checks.choice(parallel, "--parallel", PARALLEL)
+    _checks.choice(norm, "--norm", ("filter", "layer", "model", "none"))
+    _checks.choice(ignore, "--ignore", ("biasbn", "none"))
+    _checks.store_path(store, "--store")
+    _check_figure_path(plot_file, "--plot")
     if device == "rank":
         device = str(distributed.device_for_rank())
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    check_grid_cost("surface", grid, tgt.problem, tgt.center, variables=len(tgt.problem.metric_names),
+                    allow_large=allow_large)
     d = _directions(tgt, directions, dims, norm, ignore, seed)
     t0 = time.perf_counter()
-    ds = surface_fn(tgt.problem, tgt.center, d, steps=steps, span=_span(span, dims), strategy=strategy,
-                    store=store, overwrite=not resume, progress=progress, parallel=parallel)
+    ds = surface_fn(tgt.problem, tgt.center, d, steps=steps, span=span_value, strategy=strategy,
+                    store=store, overwrite=not resume, progress=progress, parallel=parallel,
+                    allow_large=allow_large)
     seconds = time.perf_counter() - t0
     if not distributed.context().is_main:
         return  # under torchrun, rank 0 reports and draws
@@ -195,6 +220,18 @@ def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
     return {k: values[k] for k in ("loss", "accuracy") if k in values}, "not on the grid"
 
 
+def _check_figure_path(out: Path | None, option: str, kind: str | None = None) -> Path | None:
+    """A figure file: .html/.htm for the interactive kind, .png/.pdf/.svg for the others (either
+    when the kind follows from the suffix)."""
+    if kind == "html":
+        suffixes = _checks.HTML_SUFFIXES
+    elif kind is None:
+        suffixes = _checks.FIGURE_SUFFIXES + _checks.HTML_SUFFIXES
+    else:
+        suffixes = _checks.FIGURE_SUFFIXES
+    return _checks.out_file(out, option, suffixes, what="figure file")
+
+
 def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,
                   vmin: float | None = None, vmax: float | None = None, levels: int = 30) -> Path:
     from .. import plot
@@ -232,17 +269,22 @@ def plot_cmd(
     log: bool = typer.Option(False, "--log", help="Logarithmic colour/value scale."),
     vmin: float = typer.Option(None, "--vmin"),
     vmax: float = typer.Option(None, "--vmax"),
-    levels: int = typer.Option(30, "--levels", help="Number of contour levels."),
+    levels: int = typer.Option(30, "--levels", min=1, help="Number of contour levels."),
 ) -> None:
     """Draw a stored surface."""
     from .. import open_surface
 
+    if kind is not None:
+        _checks.choice(kind, "--kind", KINDS)
+    _checks.value_range(vmin, vmax)
+    _check_figure_path(out, "--out", kind)
     ds = open_surface(store)
     if variable not in ds.data_vars:
         raise InvalidArgumentError(f"--var must be one of {sorted(ds.data_vars)}; received {variable!r}")
     if out is None:
         suffix = ".html" if kind == "html" else ".png"
         out = store.with_name(store.name.removesuffix(".zarr") + f"-{kind or 'plot'}{suffix}")
+        _check_figure_path(out, "--out", kind)
     path = _write_figure(ds, out, kind=kind, variable=variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
     _console().print(f"wrote {path}")
 
