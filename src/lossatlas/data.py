@@ -167,6 +167,9 @@ class BatchSource:
         if self._mat.n_samples == 0:
             raise DataError("Problem(): argument 'data' must hold at least one sample; received empty data")
         self._fingerprint: str | None = None
+        #: ``check_batch(raw_batch, index)``, called on each streamed batch before it is moved (every
+        #: pass); the problem sets it (class labels), cached batches are checked once instead
+        self.check_batch: Any = None
 
     # -- classification -------------------------------------------------------------------------
     def _classify(self, data: Any, batch_size: int | None):
@@ -305,7 +308,10 @@ class BatchSource:
         if self._mat.batches is not None:
             yield from zip(self._mat.batches, self._mat.sizes)
         else:
-            for raw, n in self._stream():
+            check = self.check_batch
+            for k, (raw, n) in enumerate(self._stream()):
+                if check is not None:
+                    check(raw, k)
                 yield self._move(raw), n
 
     def recast(self, dtype: torch.dtype) -> BatchSource:
