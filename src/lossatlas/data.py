@@ -314,6 +314,13 @@ class BatchSource:
                     check(raw, k)
                 yield self._move(raw), n
 
+    def scan(self, fn) -> None:
+        """``fn(raw_batch, index)`` for every batch of one pass over a streamed source (nothing is
+        moved to the device); nothing for cached data."""
+        if self._mat.batches is None:
+            for k, (raw, _) in enumerate(self._stream()):
+                fn(raw, k)
+
     def recast(self, dtype: torch.dtype) -> BatchSource:
         """The same data in another floating dtype, with no precision lost where it can be helped:
         from the cached batches when they hold the source exactly (a snapshot: later changes to the

@@ -253,8 +253,8 @@ class Problem:
 
     def _check_labels(self, check: _LabelCheck | None) -> None:
         """Class labels of every batch checked against the model's number of classes: once per cached
-        batch (here, at construction: no cost per evaluation), and for streamed data on every pass,
-        each batch before it is moved to the device (a label out of range would otherwise be an
+        batch (here, at construction: no cost per evaluation); for streamed data in one pass here
+        and then at every pass, each batch before it is moved to the device (a label out of range would otherwise be an
         IndexError in the loss on the CPU and a device-side assert that ends the process on CUDA)."""
         self.data.check_batch = None
         if check is None:
@@ -263,7 +263,8 @@ class Problem:
             for b, (batch, _) in enumerate(self.data):
                 if b:
                     check(batch[1], b)
-        else:
+        else:  # one pass over the raw batches now (before heavy work), and each batch at every later pass
+            self.data.scan(check.batch)
             self.data.check_batch = check.batch
 
     def _check_loss_value(self, value: Any) -> None:
