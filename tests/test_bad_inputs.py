@@ -171,6 +171,8 @@ API_CASES = [
     ("problem-labels-later-batch-negative", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:] - 4)]), DataError, "batch"),
     ("problem-labels-later-batch-float", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:].double())]), DataError, "batch"),
     ("problem-labels-streamed-later-batch", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:] + 2)], max_cache_bytes=0), DataError, "batch"),
+    ("problem-labels-streamed-later-batch-float", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:].float())], max_cache_bytes=0), DataError, "batch"),
+    ("problem-labels-ignore-index-ok-but-negative", lambda: lossatlas.Problem(net(), CE, (X_, torch.where(Y_ > 0, -100, -1))), DataError, "data"),
     ("problem-labels-nll-out-of-range", lambda: lossatlas.Problem(net(), torch.nn.NLLLoss(), (X_, Y_ + 2)), DataError, "data"),
     ("problem-labels-float-for-ce", lambda: lossatlas.Problem(net(), CE, (X_, torch.rand(24, 7))), E, "loss"),
     ("problem-inputs-wrong-width", lambda: lossatlas.Problem(net(), CE, (torch.randn(24, 5), Y_)), EvaluationError, "first batch"),

@@ -152,7 +152,7 @@ class BatchSource:
     """Materialises the data once and yields ``(batch, n_samples)`` pairs on the problem's device."""
 
     def __init__(self, data: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int | None,
-                 max_cache_bytes: int | None):
+                 max_cache_bytes: int | None, summarise: Any = None):
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise bad_value("Problem", "batch_size", "a positive integer or None", batch_size)
@@ -163,6 +163,10 @@ class BatchSource:
         self.dtype = dtype
         self.budget = DEFAULT_CACHE_BYTES if max_cache_bytes is None else max_cache_bytes
         self.kind, self._source = self._classify(data, batch_size)
+        #: ``summarise(raw_batch)``: what the pass that counts a streamed source's batches records of
+        #: each non-empty batch in ``summaries`` (the problem's class-label summary); None if unset
+        self.summarise = summarise
+        self.summaries: list[Any] | None = None
         self._mat = self._materialise()
         if self._mat.n_samples == 0:
             raise DataError("Problem(): argument 'data' must hold at least one sample; received empty data")
@@ -254,7 +258,14 @@ class BatchSource:
                         f"max_cache_bytes")
                 # too big to cache: stream it at every evaluation; sizes counted on a full pass, and
                 # checked against the batches of this pass read so far
-                counted = [k for k in (leading_size(b) for b in src) if k]
+                counted, summaries = [], []
+                for b in src:
+                    k = leading_size(b)
+                    if k:
+                        counted.append(k)
+                        if self.summarise is not None:
+                            summaries.append(self.summarise(b))
+                self.summaries = summaries if self.summarise is not None else None
                 seen = [k for k in raw_sizes if k]
                 if counted[:len(seen)] != seen:
                     raise self._changed(f"batch sizes {counted[:len(seen)]} at the second pass, {seen} at the first")
@@ -313,13 +324,6 @@ class BatchSource:
                 if check is not None:
                     check(raw, k)
                 yield self._move(raw), n
-
-    def scan(self, fn) -> None:
-        """``fn(raw_batch, index)`` for every batch of one pass over a streamed source (nothing is
-        moved to the device); nothing for cached data."""
-        if self._mat.batches is None:
-            for k, (raw, _) in enumerate(self._stream()):
-                fn(raw, k)
 
     def recast(self, dtype: torch.dtype) -> BatchSource:
         """The same data in another floating dtype, with no precision lost where it can be helped:

@@ -197,8 +197,10 @@ class Problem:
         self._originals = _inexact_originals(model, self.dtype, self.param_names)
         self._center = P.params_of(model, dtype=self.dtype, device=self.device)
         self._param_slots = _slots(self._module, self.param_names, buffers=False)
+        kind = _class_index_loss(loss) if closure is None else None
+        summarise = functools.partial(_batch_label_summary, ignore_index=kind[1]) if kind is not None else None
         self.data = BatchSource(data, device=self.device, dtype=self.dtype, batch_size=batch_size,
-                                max_cache_bytes=max_cache_bytes)
+                                max_cache_bytes=max_cache_bytes, summarise=summarise)
         self.n_samples = self.data.n_samples
         self._bn_modules = _bn_modules(self._module)
         self._metric_fns: dict[str, MetricFn] = {}
@@ -253,8 +255,8 @@ class Problem:
 
     def _check_labels(self, check: _LabelCheck | None) -> None:
         """Class labels of every batch checked against the model's number of classes: once per cached
-        batch (here, at construction: no cost per evaluation); for streamed data in one pass here
-        and then at every pass, each batch before it is moved to the device (a label out of range would otherwise be an
+        batch (here, at construction: no cost per evaluation); for streamed data from the summaries
+        the counting pass recorded (no extra pass), then at every pass, each batch before it is moved (a label out of range would otherwise be an
         IndexError in the loss on the CPU and a device-side assert that ends the process on CUDA)."""
         self.data.check_batch = None
         if check is None:
@@ -263,8 +265,9 @@ class Problem:
             for b, (batch, _) in enumerate(self.data):
                 if b:
                     check(batch[1], b)
-        else:  # one pass over the raw batches now (before heavy work), and each batch at every later pass
-            self.data.scan(check.batch)
+        else:  # as summarised by the pass that counted the batches, and each batch at every later pass
+            for b, summary in enumerate(self.data.summaries or ()):
+                check.check(summary, b)
             self.data.check_batch = check.batch
 
     def _check_loss_value(self, value: Any) -> None:
@@ -782,11 +785,48 @@ _CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
 _CLASS_INDEX_FUNCTIONS = (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss)
 
 
+def _class_index_loss(loss: Any) -> tuple[str, int] | None:
+    """(name, ignore_index) of a loss whose integer targets index classes, else None."""
+    fn = loss.func if isinstance(loss, functools.partial) else loss
+    if isinstance(fn, _CLASS_INDEX_LOSSES):
+        ignore, name = int(fn.ignore_index), type(fn).__name__
+    elif any(fn is f for f in _CLASS_INDEX_FUNCTIONS):
+        ignore, name = -100, fn.__name__
+    else:
+        return None
+    if isinstance(loss, functools.partial):
+        ignore = int(loss.keywords.get("ignore_index", ignore))
+    return name, ignore
+
+
+def _label_summary(targets: Any, ignore_index: int) -> tuple | None:
+    """(dtype, ndim, smallest, largest label other than ``ignore_index``) of a batch's targets: one
+    ``aminmax`` (and, only when some label equals ``ignore_index``, one mask); None if not a tensor."""
+    if not isinstance(targets, Tensor):
+        return None
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool or targets.numel() == 0:
+        return targets.dtype, targets.ndim, None, None
+    lo, hi = (int(v) for v in torch.aminmax(targets))
+    if lo <= ignore_index <= hi and bool((targets == ignore_index).any()):
+        kept = targets[targets != ignore_index]
+        if kept.numel() == 0:
+            return targets.dtype, targets.ndim, None, None
+        lo, hi = (int(v) for v in torch.aminmax(kept))
+    return targets.dtype, targets.ndim, lo, hi
+
+
+def _batch_label_summary(batch: Any, ignore_index: int) -> tuple | None:
+    """:func:`_label_summary` of an (inputs, targets) batch (what streamed data records per batch)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return _label_summary(batch[1], ignore_index)
+    return None
+
+
 class _LabelCheck:
     """Class-index targets of a cross-entropy/NLL loss: integers in [0, classes) or ``ignore_index``.
 
-    Built from the first batch's outputs; checks any batch's targets with one ``aminmax`` (one host
-    synchronisation on a GPU; streamed batches are checked on the host before they are moved)."""
+    Built from the first batch's outputs; checks a batch's targets with one ``aminmax`` (one host
+    synchronisation on a GPU; streamed batches are summarised on the host before they are moved)."""
 
     __slots__ = ("classes", "ignore_index", "ndim", "loss")
 
@@ -795,44 +835,34 @@ class _LabelCheck:
 
     @classmethod
     def of(cls, loss: Any, outputs: Any, targets: Any) -> _LabelCheck | None:
-        fn = loss.func if isinstance(loss, functools.partial) else loss
-        if isinstance(fn, _CLASS_INDEX_LOSSES):
-            ignore, name = int(fn.ignore_index), type(fn).__name__
-        elif any(fn is f for f in _CLASS_INDEX_FUNCTIONS):
-            ignore, name = -100, fn.__name__
-        else:
-            return None
-        if isinstance(loss, functools.partial):
-            ignore = int(loss.keywords.get("ignore_index", ignore))
-        if not isinstance(outputs, Tensor) or not isinstance(targets, Tensor) or outputs.ndim == 0:
+        kind = _class_index_loss(loss)
+        if kind is None or not isinstance(outputs, Tensor) or not isinstance(targets, Tensor) or outputs.ndim == 0:
             return None
         if targets.ndim != outputs.ndim - 1:
             return None  # class probabilities (same shape as the outputs), or a layout torch will refuse
         classes = int(outputs.shape[1] if outputs.ndim >= 2 else outputs.shape[0])
-        return cls(classes, ignore, outputs.ndim - 1, name)
+        return cls(classes, kind[1], outputs.ndim - 1, kind[0])
 
     def batch(self, batch: Any, b: int) -> None:
         """The check on a whole (inputs, targets) batch (streamed data)."""
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            self(batch[1], b)
+        self.check(_batch_label_summary(batch, self.ignore_index), b)
 
     def __call__(self, targets: Any, b: int) -> None:
-        if not isinstance(targets, Tensor) or targets.ndim != self.ndim:
+        self.check(_label_summary(targets, self.ignore_index), b)
+
+    def check(self, summary: tuple | None, b: int) -> None:
+        """Raise :class:`DataError` naming batch ``b`` unless its :func:`_label_summary` is valid."""
+        if summary is None:
+            return
+        dtype, ndim, lo, hi = summary
+        if ndim != self.ndim:
             return
         where = f"Problem(): argument 'data' batch {b}"
         need = f"{self.loss} needs integer class labels 0 <= y < {self.classes} (the model has {self.classes} outputs)"
-        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-            raise DataError(f"{where} holds class labels of dtype {targets.dtype}: {need}; received "
-                            f"{describe(targets)}")
-        if targets.numel() == 0:
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise DataError(f"{where} holds class labels of dtype {dtype}: {need}; received {dtype} labels")
+        if lo is None or (lo >= 0 and hi < self.classes):
             return
-        lo, hi = (int(v) for v in torch.aminmax(targets))
-        if lo >= 0 and hi < self.classes:
-            return
-        valid = ((targets >= 0) & (targets < self.classes)) | (targets == self.ignore_index)
-        if bool(valid.all()):
-            return
-        bad = targets[~valid]
         ignore = f" or {self.ignore_index} (ignore_index)" if not 0 <= self.ignore_index < self.classes else ""
-        raise DataError(f"{where} holds class label {int(bad[0])} out of range: {need}{ignore}; received "
-                        f"{bad.numel()} label{'s' if bad.numel() > 1 else ''} outside, in [{lo}, {hi}]")
+        raise DataError(f"{where} holds class label {lo if lo < 0 else hi} out of range: {need}{ignore}; "
+                        f"received labels in [{lo}, {hi}]")
