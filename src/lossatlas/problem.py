@@ -256,8 +256,9 @@ class Problem:
     def _check_labels(self, check: _LabelCheck | None) -> None:
         """Class labels of every batch checked against the model's number of classes: once per cached
         batch (here, at construction: no cost per evaluation); for streamed data from the summaries
-        the counting pass recorded (no extra pass), then at every pass, each batch before it is moved (a label out of range would otherwise be an
-        IndexError in the loss on the CPU and a device-side assert that ends the process on CUDA)."""
+        the counting pass recorded (no extra pass), then at every pass, each batch before it is moved.
+        A label out of range would otherwise be an IndexError in the loss on the CPU, and on CUDA a
+        device-side assert that leaves the process unable to use the GPU."""
         self.data.check_batch = None
         if check is None:
             return
