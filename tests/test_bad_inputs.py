@@ -100,6 +100,26 @@ def bad_store_attrs():
     return lossatlas.open_surface(os.path.join(d, "s.zarr"))
 
 
+def saved(obj):
+    path = os.path.join(tmpdir(), "x.pt")
+    torch.save(obj, path)
+    return path
+
+
+def recording(meta, index):
+    d = tmpdir()
+    write(d, "meta.json", meta)
+    write(d, "index.jsonl", index)
+    write(d, "ckpt-000000.pt", "")
+    return d
+
+
+def dir_named(name):
+    path = os.path.join(tmpdir(), name)
+    os.makedirs(path)
+    return path
+
+
 def bad_traj_index():
     d = tmpdir()
     write(d, "index.json", "{broken")
@@ -147,6 +167,13 @@ API_CASES = [
     ("problem-labels-out-of-range", lambda: lossatlas.Problem(net(), CE, (X_, Y_ + 5)), E, "data"),
     ("problem-labels-negative", lambda: lossatlas.Problem(net(), CE, (X_, Y_ - 3)), E, "data"),
     ("problem-labels-later-batch", later_bad_labels, DataError, "batch"),
+    ("problem-labels-float", lambda: lossatlas.Problem(net(), CE, (X_, Y_.float())), DataError, "data"),
+    ("problem-labels-later-batch-negative", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:] - 4)]), DataError, "batch"),
+    ("problem-labels-later-batch-float", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:].double())]), DataError, "batch"),
+    ("problem-labels-streamed-later-batch", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:] + 2)], max_cache_bytes=0), DataError, "batch"),
+    ("problem-labels-streamed-later-batch-float", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:], Y_[12:].float())], max_cache_bytes=0), DataError, "batch"),
+    ("problem-labels-ignore-index-ok-but-negative", lambda: lossatlas.Problem(net(), CE, (X_, torch.where(Y_ > 0, -100, -1))), DataError, "data"),
+    ("problem-labels-nll-out-of-range", lambda: lossatlas.Problem(net(), torch.nn.NLLLoss(), (X_, Y_ + 2)), DataError, "data"),
     ("problem-labels-float-for-ce", lambda: lossatlas.Problem(net(), CE, (X_, torch.rand(24, 7))), E, "loss"),
     ("problem-inputs-wrong-width", lambda: lossatlas.Problem(net(), CE, (torch.randn(24, 5), Y_)), EvaluationError, "first batch"),
     ("problem-inputs-int", lambda: lossatlas.Problem(net(), CE, (torch.ones(24, 3, dtype=torch.long), Y_)), E, "Problem"),
@@ -161,6 +188,10 @@ API_CASES = [
     ("problem-metric-vector", lambda: lossatlas.Problem(net(), CE, (X_, Y_), metrics={"m": lambda o, t: o.sum(1)}), E, "metrics"),
     ("problem-metric-string", lambda: lossatlas.Problem(net(), CE, (X_, Y_), metrics={"m": lambda o, t: "x"}), E, "metrics"),
     ("problem-metric-raises", lambda: lossatlas.Problem(net(), CE, (X_, Y_), metrics={"m": lambda o, t: 1 / 0}), E, "metrics"),
+    ("problem-metric-two-elements", lambda: lossatlas.Problem(net(), CE, (X_, Y_), metrics={"m": lambda o, t: o.sum(0)}), EvaluationError, "'m'"),
+    ("problem-metric-none", lambda: lossatlas.Problem(net(), CE, (X_, Y_), metrics=[lambda o, t: None]), EvaluationError, "metrics"),
+    ("problem-metric-complex", lambda: lossatlas.Problem(net(), CE, (X_, Y_), metrics={"m": lambda o, t: o.sum().to(torch.complex64)}), EvaluationError, "'m'"),
+    ("problem-metric-raises-later-batch", lambda: lossatlas.Problem(net(), CE, [(X_[:12], Y_[:12]), (X_[12:20], Y_[12:20])], metrics={"m": lambda o, t: o.sum() * (1 / (len(t) - 8))}).evaluate(pr().params()), EvaluationError, "'m'"),
     ("problem-accuracy-regression", lambda: lossatlas.Problem(net(), torch.nn.MSELoss(), (X_, torch.randn(24, 2)), metrics=["accuracy"]), InvalidArgumentError, "metrics"),
     ("problem-frozen-model", lambda: lossatlas.Problem(net().requires_grad_(False), CE, (X_, Y_)), InvalidArgumentError, "model"),
     ("problem-loss-params-missing", lambda: pr().loss({"0.weight": torch.zeros(4, 3)}), ParameterMismatchError, "params"),
@@ -187,6 +218,9 @@ API_CASES = [
     ("between-module", lambda: D.between(net(), net()), InvalidTypeError, "a"),
     ("between-mismatch", lambda: D.between({"w": torch.zeros(3)}, {"v": torch.zeros(3)}), ParameterMismatchError, "b"),
     ("between-same", lambda: D.between(pr().params(), pr().params()), E, "b"),
+    ("between-nan", lambda: D.between({"w": torch.zeros(2)}, {"w": torch.tensor([1.0, float("nan")])}), E, "b"),
+    ("plane-same-c", lambda: D.plane({"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"w": torch.zeros(2)}), E, "c"),
+    ("plane-collinear-orthogonal", lambda: D.plane({"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"w": -3 * torch.ones(2)}, orthogonal=True), E, "c"),
     ("plane-collinear", lambda: D.plane({"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"w": 2 * torch.ones(2)}), E, "c"),
     ("axes-unknown-name", lambda: D.axes(pr().params(), ["nope"]), E, "names"),
     ("axes-empty", lambda: D.axes(pr().params(), []), E, "names"),
@@ -299,6 +333,12 @@ API_CASES = [
     ("trajectory-bad-index", bad_traj_index, StoreError, "index"),
     ("load-state-missing", lambda: __import__("lossatlas.trajectory").trajectory.load_state("/nonexistent/x.pt"), StoreError, "path"),
     ("load-state-garbage", lambda: __import__("lossatlas.trajectory").trajectory.load_state(write(tmpdir(), "x.pt", b"garbage", "wb")), StoreError, "path"),
+    ("load-state-dir", lambda: __import__("lossatlas.trajectory").trajectory.load_state(tmpdir()), StoreError, "path"),
+    ("load-state-empty-file", lambda: __import__("lossatlas.trajectory").trajectory.load_state(write(tmpdir(), "x.pt", "")), StoreError, "path"),
+    ("load-state-list", lambda: __import__("lossatlas.trajectory").trajectory.load_state(saved([1, 2])), StoreError, "path"),
+    ("load-state-whole-model", lambda: __import__("lossatlas.trajectory").trajectory.load_state(saved(net())), StoreError, "path"),
+    ("trajectory-bad-meta", lambda: lossatlas.Trajectory.open(recording("{broken", "")), StoreError, "meta"),
+    ("trajectory-index-no-file-key", lambda: lossatlas.Trajectory.open(recording("{}", '{"step": 0}\n')), StoreError, "index"),
     ("load-state-json", lambda: __import__("lossatlas.trajectory").trajectory.load_state(write(tmpdir(), "x.pt", "{}")), StoreError, "path"),
     # --- plots ---
     ("plot-contour-levels-0", lambda: plot.contour(tiny_surface(), levels=0), E, "levels"),
@@ -308,18 +348,30 @@ API_CASES = [
     ("plot-surface3d-vmin-gt-vmax", lambda: plot.surface3d(tiny_surface(), vmin=5, vmax=1), E, "vmin"),
     ("plot-line-vmin-gt-vmax", lambda: plot.line(tiny_line(), vmin=5, vmax=1), E, "vmin"),
     ("plot-contour-vmin-nan", lambda: plot.contour(tiny_surface(), vmin=float("nan")), E, "vmin"),
+    ("plot-contour-levels-float", lambda: plot.contour(tiny_surface(), levels=2.5), E, "levels"),
+    ("plot-contour-levels-bool", lambda: plot.contour(tiny_surface(), levels=True), E, "levels"),
+    ("plot-contour-levels-decreasing", lambda: plot.contour(tiny_surface(), levels=[3.0, 2.0, 1.0]), E, "levels"),
+    ("plot-contour-levels-nan", lambda: plot.contour(tiny_surface(), levels=[0.1, float("nan")]), E, "levels"),
+    ("plot-contour-vmax-nan", lambda: plot.contour(tiny_surface(), vmax=float("nan")), E, "vmax"),
+    ("plot-heatmap-vmax-inf", lambda: plot.heatmap(tiny_surface(), vmax=math.inf), E, "vmax"),
+    ("plot-line-vmin-eq-vmax", lambda: plot.line(tiny_line(), vmin=1.0, vmax=1.0), E, "vmin"),
+    ("plot-surface3d-vmin-str", lambda: plot.surface3d(tiny_surface(), vmin="0"), E, "vmin"),
+    ("plot-path-levels-0", lambda: plot.path_on_plane(tiny_surface(), levels=0), E, "levels"),
+    ("plot-ratio-contours-neg", lambda: plot.ratio_map(tiny_surface(), variable="loss", loss_contours=-2), E, "loss_contours"),
     ("plot-contour-variable", lambda: plot.contour(tiny_surface(), "nope"), E, "variable"),
     ("plot-contour-1d", lambda: plot.contour(tiny_line()), E, "ds"),
     ("plot-contour-not-ds", lambda: plot.contour("store.zarr"), E, "ds"),
     ("plot-line-2d", lambda: plot.line(tiny_surface()), E, "ds"),
     ("plot-save-missing-dir", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), "/proc/nonexistent/dir/x.png"), StoreError, "path"),
+    ("plot-save-is-dir", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), dir_named("x.png")), StoreError, "path"),
+    ("plot-save-html-missing-dir", lambda: plot.save_html(None, "/proc/nonexistent/dir/x.html"), StoreError, "path"),
     ("plot-save-suffix", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), os.path.join(tmpdir(), "x.nope")), E, "path"),
 ]
 
 
 #: cases still open (issue 14): strict xfail, so fixing one makes its entry here fail until removed
-KNOWN_GAPS = set(['between-same', 'load-state-garbage', 'load-state-json', 'load-state-missing', 'open-directions-missing', 'open-surface-int', 'plane-collinear', 'plot-contour-levels-0', 'plot-contour-levels-neg', 'plot-contour-vmin-gt-vmax', 'plot-contour-vmin-nan', 'plot-heatmap-vmin-gt-vmax', 'plot-line-vmin-gt-vmax', 'plot-save-missing-dir', 'plot-surface3d-vmin-gt-vmax', 'problem-labels-later-batch', 'problem-labels-negative', 'problem-labels-out-of-range', 'problem-metric-raises', 'problem-metric-string', 'problem-metric-vector', 'trajectory-bad-index'])
-KNOWN_CLI_GAPS = set(['trajectory-bad-index'])
+KNOWN_GAPS = set(['open-surface-int'])
+KNOWN_CLI_GAPS = set()
 
 
 def _params(cases, gaps):

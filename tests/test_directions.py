@@ -157,7 +157,7 @@ def test_registry_contract(zoo):
     """Every registered factory: Directions out, deterministic, shapes like θ."""
     theta = lossatlas.params_of(zoo)
     other = P.axpy(0.1, theta, theta)
-    third = P.axpy(-0.2, theta, theta)
+    third = P.axpy(0.3, D.random(zoo, n=1, seed=2)[0], P.axpy(-0.2, theta, theta))  # off the line θ → other
     calls = {"random": lambda: D.random(zoo, n=2, seed=0), "between": lambda: D.between(theta, other),
              "plane": lambda: D.plane(theta, other, third),
              "axes": lambda: D.axes(theta, ["lin.weight[1, 2]", "lin.bias[0]"]),

@@ -152,7 +152,7 @@ class BatchSource:
     """Materialises the data once and yields ``(batch, n_samples)`` pairs on the problem's device."""
 
     def __init__(self, data: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int | None,
-                 max_cache_bytes: int | None):
+                 max_cache_bytes: int | None, summarise: Any = None):
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise bad_value("Problem", "batch_size", "a positive integer or None", batch_size)
@@ -163,10 +163,17 @@ class BatchSource:
         self.dtype = dtype
         self.budget = DEFAULT_CACHE_BYTES if max_cache_bytes is None else max_cache_bytes
         self.kind, self._source = self._classify(data, batch_size)
+        #: ``summarise(raw_batch)``: what the pass that counts a streamed source's batches records of
+        #: each non-empty batch in ``summaries`` (the problem's class-label summary); None if unset
+        self.summarise = summarise
+        self.summaries: list[Any] | None = None
         self._mat = self._materialise()
         if self._mat.n_samples == 0:
             raise DataError("Problem(): argument 'data' must hold at least one sample; received empty data")
         self._fingerprint: str | None = None
+        #: ``check_batch(raw_batch, index)``, called on each streamed batch before it is moved (every
+        #: pass); the problem sets it (class labels), cached batches are checked once instead
+        self.check_batch: Any = None
 
     # -- classification -------------------------------------------------------------------------
     def _classify(self, data: Any, batch_size: int | None):
@@ -251,7 +258,14 @@ class BatchSource:
                         f"max_cache_bytes")
                 # too big to cache: stream it at every evaluation; sizes counted on a full pass, and
                 # checked against the batches of this pass read so far
-                counted = [k for k in (leading_size(b) for b in src) if k]
+                counted, summaries = [], []
+                for b in src:
+                    k = leading_size(b)
+                    if k:
+                        counted.append(k)
+                        if self.summarise is not None:
+                            summaries.append(self.summarise(b))
+                self.summaries = summaries if self.summarise is not None else None
                 seen = [k for k in raw_sizes if k]
                 if counted[:len(seen)] != seen:
                     raise self._changed(f"batch sizes {counted[:len(seen)]} at the second pass, {seen} at the first")
@@ -305,7 +319,10 @@ class BatchSource:
         if self._mat.batches is not None:
             yield from zip(self._mat.batches, self._mat.sizes)
         else:
-            for raw, n in self._stream():
+            check = self.check_batch
+            for k, (raw, n) in enumerate(self._stream()):
+                if check is not None:
+                    check(raw, k)
                 yield self._move(raw), n
 
     def recast(self, dtype: torch.dtype) -> BatchSource:

@@ -395,8 +395,19 @@ def between(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Directions:
     _check_params(a, "directions.between", "a")
     P.check_like(a, b, func="directions.between", arg="b", ref_arg="a")
     d = P.sub(b, a)
+    _check_offset("directions.between", "b", P.norm(d))
     return Directions([d], {"kind": "between", "n": 1, "norm": None, "labels": ["interpolation a → b"],
                             "anchors": {"a": [0.0], "b": [1.0]}, "distance": P.norm(d)})
+
+
+def _check_offset(func: str, arg: str, distance: float) -> None:
+    """``arg`` − a must be a non-zero, finite direction."""
+    if not math.isfinite(distance):
+        raise InvalidArgumentError(f"{func}(): argument '{arg}' must be parameters with finite entries, at a finite "
+                                   f"distance from 'a'; received parameters at distance {distance}")
+    if distance == 0.0:
+        raise InvalidArgumentError(f"{func}(): argument '{arg}' must be parameters that differ from 'a' (the "
+                                   "direction to it would be zero); received parameters identical to 'a'")
 
 
 def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tensor], *,
@@ -412,9 +423,14 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
     P.check_like(a, b, func=func, arg="b", ref_arg="a")
     P.check_like(a, c, func=func, arg="c", ref_arg="a")
     d1, d2 = P.sub(b, a), P.sub(c, a)
-    n1 = P.norm(d1)
-    if n1 == 0:
-        raise InvalidArgumentError(f"{func}(): arguments 'a' and 'b' must differ; received identical parameters")
+    n1, n2 = P.norm(d1), P.norm(d2)
+    _check_offset(func, "b", n1)
+    _check_offset(func, "c", n2)
+    cos = P.dot(d1, d2) / (n1 * n2)
+    if not 1.0 - abs(cos) > 1e-10:  # the smallest eigenvalue of the directions' 2×2 Gram matrix of cosines
+        raise InvalidArgumentError(f"{func}(): argument 'c' must be a model off the line through 'a' and 'b' "
+                                   "(three collinear models span no plane); received parameters with c − a "
+                                   f"parallel to b − a (|cos| = {abs(cos):.12g})")
     anchors = {"a": [0.0, 0.0], "b": [1.0, 0.0], "c": [0.0, 1.0]}
     if orthogonal:
         t = P.dot(d2, d1) / n1**2
@@ -424,8 +440,6 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
             raise InvalidArgumentError(f"{func}(): arguments 'a', 'b', 'c' must not be collinear")
         d2 = P.scale(r, n1 / nr)
         anchors["c"] = [t, nr / n1]
-    elif P.norm(d2) == 0:
-        raise InvalidArgumentError(f"{func}(): arguments 'a' and 'c' must differ; received identical parameters")
     return Directions([d1, d2], {"kind": "plane", "n": 2, "norm": None, "orthogonal": orthogonal,
                                  "anchors": anchors, "cosines": [[1.0, P.cosine(d1, d2)], [P.cosine(d1, d2), 1.0]],
                                  "labels": ["direction a → b", "direction a → c" if not orthogonal

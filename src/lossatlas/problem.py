@@ -15,6 +15,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import numbers
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +26,8 @@ from torch import Tensor, nn
 from . import params as P
 from ._fast_paths import fast_cross_entropy, patch_private_module
 from .data import BatchSource, map_tensors
-from .errors import (DifferentiationError, EvaluationError, InvalidArgumentError, LossFunctionError, bad_type, bad_value)
+from .errors import (DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
+                     LossFunctionError, bad_type, bad_value, describe)
 
 __all__ = ["Problem"]
 
@@ -195,8 +197,10 @@ class Problem:
         self._originals = _inexact_originals(model, self.dtype, self.param_names)
         self._center = P.params_of(model, dtype=self.dtype, device=self.device)
         self._param_slots = _slots(self._module, self.param_names, buffers=False)
+        kind = _class_index_loss(loss) if closure is None else None
+        summarise = functools.partial(_batch_label_summary, ignore_index=kind[1]) if kind is not None else None
         self.data = BatchSource(data, device=self.device, dtype=self.dtype, batch_size=batch_size,
-                                max_cache_bytes=max_cache_bytes)
+                                max_cache_bytes=max_cache_bytes, summarise=summarise)
         self.n_samples = self.data.n_samples
         self._bn_modules = _bn_modules(self._module)
         self._metric_fns: dict[str, MetricFn] = {}
@@ -226,17 +230,46 @@ class Problem:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                 raise bad_value("Problem", "data", "batches of (inputs, targets) pairs, or pass closure= for "
                                 "other batch layouts", batch)
+        labels: list[_LabelCheck | None] = [None]
+
+        def before_loss(outputs: Any, targets: Any) -> None:  # class labels checked before the loss sees them
+            labels[0] = _LabelCheck.of(self.loss_fn, outputs, targets)
+            if labels[0] is not None:
+                labels[0](targets, 0)
         with torch.no_grad():
             try:
-                outputs, raw_loss, extra = self._forward_batch(self._center, batch)
-            except (LossFunctionError, InvalidArgumentError):
+                with self.bound(self._center):
+                    outputs, raw_loss, extra = self._forward_bound(batch, before_loss)
+            except (LossFunctionError, InvalidArgumentError, DataError):
                 raise
             except Exception as exc:
                 raise EvaluationError(f"Problem(): the model or loss raised {type(exc).__name__} on the first "
-                                      f"batch: {exc}") from exc
+                                      f"batch: {_one_line(exc)}") from exc
         self._check_loss_value(raw_loss)
+        self._check_labels(labels[0])
         self._metric_fns = self._resolve_metrics(metrics, outputs, batch)
+        with torch.no_grad():  # each metric once on the first batch: a bad one fails here, by name
+            for name, fn in self._metric_fns.items():
+                _metric_value(name, fn, outputs, batch[1])
         self.metric_names: tuple[str, ...] = ("loss", *self._metric_fns, *sorted(extra))
+
+    def _check_labels(self, check: _LabelCheck | None) -> None:
+        """Class labels of every batch checked against the model's number of classes: once per cached
+        batch (here, at construction: no cost per evaluation); for streamed data from the summaries
+        the counting pass recorded (no extra pass), then at every pass, each batch before it is moved.
+        A label out of range would otherwise be an IndexError in the loss on the CPU, and on CUDA a
+        device-side assert that leaves the process unable to use the GPU."""
+        self.data.check_batch = None
+        if check is None:
+            return
+        if self.data.cached:
+            for b, (batch, _) in enumerate(self.data):
+                if b:
+                    check(batch[1], b)
+        else:  # as summarised by the pass that counted the batches, and each batch at every later pass
+            for b, summary in enumerate(self.data.summaries or ()):
+                check.check(summary, b)
+            self.data.check_batch = check.batch
 
     def _check_loss_value(self, value: Any) -> None:
         who = "closure" if self.closure is not None else "loss"
@@ -346,8 +379,9 @@ class Problem:
         """The private model's call with its outputs cast to ``loss_dtype`` (16-bit closures)."""
         return self._upcast(self._module(*args, **kwargs))
 
-    def _forward_bound(self, batch):
-        """(outputs, raw loss value, extra closure metrics) for one batch, parameters already bound."""
+    def _forward_bound(self, batch, before_loss=None):
+        """(outputs, raw loss value, extra closure metrics) for one batch, parameters already bound;
+        ``before_loss(outputs, targets)`` (the construction probe) runs between the model and the loss."""
         if self.closure is not None:
             module = self._module if self.loss_dtype == self.dtype else self._upcasting_call
             out = self.closure(module, batch)
@@ -362,6 +396,8 @@ class Problem:
         outputs = self._module(inputs)
         if self.loss_dtype != self.dtype:
             outputs = self._upcast(outputs)
+        if before_loss is not None:
+            before_loss(outputs, targets)
         return outputs, self._loss_call(outputs, targets), {}
 
     def _forward_batch(self, params, batch, buffers=None):
@@ -380,7 +416,7 @@ class Problem:
         terms = {"loss": loss}
         if metrics:
             for name, fn in self._metric_fns.items():
-                value = fn(outputs, batch[1])
+                value = _metric_value(name, fn, outputs, batch[1])
                 terms[name] = value * weight if weight != 1.0 else value
             for name, v in extra.items():
                 terms[name] = torch.as_tensor(v) * weight
@@ -719,3 +755,115 @@ def _auto_accuracy(loss: Any, outputs: Any, targets: Any) -> MetricFn | None:
                 return ((out.reshape(tgt.shape) > 0.5) == (tgt > 0.5)).to(out.dtype).mean()
             return accuracy_probs
     return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _metric_value(name: str, fn: MetricFn, outputs: Any, targets: Any) -> Tensor:
+    """``fn(outputs, targets)`` as a real 0-d tensor, or an :class:`EvaluationError` naming the metric
+    (it raised, or returned something other than a real scalar: a vector, a string, a complex)."""
+    try:
+        value = fn(outputs, targets)
+    except LossAtlasError:
+        raise
+    except Exception as exc:
+        raise EvaluationError(f"Problem(): argument 'metrics' entry {name!r} raised {type(exc).__name__}: "
+                              f"{_one_line(exc)}") from exc
+    if isinstance(value, Tensor):
+        if value.ndim == 0 and not value.is_complex():
+            return value
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        device = outputs.device if isinstance(outputs, Tensor) else None
+        return torch.tensor(float(value), dtype=torch.float64, device=device)
+    raise EvaluationError(f"Problem(): argument 'metrics' entry {name!r} must return a real scalar (a 0-d tensor "
+                          f"or a number, the batch mean); received {describe(value)}")
+
+
+#: losses whose integer targets are class indices into dim 1 of the outputs (``ignore_index`` skipped)
+_CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+_CLASS_INDEX_FUNCTIONS = (torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss)
+
+
+def _class_index_loss(loss: Any) -> tuple[str, int] | None:
+    """(name, ignore_index) of a loss whose integer targets index classes, else None."""
+    fn = loss.func if isinstance(loss, functools.partial) else loss
+    if isinstance(fn, _CLASS_INDEX_LOSSES):
+        ignore, name = int(fn.ignore_index), type(fn).__name__
+    elif any(fn is f for f in _CLASS_INDEX_FUNCTIONS):
+        ignore, name = -100, fn.__name__
+    else:
+        return None
+    if isinstance(loss, functools.partial):
+        ignore = int(loss.keywords.get("ignore_index", ignore))
+    return name, ignore
+
+
+def _label_summary(targets: Any, ignore_index: int) -> tuple | None:
+    """(dtype, ndim, smallest, largest label other than ``ignore_index``) of a batch's targets: one
+    ``aminmax`` (and, only when some label equals ``ignore_index``, one mask); None if not a tensor."""
+    if not isinstance(targets, Tensor):
+        return None
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool or targets.numel() == 0:
+        return targets.dtype, targets.ndim, None, None
+    lo, hi = (int(v) for v in torch.aminmax(targets))
+    if lo <= ignore_index <= hi and bool((targets == ignore_index).any()):
+        kept = targets[targets != ignore_index]
+        if kept.numel() == 0:
+            return targets.dtype, targets.ndim, None, None
+        lo, hi = (int(v) for v in torch.aminmax(kept))
+    return targets.dtype, targets.ndim, lo, hi
+
+
+def _batch_label_summary(batch: Any, ignore_index: int) -> tuple | None:
+    """:func:`_label_summary` of an (inputs, targets) batch (what streamed data records per batch)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return _label_summary(batch[1], ignore_index)
+    return None
+
+
+class _LabelCheck:
+    """Class-index targets of a cross-entropy/NLL loss: integers in [0, classes) or ``ignore_index``.
+
+    Built from the first batch's outputs; checks a batch's targets with one ``aminmax`` (one host
+    synchronisation on a GPU; streamed batches are summarised on the host before they are moved)."""
+
+    __slots__ = ("classes", "ignore_index", "ndim", "loss")
+
+    def __init__(self, classes: int, ignore_index: int, ndim: int, loss: str):
+        self.classes, self.ignore_index, self.ndim, self.loss = classes, ignore_index, ndim, loss
+
+    @classmethod
+    def of(cls, loss: Any, outputs: Any, targets: Any) -> _LabelCheck | None:
+        kind = _class_index_loss(loss)
+        if kind is None or not isinstance(outputs, Tensor) or not isinstance(targets, Tensor) or outputs.ndim == 0:
+            return None
+        if targets.ndim != outputs.ndim - 1:
+            return None  # class probabilities (same shape as the outputs), or a layout torch will refuse
+        classes = int(outputs.shape[1] if outputs.ndim >= 2 else outputs.shape[0])
+        return cls(classes, kind[1], outputs.ndim - 1, kind[0])
+
+    def batch(self, batch: Any, b: int) -> None:
+        """The check on a whole (inputs, targets) batch (streamed data)."""
+        self.check(_batch_label_summary(batch, self.ignore_index), b)
+
+    def __call__(self, targets: Any, b: int) -> None:
+        self.check(_label_summary(targets, self.ignore_index), b)
+
+    def check(self, summary: tuple | None, b: int) -> None:
+        """Raise :class:`DataError` naming batch ``b`` unless its :func:`_label_summary` is valid."""
+        if summary is None:
+            return
+        dtype, ndim, lo, hi = summary
+        if ndim != self.ndim:
+            return
+        where = f"Problem(): argument 'data' batch {b}"
+        need = f"{self.loss} needs integer class labels 0 <= y < {self.classes} (the model has {self.classes} outputs)"
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise DataError(f"{where} holds class labels of dtype {dtype}: {need}; received {dtype} labels")
+        if lo is None or (lo >= 0 and hi < self.classes):
+            return
+        ignore = f" or {self.ignore_index} (ignore_index)" if not 0 <= self.ignore_index < self.classes else ""
+        raise DataError(f"{where} holds class label {lo if lo < 0 else hi} out of range: {need}{ignore}; "
+                        f"received labels in [{lo}, {hi}]")

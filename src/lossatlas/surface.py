@@ -24,7 +24,7 @@ from ._cost import check_grid_cost
 from ._resume import check_store_args
 from ._version import __version__
 from .directions import Directions
-from .errors import InvalidArgumentError, StoreError, bad_type, bad_value
+from .errors import LossAtlasError, StoreError, bad_type, bad_value
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
@@ -328,13 +328,21 @@ def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
 
     from .directions import read_params
 
+    if not isinstance(path, (str, Path)):
+        raise bad_type("open_directions", "path", "a store path (str or pathlib.Path)", path)
     path = Path(path)
-    if not GridStore.exists(path):
-        raise InvalidArgumentError(f"open_directions(): argument 'path' must be a lossatlas store; received {str(path)!r}")
-    center = read_params(zarr.open_group(str(path / "center"), mode="r"))
-    dirs = Directions.load(path / "directions")
-    # the saved centre and directions must be those the store's values were computed with
+    # a missing path or a folder that is no store: StoreError naming the path, as open_surface
     prov = GridStore.open(path, func="open_directions").provenance
+    try:
+        center = read_params(zarr.open_group(str(path / "center"), mode="r"))
+        dirs = Directions.load(path / "directions")
+    except LossAtlasError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"open_directions(): argument 'path' must be a store that holds its centre and "
+                         f"directions; received {str(path)!r}, where they cannot be read ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())})") from exc
+    # the saved centre and directions must be those the store's values were computed with
     edited = [what for what, have, fp in (("centre", prov.get("center"), P.fingerprint(center)),
                                           ("directions", prov.get("directions"), dirs.fingerprint()))
               if have is not None and have != fp]

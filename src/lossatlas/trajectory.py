@@ -96,8 +96,8 @@ class TrajectoryRecorder:
                              f"received {str(self.path)!r}, which holds other files")
         self.path.mkdir(parents=True, exist_ok=True)
         if exists:
-            self._meta = json.loads((self.path / META).read_text())
-            entries = _read_index(self.path)
+            self._meta = _read_meta(self.path, func)
+            entries = _read_index(self.path, func)
             self._count = len(entries)
             self._calls = self._count
             self._last_step = entries[-1]["step"] if entries else None
@@ -192,19 +192,64 @@ def _compact(t: Tensor, dtype: torch.dtype | None) -> Tensor:
     return t
 
 
-def _read_index(path: Path) -> list[dict[str, Any]]:
+def _json_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _read_meta(path: Path, func: str) -> dict[str, Any]:
+    """A recording's ``meta.json``, or a StoreError naming it (unreadable, not JSON, not an object)."""
+    file = path / META
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{func}(): argument 'path' must be a readable TrajectoryRecorder recording; received "
+                         f"{str(path)!r}, whose {META} cannot be read ({_json_error(exc)})") from exc
+    if not isinstance(meta, dict):
+        raise StoreError(f"{func}(): argument 'path' must be a readable TrajectoryRecorder recording; received "
+                         f"{str(path)!r}, whose {META} holds a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _read_index(path: Path, func: str = "Trajectory.open") -> list[dict[str, Any]]:
+    """The entries of a recording's index whose checkpoint file exists. A last line cut short by a
+    crash (and anything after it) is ignored; an entry that is not an object with an integer
+    ``step`` and a ``file`` name is a StoreError naming the index and the line."""
     entries = []
     index = path / INDEX
     if not index.exists():
         return entries
-    for line in index.read_text(encoding="utf-8").splitlines():
+    try:
+        text = index.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{func}(): argument 'path' must be a readable TrajectoryRecorder recording; received "
+                         f"{str(path)!r}, whose index {INDEX} cannot be read ({_json_error(exc)})") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a crash: everything after it is ignored
             break
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                and isinstance(entry.get("step"), int) and not isinstance(entry.get("step"), bool)):
+            raise StoreError(f"{func}(): argument 'path' must be a readable TrajectoryRecorder recording; received "
+                             f"{str(path)!r}, whose index {INDEX} line {number} is not an entry with an integer "
+                             f"'step' and a 'file' name: {' '.join(line.split())[:80]}")
         if (path / entry["file"]).exists():
             entries.append(entry)
     return entries
+
+
+def _index_problem(index: Path) -> str:
+    """Why an index file found beside no checkpoint can not be used (for the error message)."""
+    try:
+        text = index.read_text(encoding="utf-8")
+        if index.suffix == ".jsonl":
+            for line in text.splitlines():
+                json.loads(line)
+        else:
+            json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"cannot be read ({_json_error(exc)})"
+    return f"has no {META} beside it (not a complete TrajectoryRecorder recording)"
 
 
 def _natural_key(path: Path) -> tuple:
@@ -243,8 +288,8 @@ class Trajectory:
         if not path.is_dir():
             raise StoreError(f"{func}(): argument 'path' must be a directory of checkpoints; received {str(path)!r}")
         if (path / META).exists():
-            meta = json.loads((path / META).read_text())
-            entries = _read_index(path)
+            meta = _read_meta(path, func)
+            entries = _read_index(path, func)
             if not entries:
                 raise StoreError(f"{func}(): the recording {str(path)!r} holds no checkpoint yet")
             keys = sorted({k for e in entries for k in e if k not in ("step", "file")})
@@ -254,6 +299,11 @@ class Trajectory:
         files = sorted((f for f in path.iterdir() if f.suffix in CHECKPOINT_SUFFIXES and f.is_file()),
                        key=_natural_key)
         if not files:
+            index = next((path / n for n in (INDEX, "index.json") if (path / n).is_file()), None)
+            if index is not None:
+                raise StoreError(f"{func}(): argument 'path' must hold checkpoint files or a TrajectoryRecorder "
+                                 f"recording; received {str(path)!r}, with no checkpoint file and an index "
+                                 f"{index.name!r} that {_index_problem(index)}")
             raise StoreError(f"{func}(): argument 'path' must hold checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)})"
                              f" or a TrajectoryRecorder recording; received {str(path)!r} with none")
         steps = [_natural_key(f)[0] for f in files]
@@ -364,19 +414,50 @@ class Trajectory:
         return project(self, directions, center, **kw)
 
 
-def load_state(path: str | Path) -> dict[str, Tensor]:
-    """The ``state_dict`` in a checkpoint file (or under its ``"state_dict"``/``"model"`` key), on the CPU."""
+def load_state(path: str | Path, *, func: str = "load_state", arg: str = "path") -> dict[str, Tensor]:
+    """The ``state_dict`` in a checkpoint file (or under its ``"state_dict"``/``"model"`` key), on the CPU.
+
+    A file that is missing, is a directory, is not a ``torch.save`` checkpoint (garbage, JSON, text) or
+    holds no dict of tensors raises :class:`~lossatlas.StoreError` naming ``arg`` and the path (one line)."""
+    if not isinstance(path, (str, Path)):
+        raise bad_type(func, arg, "a checkpoint file path (str or pathlib.Path)", path)
     path = Path(path)
+    where = f"{func}(): argument '{arg}' must be a torch.save checkpoint file holding a state_dict; received {str(path)!r}"
+    if not path.exists():
+        raise StoreError(f"{where}, which does not exist")
+    if not path.is_file():
+        raise StoreError(f"{where}, which is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise StoreError(f"load_state(): checkpoint {str(path)!r} could not be read by torch.load: {exc}") from exc
+        raise StoreError(f"{where}, which torch.load cannot read ({_why_unreadable(path, exc)})") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise StoreError(f"load_state(): checkpoint {str(path)!r} must hold a state_dict (a dict of tensors)")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        what = ("an empty dict" if isinstance(state, dict) and not state else
+                "a dict with entries that are not tensors" if isinstance(state, dict) else f"a {type(state).__name__}")
+        raise StoreError(f"{where}, which holds {what}")
     return state
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """A one-line reason a checkpoint could not be loaded (torch's own message spans many lines)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy pickle
+        if "weights only load failed" in str(exc).lower():
+            return ("it holds objects other than tensors and plain containers, e.g. a whole pickled model: "
+                    "save model.state_dict() instead")
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it looks like JSON, not a torch.save checkpoint"
+    return "it is neither a torch.save zip archive nor a pickle"
 
 
 def _as_trajectory(trajectory: Any, func: str) -> Trajectory:

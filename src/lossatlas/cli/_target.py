@@ -147,7 +147,7 @@ def _read_checkpoint(path: Path, option: str) -> dict[str, torch.Tensor]:
         raise InvalidArgumentError(f"{option} {str(path)!r} does not exist")
     from ..trajectory import load_state
 
-    return load_state(path)
+    return load_state(path, arg=option)
 
 
 def describe_state(problem: Problem, state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lossatlas.errors import bad_type, bad_value  # absolute: plot/ has no __init__ on this branch
+from lossatlas.plot._checks import check_levels
 
 __all__ = ["density", "ratio_map"]
 
@@ -92,6 +93,8 @@ def ratio_map(ds: Any, *, ax: Any = None, variable: str = "ratio", title: str | 
                         variable)
     if ds[variable].dims != ("x", "y"):
         raise bad_value("plot.ratio_map", "ds", "a map over two directions (dims ('x', 'y'))", ds[variable].dims)
+    if loss_contours:  # 0 (or None) draws no loss contours
+        loss_contours = check_levels("plot.ratio_map", loss_contours, "loss_contours", sequence=False)
     fig, ax = _figure(ax, (5.4, 4.6))
     x, y = ds.x.values, ds.y.values
     z = ds[variable].values.T

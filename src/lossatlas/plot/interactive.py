@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import MissingDependencyError, bad_type, bad_value
+from ._checks import check_limit, check_out_path, write_failed
 
 __all__ = ["interactive", "save_html"]
 
@@ -35,6 +36,7 @@ def interactive(ds: xr.Dataset, variable: str = "loss", *, vmax: float | None = 
         raise bad_type("plot.interactive", "ds", "an xarray.Dataset from lossatlas.surface", ds)
     if variable not in ds.data_vars:
         raise bad_value("plot.interactive", "variable", f"one of {sorted(ds.data_vars)}", variable)
+    vmax = check_limit("plot.interactive", "vmax", vmax)
     da = ds[variable]
     z = np.asarray(da.values, dtype=float)
     z = np.where(np.isfinite(z), z, np.nan)
@@ -62,9 +64,9 @@ def interactive(ds: xr.Dataset, variable: str = "loss", *, vmax: float | None = 
 
 def save_html(fig, path: str | Path) -> Path:
     """Write a self-contained HTML file (plotly.js embedded, works offline)."""
-    path = Path(path)
-    if path.suffix.lower() not in (".html", ".htm"):
-        raise bad_value("plot.save_html", "path", "a file name ending in .html", str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    path = check_out_path("plot.save_html", path, (".html", ".htm"))
+    try:
+        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    except OSError as exc:
+        raise write_failed("plot.save_html", path, exc) from exc
     return path

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import bad_type, bad_value
+from ._checks import check_levels
 
 __all__ = ["interpolation", "line_vs_curve", "path_on_plane", "path_coordinates"]
 
@@ -107,6 +108,7 @@ def path_on_plane(surface: xr.Dataset, path: Any = None, *, anchors: Mapping[str
     func = "plot.path_on_plane"
     if not isinstance(surface, xr.Dataset) or tuple(surface[metric].dims) != ("x", "y"):
         raise bad_type(func, "surface", "a 2-D surface Dataset with dims ('x', 'y')", surface)
+    levels = check_levels(func, levels, sequence=False)
     fig, ax = _axes(ax, (5.6, 4.8))
     z = surface[metric].values.T
     finite = z[np.isfinite(z)]

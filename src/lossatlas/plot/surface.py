@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidArgumentError, bad_type, bad_value
+from ._checks import check_levels, check_limits, check_out_path, write_failed
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "FORMATS"]
 
@@ -84,8 +85,8 @@ def _masked(values: np.ndarray, log: bool, floor: float | None = None) -> tuple[
 
 def _levels(z: np.ma.MaskedArray, levels: int | Sequence[float], vmin: float | None, vmax: float | None,
             log: bool) -> np.ndarray:
-    if not isinstance(levels, (int, np.integer)):
-        return np.asarray(levels, dtype=float)
+    if isinstance(levels, np.ndarray):  # checked by check_levels: finite and increasing
+        return levels
     if z.count() == 0:
         return np.linspace(0, 1, 2)
     lo = float(z.min()) if vmin is None else float(vmin)
@@ -139,10 +140,11 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     >>> fig.axes[0].get_xlabel()
     'x'
     """
-    plt = _mpl()
     names = [variables] if isinstance(variables, str) else list(variables)
     for v in names:
         _check(ds, "line", 1, v)
+    vmin, vmax = check_limits("plot.line", vmin, vmax)
+    plt = _mpl()
     dim = ds[names[0]].dims[0]
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -188,8 +190,10 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
     ``path``: an optional trajectory projection (a Dataset with ``x``/``y`` per step, or an (n, 2)
     array) drawn over the contours in the surface's coordinates.
     """
-    plt = _mpl()
     da = _check(ds, "contour", 2, variable)
+    levels = check_levels("plot.contour", levels)
+    vmin, vmax = check_limits("plot.contour", vmin, vmax)
+    plt = _mpl()
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, log)
     if vmax is not None and filled:
@@ -235,8 +239,9 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
 def heatmap(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None, vmax: float | None = None,
             log: bool = False, mark_center: bool = True, title: str | None = None, cmap: str = "magma", ax=None):
     """A colour map of a 2-D surface (one cell per grid point), NaN/Inf shown in grey."""
-    plt = _mpl()
     da = _check(ds, "heatmap", 2, variable)
+    vmin, vmax = check_limits("plot.heatmap", vmin, vmax)
+    plt = _mpl()
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, log)
     if ax is None:
@@ -265,8 +270,9 @@ def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = No
               log: bool = False, mark_center: bool = True, title: str | None = None, cmap: str = "viridis",
               elev: float = 35, azim: float = -60, ax=None):
     """A 3-D surface plot; values above ``vmax`` are clipped (as in Li et al.'s 3D figures)."""
-    plt = _mpl()
     da = _check(ds, "surface3d", 2, variable)
+    vmin, vmax = check_limits("plot.surface3d", vmin, vmax)
+    plt = _mpl()
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, False)
     zf = z.filled(np.nan)
@@ -319,9 +325,9 @@ def _value_at_origin(da, dx: str, dy: str) -> float:
 
 def save(fig, path: str | Path, *, dpi: int = 130) -> Path:
     """Save a figure as PNG, PDF or SVG (by the file's suffix); creates parent folders."""
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise bad_value("plot.save", "path", f"a file name ending in one of {FORMATS}", str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    path = check_out_path("plot.save", path, FORMATS)
+    try:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    except OSError as exc:
+        raise write_failed("plot.save", path, exc) from exc
     return path

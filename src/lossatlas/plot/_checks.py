@@ -1,0 +1,90 @@
+"""Argument checks shared by every plot function (one place, one message style).
+
+Each raises the library's own exception with the standard one-line message naming the function,
+the argument, what was expected and what was received, before any drawing is done.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, bad_type, bad_value
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_limit(func: str, arg: str, value: Any) -> float | None:
+    """``value`` (``vmin``/``vmax``) as a finite float, or None."""
+    if value is None:
+        return None
+    if not _is_real(value):
+        raise bad_type(func, arg, "a finite real number or None", value)
+    if not math.isfinite(float(value)):
+        raise bad_value(func, arg, "a finite real number or None", value)
+    return float(value)
+
+
+def check_limits(func: str, vmin: Any, vmax: Any) -> tuple[float | None, float | None]:
+    """``(vmin, vmax)`` as finite floats (or None) with ``vmin < vmax`` when both are given."""
+    lo, hi = check_limit(func, "vmin", vmin), check_limit(func, "vmax", vmax)
+    if lo is not None and hi is not None and not lo < hi:
+        raise bad_value(func, "vmin", f"smaller than vmax={hi:g}", vmin)
+    return lo, hi
+
+
+def check_levels(func: str, levels: Any, arg: str = "levels", *, sequence: bool = True) -> Any:
+    """``levels``: a positive integer (how many), or (if ``sequence``) a non-empty increasing
+    sequence of finite numbers (where)."""
+    expected = "a positive integer" + (" or an increasing sequence of finite numbers" if sequence else "")
+    if isinstance(levels, (numbers.Integral, np.integer)) and not isinstance(levels, (bool, np.bool_)):
+        if int(levels) < 1:
+            raise bad_value(func, arg, expected, levels)
+        return int(levels)
+    if not sequence or isinstance(levels, (str, bytes)) or not isinstance(levels, (Sequence, np.ndarray)):
+        raise bad_type(func, arg, expected, levels)
+    try:
+        arr = np.asarray(levels, dtype=float)
+    except (TypeError, ValueError):
+        raise bad_type(func, arg, expected, levels) from None
+    if arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all() or (np.diff(arr) <= 0).any():
+        raise bad_value(func, arg, expected, levels)
+    return arr
+
+
+def check_out_path(func: str, path: Any, formats: Sequence[str], arg: str = "path") -> Path:
+    """An output file path with one of ``formats`` as suffix, its parent folder created (a folder
+    that cannot be created, or a path that is a directory, is a ``StoreError`` naming it)."""
+    if not isinstance(path, (str, Path)):
+        raise bad_type(func, arg, "a file path (str or pathlib.Path)", path)
+    path = Path(path)
+    if path.suffix.lower() not in formats:
+        raise bad_value(func, arg, f"a file name ending in one of {tuple(formats)}", str(path))
+    if path.is_dir():
+        raise StoreError(f"{func}(): argument '{arg}' must be a file path; received {str(path)!r}, a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{func}(): argument '{arg}' must be in a folder that exists or can be created; "
+                         f"received {str(path)!r} ({_oserror(exc)})") from exc
+    return path
+
+
+def write_failed(func: str, path: Path, exc: OSError, arg: str = "path") -> StoreError:
+    """The error for a figure that could not be written to ``path``."""
+    return StoreError(f"{func}(): argument '{arg}' could not be written; received {str(path)!r} ({_oserror(exc)})")
+
+
+def _oserror(exc: OSError) -> str:
+    text = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+__all__ = ["check_limit", "check_limits", "check_levels", "check_out_path", "write_failed"]
