@@ -145,15 +145,16 @@ def describe_os_error(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def store_io(path: str | Path, *, func: str | None, what: str, resumable: bool = True):
+def store_io(path: str | Path, *, func: str | None, what: str, resumable: bool = True, arg: str | None = None):
     """The one place where a failure of the file system under a store (disk full, read-only, permission
     denied, a missing or bad parent directory) becomes a :class:`StoreError`: every write of a store
     (creation, lock, chunks and their done markers, attributes, repair, removal) runs inside it.
 
     The message names the function, the store's path, what was being done and what the errno means;
-    ``resumable``: the store keeps every chunk already saved (a chunk is done only once its marker is
-    written, after its values), so the message says to rerun once the cause is fixed. The error keeps
-    the original ``errno`` and is chained to the OSError."""
+    ``arg`` names the argument that gave the path (the message then starts with it). ``resumable``:
+    the store keeps every chunk already saved (a chunk is done only once its marker is written, after
+    its values), so the message says to rerun once the cause is fixed. The error keeps the original
+    ``errno`` and is chained to the OSError."""
     try:
         yield
     except StoreError:
@@ -162,7 +163,12 @@ def store_io(path: str | Path, *, func: str | None, what: str, resumable: bool =
         why = describe_os_error(exc)
         hint = ("; chunks already saved are kept: fix the cause and rerun the same command to resume"
                 if resumable else "")
-        err = StoreError(f"{func + '(): ' if func else ''}could not {what} the store at {str(path)!r}: {why}{hint}")
+        prefix = f"{func}(): " if func else ""
+        if arg:
+            text = f"{prefix}argument {arg!r} at {str(path)!r}: could not {what}: {why}{hint}"
+        else:
+            text = f"{prefix}could not {what} the store at {str(path)!r}: {why}{hint}"
+        err = StoreError(text)
         err.errno = exc.errno
         raise err from exc
 
@@ -210,7 +216,7 @@ class StoreLock:
         """Take the lock or raise :class:`StoreLockedError` naming the holder (never waits)."""
         path = Path(path)
         lock_file = cls.file_for(path)
-        with store_io(path, func=func, what="create the lock file of (argument 'store')", resumable=False):
+        with store_io(path, func=func, what="create its lock file", resumable=False, arg="store"):
             if lock_file.parent.exists() and not lock_file.parent.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(lock_file.parent))
             lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +238,7 @@ class StoreLock:
         line = (f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                 f"{', ' + job if job else ''}: {' '.join(sys.argv)[:200]}")
         try:
-            with store_io(path, func=func, what="write the lock file of (argument 'store')", resumable=False):
+            with store_io(path, func=func, what="write its lock file", resumable=False, arg="store"):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, line.encode(), 0)
         except BaseException:
@@ -489,7 +495,7 @@ class GridStore:
         if not GridStore.is_store(path):
             raise StoreError(f"{func}(): argument 'store' points to {str(given)!r}, which exists and is not a "
                              "lossatlas store; refusing to overwrite it")
-        with store_io(given, func=func, what="delete (overwrite=True)", resumable=False):
+        with store_io(given, func=func, what="delete it (overwrite=True)", resumable=False, arg="store"):
             shutil.rmtree(path)
 
     @staticmethod

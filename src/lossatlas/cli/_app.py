@@ -9,8 +9,26 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Interrupted(Exception):
+    """A KeyboardInterrupt carried past typer (which turns it into a silent exit status 130)."""
+
+    def __init__(self, interrupt: KeyboardInterrupt):
+        super().__init__("interrupted")
+        self.interrupt = interrupt
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
 
 
@@ -42,10 +60,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(f"error: {' '.join(exc.format_message().split())}", err=True, fg="red")
         raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, _Interrupted) as exc:
+        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
         if debug:
-            raise
-        typer.secho(interrupted_line(exc), err=True)
+            raise interrupt from None
+        typer.secho(interrupted_line(interrupt), err=True)
         raise SystemExit(130) from None
     except LossAtlasError as exc:
         if debug:
