@@ -314,6 +314,15 @@ API_CASES = [
     ("plot-line-2d", lambda: plot.line(tiny_surface()), E, "ds"),
     ("plot-save-missing-dir", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), "/proc/nonexistent/dir/x.png"), StoreError, "path"),
     ("plot-save-suffix", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), os.path.join(tmpdir(), "x.nope")), E, "path"),
+    # --- store paths (issue 14: I/O) ---
+    ("surface-store-parent-is-file", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, store=os.path.join(write(tmpdir(), "f.txt", "x"), "s.zarr")), StoreError, "store"),
+    ("surface-store-parent-unmakeable", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, store="/proc/lossatlas-no/s.zarr"), StoreError, "store"),
+    ("surface-store-foreign-dir", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, store=os.path.dirname(write(tmpdir(), "other.txt", "x"))), StoreError, "store"),
+    ("surface-overwrite-foreign-dir", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, overwrite=True, store=os.path.dirname(write(tmpdir(), "other.txt", "x"))), StoreError, "store"),
+    ("open-surface-under-a-file", lambda: lossatlas.open_surface(os.path.join(write(tmpdir(), "f.txt", "x"), "s.zarr")), StoreError, "path"),
+    ("open-surface-float", lambda: lossatlas.open_surface(3.5), InvalidTypeError, "path"),
+    ("open-surface-none", lambda: lossatlas.open_surface(None), InvalidTypeError, "path"),
+    ("open-surface-foreign-dir", lambda: lossatlas.open_surface(os.path.dirname(write(tmpdir(), "other.txt", "x"))), StoreError, "path"),
 ]
 
 
@@ -449,6 +458,11 @@ CLI_CASES = [
     ("trajectory-missing", ["trajectory", "seed-relu", "{d}/nodir"], "trajectory"),
     ("trajectory-empty", ["trajectory", "seed-relu", "{d}/emptytraj"], "trajectory"),
     ("trajectory-bad-index", ["trajectory", "seed-relu", "{d}/badtraj"], "index"),
+    ("surface-store-parent-is-file", ["surface", "seed-relu", "--steps", "3", "--ignore", "none", "--no-progress", "--store", "{d}/afile/s.zarr"], "store"),
+    ("surface-store-parent-unmakeable", ["surface", "seed-relu", "--steps", "3", "--ignore", "none", "--no-progress", "--store", "/proc/lossatlas-no/s.zarr"], "store"),
+    ("surface-store-foreign-dir", ["surface", "seed-relu", "--steps", "3", "--ignore", "none", "--no-progress", "--store", "{d}/notastore.zarr/.."], "store"),
+    ("info-store-is-file", ["info", "{d}/afile"], "afile"),
+    ("info-store-under-a-file", ["info", "{d}/afile/s.zarr"], "s.zarr"),
 ]
 
 
