@@ -184,11 +184,13 @@ def run_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str],
     if split not in SPLITS:
         raise bad_value("run_chunks", "split", f"one of {SPLITS}", split)
     ctx = context or D.context()
+    if store is not None and func:
+        store.func = func  # named by the errors of its writes
     try:
         with pinned_threads(threads):
             if not ctx.active:
-                return _run_local(layout, evaluate, variables, store, progress, description, report, func)
-            return _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report, func)
+                return _run_local(layout, evaluate, variables, store, progress, description, report)
+            return _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report)
     except KeyboardInterrupt as exc:
         _note_progress(exc, layout, store)
         raise
@@ -222,7 +224,7 @@ def _points(layout: ChunkLayout, chunk: tuple[int, ...]) -> int:
     return math.prod(layout.block_shape(chunk))
 
 
-def _run_local(layout, evaluate, variables, store, progress, description, report, func) -> dict[str, np.ndarray]:
+def _run_local(layout, evaluate, variables, store, progress, description, report) -> dict[str, np.ndarray]:
     grid = layout.grid
     if store is not None:
         pending = store.pending()
@@ -239,7 +241,7 @@ def _run_local(layout, evaluate, variables, store, progress, description, report
             _faults.checkpoint("chunk")
             result = evaluate(grid.coefficients(index))
             if store is not None:
-                store.write_chunk(chunk, result, func=func)
+                store.write_chunk(chunk, result)
             else:
                 for v in variables:
                     values[v][index] = np.asarray(result[v]).reshape(shape)
@@ -277,7 +279,7 @@ class _Board:
         return [(self.add(f"points/{r}", 0), self.add(f"busy_ms/{r}", 0) / 1000.0) for r in range(self.ctx.world)]
 
 
-def _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report, func):
+def _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report):
     grid = layout.grid
 
     def plan() -> list[list[int]]:
@@ -314,7 +316,7 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                 result = evaluate(grid.coefficients(layout.index(chunk)))
                 writer = split == "chunks" or ctx.is_main
                 if store is not None and writer:
-                    store.write_chunk(chunk, result, func=func)
+                    store.write_chunk(chunk, result)
                 elif store is None:
                     mine[chunk] = {v: np.asarray(result[v]) for v in variables}
                 n = _points(layout, chunk)

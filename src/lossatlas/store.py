@@ -267,6 +267,8 @@ class GridStore:
     def __init__(self, path: Path, group: Any, *, func: str = "open_surface", verify: bool = True):
         self.path = path
         self.group = group
+        #: the public function writing the store, named in the errors of its writes
+        self.func = func
         attrs = dict(group.attrs)
         missing = [k for k in ("dims", "chunk_shape", "variables", "provenance") if k not in attrs]
         if missing:
@@ -751,7 +753,7 @@ class GridStore:
         chunk done before is kept (see :func:`store_io`)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
-        with store_io(self.path, func=func, what=f"write chunk {tuple(chunk)} to"):
+        with store_io(self.path, func=func or self.func, what=f"write chunk {tuple(chunk)} to"):
             for name in self.variables:
                 _faults.checkpoint("write")
                 self._array(name)[index] = np.asarray(values[name], dtype=np.float64).reshape(shape)
