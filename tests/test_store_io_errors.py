@@ -297,3 +297,60 @@ def test_cli_disk_full_is_one_line_exit_2_and_resumes(tmp_path, small_chunks, mo
     assert _cli(CLI_SURFACE + ["--store", str(path)], capsys)[0] in (0, None)
     a, b = lossatlas.open_surface(path), lossatlas.open_surface(whole)
     np.testing.assert_array_equal(a.loss.values, b.loss.values)
+
+
+TARGET = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import _dist_problem
+
+
+def make():
+    return _dist_problem.build(float(os.environ.get("SLOW_DELAY", "0")))[0]
+"""
+
+
+def test_real_sigint_of_the_cli_says_what_is_saved_and_resumes(tmp_path):
+    """A real Ctrl-C (SIGINT) while the CLI writes a store: one line, exit 130, lock released, and the
+    same command resumes to the values of an uninterrupted run."""
+    import re
+    import signal
+    import subprocess
+    import time
+
+    target = tmp_path / "slow.py"
+    target.write_text(TARGET.format(tests=str(HERE)))
+    trace = tmp_path / "trace"
+    env = dict(os.environ, OMP_NUM_THREADS="1", SLOW_DELAY="0.02", LOSSATLAS_DEBUG_TRACE=str(trace),
+               PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, "-m", "lossatlas", "surface", f"{target}:make", "--steps", "9", "--ignore", "none",
+            "--strategy", "loop", "--no-progress"]
+    path = tmp_path / "s.zarr"
+    proc = subprocess.Popen(args + ["--store", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if trace.exists() and "done " in trace.read_text():  # a chunk's values are written
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt")  # a very fast machine: nothing to test
+    assert proc.returncode == 130, out + err
+    line = err.strip().splitlines()[-1]
+    match = re.fullmatch(rf"interrupted: (\d+) of 81 points saved in {re.escape(str(path))}; rerun the same "
+                         r"command to resume", line)
+    assert match and "Traceback" not in err, err
+    assert _unlocked(path)
+    assert lossatlas.open_surface(path).attrs["points_done"] == int(match.group(1))
+    fast = dict(env, SLOW_DELAY="0")
+    fast.pop("LOSSATLAS_DEBUG_TRACE")
+    done = subprocess.run(args + ["--store", str(path)], env=fast, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    whole = tmp_path / "whole.zarr"
+    done = subprocess.run(args + ["--store", str(whole)], env=fast, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    a, b = lossatlas.open_surface(path), lossatlas.open_surface(whole)
+    for name in ("loss", "accuracy"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
