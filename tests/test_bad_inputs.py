@@ -366,11 +366,20 @@ API_CASES = [
     ("plot-save-is-dir", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), dir_named("x.png")), StoreError, "path"),
     ("plot-save-html-missing-dir", lambda: plot.save_html(None, "/proc/nonexistent/dir/x.html"), StoreError, "path"),
     ("plot-save-suffix", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), os.path.join(tmpdir(), "x.nope")), E, "path"),
+    # --- store paths (issue 14: I/O) ---
+    ("surface-store-parent-is-file", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, store=os.path.join(write(tmpdir(), "f.txt", "x"), "s.zarr")), StoreError, "store"),
+    ("surface-store-parent-unmakeable", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, store="/proc/lossatlas-no/s.zarr"), StoreError, "store"),
+    ("surface-store-foreign-dir", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, store=os.path.dirname(write(tmpdir(), "other.txt", "x"))), StoreError, "store"),
+    ("surface-overwrite-foreign-dir", lambda: lossatlas.surface(pr(), None, dirs(), steps=3, progress=False, overwrite=True, store=os.path.dirname(write(tmpdir(), "other.txt", "x"))), StoreError, "store"),
+    ("open-surface-under-a-file", lambda: lossatlas.open_surface(os.path.join(write(tmpdir(), "f.txt", "x"), "s.zarr")), StoreError, "path"),
+    ("open-surface-float", lambda: lossatlas.open_surface(3.5), InvalidTypeError, "path"),
+    ("open-surface-none", lambda: lossatlas.open_surface(None), InvalidTypeError, "path"),
+    ("open-surface-foreign-dir", lambda: lossatlas.open_surface(os.path.dirname(write(tmpdir(), "other.txt", "x"))), StoreError, "path"),
 ]
 
 
 #: cases still open (issue 14): strict xfail, so fixing one makes its entry here fail until removed
-KNOWN_GAPS = set(['open-surface-int'])
+KNOWN_GAPS = set()
 KNOWN_CLI_GAPS = set()
 
 
@@ -557,6 +566,11 @@ CLI_CASES = [
     ("connect-train-steps-0", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--train-steps", "0"], "train-steps"),
     ("connect-batch-size-neg", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--batch-size", "-1"], "batch-size"),
     ("connect-out-unwritable", ["connect", "seed-relu", "{d}/a.pt", "{d}/b.pt", "--out", "/proc/lossatlas/c"], "out"),
+    ("surface-store-parent-is-file", ["surface", "seed-relu", "--steps", "3", "--ignore", "none", "--no-progress", "--store", "{d}/afile/s.zarr"], "store"),
+    ("surface-store-parent-unmakeable", ["surface", "seed-relu", "--steps", "3", "--ignore", "none", "--no-progress", "--store", "/proc/lossatlas-no/s.zarr"], "store"),
+    ("surface-store-foreign-dir", ["surface", "seed-relu", "--steps", "3", "--ignore", "none", "--no-progress", "--store", "{d}/notastore.zarr/.."], "store"),
+    ("info-store-is-file", ["info", "{d}/afile"], "afile"),
+    ("info-store-under-a-file", ["info", "{d}/afile/s.zarr"], "s.zarr"),
 ]
 
 

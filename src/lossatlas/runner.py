@@ -46,7 +46,7 @@ SPLITS = ("chunks", "data")
 POLL_SECONDS = (0.001, 0.05)  # a rank that has finished checks the others' progress, backing off to 50 ms
 STATS_SECONDS = 0.5  # how often rank 0 refreshes the per-rank figures
 
-__all__ = ["run_chunks", "open_session", "Session", "pinned_threads", "SPLITS"]
+__all__ = ["run_chunks", "open_session", "Session", "pinned_threads", "interrupt_progress", "SPLITS"]
 
 
 # -- threads ----------------------------------------------------------------------------------------
@@ -158,7 +158,8 @@ def open_session(path: str | Path | None, *, func: str, overwrite: bool, provena
 # -- running chunks ---------------------------------------------------------------------------------
 def run_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str], *, store: GridStore | None,
                progress: bool, description: str, split: str = "chunks", threads: int | None = None,
-               context: D.Context | None = None, report: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+               context: D.Context | None = None, report: dict[str, Any] | None = None,
+               func: str | None = None) -> dict[str, np.ndarray]:
     """Evaluate every chunk not yet done; return the full arrays (NaN only where a value is NaN).
 
     In one process chunks run in order. Under torch.distributed (call on every rank, same layout):
@@ -173,14 +174,50 @@ def run_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str],
     per-rank figures ``points`` and ``busy_seconds`` (evaluating and writing), and this rank's
     ``seconds`` (wall), ``coordination_seconds`` (shared counters) and ``wait_seconds`` (for the
     chunks still running on other ranks at the end).
+
+    ``func`` (the public function running the job) is named in the :class:`StoreError` raised when the
+    store cannot be written (disk full, read-only, permission denied): the chunks already written stay
+    done, so the same call resumes. A ``KeyboardInterrupt`` propagates unchanged, with the store
+    consistent (a chunk is done only once all its values are written) and an attribute
+    ``lossatlas_progress`` (see :func:`interrupt_progress`) saying how far the run got.
     """
     if split not in SPLITS:
         raise bad_value("run_chunks", "split", f"one of {SPLITS}", split)
     ctx = context or D.context()
-    with pinned_threads(threads):
-        if not ctx.active:
-            return _run_local(layout, evaluate, variables, store, progress, description, report)
-        return _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report)
+    if store is not None and func:
+        store.func = func  # named by the errors of its writes
+    try:
+        with pinned_threads(threads):
+            if not ctx.active:
+                return _run_local(layout, evaluate, variables, store, progress, description, report)
+            return _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report)
+    except KeyboardInterrupt as exc:
+        _note_progress(exc, layout, store)
+        raise
+
+
+def _note_progress(exc: BaseException, layout: ChunkLayout, store: GridStore | None) -> None:
+    """Attach to an interrupt how far the run got (for the CLI's one line); never raises."""
+    if getattr(exc, "lossatlas_progress", None) is not None:
+        return
+    info: dict[str, Any] = {"store": None, "points_done": 0, "points_total": int(layout.grid.size)}
+    if store is not None:
+        info["store"] = str(store.path)
+        try:
+            info["points_done"] = int(store.points_done())
+        except BaseException:  # the store cannot be read back now: say so rather than guess
+            info["points_done"] = None
+    try:
+        exc.lossatlas_progress = info
+    except Exception:
+        pass
+
+
+def interrupt_progress(exc: BaseException) -> dict[str, Any] | None:
+    """How far an interrupted :func:`run_chunks` got: ``{"store": path or None, "points_done": int or
+    None, "points_total": int}``, or ``None`` when ``exc`` was not raised inside one."""
+    info = getattr(exc, "lossatlas_progress", None)
+    return info if isinstance(info, dict) else None
 
 
 def _points(layout: ChunkLayout, chunk: tuple[int, ...]) -> int:

@@ -52,6 +52,7 @@ Stores made before checksums open as before and say ``verified = False`` ("unver
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -125,6 +126,53 @@ def chunk_digest(chunk: Sequence[int], values: Mapping[str, np.ndarray]) -> int:
     return value if value > 1 else value + 2
 
 
+# -- the store's file-system boundary ------------------------------------------------------------------
+#: what an errno means for someone running a job (the message adds the errno's name)
+_WHY = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted", errno.ENOENT: "a directory on the path does not exist",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EEXIST: "a part of the path is a file, not a directory", errno.EIO: "an input/output error"}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``"no space left on the device [ENOSPC]"``: what an OSError means, with its errno's name."""
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else None
+    why = _WHY.get(code) or (exc.strerror or str(exc) or type(exc).__name__).lower()
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{why}{where}{f' [{name}]' if name else ''}"
+
+
+@contextlib.contextmanager
+def store_io(path: str | Path, *, func: str | None, what: str, resumable: bool = True, arg: str | None = None):
+    """The one place where a failure of the file system under a store (disk full, read-only, permission
+    denied, a missing or bad parent directory) becomes a :class:`StoreError`: every write of a store
+    (creation, lock, chunks and their done markers, attributes, repair, removal) runs inside it.
+
+    The message names the function, the store's path, what was being done and what the errno means;
+    ``arg`` names the argument that gave the path (the message then starts with it). ``resumable``:
+    the store keeps every chunk already saved (a chunk is done only once its marker is written, after
+    its values), so the message says to rerun once the cause is fixed. The error keeps the original
+    ``errno`` and is chained to the OSError."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as exc:
+        why = describe_os_error(exc)
+        hint = ("; chunks already saved are kept: fix the cause and rerun the same command to resume"
+                if resumable else "")
+        prefix = f"{func}(): " if func else ""
+        if arg:
+            text = f"{prefix}argument {arg!r} at {str(path)!r}: could not {what}: {why}{hint}"
+        else:
+            text = f"{prefix}could not {what} the store at {str(path)!r}: {why}{hint}"
+        err = StoreError(text)
+        err.errno = exc.errno
+        raise err from exc
+
+
 @dataclass(frozen=True)
 class Damage:
     """One problem found in a store's chunks: ``kind`` is ``unreadable`` (the file cannot be decoded),
@@ -168,12 +216,11 @@ class StoreLock:
         """Take the lock or raise :class:`StoreLockedError` naming the holder (never waits)."""
         path = Path(path)
         lock_file = cls.file_for(path)
-        try:
+        with store_io(path, func=func, what="create its lock file", resumable=False, arg="store"):
+            if lock_file.parent.exists() and not lock_file.parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(lock_file.parent))
             lock_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"{func}(): argument 'store' at {str(path)!r} cannot be locked for writing: {exc}") \
-                from exc
         deadline = time.monotonic() + DEAD_HOLDER_GRACE
         while True:
             try:
@@ -190,8 +237,13 @@ class StoreLock:
                                        f"another run ({holder}); wait for it to finish or use another path") from None
         line = (f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                 f"{', ' + job if job else ''}: {' '.join(sys.argv)[:200]}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, line.encode(), 0)
+        try:
+            with store_io(path, func=func, what="write its lock file", resumable=False, arg="store"):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, line.encode(), 0)
+        except BaseException:
+            os.close(fd)  # closing releases the flock
+            raise
         return cls(path, fd)
 
     @property
@@ -215,6 +267,8 @@ class GridStore:
     def __init__(self, path: Path, group: Any, *, func: str = "open_surface", verify: bool = True):
         self.path = path
         self.group = group
+        #: the public function writing the store, named in the errors of its writes
+        self.func = func
         attrs = dict(group.attrs)
         missing = [k for k in ("dims", "chunk_shape", "variables", "provenance") if k not in attrs]
         if missing:
@@ -279,22 +333,28 @@ class GridStore:
     def _seal(root: Any, dims: Sequence[str]) -> None:
         """Record digests of every group attribute and coordinate array (at creation, or after a
         sanctioned update such as :meth:`update_attrs`)."""
-        attrs = {k: v for k, v in dict(root.attrs).items() if k != INTEGRITY}
+        root.attrs[INTEGRITY] = GridStore._integrity(root, dict(root.attrs), dims)
+
+    @staticmethod
+    def _integrity(root: Any, attrs: Mapping[str, Any], dims: Sequence[str]) -> dict[str, Any]:
+        """The digests of ``attrs`` (as stored: JSON) and of the coordinate arrays of ``root``."""
+        attrs = {k: v for k, v in attrs.items() if k != INTEGRITY}
         coords = {}
         for dim in dims:
             arr = root[dim]
             coords[dim] = _coord_digest(arr[...], dict(arr.attrs))
-        root.attrs[INTEGRITY] = {"scheme": SCHEME, "attrs": {k: _json_digest(v) for k, v in attrs.items()},
-                                 "coords": coords}
+        return {"scheme": SCHEME, "attrs": {k: _json_digest(v) for k, v in attrs.items()}, "coords": coords}
 
     @staticmethod
     def update_attrs(path: str | Path, values: Mapping[str, Any]) -> None:
         """Add or change group attributes of a store after its run (e.g. a summary) and re-seal them."""
-        root = _zarr().open_group(str(path), mode="r+")
-        sealed = isinstance(root.attrs.get(INTEGRITY), dict)
-        root.update_attributes(json.loads(json.dumps(dict(values))))
-        if sealed:
-            GridStore._seal(root, list(root.attrs["dims"]))
+        with store_io(path, func="update_attrs", what="write the attributes of"):
+            root = _zarr().open_group(str(path), mode="r+")
+            attrs = dict(root.attrs)
+            values = json.loads(json.dumps(dict(values)))
+            if isinstance(attrs.get(INTEGRITY), dict):  # the values and their digests in one metadata write
+                values[INTEGRITY] = GridStore._integrity(root, {**attrs, **values}, list(attrs["dims"]))
+            root.update_attributes(values)
 
     # -- creation / opening ---------------------------------------------------------------------
     @staticmethod
@@ -305,6 +365,10 @@ class GridStore:
     def open(cls, path: str | Path, *, func: str = "open_surface", verify: bool = True) -> GridStore:
         """Open an existing store. ``verify=False`` opens one whose attributes or coordinates were
         edited (listed in ``metadata_problems``) instead of refusing it: for audits only."""
+        if not isinstance(path, (str, os.PathLike)):
+            from .errors import bad_type
+
+            raise bad_type(func, "path" if func.startswith("open") else "store", "a path (str or pathlib.Path)", path)
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{func}(): argument 'path' must be an existing lossatlas store; received "
@@ -337,10 +401,10 @@ class GridStore:
             raise StoreError(f"could not create store at {str(given)!r}: it exists and is not a lossatlas store "
                              f"({'a file' if not path.is_dir() else 'a directory with other contents'}); "
                              "choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         encoding = {"name": "default", "separator": "/"}
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for dim, coords in zip(grid.dims, grid.axes):
                 arr = root.create_array(dim, shape=coords.shape, dtype="float64", chunks=coords.shape,
@@ -368,7 +432,8 @@ class GridStore:
             shutil.rmtree(tmp, ignore_errors=True)
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and cls.exists(path):
                 return cls.open(given)  # another process created it first
-            raise StoreError(f"could not create store at {str(given)!r}: {exc}") from exc
+            with store_io(given, func=None, what="create", resumable=False):
+                raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -432,7 +497,8 @@ class GridStore:
         if not GridStore.is_store(path):
             raise StoreError(f"{func}(): argument 'store' points to {str(given)!r}, which exists and is not a "
                              "lossatlas store; refusing to overwrite it")
-        shutil.rmtree(path)
+        with store_io(given, func=func, what="delete it (overwrite=True)", resumable=False, arg="store"):
+            shutil.rmtree(path)
 
     @staticmethod
     def is_store(path: str | Path) -> bool:
@@ -480,6 +546,10 @@ class GridStore:
         matching their checksum) so that they are computed again. Returns what was repaired (also
         issued as a :class:`StoreRepairWarning` naming the chunks to recompute).
         """
+        with store_io(self.path, func=func, what="repair"):
+            return self._repair(func)
+
+    def _repair(self, func: str) -> list[str]:
         notes = []
         partial = list(self.path.rglob("*.partial"))
         for p in partial:
@@ -510,7 +580,7 @@ class GridStore:
             warnings.warn(StoreRepairWarning(
                 f"{func}(): the store at {str(self.path)!r} was damaged or left half-written by an interrupted run "
                 f"and has been repaired: {'; '.join(notes[:5])}{' …' if len(notes) > 5 else ''}{again}"),
-                stacklevel=3)
+                stacklevel=4)
         return notes
 
     def _read_done(self) -> tuple[np.ndarray, list[tuple[int, ...]]]:
@@ -675,22 +745,27 @@ class GridStore:
         done = self.done_mask()
         return [c for c in self.layout if not done[c]]
 
-    def write_chunk(self, chunk: tuple[int, ...], values: Mapping[str, np.ndarray]) -> None:
+    def write_chunk(self, chunk: tuple[int, ...], values: Mapping[str, np.ndarray], *,
+                    func: str | None = None) -> None:
         """Write every variable of one chunk, then mark it done (the marker, which holds the chunk's
-        checksum, is written last, in one atomic file write)."""
+        checksum, is written last, in one atomic file write). A failure of the file system (disk full,
+        read-only, permission denied) raises :class:`StoreError`; the chunk stays not done and every
+        chunk done before is kept (see :func:`store_io`)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
-        for name in self.variables:
-            _faults.checkpoint("write")
-            self._array(name)[index] = np.asarray(values[name], dtype=np.float64).reshape(shape)
-        marker = 1
-        if self.verified:
-            _faults.checkpoint("digest")
-            marker = chunk_digest(chunk, {n: np.asarray(values[n], dtype=np.float64).reshape(shape)
-                                          for n in self.variables})
-        _faults.checkpoint("done")
-        dtype = np.uint64 if self.verified else np.uint8
-        self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.full((1,) * len(chunk), marker, dtype=dtype)
+        with store_io(self.path, func=func or self.func, what=f"write chunk {tuple(chunk)} to"):
+            for name in self.variables:
+                _faults.checkpoint("write")
+                self._array(name)[index] = np.asarray(values[name], dtype=np.float64).reshape(shape)
+            marker = 1
+            if self.verified:
+                _faults.checkpoint("digest")
+                marker = chunk_digest(chunk, {n: np.asarray(values[n], dtype=np.float64).reshape(shape)
+                                              for n in self.variables})
+            _faults.checkpoint("done")
+            dtype = np.uint64 if self.verified else np.uint8
+            done = np.full((1,) * len(chunk), marker, dtype=dtype)
+            self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = done
 
     def read_checked(self, *, func: str = "open_surface") -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The values (NaN where a chunk is not done) and the done mask, after checking every done

@@ -184,7 +184,8 @@ def surface(
             t0 = time.perf_counter()
             values = run_chunks(layout, evaluator, evaluator.names, store=session.store, progress=progress,
                                 description=f"surface {'×'.join(map(str, grid.shape))}",
-                                split="data" if parallel == "data" else "chunks", context=ctx, report=report)
+                                split="data" if parallel == "data" else "chunks", context=ctx, report=report,
+                                func=func)
             elapsed = time.perf_counter() - t0
         if session.store is not None:
             return open_surface(session.store.path)

@@ -9,8 +9,26 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Interrupted(Exception):
+    """A KeyboardInterrupt carried past typer (which turns it into a silent exit status 130)."""
+
+    def __init__(self, interrupt: KeyboardInterrupt):
+        super().__init__("interrupted")
+        self.interrupt = interrupt
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
 
 
@@ -57,11 +75,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(f"error: {' '.join(exc.format_message().split())}", err=True, fg="red")
         raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted) as exc:
+        interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc
         if debug:
-            raise
-        typer.secho("interrupted; a command writing a store keeps every finished chunk: run the same command "
-                    "again to resume", err=True)
+            raise interrupt from None
+        typer.secho(interrupted_line(interrupt), err=True)
         raise SystemExit(130) from None
     except LossAtlasError as exc:
         if debug:
@@ -69,3 +87,20 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(f"error: {' '.join(str(exc).split())}", err=True, fg="red")
         raise SystemExit(2) from None
     raise SystemExit(rc if isinstance(rc, int) else 0)  # as typer's standalone mode: always an exit status
+
+
+def interrupted_line(exc: BaseException) -> str:
+    """The one line printed on Ctrl-C: how many points the store keeps and how to resume, or that an
+    in-memory run kept nothing (what :func:`lossatlas.runner.interrupt_progress` recorded)."""
+    from ..runner import interrupt_progress
+
+    info = interrupt_progress(exc)
+    if info is None:
+        return ("interrupted; a command writing a store keeps every finished chunk: run the same command "
+                "again to resume")
+    if info["store"] is None:
+        return ("interrupted: nothing was saved (the grid was computed in memory); pass --store PATH to make "
+                "a run resumable")
+    done = "some" if info["points_done"] is None else str(info["points_done"])
+    return (f"interrupted: {done} of {info['points_total']} points saved in {info['store']}; rerun the same "
+            "command to resume")

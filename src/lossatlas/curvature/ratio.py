@@ -139,7 +139,8 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
         layout = grid.chunks(tuple(session.settings["chunk_shape"]))
         t0 = time.perf_counter()
         values = run_chunks(layout, evaluate, list(VARIABLES), store=session.store, progress=progress,
-                            description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", context=session.context)
+                            description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", context=session.context,
+                            func=func)
         elapsed = time.perf_counter() - t0
         if session.store is not None:
             return _count_nan(open_surface(session.store.path))
