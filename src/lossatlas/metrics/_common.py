@@ -120,3 +120,9 @@ def basis(func: str, surface: Any, problem: Any, center: Mapping | None, directi
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
     return dict(center), [dict(d) for d in dirs]
+
+
+def half_grid(values: np.ndarray) -> np.ndarray:
+    """Every other grid point along each axis, keeping the middle point (θ itself on a grid with an odd
+    number of steps and a symmetric span)."""
+    return values[tuple(slice((n // 2) % 2, None, 2) for n in values.shape)]

@@ -190,7 +190,7 @@ def local_minima(surface: Any, problem: Problem | None = None, *, center: Mappin
     if problem is not None and not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem or None", problem)
     found = strict_minima(values, boundary=boundary)
-    half = values[tuple(slice(None, None, 2) for _ in dims)]
+    half = C.half_grid(values)
     count_half = len(strict_minima(half, boundary=boundary)) if min(half.shape) >= 3 else 0
     notes: list[str] = []
     if len(found) > max_minima:

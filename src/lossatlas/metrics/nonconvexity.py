@@ -20,7 +20,7 @@ class NonConvexity:
     difference is negative (1D).
 
     ``fraction`` on the full grid (``points`` interior points, ``indefinite`` of them), ``fraction_half``
-    on the half-resolution grid (every other point, spacing 2h); ``resolution_error`` =
+    on the half-resolution grid (every other point keeping the middle one, spacing 2h); ``resolution_error`` =
     |fraction − fraction_half|, the grid's error on the fraction. ``negative_fraction``: share of points
     with a negative eigenvalue (indefinite or concave). ``tol``: the curvature band |λ| ≤ tol counted
     as zero (rounding of the second differences).
@@ -101,7 +101,7 @@ def nonconvexity_fraction(surface: Any, *, tol: float | None = None) -> NonConve
         u = C.roundoff(surface)
         tol = 16.0 * u * float(np.max(np.abs(values))) / min(h) ** 2
     points, indefinite, negative = _count(values, h, tol)
-    half = values[tuple(slice(None, None, 2) for _ in dims)]
+    half = C.half_grid(values)
     if min(half.shape) >= 3:
         hp, hi, _ = _count(half, tuple(2 * s for s in h), tol / 4)
         frac_half = hi / hp

@@ -192,6 +192,6 @@ def sublevel_persistence(surface: Any, *, tau: float | None = None, backend: str
     basins = sorted((Basin(b, d, tuple(float(a[i]) for a, i in zip(axes, ix))) for b, d, ix in raw),
                     key=lambda b: (-b.persistence, b.birth, b.at))
     count = sum(1 for b in basins if b.persistence > tau)
-    half = values[tuple(slice(None, None, 2) for _ in dims)]
+    half = C.half_grid(values)
     count_half = sum(1 for b, d, _ in compute(half) if d - b > tau)
     return Topology(tuple(basins), tau, count, count_half, backend)

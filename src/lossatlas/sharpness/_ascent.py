@@ -68,7 +68,12 @@ def ascent(problem: Problem, theta: Mapping[str, Tensor], T: Tensor, *, norm: st
     evaluations += 1
     best_u, best_f = torch.zeros_like(t64), f0
     gen = torch.Generator().manual_seed(int(seed))
-    starts = [step_dir(grad_u(torch.zeros_like(t64)))]
+    first = step_dir(grad_u(torch.zeros_like(t64)))
+    if not bool(first.abs().max() > 0):  # a critical point: no first-order direction, start at random
+        restarts = max(restarts, 1)
+        starts = []
+    else:
+        starts = [first]
     for _ in range(restarts):
         r = torch.randn(t64.shape, generator=gen, dtype=torch.float64)
         starts.append(project(r.sign() * radius if norm == "linf" else r * (radius / float(torch.linalg.vector_norm(r)))))
