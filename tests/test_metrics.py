@@ -240,6 +240,13 @@ def test_gudhi_and_union_find_agree_and_count_strict_minima(seed, nx, ny):
     assert len(a) == len(strict_minima(v, boundary=True))
 
 
+@given(st.integers(0, 2**32 - 1), st.integers(3, 8), st.integers(3, 8), st.integers(2, 5))
+def test_gudhi_and_union_find_agree_with_ties(seed, nx, ny, levels):
+    pytest.importorskip("gudhi")
+    v = np.random.default_rng(seed).integers(0, levels, (nx, ny)).astype(float)  # plateaus and equal minima
+    assert sorted((b, d) for b, d, _ in union_find_pairs(v)) == sorted((b, d) for b, d, _ in gudhi_pairs(v))
+
+
 def test_topology_bad_inputs():
     with pytest.raises(lossatlas.InvalidArgumentError, match="'backend'"):
         metrics.sublevel_persistence(grid2(lambda X, Y: X, np.arange(3.0), np.arange(3.0)), backend="ripser")

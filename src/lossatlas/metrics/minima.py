@@ -204,13 +204,14 @@ def local_minima(surface: Any, problem: Problem | None = None, *, center: Mappin
                               f"{len(dirs)}")
         basis = (center, dirs)
     steps = [float(np.diff(a).mean()) for a in axes]
+    p64 = _float64(problem) if basis is not None and found else None  # one float64 variant for every check
     out = []
     for rank, ix in enumerate(found):
         coords = tuple(float(a[i]) for a, i in zip(axes, ix))
         if basis is None or rank >= max_minima:
             out.append(SliceMinimum(coords, ix, float(values[ix])))
             continue
-        out.append(_check_point(problem, basis[0], basis[1], coords, ix, float(values[ix]), steps, refine=refine,
+        out.append(_check_point(p64, basis[0], basis[1], coords, ix, float(values[ix]), steps, refine=refine,
                                 grad_tol=grad_tol, exact_limit=exact_limit, seed=seed))
     return LocalMinima(tuple(out), tuple(values.shape), count_half, boundary, grad_tol, do_check, tuple(notes))
 
@@ -219,12 +220,12 @@ def _float64(problem: Problem) -> Problem:
     return problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
 
 
-def _check_point(problem: Problem, center, dirs: Sequence[Mapping], coords, ix, loss: float, steps, *, refine: bool,
+def _check_point(p64: Problem, center, dirs: Sequence[Mapping], coords, ix, loss: float, steps, *, refine: bool,
                  grad_tol: float, exact_limit: int, seed: int) -> SliceMinimum:
+    """Place one slice minimum in parameter space and classify it (``p64``: the float64 problem)."""
     from ..curvature import eigenvalues, hessian_operator
     from ..curvature._common import zero_band
 
-    p64 = _float64(problem)
     c64 = P.to(center, dtype=torch.float64)
     d64 = [P.to(d, dtype=torch.float64) for d in dirs]
     a = np.asarray(coords, dtype=np.float64)

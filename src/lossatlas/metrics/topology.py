@@ -119,7 +119,7 @@ def union_find_pairs(values: np.ndarray) -> list[tuple[float, float, tuple[int, 
         for r in roots:
             if r == elder:
                 continue
-            if r != v:  # v itself joins at once: a zero-length pair, not recorded
+            if r != v and flat[birth_of[r]] < flat[v]:  # zero-length pairs (v itself, plateaus) are not recorded
                 pairs.append((float(flat[birth_of[r]]), float(flat[v]), np.unravel_index(birth_of[r], shape)))
             parent[r] = elder
     roots = {find(i) for i in range(flat.size)}
