@@ -5,7 +5,8 @@ As the level c rises, the sublevel set {L ≤ c} gains a component at each local
 A basin's persistence, death − birth, is the barrier it must climb to reach a deeper basin; the
 deepest basin never dies (death = ∞). Grid points are connected to their 3ᵈ − 1 neighbours
 (diagonals included), the same neighbourhood as :func:`lossatlas.metrics.local_minima`, so the
-basins of persistence > 0 are exactly its strict minima (ties aside).
+basins of persistence > 0 are exactly its strict minima with ``boundary=True`` (ties aside): a basin
+whose minimum lies on the grid's edge counts here, and may be the slice's truncation, not a basin.
 
 Computed with gudhi's ``CubicalComplex`` (top-dimensional cells = grid points) when gudhi is
 installed, else with a union-find over the grid; the two agree (tests/test_metrics.py).
