@@ -25,7 +25,8 @@ def check_surface(func: str, surface: Any, *, dims: tuple[int, ...] = (1, 2), va
                        surface)
     if isinstance(surface, xr.Dataset):
         if var not in surface.data_vars:
-            raise bad_value(func, "surface", f"a Dataset with a {var!r} variable", f"variables {sorted(surface.data_vars)}")
+            raise bad_value(func, "surface", f"a Dataset with a {var!r} variable",
+                            f"variables {sorted(surface.data_vars)}")
         arr = surface[var]
     else:
         arr = surface

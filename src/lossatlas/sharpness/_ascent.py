@@ -76,7 +76,8 @@ def ascent(problem: Problem, theta: Mapping[str, Tensor], T: Tensor, *, norm: st
         starts = [first]
     for _ in range(restarts):
         r = torch.randn(t64.shape, generator=gen, dtype=torch.float64)
-        starts.append(project(r.sign() * radius if norm == "linf" else r * (radius / float(torch.linalg.vector_norm(r)))))
+        ball = r * (radius / float(torch.linalg.vector_norm(r)))
+        starts.append(project(r.sign() * radius if norm == "linf" else ball))
     taken = improved = 0
     for u in starts:
         u = project(u)
