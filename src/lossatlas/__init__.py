@@ -9,7 +9,7 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import convexity, curvature, directions, distributed, examples, params, plot
+from . import convexity, curvature, directions, distributed, examples, metrics, params, plot, sharpness
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
@@ -35,6 +35,8 @@ __all__ = [
     "examples",
     "plot",
     "curvature",
+    "metrics",
+    "sharpness",
     "Directions",
     "Grid",
     "surface",
