@@ -6,8 +6,8 @@ restricted Hessian ``H_bb`` is the diagonal block of the full Hessian: the curva
 when only block b moves and every other parameter is held at θ. For each block:
 
 * ``trace``: tr H_bb ± one standard error, by :func:`lossatlas.curvature.trace` on the restricted
-  operator (Hutchinson by default; Hutch++ is exact, with stderr 0, once the block has at most
-  ``probes/3`` coordinates);
+  operator (Hutchinson by default, or Hutch++); a block with at most ``probes`` coordinates gets
+  its exact trace Σᵢ eᵢᵀ H_bb eᵢ instead (``method="exact"``, stderr 0) from no more products;
 * ``lambda_max``: the largest eigenvalue of H_bb with its error bound and convergence flag, by
   :func:`lossatlas.curvature.eigenvalues` (``which="largest"``, certified extremal).
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value
+from ..errors import EvaluationError, bad_type, bad_value
 from . import _common as C
 from ._select import layers, select
 from .eigen import DEFAULT_TOL, solve
@@ -195,7 +195,14 @@ def per_layer(problem, theta: Mapping[str, Tensor] | None = None, *, blocks: Map
     exact = True
     for name, members in groups.items():
         op = CurvatureOperator(problem, theta_d, members, kind=curvature, method=chosen)
-        tr = trace(op, method=trace_method, probes=probes, seed=seed, progress=progress)
+        if op.shape[0] <= probes:  # as few products as probes give the exact trace: e_iᵀ H_bb e_i
+            diag = op.mm(torch.eye(op.shape[0], dtype=op.dtype, device=op.device)).diagonal()
+            if not bool(torch.isfinite(diag).all()):
+                raise EvaluationError(f"{func}(): the curvature products of block {name!r} are not finite at θ "
+                                      "(NaN or Inf in the loss or its derivatives)")
+            tr = Estimate(float(diag.to(torch.float64).sum()), 0.0, 0, "exact", op.shape[0], product_method=op.method)
+        else:
+            tr = trace(op, method=trace_method, probes=probes, seed=seed, progress=progress)
         chosen = op.method
         eig = solve(op, k=1, which="largest", tol=tol, seed=seed, max_products=max_products, basis=None,
                     progress=progress)
