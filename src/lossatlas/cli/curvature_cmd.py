@@ -81,7 +81,9 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
         status = row["status"] if row["converged"] and row["extremal_certified"] else f"[red]{row['status']}[/red]"
         table.add_row(label, f"{row['value']:.6g}", f"{row['error']:.1e}", f"{row['relative_residual']:.1e}", status)
     console.print(table)
-    console.print(f"products: {op.method} ({'exact' if op.exact else 'approximate: finite differences'}); zero band τ = {eig.zero_tol:.1e} (|λ| ≤ τ cannot be told from 0 by these "
+    exactness = "exact" if op.exact else "approximate: finite differences"
+    console.print(f"products: {op.method} ({exactness}); zero band τ = {eig.zero_tol:.1e} (|λ| ≤ τ cannot be told "
+                  "from 0 by these "
                   "products)", highlight=False)
     for note in dict.fromkeys((*op.method_notes, *eig.notes, *tr.notes, *dens.notes)):
         console.print(f"note: {note}", highlight=False)
@@ -158,7 +160,8 @@ def _print_layers(console, layers, title: str) -> None:
     out = console if needed <= console.width else Console(width=needed, file=console.file,
                                                          force_terminal=console.is_terminal)
     out.print(table)
-    console.print(f"per layer: trace by {layers.trace_method} ({layers.probes} probes per layer; exact, ± 0, for layers "
+    console.print(f"per layer: trace by {layers.trace_method} ({layers.probes} probes per layer; exact, ± 0, for "
+                  "layers "
                   f"of at most {layers.probes} parameters), λmax by Lanczos "
                   f"(tol {layers.tol:g}); products: {layers.product_method} "
                   f"({'exact' if layers.exact else 'approximate: finite differences'})", highlight=False)
