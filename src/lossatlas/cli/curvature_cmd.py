@@ -38,8 +38,14 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A state_dict for the centre."),
             dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
             device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
+            per_layer: bool = typer.Option(False, "--per-layer", help="Also a table of each layer's (module's) "
+                                           "restricted Hessian H_bb: trace ± stderr (Hutchinson) and λmax ± error."),
+            per_layer_probes: int = typer.Option(30, "--per-layer-probes", help="Hutchinson probes per layer."),
+            per_layer_plot: Path | None = typer.Option(None, "--per-layer-plot", help="Write the per-layer bar "
+                                                       "chart here (implies --per-layer)."),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
-    """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre."""
+    """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre;
+    with --per-layer, the trace and λmax of each layer's block of the Hessian."""
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -78,7 +84,9 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
         status = row["status"] if row["converged"] and row["extremal_certified"] else f"[red]{row['status']}[/red]"
         table.add_row(label, f"{row['value']:.6g}", f"{row['error']:.1e}", f"{row['relative_residual']:.1e}", status)
     console.print(table)
-    console.print(f"products: {op.method}; zero band τ = {eig.zero_tol:.1e} (|λ| ≤ τ cannot be told from 0 by these "
+    exactness = "exact" if op.exact else "approximate: finite differences"
+    console.print(f"products: {op.method} ({exactness}); zero band τ = {eig.zero_tol:.1e} (|λ| ≤ τ cannot be told "
+                  "from 0 by these "
                   "products)", highlight=False)
     for note in dict.fromkeys((*op.method_notes, *eig.notes, *tr.notes, *dens.notes)):
         console.print(f"note: {note}", highlight=False)
@@ -116,7 +124,52 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
 
         _figure_out(plot_density(dens, title=f"{name} eigenvalue density: {tgt.name}"), density_plot)
         console.print(f"wrote {density_plot}")
-    console.print(f"{op.products} products in {time.perf_counter() - t0:.1f} s")
+    products = op.products
+    if per_layer or per_layer_plot is not None:
+        layers = curvature.per_layer(tgt.problem, tgt.center, params=_selection(params), curvature=kind,
+                                     probes=per_layer_probes, tol=tol, seed=seed, method=op.method, progress=progress)
+        products += sum(b.products for b in layers)
+        _print_layers(console, layers, f"{name} blocks of {tgt.name} (one per layer)")
+        if per_layer_plot is not None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from ..plot.per_layer import per_layer as plot_per_layer
+
+            _figure_out(plot_per_layer(layers, title=tgt.name), per_layer_plot)
+            console.print(f"wrote {per_layer_plot}")
+    console.print(f"{products} products in {time.perf_counter() - t0:.1f} s")
+
+
+def _print_layers(console, layers, title: str) -> None:
+    """The per-layer table, never truncated: wider than the terminal (or a pipe's 80 columns) when the
+    layer names need it, so every name and number is printed in full."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("layer", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("trace", justify="right", no_wrap=True)
+    table.add_column("± stderr", justify="right", no_wrap=True)
+    table.add_column("λmax", justify="right", no_wrap=True)
+    table.add_column("± error", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for b in layers:
+        status = "converged" if b.converged else "[red]not converged[/red]"
+        table.add_row(b.name, f"{b.size:,}", f"{b.trace.value:.6g}", f"{b.trace.stderr:.2g}", f"{b.lambda_max:.6g}",
+                      f"{b.lambda_max_error:.1e}", status)
+    needed = Console(width=10_000).measure(table).maximum  # the natural width (the console's own is capped)
+    out = console if needed <= console.width else Console(width=needed, file=console.file,
+                                                         force_terminal=console.is_terminal)
+    out.print(table)
+    console.print(f"per layer: trace by {layers.trace_method} ({layers.probes} probes per layer; exact, ± 0, for "
+                  "layers "
+                  f"of at most {layers.probes} parameters), λmax by Lanczos "
+                  f"(tol {layers.tol:g}); products: {layers.product_method} "
+                  f"({'exact' if layers.exact else 'approximate: finite differences'})", highlight=False)
+    for note in layers.notes:
+        console.print(f"note: {note}", highlight=False)
 
 
 @app.command("ratio-map")

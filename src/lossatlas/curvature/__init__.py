@@ -17,9 +17,11 @@ from .density import density
 from .eigen import eigenvalues
 from .hessian_directions import hessian_directions
 from .operators import CurvatureOperator, ggn_operator, hessian_operator
+from .per_layer import BlockCurvature, LayerCurvature, per_layer
 from .ratio import ratio_map
 from .results import Density, Eigen, Estimate
 from .trace import trace
 
 __all__ = ["eigenvalues", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
-           "hessian_directions", "CurvatureOperator", "Eigen", "Estimate", "Density"]
+           "hessian_directions", "per_layer", "CurvatureOperator", "Eigen", "Estimate", "Density",
+           "LayerCurvature", "BlockCurvature"]

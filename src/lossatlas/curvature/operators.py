@@ -19,7 +19,13 @@ When the autograd graphs of all batches fit in memory (``retain="auto"``: at mos
 Product methods (:data:`PRODUCT_METHODS`, chosen at the first product and kept in ``op.method``,
 with the reason in ``op.method_notes``; results repeat it as ``product_method``/``notes``):
 
-1. ``"double-backward"``: ``torch.autograd.grad`` twice (exact; the fastest on CPU).
+1. ``"double-backward"``: ``torch.autograd.grad`` twice (exact; the fastest on CPU). When chosen
+   automatically, its first product is checked against finite differences of exact gradients (four
+   gradients, once): a product off by more than 10× their error estimate plus 5 % comes from a
+   backward that is not itself differentiable (a custom ``autograd.Function`` computing its gradient
+   in NumPy, without ``@once_differentiable``), for which torch silently returns a partial Hessian;
+   products are then taken by finite differences (4.), with a note. Kinks (ReLU) stay inside that
+   allowance.
 2. ``"double-backward-math-sdpa"``: the same with ``scaled_dot_product_attention`` forced to its
    math kernel (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``), tried when a fused kernel has
    no double backward (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` on CPU). Exact: the
@@ -443,6 +449,20 @@ class CurvatureOperator:
                     raise
                 tried.append((method, exc))
                 continue
+            if method in ("double-backward", "double-backward-math-sdpa") and self.kind == "hessian":
+                # a backward that is not itself differentiable (a custom autograd.Function computing its
+                # gradient outside autograd, without @once_differentiable) gives a silently partial Hessian
+                fd = self._finite_difference(v)
+                gap, size = _gap(out, fd)
+                if gap > 10 * self.product_error * float(torch.linalg.vector_norm(v)) + 0.05 * size:
+                    tried.append((method, RuntimeError(
+                        f"its product disagreed with finite differences of exact gradients by {gap / size:.0%} "
+                        f"(their error estimate: {self.product_error * float(torch.linalg.vector_norm(v)) / size:.1e})"
+                        ": part of the model's backward is not differentiable (e.g. a custom autograd.Function "
+                        "computing its gradient outside autograd)")))
+                    method, out = "finite-difference", fd
+                else:
+                    self.product_error = 0.0
             if method == "forward-over-reverse":
                 # forward-mode rules are not all right (F.layer_norm on torch 2.13): check against differences
                 fd = self._finite_difference(v)
@@ -596,6 +616,13 @@ class CurvatureOperator:
         return (f"CurvatureOperator(kind={self.kind!r}, size={self.shape[0]}, parameters={len(self.names)}, "
                 f"dtype={self.dtype}, device={self.device}, retained={self.retained}, products={self.products}, "
                 f"method={method!r})")
+
+
+def _gap(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """‖a − b‖ and max(‖a‖, ‖b‖) in float64 (the latter never 0)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    size = max(float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b)))
+    return float(torch.linalg.vector_norm(a - b)), size if size > 0 else float("inf")
 
 
 def _no_derivative(exc: BaseException) -> bool:

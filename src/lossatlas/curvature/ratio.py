@@ -63,6 +63,9 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     with ``lambda_min + residual_min < 0`` proves negative curvature either way. A point where the
     loss or its derivatives are not finite keeps NaN curvature (``converged`` 0) and the map goes on;
     ``attrs["nan_curvature_points"]`` counts them (``attrs["nan_points"]`` counts NaN losses).
+    ``attrs["product_method"]`` records how this run computed its products (one of
+    :data:`~lossatlas.curvature.operators.PRODUCT_METHODS`, e.g. the math attention kernel for a
+    transformer).
 
     >>> import torch, lossatlas
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -143,11 +146,15 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
                             func=func)
         elapsed = time.perf_counter() - t0
         if session.store is not None:
-            return _count_nan(open_surface(session.store.path))
-        ds = _dataset(grid, values, dirs.labels, attrs_for(session.settings["chunk_shape"]), layout,
-                      np.ones(layout.counts, dtype=bool))
-        ds.attrs["seconds"] = elapsed
-        return _count_nan(ds)
+            ds = _count_nan(open_surface(session.store.path))
+        else:
+            ds = _dataset(grid, values, dirs.labels, attrs_for(session.settings["chunk_shape"]), layout,
+                          np.ones(layout.counts, dtype=bool))
+            ds.attrs["seconds"] = elapsed
+            ds = _count_nan(ds)
+        if evaluate.method is not None:  # how the products of this run were computed (PRODUCT_METHODS)
+            ds.attrs["product_method"] = evaluate.method
+        return ds
 
 
 def _count_nan(ds: xr.Dataset) -> xr.Dataset:

@@ -3,14 +3,16 @@
 Static (matplotlib, each returns a ``Figure``): :func:`line`, :func:`contour`, :func:`heatmap`,
 :func:`surface3d`; :func:`save` writes PNG/PDF/SVG. Interactive (plotly): :func:`interactive`,
 :func:`save_html`. Paths between models: :func:`interpolation`, :func:`line_vs_curve`,
-:func:`path_on_plane`. Curvature: :func:`density` (spectral density) and :func:`ratio_map`
-(|λmin/λmax| over a plane).
+:func:`path_on_plane`. Curvature: :func:`density` (spectral density), :func:`ratio_map`
+(|λmin/λmax| over a plane) and :func:`per_layer` (trace and λmax of each block, with error bars).
 """
 
 from .curvature import density, ratio_map
 from .interactive import interactive, save_html
+from .per_layer import per_layer
 from .paths import interpolation, line_vs_curve, path_coordinates, path_on_plane
 from .surface import contour, heatmap, line, save, surface3d
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "interactive", "save_html", "interpolation",
-           "line_vs_curve", "path_on_plane", "path_coordinates", "density", "ratio_map"]
+           "line_vs_curve", "path_on_plane", "path_coordinates", "density", "ratio_map",
+           "per_layer"]
