@@ -1,7 +1,9 @@
 """The typer application and the error policy shared by every command.
 
-Errors of lossatlas's own type print one red line and exit with status 2; ``--debug`` (anywhere on
-the command line) shows the full traceback instead.
+Errors of lossatlas's own type (bad input, damaged files) print one red line and exit with status 2;
+any other exception (a failure nobody foresaw) prints one line naming its type and exits with status
+1; Ctrl-C says what was saved and exits with 130. ``--debug`` (anywhere on the command line) shows
+the full traceback instead. A command never prints a Python traceback without it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug:  # anywhere on the command line, as the help says: typer only knows it before the command
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     from typer._click import exceptions as click_exc  # typer vendors click
 
     try:
@@ -86,6 +90,15 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(f"error: {' '.join(str(exc).split())}", err=True, fg="red")
         raise SystemExit(2) from None
+    except Exception as exc:  # not a bad input but a failure lossatlas did not foresee: still one line
+        if debug:
+            raise
+        text = " ".join(str(exc).split()) or "(no message)"
+        if len(text) > 300:
+            text = text[:297] + "..."
+        typer.secho(f"error: unexpected {type(exc).__name__}: {text} — this is a lossatlas bug or an "
+                    "unsupported model; rerun with --debug for the traceback", err=True, fg="red")
+        raise SystemExit(1) from None
     raise SystemExit(rc if isinstance(rc, int) else 0)  # as typer's standalone mode: always an exit status
 
 
