@@ -53,18 +53,21 @@ Stores made before checksums open as before and say ``verified = False`` ("unver
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -753,7 +756,7 @@ class GridStore:
         chunk done before is kept (see :func:`store_io`)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
-        with store_io(self.path, func=func or self.func, what=f"write chunk {tuple(chunk)} to"):
+        with interrupts_deferred(), store_io(self.path, func=func or self.func, what=f"write chunk {tuple(chunk)} to"):
             for name in self.variables:
                 _faults.checkpoint("write")
                 self._array(name)[index] = np.asarray(values[name], dtype=np.float64).reshape(shape)
@@ -792,6 +795,30 @@ class GridStore:
     def points_done(self) -> int:
         done = self.done_mask()
         return int(sum(int(np.prod(self.layout.block_shape(c))) for c in self.layout if done[c]))
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it.
+
+    zarr writes on its own event-loop thread: a KeyboardInterrupt in the main thread while it waits
+    for a write abandons the wait but not the write, which then lands after the interrupt was
+    reported (a chunk counted as not saved turns up done). Deferring the interrupt over one chunk's
+    writes (milliseconds) keeps "what the store holds" and "what was reported" the same. Only in the
+    main thread, where Python delivers signals; elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not \
+            signal.default_int_handler:
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _alive(pid: int) -> bool:
