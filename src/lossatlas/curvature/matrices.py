@@ -209,8 +209,8 @@ def ef_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, 
     >>> x = torch.linspace(-1, 1, 4).reshape(-1, 1)
     >>> problem = lossatlas.Problem(torch.nn.Linear(1, 1, bias=False), torch.nn.MSELoss(), (x, 0 * x))
     >>> EF = lossatlas.curvature.ef_operator(problem, {"weight": torch.ones(1, 1)}, dtype=torch.float64)
-    >>> EF.dense()  # mean of (2·w·x²)² over x = ±1, ±1/3
-    tensor([[2.0988]], dtype=torch.float64)
+    >>> EF.dense()  # mean of (2·w·x²)² over x = ±1, ±1/3: (4 + 4/81)/2
+    tensor([[2.0247]], dtype=torch.float64)
     """
     _check_outputs_loss(problem, "ef_operator")
     problem, theta, names = _prepare(problem, theta, params, dtype, retain, "ef_operator")
