@@ -6,7 +6,8 @@
   own predictive distribution, estimated with ``mc_samples`` labels per sample drawn from it with a
   seed (:func:`fisher_operator`). For the losses that are negative log-likelihoods (cross-entropy:
   categorical; logit BCE: Bernoulli; MSE: Gaussian of variance D/2 per output for a mean over D
-  outputs, 1/2 for a sum) its expectation is the GGN; :meth:`FisherOperator.mv_stderr` gives the
+  outputs, 1/2 for a sum; a loss averaged over a sample's D outputs is 1/D times its likelihood's
+  negative log, and its outer products are scaled by D) its expectation is the GGN; :meth:`FisherOperator.mv_stderr` gives the
   Monte-Carlo standard error of a product over the draws.
 * **Diagonal** of any of these matrices (:func:`diagonal`): exact from unit-vector products for
   small models, else the Hutchinson-style estimator diag ≈ mean of z ⊙ (A z) over Rademacher z
@@ -118,6 +119,17 @@ class FisherOperator(CurvatureOperator):
         self.labels.append(labels)
         return labels
 
+    def _likelihood_scale(self, outputs: Tensor) -> float:
+        """1/c for a loss that is c × the negative log-likelihood per sample: a mean over the D
+        outputs of a sample (logit BCE) or over its positions (cross-entropy on (n, C, …)) has
+        c = 1/D, and E[∇ℓ∇ℓᵀ] = c²·F_NLL while the GGN is c·F_NLL. (MSE: in the Gaussian's variance.)"""
+        if self.problem.reduction == "sum" or self.distribution == "gaussian":
+            return 1.0
+        per = outputs[0].numel() if outputs.ndim > 1 else 1
+        if self.distribution == "categorical":
+            per //= outputs.shape[1]
+        return float(per)
+
     def _outer_graph(self, batch: Any, n: int, index: int) -> tuple:
         problem = self.problem
         inputs, targets = batch
@@ -137,6 +149,8 @@ class FisherOperator(CurvatureOperator):
                 return ("outer", None, "no-grad")
             rows.append(torch.autograd.grad(term, out_leaf)[0].detach())
         r = torch.stack(rows)  # (M, *outputs.shape): ∂(n_b ℓ_b / N)/∂f per draw
+        if self.kind == "fisher":
+            r = r * math.sqrt(self._likelihood_scale(outputs))
         u = torch.zeros_like(outputs, requires_grad=True)
         jt_u = torch.autograd.grad(outputs, self._leaves, u, create_graph=True, allow_unused=True)
         pairs = [(i, g) for i, g in enumerate(jt_u) if g is not None and g.requires_grad]
