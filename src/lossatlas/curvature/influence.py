@@ -102,7 +102,8 @@ def _mean_gradient(op, batch: Any, closure=None) -> tuple[Tensor, float]:
     n = _size(batch)
     with torch.enable_grad():
         if closure is not None:
-            value = closure(problem.model_call(point, getattr(op, "_buffers", None)), batch)
+            with problem.bound(point, getattr(op, "_buffers", None)) as module:
+                value = closure(module, batch)
             if not isinstance(value, Tensor) or value.ndim != 0:
                 raise bad_value("influence", "test_loss", "a closure returning a scalar tensor", value)
         else:
