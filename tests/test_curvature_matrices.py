@@ -148,6 +148,7 @@ def test_hessian_diagonal_exact_and_hutchinson():
 
 
 def test_kfac_is_exact_for_one_linear_layer_under_mse():
+    pytest.importorskip("curvlinops")
     torch.manual_seed(0)
     x = torch.randn(50, 3, dtype=F64)
     problem = lossatlas.Problem(torch.nn.Linear(3, 2).double(), torch.nn.MSELoss(), (x, torch.randn(50, 2,
@@ -171,6 +172,7 @@ def test_kfac_is_exact_for_one_linear_layer_under_mse():
 
 
 def test_kfac_of_a_two_layer_net_is_block_diagonal_and_exact_on_the_last_layer_for_mse():
+    pytest.importorskip("curvlinops")
     net, loss, x, y, problem = _mlp_problem(torch.nn.MSELoss(), out=2, batch_size=40)
     K = C.kfac_operator(problem).dense()
     ggn = C.ggn_operator(problem, dtype=F64).dense()

@@ -81,6 +81,7 @@ def test_parameter_change_matches_leave_one_out_and_indices_equal_points():
 
 
 def test_damping_and_ggn_and_kfac_variants():
+    pytest.importorskip("curvlinops")
     x, y, w, fit, objective, problem = _logistic(100, 1e-1)
     xt, yt = x[:10], y[:10]
     plain = C.influence(problem, [1, 2], (xt, yt))
