@@ -21,12 +21,18 @@ retained graph), a per-sample contraction with the output gradients rᵢ = ∂(n
 Jᵀ pass — ``EF v = N Σᵢ Jᵢᵀ rᵢ (rᵢᵀ Jᵢ v)``, no per-sample gradients stored. This needs a loss that
 is a sum of per-sample terms (every torch loss with mean/sum reduction is).
 
-Engines (measured by ``benchmarks/bench_curvature_matrices.py``, see docs/benchmarks.md):
-EF/Fisher products and diagonals are ours — curvlinops' ``EFLinearOperator``/``FisherMCLinearOperator``
-agree with ours to rounding but work on a ``nn.Module`` and a list of batches, not on a Problem's
-parameter selection, BatchNorm policy, float64 variant or closures, and its Fisher draws come from
-its own generator (no standard error). KFAC/EKFAC are curvlinops' (exact Kronecker factors, Linear
-and Conv2d, and its Kronecker inverse), wrapped to our parameter order and batch weighting.
+Engines (measured by ``benchmarks/bench_curvature_matrices.py``; table in docs/benchmarks.md):
+
+* EF/Fisher products: ours. curvlinops' ``EFLinearOperator``/``FisherMCLinearOperator`` agree with
+  ours to rounding but were 10–25× slower per product (they rerun the forward pass of every batch
+  per product; ours keep the graphs), take a ``nn.Module`` and a list of batches instead of a Problem
+  (parameter selection, BatchNorm policy, float64 variants), and give no Monte-Carlo error.
+* Diagonal: ours, because it carries a per-entry standard error (curvlinops' ``hutchinson_diag``
+  returns none) and works on every operator here; curvlinops' was ~2× faster on the benchmark
+  (multi-vector products amortise the forward pass).
+* KFAC/EKFAC: curvlinops' (Linear and Conv2d, exact Kronecker factors, its Kronecker inverse),
+  wrapped to our parameter order and batch weighting with weights and biases in one factor
+  (``separate_weight_and_bias=False``: with separate factors KFAC is not exact even for one layer).
 """
 
 from __future__ import annotations
