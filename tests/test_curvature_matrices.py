@@ -92,6 +92,10 @@ def test_fisher_with_its_labels_and_in_expectation():
     # same seed → same bytes; another seed → other draws
     assert torch.equal(C.fisher_operator(problem, dtype=F64, mc_samples=3, seed=5).dense(), dense)
     assert not torch.equal(C.fisher_operator(problem, dtype=F64, mc_samples=3, seed=6).dense(), dense)
+    streamed = C.fisher_operator(problem, dtype=F64, mc_samples=3, seed=5, retain=False)
+    assert not streamed.retained and torch.allclose(streamed.dense(), dense, rtol=1e-12, atol=1e-15)
+    w = torch.randn(dense.shape[0], dtype=F64)
+    assert torch.allclose(streamed.mv_stderr(w)[1], F.mv_stderr(w)[1], rtol=1e-10, atol=1e-15)
     # E[F] = Jᵀ ∇²ℓ J (the GGN): a product with many draws within its Monte-Carlo error
     ggn = _ggn_oracle(net, loss, theta, x, y)
     big = C.fisher_operator(problem, dtype=F64, mc_samples=400, seed=1)
@@ -224,3 +228,20 @@ def test_results_are_frozen():
     with pytest.raises(Exception):
         s.iterations = 0
     assert math.isfinite(s.residual)
+
+
+def test_kfac_conv2d_runs_and_is_a_positive_semi_definite_block_diagonal():
+    pytest.importorskip("curvlinops")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3)).double()
+    x, y = torch.randn(12, 1, 6, 6, dtype=F64), torch.randint(0, 3, (12,))
+    problem = lossatlas.Problem(net, torch.nn.CrossEntropyLoss(), (x, y))
+    K = C.kfac_operator(problem).dense()
+    conv = 2 * 9 + 2
+    assert K.shape == (conv + 32 * 3 + 3,) * 2 and not K[:conv, conv:].any()
+    assert float(torch.linalg.eigvalsh(K).min()) > -1e-12
+    # the last (Linear) layer's block: KFAC of the GGN restricted to it, the same as KFAC of that layer alone
+    last = C.kfac_operator(problem, params="2").dense()
+    assert torch.allclose(K[conv:, conv:], last, atol=1e-12)
+    mc = C.kfac_operator(problem, fisher_type="mc", mc_samples=2, seed=1).dense()
+    assert torch.equal(mc, C.kfac_operator(problem, fisher_type="mc", mc_samples=2, seed=1).dense())
