@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) install --no-deps -c constraints.txt curvlinops-for-pytorch  # KFAC; --no-deps: see pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)

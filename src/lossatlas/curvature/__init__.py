@@ -5,6 +5,12 @@ negative eigenvalue proves non-convexity; a random 2-D slice only shows the *ave
 along random directions (tr H / n), so saddles can look like minima unless one looks along Hessian
 eigenvectors (:func:`lossatlas.directions.hessian`).
 
+Curvature matrices: the Hessian, the GGN, the empirical Fisher, the (sampled) Fisher and KFAC/EKFAC
+(:func:`hessian_operator`, :func:`ggn_operator`, :func:`ef_operator`, :func:`fisher_operator`,
+:func:`kfac_operator`); their diagonals (:func:`diagonal`), damped inverse products
+(:func:`inverse_product`, CG with its residual and iterations, or KFAC) and the influence of training
+points on a test loss (:func:`influence`).
+
 >>> import torch, lossatlas
 >>> x = torch.linspace(-1, 1, 8).reshape(-1, 1)
 >>> problem = lossatlas.Problem(torch.nn.Linear(1, 1), torch.nn.MSELoss(), (x, 3 * x))
@@ -16,12 +22,18 @@ eigenvectors (:func:`lossatlas.directions.hessian`).
 from .density import density
 from .eigen import eigenvalues
 from .hessian_directions import hessian_directions
+from .influence import Influence, influence
+from .matrices import (Diagonal, FisherOperator, KFACOperator, curvature_operator, diagonal, ef_operator,
+                       fisher_operator, kfac_operator)
 from .operators import CurvatureOperator, ggn_operator, hessian_operator
 from .per_layer import BlockCurvature, LayerCurvature, per_layer
 from .ratio import ratio_map
 from .results import Density, Eigen, Estimate
+from .solve import Solve, inverse_product
 from .trace import trace
 
 __all__ = ["eigenvalues", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
            "hessian_directions", "per_layer", "CurvatureOperator", "Eigen", "Estimate", "Density",
-           "LayerCurvature", "BlockCurvature"]
+           "LayerCurvature", "BlockCurvature",
+           "ef_operator", "fisher_operator", "kfac_operator", "curvature_operator", "diagonal", "inverse_product",
+           "influence", "FisherOperator", "KFACOperator", "Diagonal", "Solve", "Influence"]
