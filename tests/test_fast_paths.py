@@ -137,13 +137,17 @@ def test_auto_choice_stops_timing_vmap_when_its_marginal_cost_is_high(classifica
     pr = lossatlas.Problem(model, loss_fn, (x, y))
     d = lossatlas.directions.random(pr, n=2, seed=0)
     sizes = []
+    clock = {"now": 0.0}  # a virtual clock: the choice must not depend on how loaded the machine is
 
     def fake(per_point, overhead):
         def run(self, c):
             sizes.append((self.strategy, len(c)))
-            time.sleep(overhead + per_point * len(c))
+            clock["now"] += overhead + per_point * len(c)
             return torch.zeros(len(c), len(self.names), dtype=torch.float64)
         return run
+    import lossatlas.evaluator as E
+
+    monkeypatch.setattr(E.time, "perf_counter", lambda: clock["now"])
     monkeypatch.setattr(PointEvaluator, "_run_loop", fake(5e-4, 0.0))
     monkeypatch.setattr(PointEvaluator, "_run_vmap", fake(vmap_cost, 2e-3))
     with PointEvaluator(pr, pr.params(), d.vectors, strategy="auto", vmap_batch=64) as ev:
