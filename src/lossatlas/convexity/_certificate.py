@@ -52,6 +52,7 @@ from .. import params as P
 from .._version import __version__
 from ..errors import LossAtlasError, StoreError, bad_type
 from ._jensen import is_violation, jensen_gap, rounding_bound
+from ._recipe import rebuild
 from ._reference import Reference, float64_problem
 
 KINDS = ("jensen", "hessian", "symmetry")
@@ -162,8 +163,6 @@ class Certificate:
             except (LossAtlasError, RuntimeError, NotImplementedError) as exc:
                 reasons.append(f"the eigenpair could not be re-checked: {exc}")
         if self.kind == "symmetry" and self.symmetry and "rebuild" in self.symmetry:
-            from ._symmetry import rebuild
-
             twin = rebuild(a, self.symmetry["rebuild"])
             if twin is None or any(not torch.allclose(twin[k], b[k], rtol=0, atol=1e-12 * (1 + float(b[k].abs().max())))
                                    for k in b):

@@ -31,37 +31,7 @@ from torch import Tensor, nn
 
 from .. import params as P
 from ._certificate import Certificate, make_certificate
-
-Recipe = list[dict[str, Any]]
-
-
-def rebuild(theta: Mapping[str, Tensor], recipe: Recipe) -> P.Params | None:
-    """Apply a recipe of ``{"op": "index"|"scale", "name", "axis", "index", "factor"}`` steps."""
-    out = {k: v.clone() for k, v in theta.items()}
-    try:
-        for step in recipe:
-            t = out[step["name"]]
-            axis = int(step["axis"])
-            idx = torch.as_tensor(step["index"], dtype=torch.long, device=t.device)
-            if t.ndim == 0:  # a scalar parameter: only scaling makes sense
-                if step["op"] != "scale":
-                    return None
-                out[step["name"]] = t * float(step["factor"])
-                continue
-            if step["op"] == "index":
-                out[step["name"]] = t.index_select(axis, idx)
-            elif step["op"] == "scale":
-                t = t.clone()
-                sel = [slice(None)] * t.ndim
-                sel[axis] = idx
-                t[tuple(sel)] = t[tuple(sel)] * float(step["factor"])
-                out[step["name"]] = t
-            else:
-                return None
-    except (KeyError, IndexError, RuntimeError, ValueError):
-        return None
-    return out
-
+from ._recipe import Recipe, rebuild
 
 def _outputs(p64, params: Mapping[str, Tensor]) -> list[Tensor]:
     """Model outputs on every batch (float64) — the function, not just the loss."""
