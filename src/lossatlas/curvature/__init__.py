@@ -15,11 +15,10 @@ eigenvectors (:func:`lossatlas.directions.hessian`).
 
 from .density import density
 from .eigen import eigenvalues
-from .hessian_directions import hessian_directions
 from .operators import CurvatureOperator, ggn_operator, hessian_operator
 from .ratio import ratio_map
 from .results import Density, Eigen, Estimate
 from .trace import trace
 
 __all__ = ["eigenvalues", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
-           "hessian_directions", "CurvatureOperator", "Eigen", "Estimate", "Density"]
+           "CurvatureOperator", "Eigen", "Estimate", "Density"]

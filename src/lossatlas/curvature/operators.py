@@ -54,7 +54,7 @@ from torch import Tensor
 from .. import params as P
 from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value
 from ..problem import Problem
-from ._select import ParamSelection, select
+from ..params.selection import ParamSelection, layers, select
 
 __all__ = ["CurvatureOperator", "hessian_operator", "ggn_operator", "RETAIN_BYTES", "CONVEX_LOSSES",
            "PRODUCT_METHODS", "EXACT_METHODS"]
@@ -559,8 +559,6 @@ class CurvatureOperator:
 
     def layer_slices(self) -> dict[str, list[tuple[int, int]]]:
         """Layer (owning module) → the (start, stop) slices of its parameters in the flat vector."""
-        from ._select import layers
-
         return layers(self.names, self.sizes)
 
     # -- conversions ---------------------------------------------------------------------------------

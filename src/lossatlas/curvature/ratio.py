@@ -20,15 +20,15 @@ from torch import Tensor
 
 from .. import params as P
 from .._resume import check_store_args
-from ..directions import Directions
+from ..directions._base import Directions
 from ..errors import bad_type, bad_value
 from ..grid import Grid
+from ..params.selection import select
 from ..problem import Problem
 from ..runner import open_session, run_chunks
 from ..store import GridStore
 from ..surface import _attrs, _dataset, _provenance, _save_basis, as_directions, open_surface
 from . import _common as C
-from ._select import select
 from .eigen import solve
 from .operators import DTYPES, KINDS, CurvatureOperator
 
