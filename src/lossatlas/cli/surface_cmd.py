@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ..directions import _registry as D
 from ..errors import InvalidArgumentError
 from . import _checks
 from ._app import app
 
+_NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
 
 
@@ -77,24 +79,30 @@ def export(
     _console().print(f"wrote the trained {name} (seed {seed}) to {out}")
 
 
-def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int):
-    from .. import directions as D
+def _accepted_directions() -> list[str]:
+    """The values ``--directions`` takes: the registered kinds the CLI can build, and ``example``."""
+    return [k.cli_usage or k.name for k in D.cli_kinds()] + ["example"]
 
-    norm_value = None if norm == "none" else norm
-    ignore_value = None if ignore == "none" else ignore
-    if kind == "random":
-        return D.random(target.center, n=dims, norm=norm_value, ignore=ignore_value, seed=seed,
-                        model=target.problem.model)
+
+def _direction_kind(kind: str):
+    """The registry record for ``--directions KIND`` (``None`` for ``example``), checked before the target loads."""
     if kind == "example":
+        return None
+    name, sep, _ = kind.partition(":")
+    record = D.REGISTRY.get(name)
+    if record is None or record.cli is None or bool(sep) != record.takes_argument:
+        accepted = _accepted_directions()
+        raise InvalidArgumentError(f"--directions must be {', '.join(accepted[:-1])} or {accepted[-1]}; "
+                                   f"received {kind!r}")
+    return record
+
+
+def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int):
+    record = _direction_kind(kind)
+    if record is None:
         return target.default_directions(n=dims, seed=seed)
-    if kind.startswith("axes:"):
-        names = [n.strip() for n in kind[5:].split(",") if n.strip()]
-        if len(names) != dims:
-            raise InvalidArgumentError(f"--directions {kind!r} names {len(names)} parameters but --dims is {dims}")
-        return D.axes(target.center, names)
-    if kind == "hessian":
-        return D.hessian(target.problem, target.center, n=dims, seed=seed)
-    raise InvalidArgumentError(f"--directions must be random, example, hessian or axes:NAME[,NAME]; received {kind!r}")
+    return record.cli(target, dims=dims, norm=None if norm == "none" else norm,
+                      ignore=None if ignore == "none" else ignore, seed=seed, arg=kind.partition(":")[2])
 
 
 def _span(span: str, dims: int):
@@ -122,9 +130,9 @@ def surface(
     steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
                               "grid; otherwise θ's loss is evaluated apart)."),
     span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
-    directions: str = typer.Option("random", "--directions",
-                                   help="random | example | hessian | axes:NAME[,NAME] (single parameters)."),
-    norm: str = typer.Option("filter", "--norm", help="filter | layer | model | none (random directions)."),
+    directions: str = typer.Option("random", "--directions", help=" | ".join(
+        [k.cli_usage + (f" ({k.cli_help})" if k.cli_help else "") for k in D.cli_kinds()] + ["example"]) + "."),
+    norm: str = typer.Option("filter", "--norm", help=" | ".join(_NORMS) + " (random directions)."),
     ignore: str = typer.Option("biasbn", "--ignore", help="biasbn | none (random directions)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random directions."),
     store: Path = typer.Option(None, "--store", help="Zarr store to write (resumable)."),
@@ -159,8 +167,9 @@ def surface(
     grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
     _checks.choice(strategy, "--strategy", STRATEGIES)
     _checks.choice(parallel, "--parallel", PARALLEL)
-    _checks.choice(norm, "--norm", ("filter", "layer", "model", "none"))
+    _checks.choice(norm, "--norm", _NORMS)
     _checks.choice(ignore, "--ignore", ("biasbn", "none"))
+    _direction_kind(directions)
     _checks.store_path(store, "--store")
     _check_figure_path(plot_file, "--plot")
     if device == "rank":
