@@ -20,14 +20,15 @@ from torch import Tensor
 
 from . import _faults
 from . import params as P
+from ._behaviour import agree
 from ._cost import check_grid_cost
 from ._param_io import read_params, write_params
 from ._resume import check_store_args
 from ._version import __version__
 from .directions._base import Directions, _jsonable, check_independent
-from .errors import LossAtlasError, StoreError, bad_type, bad_value
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
+from .errors import LossAtlasError, StoreError, bad_type, bad_value
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
 from .problem import Problem
@@ -218,8 +219,6 @@ def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
 
 def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,
                 exact_linear: bool, *, func: str = "surface") -> dict[str, Any]:
-    from ._behaviour import agree
-
     fp = problem.fingerprint()
     return {
         "format": FORMAT,

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer._click import exceptions as click_exc
+
+from ..errors import LossAtlasError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
@@ -36,12 +39,8 @@ def _usage_line(exc) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    from ..errors import LossAtlasError
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    from typer._click import exceptions as click_exc  # typer vendors click
-
     try:
         rc = app(args=args, prog_name="lossatlas", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:

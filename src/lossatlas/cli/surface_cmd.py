@@ -7,12 +7,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 
+from .. import distributed, open_surface, plot
+from .. import examples as ex
+from .. import surface as surface_fn
+from .._cost import check_grid_cost
 from ..directions import _registry as D
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, StoreError
+from ..evaluator import STRATEGIES
+from ..examples._builtin import mlp_digits
+from ..grid import Grid
+from ..store import GridStore
+from ..surface import PARALLEL
 from . import _checks
 from ._app import app
+from ._target import centre_line, resolve
 
 _NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
@@ -28,8 +39,6 @@ def _console():
 def examples() -> None:
     """List the built-in example problems."""
     from rich.table import Table
-
-    from .. import examples as ex
 
     table = Table(title="lossatlas examples")
     table.add_column("name", style="bold")
@@ -52,10 +61,6 @@ def export(
 ) -> None:
     """Write an example's trained weights as a state_dict (or its recorded training run), to use as
     checkpoints with `surface --checkpoint`, `interpolate`, `connect` or `trajectory`."""
-    import torch
-
-    from .. import examples as ex
-
     if name not in ex.names():
         raise InvalidArgumentError(f"NAME must be one of {', '.join(ex.names())}; received {name!r}")
     if trajectory:
@@ -68,8 +73,6 @@ def export(
     if seed != 0 and name != "mlp-digits":
         raise InvalidArgumentError(f"--seed applies to mlp-digits only; received --seed {seed} for {name!r}")
     if name == "mlp-digits":
-        from ..examples._builtin import mlp_digits
-
         example = mlp_digits(seed=seed)
     else:
         example = ex.load(name)
@@ -152,14 +155,6 @@ def surface(
     """Compute a 1-D or 2-D loss surface around a model and print a summary."""
     from rich.table import Table
 
-    from .. import distributed
-    from .. import surface as surface_fn
-    from .._cost import check_grid_cost
-    from ..evaluator import STRATEGIES
-    from ..grid import Grid
-    from ..surface import PARALLEL
-    from ._target import resolve
-
     # every option is checked before the target is loaded and the directions are made
     if dims not in (1, 2):
         raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
@@ -206,8 +201,6 @@ def surface(
     console = _console()
     console.print(table)
     if "checkpoint" in tgt.info:
-        from ._target import centre_line
-
         console.print(centre_line(tgt), soft_wrap=True)
     if where:
         console.print("* θ is not a point of this grid (an even --steps, or a --span without 0): its values were "
@@ -243,8 +236,6 @@ def _check_figure_path(out: Path | None, option: str, kind: str | None = None) -
 
 def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,
                   vmin: float | None = None, vmax: float | None = None, levels: int = 30) -> Path:
-    from .. import plot
-
     if kind is None:
         kind = "html" if out.suffix.lower() in (".html", ".htm") else ("line" if ds[variable].ndim == 1 else "contour")
     if kind not in KINDS:
@@ -281,8 +272,6 @@ def plot_cmd(
     levels: int = typer.Option(30, "--levels", min=1, help="Number of contour levels."),
 ) -> None:
     """Draw a stored surface."""
-    from .. import open_surface
-
     if kind is not None:
         _checks.choice(kind, "--kind", KINDS)
     _checks.value_range(vmin, vmax)
@@ -300,9 +289,6 @@ def plot_cmd(
 
 def _check_store(store: Path) -> int:
     """``info --check``: audit every chunk, coordinate and attribute; one line per problem."""
-    from ..errors import StoreError
-    from ..store import GridStore
-
     console = _console()
     try:
         gstore = GridStore.open(store, func="info", verify=False)
@@ -343,8 +329,6 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
     A store with a damaged chunk (missing, truncated, altered) or edited coordinates or attributes
     is refused with an error naming them (exit status 2); ``--check`` lists every problem."""
     from rich.table import Table
-
-    from .. import open_surface
 
     if check:
         raise typer.Exit(_check_store(store))

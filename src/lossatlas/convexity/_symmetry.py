@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
+from .._permspec import permutation_spec
+from ..errors import InvalidArgumentError
 from ._certificate import Certificate, make_certificate
 from ._recipe import Recipe, rebuild
 
@@ -71,8 +73,6 @@ def _producer_axes(model: nn.Module, name: str, t: Tensor) -> int | None:
 
 def _network_candidates(model: nn.Module, theta: Mapping[str, Tensor], rng: np.random.Generator
                         ) -> tuple[list[tuple[str, Recipe]], list[str]]:
-    from .._permspec import permutation_spec
-
     spec = permutation_spec(model)
     buffer_names = {n for n, _ in model.named_buffers()}
     candidates: list[tuple[str, Recipe]] = []
@@ -154,8 +154,6 @@ def _scalar_candidates(theta: Mapping[str, Tensor]) -> list[tuple[str, Recipe]]:
 def symmetry_certificates(problem, p64, theta: Mapping[str, Tensor], *, seed: int = 0, limit: int = 3,
                           evaluator=None) -> tuple[list[Certificate], dict[str, Any]]:
     """Certificates from symmetries of the network at θ (no search), with what was tried."""
-    from ..errors import InvalidArgumentError
-
     rng = np.random.default_rng(seed)
     theta64 = P.to(theta, dtype=torch.float64, device=p64.device)
     info: dict[str, Any] = {"tried": 0, "valid": 0, "skipped": []}
