@@ -68,17 +68,7 @@ def random(
     0.0
     """
     func = "directions.random"
-    params, model = _resolve_source(params, model, func)
-    _check_params(params, func)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise bad_value(func, "n", "an integer >= 1", n)
-    if norm not in NORMS:
-        raise bad_value(func, "norm", f"one of {NORMS}", norm)
-    seed = check_seed(func, seed)
-    if model is not None and not isinstance(model, nn.Module):
-        raise bad_type(func, "model", "an nn.Module or None", model)
-    if model is not None:
-        _check_model_params(model, params, func)
+    params, model, seed = _check_arguments(func, params, model, n, norm, seed)
     theta = {k: v.detach() for k, v in params.items()}
     layout = filter_layout(model, theta)
     skip = ignored(ignore, layout, theta)
@@ -91,14 +81,8 @@ def random(
     if not isinstance(orthogonal, bool):
         raise bad_type(func, "orthogonal", "a bool", orthogonal)
     seeds = _seeds(int(seed), n)
-    vectors: list[P.Params] = []
-    for s in seeds:
-        gen = torch.Generator().manual_seed(s)
-        d = {}
-        for k, t in theta.items():
-            draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
-            d[k] = torch.zeros_like(draw) if k in skip else draw
-        vectors.append(_normalise(d, {k: v.double().cpu() for k, v in theta.items()}, layout, norm, skip))
+    theta64 = {k: v.double().cpu() for k, v in theta.items()}
+    vectors = [_normalise(_draw(theta, s, skip), theta64, layout, norm, skip) for s in seeds]
     deviation = 0.0
     if orthogonal and n > 1:
         vectors = P.orthogonalise(vectors)
@@ -123,6 +107,32 @@ def random(
         "labels": [f"{word} random direction {i + 1}" for i in range(n)],
     }
     return Directions(out, spec)
+
+
+def _check_arguments(func: str, params: Any, model: Any, n: Any, norm: Any, seed: Any) -> tuple[Any, Any, int]:
+    """(params, model, seed) of a valid call, in the order the checks were always made."""
+    params, model = _resolve_source(params, model, func)
+    _check_params(params, func)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad_value(func, "n", "an integer >= 1", n)
+    if norm not in NORMS:
+        raise bad_value(func, "norm", f"one of {NORMS}", norm)
+    seed = check_seed(func, seed)
+    if model is not None and not isinstance(model, nn.Module):
+        raise bad_type(func, "model", "an nn.Module or None", model)
+    if model is not None:
+        _check_model_params(model, params, func)
+    return params, model, seed
+
+
+def _draw(theta: Mapping[str, Tensor], seed: int, skip: set[str]) -> P.Params:
+    """One N(0, 1) draw per entry in float64 on the CPU from its own generator (zero where ignored)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = {}
+    for k, t in theta.items():
+        draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+        d[k] = torch.zeros_like(draw) if k in skip else draw
+    return d
 
 
 def _normalise(d: P.Params, theta: P.Params, layout: Mapping[str, str], norm: str | None,

@@ -2,7 +2,15 @@
 
 Each kind module builds its factory and registers a :class:`DirectionKind`; adding a kind is one
 module and one :func:`register` call (the contract tests in ``tests/test_direction_registry.py``
-iterate over :data:`REGISTRY`).
+iterate over :data:`REGISTRY`). To add a kind:
+
+1. write ``lossatlas/directions/_<kind>.py`` with the factory (returning :class:`Directions` whose
+   ``spec["kind"]`` is the kind's name, errors naming ``directions.<kind>``, ``seed=`` if random);
+2. at its end, ``register(DirectionKind("<kind>", "<plot label>", factory, needs=..., cli=...))``;
+3. import it in ``lossatlas/directions/__init__.py`` and add it to ``__all__``;
+4. add its case to ``CASES`` in ``tests/test_direction_registry.py`` (the test refuses a kind without one).
+
+``lossatlas surface --directions`` and plot titles then offer and name it without further edits.
 """
 
 from __future__ import annotations
