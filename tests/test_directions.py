@@ -5,6 +5,7 @@ import torch
 import lossatlas
 from lossatlas import directions as D
 from lossatlas import params as P
+from lossatlas.params._layout import filters as _filters
 
 
 class Zoo(torch.nn.Module):
@@ -25,7 +26,7 @@ class Zoo(torch.nn.Module):
 
 
 def filters(t, rule):
-    return D._filters(t, rule)
+    return _filters(t, rule)
 
 
 @pytest.fixture

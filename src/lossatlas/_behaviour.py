@@ -32,7 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import distributed as D
+from ._linear_fold import dispatchers_removed
 from .data import map_tensors, tensors_in
+from .errors import DistributedError
 
 __all__ = ["VERSION", "behaviour", "compare", "comparable", "agree", "tolerance"]
 
@@ -112,8 +115,6 @@ def _fixed_batch(problem) -> list[tuple[Any, int, bool]]:
 
 def behaviour(problem) -> dict[str, Any]:
     """The behaviour entry of ``problem`` (JSON-able): see the module docstring."""
-    from ._linear_fold import dispatchers_removed
-
     points = _probe_points(problem)
     guard = problem._guard
     error: Exception | None = None
@@ -256,9 +257,6 @@ def agree(entry: Mapping[str, Any], *, func: str, context=None) -> dict[str, Any
     """Rank 0's ``entry`` on every rank, after checking (with the tolerance) that every rank computed
     the same behaviour: the provenance must be bit-identical across ranks, the evaluation need not be.
     A single process returns ``entry``."""
-    from . import distributed as D
-    from .errors import DistributedError
-
     ctx = context or D.context()
     if not ctx.active:
         return dict(entry)

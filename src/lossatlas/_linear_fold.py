@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._fast_paths import has_forward_hooks
+from .data import tensors_in
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -367,8 +368,6 @@ class _Scratch:
 
 
 def _batch_tensors(batch: Any) -> list[Tensor]:
-    from .data import tensors_in
-
     return tensors_in(batch)
 
 

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from . import params as P
 from ._permspec import PermutationSpec, permutation_spec
-from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value
+from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed
+from .problem import Problem
 
 __all__ = ["align", "Alignment", "permute"]
 
@@ -101,8 +103,6 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
     >>> result.distance_before > 0, result.distance_after
     (True, 0.0)
     """
-    from .problem import Problem
-
     func = "align"
     problem = model if isinstance(model, Problem) else None
     module = problem.model if problem is not None else model
@@ -122,8 +122,6 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
                                          f"{tuple(known[k].shape)}; received {tuple(t.shape)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise bad_value(func, "max_iter", "an integer >= 1", max_iter)
-    from lossatlas.errors import check_seed
-
     seed = check_seed(func, seed)
 
     spec = permutation_spec(module)
@@ -210,8 +208,6 @@ def _objective(wa, wb, spec: PermutationSpec, perms) -> float:
 def _check_function(module: nn.Module, problem, example: Any, b: Mapping[str, Tensor], spec: PermutationSpec,
                     perms: Mapping[str, Tensor]) -> float | None:
     """Largest |f_b(x) − f_aligned(x)| on a batch; raise if beyond rounding (a structure we misread)."""
-    from torch.func import functional_call
-
     inputs = _example_inputs(module, problem, example)
     if inputs is None:
         return None

@@ -27,11 +27,14 @@ from torch import Tensor, nn
 
 from . import params as P
 from .data import map_tensors
-from .errors import InvalidArgumentError, StoreError, bad_type, bad_value
-from .evaluator import probe_free_strategy
+from .directions import plane
+from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed
+from .evaluator import PointEvaluator, probe_free_strategy
+from .grid import DIM_NAMES
 from .paths import _as_params, path_metrics, with_bn
 from .problem import Problem
 from .progress import progress_bar
+from .trajectory import project_points
 
 __all__ = ["connect", "Curve", "CURVES"]
 
@@ -110,8 +113,6 @@ class Curve:
         endpoints, ``barrier_linear``, ``mli`` …), the curve's ``length`` (sum of the chords
         between the evaluated points) and ``distance`` = ‖b − a‖.
         """
-        from .evaluator import PointEvaluator
-
         func = "Curve.evaluate"
         problem = problem or self.problem
         if not isinstance(problem, Problem):
@@ -154,8 +155,6 @@ class Curve:
     def plane(self, *, orthogonal: bool = True):
         """Directions of the plane through a, b and the (middle) bend, centred at a (see
         :func:`lossatlas.directions.plane`); the curve lies in it exactly when it has one bend."""
-        from .directions import plane
-
         return plane(self.points[0], self.points[-1], self.bends[len(self.bends) // 2], orthogonal=orthogonal)
 
     def project(self, directions: Any = None, center: Mapping[str, Tensor] | None = None, *,
@@ -163,9 +162,6 @@ class Curve:
         """The curve's points at ``steps`` values of t in the coordinates of ``directions`` around
         ``center`` (default: :meth:`plane` around a), as a Dataset along ``t`` with ``x``, ``y``,
         ``residual`` (exact least squares, see :func:`lossatlas.trajectory.project_points`)."""
-        from .grid import DIM_NAMES
-        from .trajectory import project_points
-
         dirs = directions if directions is not None else self.plane()
         vectors = list(dirs)
         center = self.points[0] if center is None else center
@@ -240,8 +236,6 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
         raise bad_value(func, "lr", "a positive finite number", lr)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise bad_value(func, "batch_size", "a positive integer or None", batch_size)
-    from lossatlas.errors import check_seed
-
     seed = check_seed(func, seed)
     if P.norm(P.sub(b, a)) == 0:
         raise InvalidArgumentError(f"{func}(): arguments 'a' and 'b' must differ; received identical parameters")

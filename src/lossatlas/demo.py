@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import convexity, examples, plot
 from . import directions as D
-from . import examples
 from . import params as P
-from . import plot
 from .surface import surface
 
 
@@ -208,8 +207,6 @@ def _mlp_digits(out: Path, quick: bool, progress: bool, files: list[str]) -> dic
 
 def _audits(out: Path, quick: bool, progress: bool, files: list[str]) -> dict[str, Any]:
     """Convexity audits side by side; the strongest certificate of each proof saved and re-checked from disk."""
-    from . import convexity
-
     names = ("logreg-bce", "logreg-mse", "seed-relu") if quick else \
         ("linreg-mse", "logreg-bce", "softmax-ce", "logreg-mse", "seed-relu", "mlp-digits")
     comparison = convexity.compare(*names, budget=120 if quick else 300, progress=False)

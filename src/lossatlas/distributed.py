@@ -38,6 +38,7 @@ pins them in its provenance), and every rank checks that it built the same probl
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import os
 import socket
@@ -48,10 +49,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.distributed import distributed_c10d as c10d
+from torch.distributed.constants import default_pg_timeout
 
 from . import errors as E
 from .errors import DistributedError, bad_value
+from .evaluator import PointEvaluator, sum_batches
 
 __all__ = ["Context", "context", "launched", "device_for_rank", "DataParallelEvaluator", "SWITCH"]
 
@@ -90,8 +95,6 @@ class Context:
         """Rank 0's ``obj`` on every rank."""
         if not self.active:
             return obj
-        import torch.distributed as dist
-
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
@@ -100,16 +103,12 @@ class Context:
         """Every rank's ``obj``, in rank order, on every rank."""
         if not self.active:
             return [obj]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as dist
-
             dist.barrier(group=self.group)
 
     def run_on_main(self, fn: Callable[[], Any]) -> Any:
@@ -166,8 +165,6 @@ def launched() -> bool:
     initialised process group with more than one rank) and :data:`SWITCH` does not turn it off."""
     if os.environ.get(SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
         return False
-    import torch.distributed as dist
-
     if not dist.is_available():
         return False
     if dist.is_initialized():
@@ -187,8 +184,6 @@ def context() -> Context:
         return _SINGLE
     if _current is not None:
         return _current
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         backend = "gloo"
         if torch.cuda.is_available() and dist.is_nccl_available():
@@ -201,8 +196,6 @@ def context() -> Context:
     rank, world = dist.get_rank(), dist.get_world_size()
     backend = str(dist.get_backend())
     group = None if backend == "gloo" else dist.new_group(backend="gloo")
-    from torch.distributed import distributed_c10d as c10d
-
     kv = c10d._get_default_store()
     run = os.environ.get("TORCHELASTIC_RUN_ID")
     where = f"{os.environ.get('MASTER_ADDR', socket.gethostname())}:{os.environ.get('MASTER_PORT', '?')}"
@@ -241,8 +234,6 @@ def _init_from_environment(backend: str) -> None:
     (a single agent, so ``TORCHELASTIC_RESTART_COUNT`` is the same on every rank) the keys of each
     attempt go under their own prefix, as torch itself did before it shared the agent's store.
     """
-    import torch.distributed as dist
-
     timeout = _timeout_from_environment()
     env = os.environ
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
@@ -252,8 +243,6 @@ def _init_from_environment(backend: str) -> None:
     per_attempt = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and one_agent and attempt.isdigit()
     try:
         if per_attempt:
-            from torch.distributed.constants import default_pg_timeout
-
             store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world_size=world, is_master=False,
                                   timeout=timeout or default_pg_timeout)
             run = env.get("TORCHELASTIC_RUN_ID", "none")
@@ -275,8 +264,6 @@ def _init_from_environment(backend: str) -> None:
 
 def _shutdown() -> None:
     global _current
-    import torch.distributed as dist
-
     if _initialised_here and dist.is_initialized():
         try:
             dist.destroy_process_group()
@@ -343,8 +330,6 @@ class _BatchShard:
 def shard_problem(problem, rank: int, world: int):
     """A view of ``problem`` that iterates only batches ``rank, rank + world, …`` (weights n_b/N
     still use the full N). Returns ``(view or None, indices)``; ``None`` when the rank has no batch."""
-    import copy
-
     indices = list(range(rank, problem.data.n_batches, world))
     if not indices:
         return None, indices
@@ -366,8 +351,6 @@ class DataParallelEvaluator:
 
     def __init__(self, problem, center, directions, *, ctx: Context | None = None, strategy: str = "loop",
                  vmap_batch: int | None = None, exact_linear: bool = True, metrics: bool = True):
-        from .evaluator import PointEvaluator
-
         self.ctx = ctx or context()
         if problem.bn == "recalibrate" and problem._bn_modules:
             raise bad_value("surface", "parallel", "'grid' with bn='recalibrate' (recalibrating BatchNorm needs "
@@ -405,8 +388,6 @@ class DataParallelEvaluator:
             mine = torch.zeros((m, k, 0), dtype=torch.float64, device=self._device)
         if not self.ctx.active:
             return mine
-        import torch.distributed as dist
-
         width = -(-self.n_batches // self.ctx.world)  # most batches any rank has
         padded = torch.zeros((m, k, width), dtype=torch.float64, device=mine.device)
         padded[:, :, :mine.shape[2]] = mine
@@ -423,7 +404,5 @@ class DataParallelEvaluator:
         return full
 
     def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
-        from .evaluator import sum_batches
-
         totals = sum_batches(self.terms(coefficients)).cpu().numpy()
         return {name: totals[:, j] for j, name in enumerate(self.names)}

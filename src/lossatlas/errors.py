@@ -6,6 +6,7 @@ Every message names the function, the argument, what was expected and what was r
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 __all__ = [
@@ -125,8 +126,6 @@ MAX_SEED = 2**63 - 1
 def check_seed(func: str, seed: Any, arg: str = "seed") -> int:
     """``seed`` as an ``int`` in [0, 2**63), or the standard error naming ``arg`` (bools refused).
     Every public ``seed=`` goes through this one check."""
-    import numbers
-
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise bad_type(func, arg, "a non-negative integer (< 2**63)", seed)
     if not 0 <= int(seed) <= MAX_SEED:

@@ -28,8 +28,11 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
+from .directions import between
 from .errors import bad_type, bad_value
 from .problem import Problem
+from .store import GridStore
+from .surface import open_surface, surface
 
 __all__ = ["interpolate", "open_interpolation", "path_metrics"]
 
@@ -71,9 +74,6 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     >>> ds.loss.dims, ds.attrs["mli"] in (0, 1), ds.attrs["barrier"] >= 0
     (('t',), True, True)
     """
-    from .directions import between
-    from .surface import surface
-
     func = "interpolate"
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)
@@ -101,8 +101,6 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
 
 def open_interpolation(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`interpolate` (the same Dataset, along ``t``)."""
-    from .surface import open_surface
-
     return _as_path(open_surface(path))
 
 
@@ -205,7 +203,5 @@ def _summary(problem: Problem, ds: xr.Dataset, a, b, tol: float | None) -> dict[
 
 
 def _write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    from .store import GridStore
-
     GridStore.update_attrs(path, dict(summary, kind="interpolation"))  # re-sealed: not an edit
 

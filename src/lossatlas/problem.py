@@ -24,10 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from . import params as P
+from ._behaviour import behaviour
 from ._fast_paths import fast_cross_entropy, patch_private_module
+from ._linear_fold import dispatchers_removed
 from .data import BatchSource, map_tensors
 from .errors import (DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
-                     LossFunctionError, bad_type, bad_value, describe)
+                     LossFunctionError, ParameterMismatchError, bad_type, bad_value, describe)
 
 __all__ = ["Problem"]
 
@@ -561,8 +563,6 @@ class Problem:
         batch). A handful of forward passes; nothing is modified. Compare two with
         ``lossatlas._behaviour.compare`` (a tolerance scaled to the precision: the last bits of float32
         sums depend on the evaluation order and thread count)."""
-        from ._behaviour import behaviour
-
         return behaviour(self)
 
     def with_dtype(self, dtype: torch.dtype) -> Problem:
@@ -598,8 +598,6 @@ class Problem:
         at construction, never into the live model: neither your model nor this problem changes, and
         entries a state_dict does not hold (non-persistent buffers) come from the snapshot.
         ``params()`` of the result is the state's trainable parameters, the natural centre."""
-        from .errors import ParameterMismatchError
-
         if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
             raise bad_type(func, arg, "a state_dict (a dict of tensors)", state)
         module, _ = self._variant_module(self.dtype)  # a copy of the snapshot, never the user's module
@@ -639,8 +637,6 @@ class Problem:
     def _variant_module(self, dtype: torch.dtype) -> tuple[nn.Module, dict[str, Tensor]]:
         """A deep copy of the private module in ``dtype`` (frozen parameters and buffers from the
         originals where kept) and the originals the variant needs to keep in turn."""
-        from ._linear_fold import dispatchers_removed
-
         with self._guard.lock, dispatchers_removed(self._guard):
             module = copy.deepcopy(self._module)
         originals: dict[str, Tensor] = {}

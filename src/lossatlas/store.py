@@ -75,6 +75,8 @@ from typing import Any
 import numpy as np
 
 from . import _faults
+from . import _behaviour as B
+from .distributed import context
 from .errors import ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning
 from .grid import ChunkLayout, Grid
 
@@ -471,8 +473,6 @@ class GridStore:
 
         Under torch.distributed this is collective (call it on every rank): rank 0 deletes, the
         others wait, so a rank cannot delete a store another rank has just created."""
-        from .distributed import context
-
         ctx = context()
         if ctx.active:
             ctx.run_on_main(lambda: GridStore.remove_here(path, func=func))
@@ -673,8 +673,6 @@ class GridStore:
         precision, and the message says what differs (model outputs, the loss, a metric). A store
         without one (made before behaviour fingerprints) or with one of another scheme is accepted
         on its other fields, with a warning saying so."""
-        from . import _behaviour as B
-
         diffs: list[str] = []
         shown: list[str] = []
         for key, value in expected.items():
@@ -707,8 +705,6 @@ class GridStore:
         Under torch.distributed this is collective (call it on every rank): rank 0 takes the lock
         for the whole job and repairs, and every rank raises the same error if the store is busy.
         :func:`lossatlas.runner.open_session` does all of opening, locking and checking at once."""
-        from .distributed import context
-
         ctx = context()
 
         def take() -> None:

@@ -20,13 +20,15 @@ from torch import Tensor
 
 from . import _faults
 from . import params as P
+from ._behaviour import agree
 from ._cost import check_grid_cost
+from ._param_io import read_params, write_params
 from ._resume import check_store_args
 from ._version import __version__
-from .directions import Directions
-from .errors import LossAtlasError, StoreError, bad_type, bad_value
+from .directions._base import Directions, _jsonable, check_independent
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
+from .errors import LossAtlasError, StoreError, bad_type, bad_value
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
 from .problem import Problem
@@ -115,8 +117,6 @@ def surface(
     dirs = as_directions(directions, func=func)
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
-    from .directions import check_independent
-
     worst = check_independent(dirs, func)
     if "max_abs_cosine" not in dirs.spec:  # user directions: the measured value, not a default 0
         dirs = Directions(dirs.vectors, {**dirs.spec, "max_abs_cosine": worst})
@@ -220,8 +220,6 @@ def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
 
 def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,
                 exact_linear: bool, *, func: str = "surface") -> dict[str, Any]:
-    from ._behaviour import agree
-
     fp = problem.fingerprint()
     return {
         "format": FORMAT,
@@ -241,12 +239,6 @@ def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics:
         "metrics": bool(metrics),
         "exact_linear": bool(exact_linear),
     }
-
-
-def _jsonable(obj: Any) -> Any:
-    from .directions import _jsonable as impl
-
-    return impl(obj)
 
 
 def _attrs(prov: Mapping[str, Any], dirs: Directions, problem: Problem) -> dict[str, Any]:
@@ -274,8 +266,6 @@ def _attrs(prov: Mapping[str, Any], dirs: Directions, problem: Problem) -> dict[
 def _save_basis(root: Path, center, dirs: Directions) -> None:
     dirs.save(root / "directions")
     import zarr
-
-    from .directions import write_params
 
     write_params(zarr.open_group(str(root / "center"), mode="w", zarr_format=3), center)
 
@@ -326,8 +316,6 @@ def open_surface(path: str | Path) -> xr.Dataset:
 def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
     """The centre and directions saved in a surface store."""
     import zarr
-
-    from .directions import read_params
 
     if not isinstance(path, (str, Path)):
         raise bad_type("open_directions", "path", "a store path (str or pathlib.Path)", path)

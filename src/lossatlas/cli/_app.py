@@ -11,7 +11,10 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
+
+from ..errors import LossAtlasError
 
 
 class _Interrupted(Exception):
@@ -56,14 +59,10 @@ def _usage_line(exc) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    from ..errors import LossAtlasError
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:  # anywhere on the command line, as the help says: typer only knows it before the command
         args = ["--debug"] + [a for a in args if a != "--debug"]
-    from typer._click import exceptions as click_exc  # typer vendors click
-
     try:
         rc = app(args=args, prog_name="lossatlas", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:

@@ -24,9 +24,13 @@ from typing import Any
 
 import torch
 
+from .. import examples
+from .. import directions as D
 from .. import params as P
 from ..errors import InvalidArgumentError
+from ..examples import Example
 from ..problem import Problem
+from ..trajectory import load_state
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,8 +47,6 @@ class Target:
     info: dict[str, Any] = field(default_factory=dict)
 
     def default_directions(self, n: int = 2, *, seed: int = 0):
-        from .. import directions as D
-
         if self.example is not None:
             return self.example.default_directions(n=n, seed=seed)
         return D.random(self.problem, n=n, seed=seed)
@@ -61,8 +63,6 @@ def parse_dtype(dtype: str | None) -> torch.dtype | None:
 def resolve(target: str, *, checkpoint: Path | None = None, dtype: str | None = None,
             device: str | None = None) -> Target:
     """Turn TARGET (+ optional checkpoint) into a :class:`Target`."""
-    from .. import examples
-
     torch_dtype = parse_dtype(dtype)
     if ":" in target and target.split(":", 1)[0].endswith(".py"):
         resolved = _from_file(target, torch_dtype, device)
@@ -114,8 +114,6 @@ def _from_file(target: str, dtype: torch.dtype | None, device: str | None) -> Ta
         out = fn()
     except (Exception, SystemExit) as exc:
         raise InvalidArgumentError(f"TARGET {target!r}: {func_name}() raised {_exception_line(exc)}") from exc
-    from ..examples import Example
-
     if isinstance(out, Example):
         problem, center, desc, ex = out.problem, out.center, out.description, out
     elif isinstance(out, Problem):
@@ -145,8 +143,6 @@ def _read_checkpoint(path: Path, option: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise InvalidArgumentError(f"{option} {str(path)!r} does not exist")
-    from ..trajectory import load_state
-
     return load_state(path, arg=option)
 
 

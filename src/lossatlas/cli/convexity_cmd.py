@@ -7,9 +7,12 @@ from pathlib import Path
 
 import typer
 
+from .. import convexity, plot
+from ..convexity import METHODS
 from ..errors import InvalidArgumentError
 from . import _checks
 from ._app import app
+from ._target import centre_line, resolve
 
 
 def _console():
@@ -19,8 +22,6 @@ def _console():
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    from ..convexity import METHODS
-
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -43,9 +44,6 @@ def audit(
 ) -> None:
     """Prove the loss non-convex (certificates re-checked in float64) or report "no violation found"."""
     from rich.table import Table
-
-    from .. import convexity
-    from ._target import centre_line, resolve
 
     methods_value = _methods(methods)
     _checks.out_file(save_certificate, "--save-certificate", what="certificate file")
@@ -87,9 +85,6 @@ def verify(
     checkpoint: Path = typer.Option(None, "--checkpoint"),
 ) -> None:
     """Re-check a certificate in float64; exit status 0 if it holds, 1 if it does not."""
-    from .. import convexity
-    from ._target import resolve
-
     cert = convexity.Certificate.load(certificate)
     tgt = resolve(target, checkpoint=checkpoint)
     report = cert.check(tgt.problem)
@@ -118,8 +113,6 @@ def compare(
 ) -> None:
     """Audit convex baselines and non-convex models the same way: one table and one figure."""
     from rich.table import Table
-
-    from .. import convexity, plot
 
     methods_value = _methods(methods)
     _checks.out_file(out, "--out", _checks.FIGURE_SUFFIXES, what="figure file")

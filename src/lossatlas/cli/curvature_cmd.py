@@ -5,10 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 
+from .. import curvature
+from ..curvature.operators import as_operator
+from ..plot.curvature import density as plot_density
+from ..plot.curvature import ratio_map as plot_ratio_map
 from . import _checks
 from ._app import app
+from ._target import centre_line, resolve
 
 
 def _selection(params: str | None):
@@ -46,13 +52,8 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
     """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre;
     with --per-layer, the trace and λmax of each layer's block of the Hessian."""
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
-
-    from .. import curvature
-    from ..curvature.operators import as_operator
-    from ._target import centre_line, resolve
 
     _checks.positive(tol, "--tol")
     _checks.out_file(density_plot, "--density-plot", _checks.FIGURE_SUFFIXES, what="figure file")
@@ -120,8 +121,6 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
         import matplotlib
 
         matplotlib.use("Agg")
-        from ..plot.curvature import density as plot_density
-
         _figure_out(plot_density(dens, title=f"{name} eigenvalue density: {tgt.name}"), density_plot)
         console.print(f"wrote {density_plot}")
     products = op.products
@@ -191,11 +190,7 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
                                                    "points (refused otherwise, with its estimated memory and time)."),
                   ) -> None:
     """|λmin/λmax| of the Hessian over the target's default plane (Li et al. 2018, Fig. 7)."""
-    import numpy as np
     from rich.console import Console
-
-    from .. import curvature
-    from ._target import resolve
 
     _checks.positive(span, "--span")
     _checks.positive(tol, "--tol")
@@ -220,8 +215,6 @@ def ratio_map_cmd(target: str = typer.Argument(..., help="Example name or path/t
         import matplotlib
 
         matplotlib.use("Agg")
-        from ..plot.curvature import ratio_map as plot_ratio_map
-
         _figure_out(plot_ratio_map(ds, title=f"|λmin / λmax|: {tgt.name}"), out)
         console.print(f"wrote {out}")
     console.print(f"done in {time.perf_counter() - t0:.1f} s")

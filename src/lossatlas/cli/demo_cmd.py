@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from .. import demo as demo_mod
 from . import _checks
 from ._app import app
 
@@ -17,8 +18,6 @@ def demo(out: Path = typer.Option(Path("lossatlas-demo"), "--out", help="Output 
          progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
     """Why is a network's loss non-convex when MSE/cross-entropy is convex? Pictures and numbers."""
     from rich.console import Console
-
-    from .. import demo as demo_mod
 
     _checks.out_dir(out, "--out", what="output folder")
     console = Console()

@@ -13,11 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import typer
 
+from .. import align, connect, interpolate, surface
+from ..directions import Directions, pca
 from ..errors import InvalidArgumentError
+from ..params import to
+from ..paths import with_bn
+from ..plot.paths import interpolation, line_vs_curve, path_on_plane
+from ..store import GridStore
+from ..surface import open_directions
+from ..trajectory import Trajectory, load_state, project
 from . import _checks
 from ._app import app
+from ._target import _center_from_checkpoint, checkpoint_note, problem_from_checkpoint, resolve
 
 _OUT = typer.Option(None, "--out", help="Output directory (default: lossatlas-<command>).")
 _DTYPE = typer.Option(None, "--dtype", help="Evaluate in this dtype (float32, float64).")
@@ -62,18 +73,11 @@ def _check_common(out: Path, bn: str | None) -> None:
 
 
 def _endpoints(target, a: Path, b: Path):
-    from ._target import _center_from_checkpoint
-
     return _center_from_checkpoint(a, target.problem), _center_from_checkpoint(b, target.problem)
 
 
 def _aligned(target, a: Path, b: Path, out: Path):
     """Align B's units to A's (weight matching); write the aligned state_dict; return its params."""
-    import torch
-
-    from .. import align
-    from ..trajectory import load_state
-
     problem = target.problem
     result = align(load_state(a), load_state(b), problem)
     torch.save(result.params, out / "b-aligned.pt")
@@ -93,10 +97,6 @@ def interpolate_cmd(
     bn: str = _BN, out: Path = _OUT, dtype: str = _DTYPE, device: str = _DEVICE, progress: bool = _PROGRESS,
 ) -> None:
     """Loss along the straight line from A to B: barrier height, monotonicity (MLI), figure."""
-    from .. import interpolate
-    from ..plot.paths import interpolation
-    from ._target import resolve
-
     t0 = time.perf_counter()
     out = out or Path("lossatlas-interpolate")
     _checks.finite(t_from, "--from")
@@ -149,18 +149,6 @@ def trajectory_cmd(
     allow_large: bool = _ALLOW_LARGE,
 ) -> None:
     """A training trajectory on the plane of its first two principal components (Li et al. 2018)."""
-    import numpy as np
-
-    from .. import surface
-    from ..directions import Directions, pca
-    from ..params import to
-    from ..paths import with_bn
-    from ..plot.paths import path_on_plane
-    from ..store import GridStore
-    from ..surface import open_directions
-    from ..trajectory import Trajectory, project
-    from ._target import checkpoint_note, problem_from_checkpoint, resolve
-
     t0 = time.perf_counter()
     out = out or Path("lossatlas-trajectory")
     if checkpoints_arg is not None and checkpoints is not None and checkpoints_arg != checkpoints:
@@ -256,11 +244,6 @@ def connect_cmd(
     allow_large: bool = _ALLOW_LARGE,
 ) -> None:
     """Train a low-loss curve from A to B (Garipov et al. 2018) and compare it with the straight line."""
-    from .. import connect, interpolate, surface
-    from ..paths import with_bn
-    from ..plot.paths import line_vs_curve, path_on_plane
-    from ._target import resolve
-
     t0 = time.perf_counter()
     out = out or Path("lossatlas-connect")
     _check_common(out, bn)  # --curve, --lr, --bends: checked by connect() before it trains

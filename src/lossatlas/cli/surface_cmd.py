@@ -7,12 +7,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 
-from ..errors import InvalidArgumentError
+from .. import distributed, open_surface, plot
+from .. import examples as ex
+from .. import surface as surface_fn
+from .._cost import check_grid_cost
+from ..directions import _registry as D
+from ..errors import InvalidArgumentError, StoreError
+from ..evaluator import STRATEGIES
+from ..examples._builtin import mlp_digits
+from ..grid import Grid
+from ..store import GridStore
+from ..surface import PARALLEL
 from . import _checks
 from ._app import app
+from ._target import centre_line, resolve
 
+_NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
 
 
@@ -26,8 +39,6 @@ def _console():
 def examples() -> None:
     """List the built-in example problems."""
     from rich.table import Table
-
-    from .. import examples as ex
 
     table = Table(title="lossatlas examples")
     table.add_column("name", style="bold")
@@ -50,10 +61,6 @@ def export(
 ) -> None:
     """Write an example's trained weights as a state_dict (or its recorded training run), to use as
     checkpoints with `surface --checkpoint`, `interpolate`, `connect` or `trajectory`."""
-    import torch
-
-    from .. import examples as ex
-
     if name not in ex.names():
         raise InvalidArgumentError(f"NAME must be one of {', '.join(ex.names())}; received {name!r}")
     if trajectory:
@@ -66,8 +73,6 @@ def export(
     if seed != 0 and name != "mlp-digits":
         raise InvalidArgumentError(f"--seed applies to mlp-digits only; received --seed {seed} for {name!r}")
     if name == "mlp-digits":
-        from ..examples._builtin import mlp_digits
-
         example = mlp_digits(seed=seed)
     else:
         example = ex.load(name)
@@ -77,24 +82,30 @@ def export(
     _console().print(f"wrote the trained {name} (seed {seed}) to {out}")
 
 
-def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int):
-    from .. import directions as D
+def _accepted_directions() -> list[str]:
+    """The values ``--directions`` takes: the registered kinds the CLI can build, and ``example``."""
+    return [k.cli_usage or k.name for k in D.cli_kinds()] + ["example"]
 
-    norm_value = None if norm == "none" else norm
-    ignore_value = None if ignore == "none" else ignore
-    if kind == "random":
-        return D.random(target.center, n=dims, norm=norm_value, ignore=ignore_value, seed=seed,
-                        model=target.problem.model)
+
+def _direction_kind(kind: str):
+    """The registry record for ``--directions KIND`` (``None`` for ``example``), checked before the target loads."""
     if kind == "example":
+        return None
+    name, sep, _ = kind.partition(":")
+    record = D.REGISTRY.get(name)
+    if record is None or record.cli is None or bool(sep) != record.takes_argument:
+        accepted = _accepted_directions()
+        raise InvalidArgumentError(f"--directions must be {', '.join(accepted[:-1])} or {accepted[-1]}; "
+                                   f"received {kind!r}")
+    return record
+
+
+def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int):
+    record = _direction_kind(kind)
+    if record is None:
         return target.default_directions(n=dims, seed=seed)
-    if kind.startswith("axes:"):
-        names = [n.strip() for n in kind[5:].split(",") if n.strip()]
-        if len(names) != dims:
-            raise InvalidArgumentError(f"--directions {kind!r} names {len(names)} parameters but --dims is {dims}")
-        return D.axes(target.center, names)
-    if kind == "hessian":
-        return D.hessian(target.problem, target.center, n=dims, seed=seed)
-    raise InvalidArgumentError(f"--directions must be random, example, hessian or axes:NAME[,NAME]; received {kind!r}")
+    return record.cli(target, dims=dims, norm=None if norm == "none" else norm,
+                      ignore=None if ignore == "none" else ignore, seed=seed, arg=kind.partition(":")[2])
 
 
 def _span(span: str, dims: int):
@@ -122,9 +133,9 @@ def surface(
     steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
                               "grid; otherwise θ's loss is evaluated apart)."),
     span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
-    directions: str = typer.Option("random", "--directions",
-                                   help="random | example | hessian | axes:NAME[,NAME] (single parameters)."),
-    norm: str = typer.Option("filter", "--norm", help="filter | layer | model | none (random directions)."),
+    directions: str = typer.Option("random", "--directions", help=" | ".join(
+        [k.cli_usage + (f" ({k.cli_help})" if k.cli_help else "") for k in D.cli_kinds()] + ["example"]) + "."),
+    norm: str = typer.Option("filter", "--norm", help=" | ".join(_NORMS) + " (random directions)."),
     ignore: str = typer.Option("biasbn", "--ignore", help="biasbn | none (random directions)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random directions."),
     store: Path = typer.Option(None, "--store", help="Zarr store to write (resumable)."),
@@ -144,14 +155,6 @@ def surface(
     """Compute a 1-D or 2-D loss surface around a model and print a summary."""
     from rich.table import Table
 
-    from .. import distributed
-    from .. import surface as surface_fn
-    from .._cost import check_grid_cost
-    from ..evaluator import STRATEGIES
-    from ..grid import Grid
-    from ..surface import PARALLEL
-    from ._target import resolve
-
     # every option is checked before the target is loaded and the directions are made
     if dims not in (1, 2):
         raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
@@ -159,8 +162,9 @@ def surface(
     grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
     _checks.choice(strategy, "--strategy", STRATEGIES)
     _checks.choice(parallel, "--parallel", PARALLEL)
-    _checks.choice(norm, "--norm", ("filter", "layer", "model", "none"))
+    _checks.choice(norm, "--norm", _NORMS)
     _checks.choice(ignore, "--ignore", ("biasbn", "none"))
+    _direction_kind(directions)
     _checks.store_path(store, "--store")
     _check_figure_path(plot_file, "--plot")
     if device == "rank":
@@ -197,8 +201,6 @@ def surface(
     console = _console()
     console.print(table)
     if "checkpoint" in tgt.info:
-        from ._target import centre_line
-
         console.print(centre_line(tgt), soft_wrap=True)
     if where:
         console.print("* θ is not a point of this grid (an even --steps, or a --span without 0): its values were "
@@ -234,8 +236,6 @@ def _check_figure_path(out: Path | None, option: str, kind: str | None = None) -
 
 def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,
                   vmin: float | None = None, vmax: float | None = None, levels: int = 30) -> Path:
-    from .. import plot
-
     if kind is None:
         kind = "html" if out.suffix.lower() in (".html", ".htm") else ("line" if ds[variable].ndim == 1 else "contour")
     if kind not in KINDS:
@@ -272,8 +272,6 @@ def plot_cmd(
     levels: int = typer.Option(30, "--levels", min=1, help="Number of contour levels."),
 ) -> None:
     """Draw a stored surface."""
-    from .. import open_surface
-
     if kind is not None:
         _checks.choice(kind, "--kind", KINDS)
     _checks.value_range(vmin, vmax)
@@ -291,9 +289,6 @@ def plot_cmd(
 
 def _check_store(store: Path) -> int:
     """``info --check``: audit every chunk, coordinate and attribute; one line per problem."""
-    from ..errors import StoreError
-    from ..store import GridStore
-
     console = _console()
     try:
         gstore = GridStore.open(store, func="info", verify=False)
@@ -334,8 +329,6 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
     A store with a damaged chunk (missing, truncated, altered) or edited coordinates or attributes
     is refused with an error naming them (exit status 2); ``--check`` lists every problem."""
     from rich.table import Table
-
-    from .. import open_surface
 
     if check:
         raise typer.Exit(_check_store(store))

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value
+from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed
 from ..problem import Problem
 from ._certificate import Certificate, make_certificate
+from ._curvature import hessian_certificate
 from ._reference import Reference, float64_problem
 from ._search import jensen_search
+from ._symmetry import symmetry_certificates
 
 #: errors that make a method inapplicable to a model (torch cannot differentiate it as the method
 #: needs, a kernel without double backward, a loss without gradient): the method is skipped, said so
@@ -143,8 +145,6 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
         raise bad_value(func, "methods", f"a non-empty subset of {METHODS}", methods)
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
         raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
-    from ..errors import check_seed
-
     seed = check_seed(func, seed)
     if isinstance(max_certificates, bool) or not isinstance(max_certificates, int) or max_certificates < 1:
         raise bad_value(func, "max_certificates", "an integer >= 1", max_certificates)
@@ -186,8 +186,6 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
         non_finite += 1
 
     if "symmetry" in methods:
-        from ._symmetry import symmetry_certificates
-
         t1 = time.perf_counter()
         if not centre_finite:
             skipped["symmetry"] = (f"symmetry skipped: the loss at θ is {f_theta} (a symmetry argument compares "
@@ -204,8 +202,6 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
                 skipped["symmetry"] = _skip_reason("symmetry", exc)
 
     if "hessian" in methods:
-        from ._curvature import hessian_certificate
-
         t1 = time.perf_counter()
         if not centre_finite:
             skipped["hessian"] = f"hessian skipped: the loss at θ is {f_theta}, so its Hessian there is undefined"

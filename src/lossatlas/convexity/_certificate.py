@@ -50,8 +50,11 @@ import torch
 
 from .. import params as P
 from .._version import __version__
+from ..curvature import hessian_operator
 from ..errors import LossAtlasError, StoreError, bad_type
+from ..problem import Problem
 from ._jensen import is_violation, jensen_gap, rounding_bound
+from ._recipe import rebuild
 from ._reference import Reference, float64_problem
 
 KINDS = ("jensen", "hessian", "symmetry")
@@ -121,8 +124,6 @@ class Certificate:
     def check(self, problem, *, reference: Reference | None = None) -> Verification:
         """Recompute in float64 by the plain reference path, measure the rounding error of that
         computation, and report every reason for rejection (empty when accepted)."""
-        from ..problem import Problem
-
         if not isinstance(problem, Problem):
             raise bad_type("Certificate.verify", "problem", "a lossatlas.Problem", problem)
         p64 = float64_problem(problem)
@@ -162,8 +163,6 @@ class Certificate:
             except (LossAtlasError, RuntimeError, NotImplementedError) as exc:
                 reasons.append(f"the eigenpair could not be re-checked: {exc}")
         if self.kind == "symmetry" and self.symmetry and "rebuild" in self.symmetry:
-            from ._symmetry import rebuild
-
             twin = rebuild(a, self.symmetry["rebuild"])
             if twin is None or any(not torch.allclose(twin[k], b[k], rtol=0, atol=1e-12 * (1 + float(b[k].abs().max())))
                                    for k in b):
@@ -175,8 +174,6 @@ class Certificate:
         if self.eigenvector is None or not self.eigen:
             reasons.append("a hessian certificate must carry its eigenvector")
             return None, None
-        from ..curvature import hessian_operator
-
         center = P.lincomb(a, [P.sub(b, a)], [0.5])
         try:
             v = P.to(self.eigenvector, dtype=torch.float64, device=p64.device)

@@ -8,8 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import examples
+from .. import directions as D
 from ..errors import bad_type
 from ..problem import Problem
+from ..surface import surface
 from ._audit import Audit, audit
 
 DEFAULT = ("linreg-mse", "logreg-bce", "softmax-ce", "logreg-mse", "seed-relu", "mlp-digits")
@@ -93,10 +96,6 @@ def compare(*targets: Any, budget: int = 300, seed: int = 0, methods=("jensen", 
     >>> [r["verdict"] for r in c.rows()]
     ['no violation found', 'non-convex (proven)']
     """
-    from .. import directions as D
-    from .. import examples
-    from ..surface import surface
-
     items = []
     for t in targets or DEFAULT:
         if isinstance(t, str):

@@ -40,6 +40,9 @@ import torch
 from torch import Tensor
 
 from .. import params as P
+from ..curvature import eigenvalues, ggn_operator, hessian_operator
+from ..errors import LossAtlasError
+from ..params.selection import layer_of
 from ._certificate import Certificate, make_certificate
 from ._jensen import is_violation, jensen_gap, rounding_bound
 
@@ -128,9 +131,6 @@ def hessian_certificate(problem, p64, theta: Mapping[str, Tensor], *, seed: int 
     """λmin and λmax at θ (float64 Lanczos); a certificate when λmin < 0 gives a verified violation, from
     the full Hessian's eigenvector or else from that of a trailing-layer block (see the module notes).
     When λmin < 0 gives none, ``info["not_certified"]`` says why, in numbers."""
-    from ..curvature import eigenvalues
-    from ..curvature._select import layer_of
-
     theta64 = P.to(theta, dtype=torch.float64, device=p64.device)
     # certify=False: a certificate needs a negative eigenpair, not proof that it is the most negative one
     # (the extremality check would double the products); the result says the extremes are not certified
@@ -212,8 +212,6 @@ def _certificate(p64, theta64, v, h: float, eigen: dict[str, Any], what: str, re
 def _trailing_blocks(p64) -> list[tuple[str, ...]]:
     """Parameter names of the last 1, 2, … :data:`MAX_BLOCKS` layers (never all of them: that is the
     full Hessian, already tried)."""
-    from ..curvature._select import layer_of
-
     names = tuple(p64.param_names)
     order = list(dict.fromkeys(layer_of(n) for n in names))
     blocks = []
@@ -226,9 +224,6 @@ def _trailing_blocks(p64) -> list[tuple[str, ...]]:
 def explain(p64, theta64: Mapping[str, Tensor], v: Mapping[str, Tensor], lam: float) -> dict[str, Any]:
     """The Gauss–Newton split along v: vᵀHv = vᵀGv + vᵀ(Σ r∇²f)v, with G ⪰ 0 (when the loss is convex
     in the model output)."""
-    from ..curvature import ggn_operator, hessian_operator
-    from ..errors import LossAtlasError
-
     try:
         hv = hessian_operator(p64, theta64, dtype=torch.float64).apply(v)
         gv = ggn_operator(p64, theta64, dtype=torch.float64).apply(v)

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
+from .. import _fast_paths
 from .. import params as P
 from ._jensen import jensen_gap, rounding_bound
 
@@ -193,8 +194,6 @@ def float64_problem(problem):
 
 def _plain_module(module: nn.Module) -> nn.Module:
     """A float64 deep copy of the problem's private module without lossatlas' faster forwards."""
-    from .. import _fast_paths
-
     ours = {_fast_paths._few_outputs_forward, _fast_paths._sequential_forward}
     m = copy.deepcopy(module)
     for sub in m.modules():

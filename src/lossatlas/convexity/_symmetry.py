@@ -30,38 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
+from .._permspec import permutation_spec
+from ..errors import InvalidArgumentError
 from ._certificate import Certificate, make_certificate
-
-Recipe = list[dict[str, Any]]
-
-
-def rebuild(theta: Mapping[str, Tensor], recipe: Recipe) -> P.Params | None:
-    """Apply a recipe of ``{"op": "index"|"scale", "name", "axis", "index", "factor"}`` steps."""
-    out = {k: v.clone() for k, v in theta.items()}
-    try:
-        for step in recipe:
-            t = out[step["name"]]
-            axis = int(step["axis"])
-            idx = torch.as_tensor(step["index"], dtype=torch.long, device=t.device)
-            if t.ndim == 0:  # a scalar parameter: only scaling makes sense
-                if step["op"] != "scale":
-                    return None
-                out[step["name"]] = t * float(step["factor"])
-                continue
-            if step["op"] == "index":
-                out[step["name"]] = t.index_select(axis, idx)
-            elif step["op"] == "scale":
-                t = t.clone()
-                sel = [slice(None)] * t.ndim
-                sel[axis] = idx
-                t[tuple(sel)] = t[tuple(sel)] * float(step["factor"])
-                out[step["name"]] = t
-            else:
-                return None
-    except (KeyError, IndexError, RuntimeError, ValueError):
-        return None
-    return out
-
+from ._recipe import Recipe, rebuild
 
 def _outputs(p64, params: Mapping[str, Tensor]) -> list[Tensor]:
     """Model outputs on every batch (float64) — the function, not just the loss."""
@@ -101,8 +73,6 @@ def _producer_axes(model: nn.Module, name: str, t: Tensor) -> int | None:
 
 def _network_candidates(model: nn.Module, theta: Mapping[str, Tensor], rng: np.random.Generator
                         ) -> tuple[list[tuple[str, Recipe]], list[str]]:
-    from .._permspec import permutation_spec
-
     spec = permutation_spec(model)
     buffer_names = {n for n, _ in model.named_buffers()}
     candidates: list[tuple[str, Recipe]] = []
@@ -184,8 +154,6 @@ def _scalar_candidates(theta: Mapping[str, Tensor]) -> list[tuple[str, Recipe]]:
 def symmetry_certificates(problem, p64, theta: Mapping[str, Tensor], *, seed: int = 0, limit: int = 3,
                           evaluator=None) -> tuple[list[Certificate], dict[str, Any]]:
     """Certificates from symmetries of the network at θ (no search), with what was tried."""
-    from ..errors import InvalidArgumentError
-
     rng = np.random.default_rng(seed)
     theta64 = P.to(theta, dtype=torch.float64, device=p64.device)
     info: dict[str, Any] = {"tried": 0, "valid": 0, "skipped": []}

@@ -21,7 +21,6 @@ points on a test loss (:func:`influence`).
 
 from .density import density
 from .eigen import eigenvalues
-from .hessian_directions import hessian_directions
 from .influence import Influence, influence
 from .matrices import (Diagonal, FisherOperator, KFACOperator, curvature_operator, diagonal, ef_operator,
                        fisher_operator, kfac_operator)
@@ -33,7 +32,7 @@ from .solve import Solve, inverse_product
 from .trace import trace
 
 __all__ = ["eigenvalues", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
-           "hessian_directions", "per_layer", "CurvatureOperator", "Eigen", "Estimate", "Density",
+           "per_layer", "CurvatureOperator", "Eigen", "Estimate", "Density",
            "LayerCurvature", "BlockCurvature",
            "ef_operator", "fisher_operator", "kfac_operator", "curvature_operator", "diagonal", "inverse_product",
            "influence", "FisherOperator", "KFACOperator", "Diagonal", "Solve", "Influence"]

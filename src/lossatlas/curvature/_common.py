@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import bad_type, bad_value
+from ..errors import check_seed as impl
 
 BASIS_BYTES = 1 << 30  # most bytes of a float64 Lanczos basis (and its products) chosen automatically
 
@@ -25,8 +26,6 @@ def check_int(func: str, arg: str, value: Any, *, minimum: int = 1, allow_none: 
 
 
 def check_seed(func: str, seed: Any) -> int:
-    from ..errors import check_seed as impl
-
     return impl(func, seed)
 
 

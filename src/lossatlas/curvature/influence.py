@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import bad_type, bad_value
-from ._select import ParamSelection
+from ..params.selection import ParamSelection
 from .solve import Solve, inverse_product
 
 __all__ = ["Influence", "influence"]

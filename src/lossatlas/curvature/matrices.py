@@ -50,7 +50,7 @@ from .. import params as P
 from ..errors import InvalidArgumentError, bad_type, bad_value
 from ..problem import Problem
 from . import _common as C
-from ._select import ParamSelection
+from ..params.selection import ParamSelection
 from .operators import CurvatureOperator, _loss_name, _make, _prepare, _weighted, as_operator
 
 __all__ = ["ef_operator", "fisher_operator", "diagonal", "kfac_operator", "FisherOperator", "Diagonal",

@@ -48,6 +48,7 @@ method works. Parameters the loss does not use at all are not an error (zero row
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -56,11 +57,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import params as P
 from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value
+from ..params.selection import ParamSelection, layers, select
 from ..problem import Problem
-from ._select import ParamSelection, select
 
 __all__ = ["CurvatureOperator", "hessian_operator", "ggn_operator", "RETAIN_BYTES", "CONVEX_LOSSES",
            "PRODUCT_METHODS", "EXACT_METHODS"]
@@ -164,8 +166,6 @@ class CurvatureOperator:
         """The attention-kernel context of graph building and products."""
         if not self._math_sdpa:
             return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         return sdpa_kernel(SDPBackend.MATH)
 
     def _describe(self) -> str:
@@ -579,8 +579,6 @@ class CurvatureOperator:
 
     def layer_slices(self) -> dict[str, list[tuple[int, int]]]:
         """Layer (owning module) → the (start, stop) slices of its parameters in the flat vector."""
-        from ._select import layers
-
         return layers(self.names, self.sizes)
 
     # -- conversions ---------------------------------------------------------------------------------
@@ -640,8 +638,6 @@ def _weighted(problem: Problem, raw: Tensor, n: int) -> Tensor:
 
 
 def _loss_name(loss: Any) -> str:
-    import functools
-
     fn = loss.func if isinstance(loss, functools.partial) else loss
     return type(fn).__name__ if isinstance(fn, torch.nn.Module) else getattr(fn, "__name__", type(fn).__name__)
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import EvaluationError, bad_type, bad_value
 from . import _common as C
-from ._select import layers, select
+from ..params.selection import layers, select
 from .eigen import DEFAULT_TOL, solve
 from .operators import CurvatureOperator
 from .results import Estimate

@@ -19,18 +19,19 @@ import xarray as xr
 from torch import Tensor
 
 from .. import params as P
+from .._cost import check_grid_cost
 from .._resume import check_store_args
-from ..directions import Directions
+from ..directions._base import Directions
 from ..errors import bad_type, bad_value
 from ..grid import Grid
+from ..params.selection import select
 from ..problem import Problem
 from ..runner import open_session, run_chunks
 from ..store import GridStore
 from ..surface import _attrs, _dataset, _provenance, _save_basis, as_directions, open_surface
 from . import _common as C
-from ._select import select
 from .eigen import solve
-from .operators import DTYPES, KINDS, CurvatureOperator
+from .operators import DTYPES, KINDS, CurvatureOperator, ggn_operator
 
 __all__ = ["ratio_map", "VARIABLES"]
 
@@ -102,15 +103,11 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     basis = C.check_int(func, "basis", basis, minimum=2, allow_none=True)
     chunk = C.check_int(func, "chunk", chunk, allow_none=True)
     C.check_flag(func, "progress", progress)
-    from .._cost import check_grid_cost
-
     # each point is a Lanczos run: up to max_products Hessian-vector products (≈ 2.5 evaluations each)
     check_grid_cost(func, grid, problem, center, variables=8, allow_large=allow_large,
                     evaluations_per_point=2.5 * max_products, max_points=10**6)
     store = check_store_args(func, store, overwrite)
     if curvature == "ggn":  # validates the loss once, before any work
-        from .operators import ggn_operator
-
         ggn_operator(problem, center, params=params, retain=False)
     names = select(problem, params, func=func)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..errors import bad_type, bad_value
 from . import _common as C
-from ._select import ParamSelection
+from ..params.selection import ParamSelection
 
 __all__ = ["Solve", "inverse_product"]
 

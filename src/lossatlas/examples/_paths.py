@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, check_seed
 from ..trajectory import Trajectory, TrajectoryRecorder
 from . import _builtin, _data, _models
 from ._registry import Example, cache_dir
@@ -58,8 +58,6 @@ def mlp_digits_trajectory(path: str | Path | None = None, *, seed: int = 0, ever
     (31, 300, True)
     """
     func = "examples.mlp_digits_trajectory"
-    from lossatlas.errors import check_seed
-
     seed = check_seed(func, seed)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise bad_value(func, "every", "an integer >= 1", every)

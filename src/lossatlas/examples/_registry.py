@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import directions as D
 from .. import params as P
 from .._version import __version__
 from ..errors import InvalidArgumentError, bad_type
@@ -40,8 +41,6 @@ class Example:
 
     def default_directions(self, n: int = 2, *, seed: int = 0):
         """The example's natural directions (random filter-normalised unless it defines others)."""
-        from .. import directions as D
-
         if self.directions is not None:
             return self.directions(self, n=n, seed=seed)
         return D.random(self.problem, n=n, seed=seed)

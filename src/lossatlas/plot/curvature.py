@@ -11,6 +11,8 @@ import numpy as np
 
 from lossatlas.errors import bad_type, bad_value  # absolute: plot/ has no __init__ on this branch
 from lossatlas.plot._checks import check_levels
+from lossatlas.curvature.results import Density
+import xarray as xr
 
 __all__ = ["density", "ratio_map"]
 
@@ -38,8 +40,6 @@ def density(result: Any, *, ax: Any = None, log: bool = True, title: str | None 
     >>> fig.axes[0].get_xlabel()
     'eigenvalue λ'
     """
-    from lossatlas.curvature.results import Density
-
     if not isinstance(result, Density):
         raise bad_type("plot.density", "result", "a lossatlas.curvature.Density", result)
     fig, ax = _figure(ax, (6.0, 3.6))
@@ -84,8 +84,6 @@ def ratio_map(ds: Any, *, ax: Any = None, variable: str = "ratio", title: str | 
     >>> fig.axes[0].get_title()
     '|λmin / λmax|'
     """
-    import xarray as xr
-
     if not isinstance(ds, xr.Dataset):
         raise bad_type("plot.ratio_map", "ds", "an xarray.Dataset from lossatlas.curvature.ratio_map", ds)
     if variable not in ds:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..directions._registry import describe as describe_directions
 from ..errors import InvalidArgumentError, bad_type, bad_value
 from ._checks import check_levels, check_limits, check_out_path, write_failed
 
@@ -56,18 +57,12 @@ def _label(ds: xr.Dataset, dim: str) -> str:
     return str(ds[dim].attrs.get("long_name", dim))
 
 
-_NORM_WORDS = {"filter": "filter-normalised", "layer": "layer-normalised", "model": "model-normalised",
-               "None": "unnormalised"}
-
-
 def _title(ds: xr.Dataset, variable: str, title: str | None) -> str:
     if title is not None:
         return title
     shape = "×".join(str(ds.sizes[d]) for d in ds[variable].dims)
     kind = ds.attrs.get("direction_kind", "")
-    what = {"random": f"{_NORM_WORDS.get(str(ds.attrs.get('direction_norm')), '')} random directions".strip(),
-            "axes": "parameter axes", "between": "interpolation", "plane": "plane through models",
-            "hessian": "Hessian eigenvectors", "pca": "PCA directions"}.get(kind, kind)
+    what = describe_directions(kind, ds.attrs)
     name = ds.attrs.get("name")
     head = f"{name}: " if name else ""
     return f"{head}{variable} on a {shape} grid" + (f" ({what})" if what else "")

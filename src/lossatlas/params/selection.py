@@ -1,4 +1,5 @@
-"""Which parameters a curvature operator acts on, and how they group into layers."""
+"""Which parameters an operator acts on (a name, a layer, a glob pattern, ``"weights"`` …), and how
+they group into layers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ..directions import filter_layout
 from ..errors import bad_type, bad_value
+from ._layout import filter_layout
+
+__all__ = ["ParamSelection", "select", "layer_of", "layers"]
 
 ParamSelection = str | Sequence[str] | Callable[[str, Tensor], bool] | None
 

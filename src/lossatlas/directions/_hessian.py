@@ -7,34 +7,35 @@ tr H / n, under which a saddle can look like a minimum; the plane of the eigenve
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from .. import params as P
-from ..directions import Directions
+from ..curvature import _common as C
+from ..curvature.eigen import DEFAULT_TOL, eigenvalues
+from ..curvature.operators import as_operator
 from ..errors import EvaluationError, bad_value
-from . import _common as C
-from .eigen import DEFAULT_TOL, eigenvalues
-from .operators import as_operator
+from ._base import Directions
+from ._registry import DirectionKind, register
 
-__all__ = ["hessian_directions", "WHICH_DIRECTIONS"]
+__all__ = ["hessian", "WHICH_DIRECTIONS"]
 
 WHICH_DIRECTIONS = ("extremes", "top")
 NORMS = ("unit", "model")
 
 
-def hessian_directions(problem, theta: Mapping[str, Tensor] | None = None, n: int = 2, which: str = "extremes", *,
-                       seed: int = 0, tol: float = DEFAULT_TOL, max_products: int | None = 1000,
-                       norm: str = "unit", params=None, progress: bool = False) -> Directions:
-    """``n`` Hessian eigenvectors at ``theta`` as :class:`~lossatlas.Directions` (exposed as
-    ``lossatlas.directions.hessian``).
+def hessian(problem, theta: Mapping[str, Tensor] | None = None, n: int = 2, which: str = "extremes", *,
+            seed: int = 0, tol: float = DEFAULT_TOL, max_products: int | None = 1000,
+            norm: str = "unit", params=None, progress: bool = False) -> Directions:
+    """``n`` Hessian eigenvectors at ``theta`` as :class:`~lossatlas.Directions`.
 
     ``which="extremes"``: the eigenvectors of the ⌈n/2⌉ largest and ⌊n/2⌋ smallest eigenvalues (for
     n = 2: λmax and λmin); ``"top"``: the n largest. ``norm="unit"``: unit vectors (coordinates are
     distances in parameter space); ``"model"``: each rescaled to ‖θ‖ over the selected parameters, the
     scale of filter-normalised random directions. ``params`` restricts the eigenvectors to some
-    parameters (see :func:`hessian_operator`); other entries are zero. The spec records the kind,
+    parameters (see :func:`lossatlas.curvature.hessian_operator`); other entries are zero. The spec records the kind,
     eigenvalues, residuals, convergence, tolerance and seed; labels read
     ``"Hessian eigenvector (λmax = 9.15)"``.
 
@@ -93,3 +94,11 @@ def hessian_directions(problem, theta: Mapping[str, Tensor] | None = None, n: in
         "labels": [f"Hessian eigenvector ({tag} = {value:.3g})" for tag, value in zip(tags, values)],
     }
     return Directions(vectors, spec)
+
+
+def _from_cli(target: Any, *, dims: int, norm: str | None, ignore: str | None, seed: int, arg: str) -> Directions:
+    return hessian(target.problem, target.center, n=dims, seed=seed)
+
+
+register(DirectionKind("hessian", "Hessian eigenvectors", hessian, needs="problem", cli=_from_cli,
+                       cli_usage="hessian", cli_help="eigenvectors of λmax and λmin", cli_options=("--seed",)))

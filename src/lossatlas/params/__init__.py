@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import ParameterMismatchError, bad_type, bad_value
+from ..errors import ParameterMismatchError, bad_type, bad_value
+from ._layout import filter_layout
 
 __all__ = [
     "Params",
@@ -35,6 +36,7 @@ __all__ = [
     "unflatten",
     "fingerprint",
     "to",
+    "filter_layout",
 ]
 
 Params = dict[str, Tensor]

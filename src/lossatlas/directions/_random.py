@@ -1,0 +1,176 @@
+"""Gaussian random directions, normalised like Li et al. (2018).
+
+Filter normalisation follows Li et al., "Visualizing the Loss Landscape of Neural Nets" (2018,
+arXiv:1712.09913): every filter d_{i,j} of a Gaussian direction is rescaled to the norm of the
+corresponding filter of θ, d_{i,j} ← d_{i,j} · ‖θ_{i,j}‖ / ‖d_{i,j}‖, where a *filter* is one output
+unit (see :mod:`lossatlas.params._layout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import params as P
+from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed
+from ..params._layout import IgnoreRule, filter_layout, filter_norms, ignored, rescale_filters
+from ._base import Directions, _check_model_params, _check_params, _resolve_source
+from ._registry import NORM_WORDS, NORMS, DirectionKind, register
+
+__all__ = ["random"]
+
+
+def _seeds(seed: int, n: int) -> list[int]:
+    """One independent seed per direction, derived from ``seed`` (numpy SeedSequence.spawn)."""
+    return [int(s.generate_state(1, dtype=np.uint64)[0] % (2**63))
+            for s in np.random.SeedSequence(seed).spawn(n)]
+
+
+def random(
+    params: Mapping[str, Tensor] | nn.Module | Any,
+    n: int = 2,
+    *,
+    norm: str | None = "filter",
+    ignore: IgnoreRule = "biasbn",
+    orthogonal: bool = True,
+    seed: int = 0,
+    model: nn.Module | None = None,
+) -> Directions:
+    """Gaussian random directions, normalised like Li et al. (2018).
+
+    ``params`` is θ as a dict of tensors, or an ``nn.Module`` / a :class:`~lossatlas.Problem`
+    (then θ is its trainable parameters, in the problem's dtype, and the layer types are known).
+
+    ``norm``: ``"filter"`` (each filter rescaled to the norm of θ's filter), ``"layer"`` (each
+    parameter tensor rescaled to ‖θ_p‖), ``"model"`` (whole direction rescaled to ‖θ‖ over the
+    parameters that move) or ``None`` (raw N(0, 1) draws). ``ignore="biasbn"`` gives a zero direction
+    to every parameter with ≤ 1 dimension and to normalisation layers' parameters; with
+    ``ignore=None`` they get a Gaussian direction normalised like a single filter. ``ignore`` may also
+    be a callable ``(name, tensor) -> bool`` or a list of glob patterns. ``model`` (optional) tells
+    the layer types: it is needed to treat ConvTranspose weights (filters along dim 1) and
+    normalisation layers correctly. Buffers are never part of a direction.
+
+    ``orthogonal=True`` applies Gram–Schmidt after normalisation (the final cosines are recorded in
+    ``spec["cosines"]`` and the largest relative change of a filter norm in
+    ``spec["filter_norm_deviation"]``). Each direction has its own seed derived from ``seed``, drawn
+    in float64 on the CPU, so the same seed gives the same bytes on every device.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> d = random(net, n=2, seed=0)
+    >>> len(d), d.labels[0]
+    (2, 'filter-normalised random direction 1')
+    >>> float(d[0]["0.bias"].abs().sum())  # biases ignored by default
+    0.0
+    """
+    func = "directions.random"
+    params, model, seed = _check_arguments(func, params, model, n, norm, seed)
+    theta = {k: v.detach() for k, v in params.items()}
+    layout = filter_layout(model, theta)
+    skip = ignored(ignore, layout, theta)
+    if len(skip) == len(theta):
+        raise InvalidArgumentError(f"{func}(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
+    movable = sum(t.numel() for k, t in theta.items() if k not in skip)
+    if orthogonal and n > movable:
+        raise bad_value(func, "n", f"at most {movable} (the number of parameter entries that move; more "
+                        "directions cannot be independent)", n)
+    if not isinstance(orthogonal, bool):
+        raise bad_type(func, "orthogonal", "a bool", orthogonal)
+    seeds = _seeds(int(seed), n)
+    theta64 = {k: v.double().cpu() for k, v in theta.items()}
+    vectors = [_normalise(_draw(theta, s, skip), theta64, layout, norm, skip) for s in seeds]
+    deviation = 0.0
+    if orthogonal and n > 1:
+        vectors = P.orthogonalise(vectors)
+        if norm == "filter":
+            deviation = _filter_deviation(vectors, theta, layout, skip)
+    out = [{k: v.to(dtype=theta[k].dtype, device=theta[k].device) for k, v in d.items()} for d in vectors]
+    cos = [[P.cosine(a, b) for b in vectors] for a in vectors]
+    word = NORM_WORDS[norm]
+    spec = {
+        "kind": "random",
+        "n": n,
+        "norm": norm,
+        "ignore": ignore if (ignore is None or isinstance(ignore, str)) else repr(ignore),
+        "ignored": sorted(skip),
+        "orthogonal": orthogonal,
+        "seed": int(seed),
+        "seeds": seeds,
+        "layout": layout,
+        "cosines": cos,
+        "max_abs_cosine": max((abs(cos[i][j]) for i in range(n) for j in range(n) if i != j), default=0.0),
+        "filter_norm_deviation": deviation,
+        "labels": [f"{word} random direction {i + 1}" for i in range(n)],
+    }
+    return Directions(out, spec)
+
+
+def _check_arguments(func: str, params: Any, model: Any, n: Any, norm: Any, seed: Any) -> tuple[Any, Any, int]:
+    """(params, model, seed) of a valid call, in the order the checks were always made."""
+    params, model = _resolve_source(params, model, func)
+    _check_params(params, func)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad_value(func, "n", "an integer >= 1", n)
+    if norm not in NORMS:
+        raise bad_value(func, "norm", f"one of {NORMS}", norm)
+    seed = check_seed(func, seed)
+    if model is not None and not isinstance(model, nn.Module):
+        raise bad_type(func, "model", "an nn.Module or None", model)
+    if model is not None:
+        _check_model_params(model, params, func)
+    return params, model, seed
+
+
+def _draw(theta: Mapping[str, Tensor], seed: int, skip: set[str]) -> P.Params:
+    """One N(0, 1) draw per entry in float64 on the CPU from its own generator (zero where ignored)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = {}
+    for k, t in theta.items():
+        draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+        d[k] = torch.zeros_like(draw) if k in skip else draw
+    return d
+
+
+def _normalise(d: P.Params, theta: P.Params, layout: Mapping[str, str], norm: str | None,
+               skip: set[str]) -> P.Params:
+    if norm is None:
+        return d
+    if norm == "filter":
+        return {k: v if k in skip else rescale_filters(v, theta[k], layout[k]) for k, v in d.items()}
+    if norm == "layer":
+        out = {}
+        for k, v in d.items():
+            nv = float(torch.linalg.vector_norm(v))
+            out[k] = v if (k in skip or nv == 0) else v * (float(torch.linalg.vector_norm(theta[k])) / nv)
+        return out
+    moving = {k: v for k, v in d.items() if k not in skip}
+    nd = P.norm(moving)
+    nt = P.norm({k: theta[k] for k in moving})
+    return {k: (v * (nt / nd) if nd > 0 else v) for k, v in d.items()}
+
+
+def _filter_deviation(vectors: Sequence[P.Params], theta: Mapping[str, Tensor], layout: Mapping[str, str],
+                      skip: set[str]) -> float:
+    worst = 0.0
+    for d in vectors:
+        for k, v in d.items():
+            if k in skip:
+                continue
+            nt = filter_norms(theta[k].double().cpu(), layout[k])
+            nd = filter_norms(v.double().cpu(), layout[k])
+            mask = nt > 0
+            if mask.any():
+                worst = max(worst, float(((nd[mask] - nt[mask]).abs() / nt[mask]).max()))
+    return worst
+
+
+def _from_cli(target: Any, *, dims: int, norm: str | None, ignore: str | None, seed: int, arg: str) -> Directions:
+    return random(target.center, n=dims, norm=norm, ignore=ignore, seed=seed, model=target.problem.model)
+
+
+register(DirectionKind("random", "{norm} random directions", random, needs="params", cli=_from_cli,
+                       cli_usage="random", cli_options=("--norm", "--ignore", "--seed")))
