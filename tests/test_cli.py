@@ -151,3 +151,24 @@ def test_audit_verify_compare_commands(tmp_path):
                "--no-progress")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c.png").exists() and "λmin" in r.output
+
+
+def test_surface_of_the_seed_net_works_with_default_options(capsys):
+    """Every parameter of the seed net is a scalar: the default --ignore (auto) moves them all and
+    says so, instead of refusing the default command (an explicit --ignore biasbn is still refused)."""
+    with pytest.raises(SystemExit) as code:
+        main(["surface", "seed-relu", "--steps", "5", "--no-progress"])
+    out = capsys.readouterr()
+    assert code.value.code == 0, out.err
+    assert "using --ignore none" in " ".join(out.out.split())
+    with pytest.raises(SystemExit) as code:
+        main(["surface", "seed-relu", "--steps", "5", "--no-progress", "--ignore", "biasbn"])
+    assert code.value.code == 2 and "ignore" in capsys.readouterr().err
+
+
+def test_surface_default_ignore_leaves_biases_out_where_there_are_weights(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["surface", "logreg-bce", "--steps", "3", "--no-progress"])
+    out = capsys.readouterr()
+    assert code.value.code == 0, out.err
+    assert "using --ignore none" not in " ".join(out.out.split())

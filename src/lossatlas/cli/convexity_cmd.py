@@ -33,7 +33,7 @@ def _methods(text: str) -> tuple[str, ...]:
 def audit(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
     budget: int = typer.Option(400, "--budget", min=1, help="Loss evaluations for the Jensen search."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
     methods: str = typer.Option("jensen,hessian,symmetry", "--methods", help="Comma-separated methods."),
     save_certificate: Path = typer.Option(None, "--save-certificate", help="Write the strongest certificate (.npz)."),
     json_out: Path = typer.Option(None, "--json", help="Write the audit as JSON."),
@@ -106,7 +106,7 @@ def verify(
 def compare(
     targets: list[str] = typer.Argument(None, help="Example names (default: convex baselines and non-convex models)."),
     budget: int = typer.Option(300, "--budget", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
     methods: str = typer.Option("jensen,hessian,symmetry", "--methods"),
     out: Path = typer.Option(None, "--out", help="Figure file (PNG/PDF/SVG)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),

@@ -235,7 +235,7 @@ def connect_cmd(
     train_steps: int = typer.Option(600, "--train-steps", min=1, help="Optimiser steps."),
     lr: float = typer.Option(0.01, "--lr", help="Adam learning rate (cosine decay)."),
     batch_size: int = typer.Option(128, "--batch-size", min=0, help="Samples per step (0: the problem's batches)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the t draws and mini-batches."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Seed of the t draws and mini-batches."),
     steps: int = typer.Option(61, "--steps", min=2, help="Values of t at which line and curve are evaluated."),
     plane_steps: int = typer.Option(21, "--plane-steps", min=0, help="Grid points per axis of the plane through A, B "
                                     "and the bend (0: skip)."),

@@ -19,6 +19,8 @@ from ..errors import InvalidArgumentError, StoreError
 from ..evaluator import STRATEGIES
 from ..examples._builtin import mlp_digits
 from ..grid import Grid
+from ..params import filter_layout
+from ..params._layout import ignored
 from ..store import GridStore
 from ..surface import PARALLEL
 from . import _checks
@@ -54,7 +56,7 @@ def examples() -> None:
 def export(
     name: str = typer.Argument(..., help="A built-in example."),
     out: Path = typer.Argument(..., help="File for the state_dict (.pt), or a directory with --trajectory."),
-    seed: int = typer.Option(0, "--seed", help="Initialisation seed (mlp-digits only)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Initialisation seed (mlp-digits only)."),
     trajectory: bool = typer.Option(False, "--trajectory", help="Record the training run of mlp-digits into OUT "
                                     "(a checkpoint every --every steps)."),
     every: int = typer.Option(10, "--every", min=1, help="Steps between recorded checkpoints (--trajectory)."),
@@ -108,6 +110,20 @@ def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int)
                       ignore=None if ignore == "none" else ignore, seed=seed, arg=kind.partition(":")[2])
 
 
+def _auto_ignore(tgt, kind: str) -> str:
+    """``--ignore auto``: leave biases and normalisation parameters out (Li et al. 2018) unless that
+    leaves nothing to move (e.g. the seed net, whose every parameter is a scalar): then move all, and
+    say so — never silently."""
+    theta = {k: v.detach() for k, v in tgt.center.items()}
+    if len(ignored("biasbn", filter_layout(tgt.problem.model, theta), theta)) < len(theta):
+        return "biasbn"
+    record = _direction_kind(kind)
+    if record is not None and record.name == "random":
+        _console().print("note: every parameter of this model is a bias, a scalar or a normalisation "
+                         "parameter, so --ignore biasbn would leave nothing to move; using --ignore none")
+    return "none"
+
+
 def _span(span: str, dims: int):
     try:
         parts = [float(v) for v in span.replace(":", ",").split(",")]
@@ -136,8 +152,9 @@ def surface(
     directions: str = typer.Option("random", "--directions", help=" | ".join(
         [k.cli_usage + (f" ({k.cli_help})" if k.cli_help else "") for k in D.cli_kinds()] + ["example"]) + "."),
     norm: str = typer.Option("filter", "--norm", help=" | ".join(_NORMS) + " (random directions)."),
-    ignore: str = typer.Option("biasbn", "--ignore", help="biasbn | none (random directions)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random directions."),
+    ignore: str = typer.Option("auto", "--ignore", help="biasbn | none | auto (random directions; auto: biasbn, "
+                               "as Li et al., unless that leaves nothing to move, then none — said on the output)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Seed of the random directions."),
     store: Path = typer.Option(None, "--store", help="Zarr store to write (resumable)."),
     resume: bool = typer.Option(True, "--resume/--overwrite", help="Resume an existing store, or replace it."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="state_dict file giving the centre θ."),
@@ -163,7 +180,7 @@ def surface(
     _checks.choice(strategy, "--strategy", STRATEGIES)
     _checks.choice(parallel, "--parallel", PARALLEL)
     _checks.choice(norm, "--norm", _NORMS)
-    _checks.choice(ignore, "--ignore", ("biasbn", "none"))
+    _checks.choice(ignore, "--ignore", ("biasbn", "none", "auto"))
     _direction_kind(directions)
     _checks.store_path(store, "--store")
     _check_figure_path(plot_file, "--plot")
@@ -172,6 +189,8 @@ def surface(
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     check_grid_cost("surface", grid, tgt.problem, tgt.center, variables=len(tgt.problem.metric_names),
                     allow_large=allow_large)
+    if ignore == "auto":
+        ignore = _auto_ignore(tgt, directions)
     d = _directions(tgt, directions, dims, norm, ignore, seed)
     t0 = time.perf_counter()
     ds = surface_fn(tgt.problem, tgt.center, d, steps=steps, span=span_value, strategy=strategy,
