@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from . import params as P
 from ._permspec import PermutationSpec, permutation_spec
-from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed
+from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed, public
 from .problem import Problem
 
 __all__ = ["align", "Alignment", "permute"]
@@ -76,6 +76,7 @@ def permute(state: Mapping[str, Tensor], spec: PermutationSpec,
     return out
 
 
+@public("align")
 def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Module, model: nn.Module | Any, *,
           max_iter: int = 100, seed: int = 0, check: bool = True, example: Any = None) -> Alignment:
     """Reorder the hidden units of ``b`` to best match ``a`` (weight matching, Git Re-Basin).

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import params as P
 from .data import map_tensors
 from .directions import plane
-from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed
+from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed, public
 from .evaluator import PointEvaluator, probe_free_strategy
 from .grid import DIM_NAMES
 from .paths import _as_params, path_metrics, with_bn
@@ -102,6 +102,7 @@ class Curve:
         zero = P.zeros_like(self.points[0])
         return P.lincomb(zero, self.points, c)
 
+    @public("Curve.evaluate")
     def evaluate(self, steps: int = 61, *, bn: str | None = None, strategy: str = "auto", metrics: bool = True,
                  progress: bool = False, tol: float | None = None, problem: Problem | None = None) -> xr.Dataset:
         """Loss (and metrics) at ``steps`` evenly spaced t ∈ [0, 1] along the curve.
@@ -196,6 +197,7 @@ class Curve:
         return cls(kind, points, problem, dict(blob.get("info", {})), list(blob.get("history", [])))
 
 
+@public("connect")
 def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Module, *,
             curve: str = "bezier", bends: int = 1, steps: int = 600, lr: float = 0.01, batch_size: int | None = None,
             seed: int = 0, weight_decay: float = 0.0, progress: bool = True) -> Curve:

@@ -2,12 +2,23 @@
 
 Every message names the function, the argument, what was expected and what was received, e.g.
 ``surface(): argument 'steps' must be an integer >= 1; received 0``.
+
+The function a message names is the public one the user called, set once by :func:`public` at the
+boundary (a context variable), never threaded by hand: an error raised by ``surface()`` while
+``interpolate()`` runs it reads ``interpolate(): argument 'strategy' …`` when ``strategy`` is an
+argument of ``interpolate``, and ``interpolate(): surface(): argument 'chunk' …`` when it is not
+(einops adds its context the same way, once, where the user's call entered the library).
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
 import numbers
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = [
     "LossAtlasError",
@@ -24,7 +35,66 @@ __all__ = [
     "DistributedError",
     "MissingDependencyError",
     "StoreRepairWarning",
+    "public",
+    "current_function",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_BOUNDARY: contextvars.ContextVar[str | None] = contextvars.ContextVar("lossatlas_public_function", default=None)
+_PREFIX = re.compile(r"^([A-Za-z_][\w.]*)\(\): ")
+_ARGUMENT = re.compile(r"argument '([A-Za-z_]\w*)'")
+
+
+def public(name: str) -> Callable[[F], F]:
+    """Mark ``fn`` as a public entry point called ``name`` (e.g. ``"surface"``, ``"curvature.trace"``).
+
+    While it runs, :func:`current_function` is ``name`` (the outermost public call wins: a public
+    function used by another is not a boundary), and a :class:`LossAtlasError` leaving it names
+    ``name()``: a message ``inner(): argument 'a' …`` becomes ``name(): argument 'a' …`` when ``a`` is
+    an argument of ``fn``, else ``name(): inner(): argument 'a' …``. One context variable read per
+    call; nothing else changes.
+    """
+    def decorate(fn: F) -> F:
+        try:
+            arguments = set(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            arguments = set()
+
+        @functools.wraps(fn)
+        def entry(*args: Any, **kwargs: Any) -> Any:
+            if _BOUNDARY.get() is not None:
+                return fn(*args, **kwargs)
+            token = _BOUNDARY.set(name)
+            try:
+                return fn(*args, **kwargs)
+            except LossAtlasError as exc:
+                _name_the_boundary(exc, name, arguments)
+                raise
+            finally:
+                _BOUNDARY.reset(token)
+
+        entry.__lossatlas_public__ = name  # type: ignore[attr-defined]
+        return entry  # type: ignore[return-value]
+
+    return decorate
+
+
+def current_function(default: str | None = None) -> str | None:
+    """The public function the user called (see :func:`public`), or ``default`` outside one."""
+    return _BOUNDARY.get() or default
+
+
+def _name_the_boundary(exc: LossAtlasError, name: str, arguments: set[str]) -> None:
+    if not exc.args or not isinstance(exc.args[0], str):
+        return
+    text = exc.args[0]
+    match = _PREFIX.match(text)
+    if match is None or match.group(1) == name:
+        return
+    arg = _ARGUMENT.search(text, match.end())
+    own = arg is not None and arg.start() == match.end() and arg.group(1) in arguments
+    text = f"{name}(): " + (text[match.end():] if own else text)
+    exc.args = (text,) + tuple(exc.args[1:])
 
 
 class LossAtlasError(Exception):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from . import params as P
 from .directions import between
-from .errors import bad_type, bad_value
+from .errors import bad_type, bad_value, public
 from .problem import Problem
 from .store import GridStore
 from .surface import open_surface, surface
@@ -39,6 +39,7 @@ __all__ = ["interpolate", "open_interpolation", "path_metrics"]
 BN_CHOICES = (None, "eval", "recalibrate")
 
 
+@public("interpolate")
 def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Module, *,
                 steps: int = 101, extend: tuple[float, float] = (0.0, 1.0), bn: str | None = None,
                 strategy: str = "auto", chunk: int | None = None, store: str | Path | None = None,
@@ -99,6 +100,7 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     return ds
 
 
+@public("open_interpolation")
 def open_interpolation(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`interpolate` (the same Dataset, along ``t``)."""
     return _as_path(open_surface(path))
@@ -113,6 +115,7 @@ def with_bn(problem: Problem, bn: str | None) -> Problem:
     return other
 
 
+@public("path_metrics")
 def path_metrics(t: np.ndarray, loss: np.ndarray, *, dtype: torch.dtype = torch.float64, tol: float | None = None,
                  accuracy: np.ndarray | None = None) -> dict[str, Any]:
     """Barrier and monotonicity of a loss profile ``loss[i] = f(t[i])`` with t sorted, t[0] = 0 and

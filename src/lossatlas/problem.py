@@ -28,7 +28,7 @@ from ._behaviour import behaviour
 from ._fast_paths import fast_cross_entropy, patch_private_module
 from ._linear_fold import dispatchers_removed
 from .data import BatchSource, map_tensors
-from .errors import (DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
+from .errors import (public, DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
                      LossFunctionError, ParameterMismatchError, bad_type, bad_value, describe)
 
 __all__ = ["Problem"]
@@ -133,6 +133,7 @@ class Problem:
     ['accuracy', 'loss']
     """
 
+    @public("Problem")
     def __init__(
         self,
         model: nn.Module,

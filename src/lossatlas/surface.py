@@ -28,7 +28,7 @@ from ._version import __version__
 from .directions._base import Directions, _jsonable, check_independent
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
-from .errors import LossAtlasError, StoreError, bad_type, bad_value
+from .errors import LossAtlasError, StoreError, bad_type, bad_value, public
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
 from .problem import Problem
@@ -53,6 +53,7 @@ def as_directions(directions: Any, *, func: str = "surface") -> Directions:
                    directions)
 
 
+@public("surface")
 def surface(
     problem: Problem,
     center: Mapping[str, Tensor] | None,
@@ -291,6 +292,7 @@ def _dataset(grid: Grid, values: Mapping[str, np.ndarray], labels: Sequence[str]
     return ds
 
 
+@public("open_surface")
 def open_surface(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`surface` as the same Dataset (loaded into memory).
 
@@ -313,6 +315,7 @@ def open_surface(path: str | Path) -> xr.Dataset:
     return ds
 
 
+@public("open_directions")
 def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
     """The centre and directions saved in a surface store."""
     import zarr

@@ -31,7 +31,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
-from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value
+from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value, public
 from .grid import DIM_NAMES
 from .problem import Problem
 
@@ -114,6 +114,7 @@ class TrajectoryRecorder:
     def __len__(self) -> int:
         return self._count
 
+    @public("TrajectoryRecorder.record")
     def record(self, model: nn.Module | Mapping[str, Tensor], step: int | None = None, **scalars: float) -> bool:
         """Save a checkpoint of ``model`` (a module or a dict of tensors) at ``step``; return whether
         this step was recorded (see ``every``). Steps must increase."""
@@ -281,6 +282,7 @@ class Trajectory:
                                                                                            torch.dtype)}
 
     @classmethod
+    @public("Trajectory.open")
     def open(cls, path: str | Path) -> Trajectory:
         """Read a recording or a directory of checkpoint files."""
         func = "Trajectory.open"
@@ -412,6 +414,7 @@ class Trajectory:
         return project(self, directions, center, **kw)
 
 
+@public("load_state")
 def load_state(path: str | Path, *, func: str = "load_state", arg: str = "path") -> dict[str, Tensor]:
     """The ``state_dict`` in a checkpoint file (or under its ``"state_dict"``/``"model"`` key), on the CPU.
 
@@ -474,6 +477,7 @@ def _flat(params: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
     return torch.cat([params[n].detach().reshape(-1).to("cpu", torch.float64) for n in names])
 
 
+@public("project_points")
 def project_points(points: Iterator[Mapping[str, Tensor]], directions: Sequence[Mapping[str, Tensor]],
                    center: Mapping[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares coordinates c_i = argmin ‖(θ_i − center) − D c‖ for each point, with the
@@ -495,6 +499,7 @@ def project_points(points: Iterator[Mapping[str, Tensor]], directions: Sequence[
     return np.array(coords).reshape(-1, len(directions)), np.array(residuals), np.array(distances)
 
 
+@public("project")
 def project(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]],
             directions: Any, center: Mapping[str, Tensor] | None = None,
             ) -> xr.Dataset:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed
+from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed, public
 from ..problem import Problem
 from ._certificate import Certificate, make_certificate
 from ._curvature import hessian_certificate
@@ -112,6 +112,7 @@ class Audit:
                 "skipped": self.skipped, "non_finite": self.non_finite, "not_certified": self.not_certified}
 
 
+@public("audit")
 def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget: int = 400, seed: int = 0,
           methods: Sequence[str] = METHODS, checkpoints: Sequence[Mapping[str, Tensor]] | None = None,
           max_certificates: int = 3, progress: bool = True, name: str = "") -> Audit:
@@ -260,6 +261,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
                  gaps, name, skipped, non_finite, not_certified)
 
 
+@public("verify")
 def verify(certificate: Certificate, problem: Problem) -> bool:
     """Shorthand for ``certificate.verify(problem)``."""
     if not isinstance(certificate, Certificate):

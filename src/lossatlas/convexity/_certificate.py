@@ -51,7 +51,7 @@ import torch
 from .. import params as P
 from .._version import __version__
 from ..curvature import hessian_operator
-from ..errors import LossAtlasError, StoreError, bad_type
+from ..errors import LossAtlasError, StoreError, bad_type, public
 from ..problem import Problem
 from ._jensen import is_violation, jensen_gap, rounding_bound
 from ._recipe import rebuild
@@ -237,6 +237,7 @@ class Certificate:
         return path
 
     @classmethod
+    @public("Certificate.load")
     def load(cls, path: str | Path) -> Certificate:
         """Read a certificate written by :meth:`save`."""
         path = Path(path)

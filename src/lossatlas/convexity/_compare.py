@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import examples
 from .. import directions as D
-from ..errors import bad_type
+from ..errors import bad_type, public
 from ..problem import Problem
 from ..surface import surface
 from ._audit import Audit, audit
@@ -86,6 +86,7 @@ class Comparison:
         return fig
 
 
+@public("compare")
 def compare(*targets: Any, budget: int = 300, seed: int = 0, methods=("jensen", "hessian", "symmetry"),
             slice_steps: int = 61, progress: bool = False) -> Comparison:
     """Audit each target the same way: example names, :class:`~lossatlas.examples.Example` objects or

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError, bad_value
+from ..errors import EvaluationError, bad_value, public
 from ..progress import progress_bar
 from . import _common as C
 from .lanczos import breakdown_tolerance, quadrature
@@ -30,6 +30,7 @@ TAIL = 6.0  # the tabulated grid extends this many σ beyond the extreme nodes
 MAX_POINTS = 200_001
 
 
+@public("curvature.density")
 def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = DEFAULT_ITERS,
             probes: int = DEFAULT_PROBES, seed: int = 0, sigma: float | None = None, points: int = 2001,
             params=None, dtype: torch.dtype | None = None, curvature: str = "hessian",

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_value
+from ..errors import bad_value, public
 from ..progress import progress_bar
 from . import _common as C
 from .lanczos import breakdown_tolerance, extreme_pairs
@@ -77,6 +77,7 @@ def _priority(which: str):
     return {"largest": largest, "smallest": smallest, "magnitude": magnitude, "both": both}[which]
 
 
+@public("curvature.eigenvalues")
 def eigenvalues(problem, theta: Mapping[str, Tensor] | None = None, *, k: int = 1, which: str = "largest",
                 tol: float = DEFAULT_TOL, seed: int = 0, max_products: int | None = DEFAULT_MAX_PRODUCTS,
                 basis: int | None = None, params=None, dtype: torch.dtype | None = None, curvature: str = "hessian",

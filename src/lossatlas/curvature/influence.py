@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, public
 from ..params.selection import ParamSelection
 from .solve import Solve, inverse_product
 
@@ -125,6 +125,7 @@ def _training_points(problem, indices: Sequence[int]) -> list[Any]:
     return [wanted[int(i)] for i in indices]
 
 
+@public("curvature.influence")
 def influence(problem: Any, train: int | Sequence[int] | Any, test: Any, theta: Mapping[str, Tensor] | None = None,
               *, damping: float = 0.0, curvature: str = "hessian", method: str = "cg", tol: float = 1e-10,
               maxiter: int | None = None, params: ParamSelection = None, dtype: torch.dtype | None = None,

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value
+from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from ..problem import Problem
 from . import _common as C
 from ..params.selection import ParamSelection
@@ -219,6 +219,7 @@ def _check_outputs_loss(problem: Any, func: str) -> None:
                                    "closure (the Fisher needs the model output); use the Hessian instead")
 
 
+@public("curvature.ef_operator")
 def ef_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                 dtype: torch.dtype | None = None, retain: bool | str = "auto") -> FisherOperator:
     """The empirical Fisher EF = (1/N) Σᵢ ∇ℓᵢ ∇ℓᵢᵀ (gradients of each sample's loss at its label) as
@@ -237,6 +238,7 @@ def ef_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, 
     return FisherOperator(problem, theta, names, kind="ef", retain=retain)
 
 
+@public("curvature.fisher_operator")
 def fisher_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                     dtype: torch.dtype | None = None, retain: bool | str = "auto", mc_samples: int = 1,
                     seed: int = 0) -> FisherOperator:
@@ -276,6 +278,7 @@ def fisher_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None,
     return FisherOperator(problem, theta, names, kind="fisher", retain=retain, mc_samples=mc_samples, seed=seed)
 
 
+@public("curvature.curvature_operator")
 def curvature_operator(problem: Any, theta: Mapping[str, Tensor] | None = None, *, curvature: str = "hessian",
                        params: ParamSelection = None, dtype: torch.dtype | None = None,
                        func: str = "curvature_operator", **options) -> CurvatureOperator:
@@ -333,6 +336,7 @@ class Diagonal:
 EXACT_DIAGONAL = 2048
 
 
+@public("curvature.diagonal")
 def diagonal(problem: Any, theta: Mapping[str, Tensor] | None = None, *, curvature: str = "hessian",
              params: ParamSelection = None, dtype: torch.dtype | None = None, method: str = "auto",
              samples: int = 100, seed: int = 0, chunk: int = 64) -> Diagonal:
@@ -479,6 +483,7 @@ def _module_at(problem: Problem, theta: Mapping[str, Tensor]) -> torch.nn.Module
     return module
 
 
+@public("curvature.kfac_operator")
 def kfac_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                   dtype: torch.dtype | None = None, fisher_type: str = "type-2", mc_samples: int = 1, seed: int = 0,
                   ekfac: bool = False) -> KFACOperator:

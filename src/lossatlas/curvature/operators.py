@@ -60,7 +60,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import params as P
-from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value
+from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value, public
 from ..params.selection import ParamSelection, layers, select
 from ..problem import Problem
 
@@ -664,6 +664,7 @@ def _prepare(problem: Any, theta: Mapping[str, Tensor] | None, params: ParamSele
     return problem, dict(theta), names
 
 
+@public("curvature.hessian_operator")
 def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                      dtype: torch.dtype | None = None, retain: bool | str = "auto",
                      vectorize: bool | None = None, method: str | None = None) -> CurvatureOperator:
@@ -691,6 +692,7 @@ def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None
                  func="hessian_operator", method=method)
 
 
+@public("curvature.ggn_operator")
 def ggn_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                  dtype: torch.dtype | None = None, retain: bool | str = "auto",
                  convex_loss: bool = False) -> CurvatureOperator:

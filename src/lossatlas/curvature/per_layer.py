@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError, bad_type, bad_value
+from ..errors import EvaluationError, bad_type, bad_value, public
 from . import _common as C
 from ..params.selection import layers, select
 from .eigen import DEFAULT_TOL, solve
@@ -149,6 +149,7 @@ def _blocks(problem, names: tuple[str, ...], blocks: Any, func: str) -> dict[str
     return out
 
 
+@public("curvature.per_layer")
 def per_layer(problem, theta: Mapping[str, Tensor] | None = None, *, blocks: Mapping[str, Any] | None = None,
               probes: int = DEFAULT_PROBES, trace_method: str = "hutchinson", tol: float = DEFAULT_TOL,
               seed: int = 0, max_products: int | None = 1000, params=None, dtype: torch.dtype | None = None,

@@ -22,7 +22,7 @@ from .. import params as P
 from .._cost import check_grid_cost
 from .._resume import check_store_args
 from ..directions._base import Directions
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, public
 from ..grid import Grid
 from ..params.selection import select
 from ..problem import Problem
@@ -40,6 +40,7 @@ VARIABLES = ("loss", "lambda_min", "lambda_max", "ratio", "residual_min", "resid
 DEFAULT_CHUNK = 4
 
 
+@public("curvature.ratio_map")
 def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
               directions: Directions | Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]], *,
               steps: int | Sequence[int] = 11, span: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, public
 from . import _common as C
 from ..params.selection import ParamSelection
 
@@ -84,6 +84,7 @@ def _cg(apply, b: Tensor, damping: float, tol: float, maxiter: int) -> tuple[Ten
     return x, it, notes
 
 
+@public("curvature.inverse_product")
 def inverse_product(problem: Any, b: Tensor | Mapping[str, Tensor], theta: Mapping[str, Tensor] | None = None, *,
                     curvature: str = "hessian", damping: float = 0.0, method: str = "cg", tol: float = 1e-10,
                     maxiter: int | None = None, params: ParamSelection = None, dtype: torch.dtype | None = None,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError, bad_value
+from ..errors import EvaluationError, bad_value, public
 from ..progress import progress_bar
 from . import _common as C
 from .operators import CurvatureOperator, as_operator
@@ -34,6 +34,7 @@ DEFAULT_PROBES = 99
 BLOCK = 16  # products per vectorised backward pass
 
 
+@public("curvature.trace")
 def trace(problem, theta: Mapping[str, Tensor] | None = None, *, method: str = "hutch++",
           probes: int = DEFAULT_PROBES, seed: int = 0, params=None, dtype: torch.dtype | None = None,
           curvature: str = "hessian", progress: bool = True) -> Estimate:

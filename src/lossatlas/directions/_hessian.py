@@ -16,7 +16,7 @@ from .. import params as P
 from ..curvature import _common as C
 from ..curvature.eigen import DEFAULT_TOL, eigenvalues
 from ..curvature.operators import as_operator
-from ..errors import EvaluationError, bad_value
+from ..errors import EvaluationError, bad_value, public
 from ._base import Directions
 from ._registry import DirectionKind, register
 
@@ -26,6 +26,7 @@ WHICH_DIRECTIONS = ("extremes", "top")
 NORMS = ("unit", "model")
 
 
+@public("directions.hessian")
 def hessian(problem, theta: Mapping[str, Tensor] | None = None, n: int = 2, which: str = "extremes", *,
             seed: int = 0, tol: float = DEFAULT_TOL, max_products: int | None = 1000,
             norm: str = "unit", params=None, progress: bool = False) -> Directions:

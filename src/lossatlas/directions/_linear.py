@@ -11,13 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_value
+from ..errors import InvalidArgumentError, bad_value, public
 from ._base import Directions, _check_params, _resolve_source, _short_list
 from ._registry import DirectionKind, register
 
 __all__ = ["between", "plane", "axes"]
 
 
+@public("directions.between")
 def between(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Directions:
     """The single direction b − a (so the point at coordinate 1 from centre ``a`` is ``b``).
 
@@ -44,6 +45,7 @@ def _check_offset(func: str, arg: str, distance: float) -> None:
                                    "direction to it would be zero); received parameters identical to 'a'")
 
 
+@public("directions.plane")
 def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tensor], *,
           orthogonal: bool = False) -> Directions:
     """Two directions spanning the plane through three models, for a surface centred at ``a``.
@@ -80,6 +82,7 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
                                             else "direction a → c (orthogonalised)"]})
 
 
+@public("directions.axes")
 def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -> Directions:
     """Unit directions along single parameters: ``"w0"`` (a scalar parameter) or an element such as
     ``"fc.weight[3, 2]"``. Coordinates of a surface are then plain offsets of those parameters.

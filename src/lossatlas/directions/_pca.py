@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value
+from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from ..params._layout import filter_layout, ignored
 from ..problem import Problem
 from ..trajectory import Trajectory, _as_trajectory, _flat
@@ -42,6 +42,7 @@ def _target_layout(traj: Trajectory, like: Any, func: str) -> tuple[list[str], t
     return list(ref), first.dtype, first.device, ref
 
 
+@public("directions.pca")
 def pca(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]], n: int = 2, *, like: Any = None,
         ignore: Any = None, max_bytes: int = 2**30) -> Directions:
     """The first ``n`` principal directions of θ_i − θ_final (Li et al. 2018), as :class:`Directions`.

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed
+from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed, public
 from ..params._layout import IgnoreRule, filter_layout, filter_norms, ignored, rescale_filters
 from ._base import Directions, _check_model_params, _check_params, _resolve_source
 from ._registry import NORM_WORDS, NORMS, DirectionKind, register
@@ -30,6 +30,7 @@ def _seeds(seed: int, n: int) -> list[int]:
             for s in np.random.SeedSequence(seed).spawn(n)]
 
 
+@public("directions.random")
 def random(
     params: Mapping[str, Tensor] | nn.Module | Any,
     n: int = 2,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _common as C
+from ..errors import public
 
 __all__ = ["basin_width", "BasinWidth"]
 
@@ -53,6 +54,7 @@ def _crossing(t: np.ndarray, f: np.ndarray, i0: int, level: float, step: int) ->
     return float(t[i]), False
 
 
+@public("metrics.basin_width")
 def basin_width(surface: Any, delta: float) -> BasinWidth:
     """The width of the basin of the slice's lowest grid point along each direction: the interval
     around it where L ≤ L_min + δ, along the grid line through the minimum.

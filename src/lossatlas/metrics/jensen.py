@@ -11,7 +11,7 @@ import torch
 
 from .. import params as P
 from ..convexity._jensen import is_violation, jensen_gap, rounding_bound
-from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed
+from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed, public
 from ..problem import Problem
 from . import _common as C
 
@@ -94,6 +94,7 @@ class JensenRate:
         return f"JensenRate({body}{' (× ‖θ‖)' if self.relative else ''})"
 
 
+@public("metrics.jensen_rate")
 def jensen_rate(problem: Problem, center: Mapping[str, torch.Tensor] | None = None, *,
                 radii: Sequence[float] = RADII, segments: int = 64, relative: bool = True, tol: float | None = None,
                 seed: int = 0) -> JensenRate:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import params as P
-from ..errors import bad_type
+from ..errors import bad_type, public
 from ..problem import Problem
 from . import _common as C
 
@@ -150,6 +150,7 @@ def strict_minima(values: np.ndarray, *, boundary: bool = False) -> list[tuple[i
     return sorted(found, key=lambda ix: values[ix])
 
 
+@public("metrics.local_minima")
 def local_minima(surface: Any, problem: Problem | None = None, *, center: Mapping | None = None,
                  directions: Any = None, check: bool = True, refine: bool = True, grad_tol: float = 1e-6,
                  boundary: bool = False, exact_limit: int = EXACT_LIMIT, max_minima: int = 50, seed: int = 0,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _common as C
+from ..errors import public
 
 __all__ = ["nonconvexity_fraction", "NonConvexity", "sampled_hessian"]
 
@@ -73,6 +74,7 @@ def _count(values: np.ndarray, h: tuple[float, ...], tol: float) -> tuple[int, i
     return int(fxx.size), int(((lmin < -tol) & (lmax > tol)).sum()), int((lmin < -tol).sum())
 
 
+@public("metrics.nonconvexity_fraction")
 def nonconvexity_fraction(surface: Any, *, tol: float | None = None) -> NonConvexity:
     """The share of interior grid points of a 2D slice whose sampled 2×2 Hessian is indefinite
     (one eigenvalue below −tol, one above tol), and the same on the half-resolution grid.

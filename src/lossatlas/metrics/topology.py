@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_value
+from ..errors import bad_value, public
 from . import _common as C
 
 __all__ = ["sublevel_persistence", "Topology", "Basin", "BACKENDS"]
@@ -155,6 +155,7 @@ def _has_gudhi() -> bool:
     return True
 
 
+@public("metrics.sublevel_persistence")
 def sublevel_persistence(surface: Any, *, tau: float | None = None, backend: str = "auto") -> Topology:
     """The basins of a 1D or 2D slice and their persistence (0-dim persistent homology of the
     sublevel sets {L ≤ c}, Edelsbrunner, Letscher & Zomorodian 2002), counting those with

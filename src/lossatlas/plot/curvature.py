@@ -13,6 +13,7 @@ from lossatlas.errors import bad_type, bad_value  # absolute: plot/ has no __ini
 from lossatlas.plot._checks import check_levels
 from lossatlas.curvature.results import Density
 import xarray as xr
+from ..errors import public
 
 __all__ = ["density", "ratio_map"]
 
@@ -26,6 +27,7 @@ def _figure(ax: Any, size: tuple[float, float]):
     return ax.figure, ax
 
 
+@public("plot.density")
 def density(result: Any, *, ax: Any = None, log: bool = True, title: str | None = None, floor: float = 1e-6):
     """The smoothed spectral density φ(λ) of a :class:`~lossatlas.curvature.Density` (Ghorbani et al.
     2019 plot it on a log scale: ``log=True``, values below ``floor`` clipped), the negative part
@@ -66,6 +68,7 @@ def density(result: Any, *, ax: Any = None, log: bool = True, title: str | None 
     return fig
 
 
+@public("plot.ratio_map")
 def ratio_map(ds: Any, *, ax: Any = None, variable: str = "ratio", title: str | None = None,
               loss_contours: int = 12, cmap: str = "viridis"):
     """A 2-D map of ``ds[variable]`` (default ``ratio = |λmin/λmax|``, Li et al. 2018 Fig. 7) from

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..errors import MissingDependencyError, bad_type, bad_value
+from ..errors import MissingDependencyError, bad_type, bad_value, public
 from ._checks import check_limit, check_out_path, write_failed
 
 __all__ = ["interactive", "save_html"]
@@ -22,6 +22,7 @@ def _plotly():
     return go
 
 
+@public("plot.interactive")
 def interactive(ds: xr.Dataset, variable: str = "loss", *, vmax: float | None = None, log: bool = False,
                 title: str | None = None):
     """A plotly Figure: ``go.Surface`` for a 2-D surface, a line for a 1-D slice.
@@ -62,6 +63,7 @@ def interactive(ds: xr.Dataset, variable: str = "loss", *, vmax: float | None = 
     return fig
 
 
+@public("plot.save_html")
 def save_html(fig, path: str | Path) -> Path:
     """Write a self-contained HTML file (plotly.js embedded, works offline)."""
     path = check_out_path("plot.save_html", path, (".html", ".htm"))

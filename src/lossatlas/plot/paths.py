@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, public
 from ._checks import check_levels
 
 __all__ = ["interpolation", "line_vs_curve", "path_on_plane", "path_coordinates"]
@@ -25,6 +25,7 @@ def _axes(ax: Any, figsize: tuple[float, float]):
     return ax.figure, ax
 
 
+@public("plot.interpolation")
 def interpolation(*datasets: xr.Dataset, labels: Sequence[str] | None = None, metric: str = "loss",
                   barrier: bool = True, logy: bool = False, ax: Any = None, title: str | None = None):
     """``metric`` along t for one or more datasets of :func:`lossatlas.interpolate` or
@@ -77,6 +78,7 @@ def _default_label(ds: xr.Dataset) -> str:
     return "straight line"
 
 
+@public("plot.line_vs_curve")
 def line_vs_curve(line: xr.Dataset, curve: xr.Dataset, *, metric: str = "loss", ax: Any = None,
                   title: str | None = None):
     """The loss along the straight line a → b against the loss along a trained curve, with both
@@ -97,6 +99,7 @@ def path_coordinates(path: Any) -> np.ndarray:
     return arr
 
 
+@public("plot.path_on_plane")
 def path_on_plane(surface: xr.Dataset, path: Any = None, *, anchors: Mapping[str, Sequence[float]] | None = None,
                   metric: str = "loss", levels: int = 25, ax: Any = None, title: str | None = None,
                   annotate: str | None = "step"):

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from lossatlas.errors import bad_type
+from ..errors import public
 
 __all__ = ["per_layer"]
 
 
+@public("plot.per_layer")
 def per_layer(result: Any, *, title: str | None = None, log: bool = False):
     """Two bar charts over the blocks of a :class:`~lossatlas.curvature.LayerCurvature`: tr H_bb with
     ±1 standard error, and λmax(H_bb) with its error bound (unconverged blocks hatched). ``log``: a

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..directions._registry import describe as describe_directions
-from ..errors import InvalidArgumentError, bad_type, bad_value
+from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from ._checks import check_levels, check_limits, check_out_path, write_failed
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "FORMATS"]
@@ -124,6 +124,7 @@ def _nan_note(ax, n_bad: int) -> None:
                 color="crimson", va="bottom")
 
 
+@public("plot.line")
 def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool = False,
          accuracy: bool = True, vmin: float | None = None, vmax: float | None = None,
          mark_center: bool = True, title: str | None = None, ax=None):
@@ -177,6 +178,7 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     return fig
 
 
+@public("plot.contour")
 def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, levels: int | Sequence[float] = 30,
             vmin: float | None = None, vmax: float | None = None, log: bool = False, labels: bool = True,
             mark_center: bool = True, path: Any = None, title: str | None = None, cmap: str = "viridis", ax=None):
@@ -231,6 +233,7 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
     return fig
 
 
+@public("plot.heatmap")
 def heatmap(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None, vmax: float | None = None,
             log: bool = False, mark_center: bool = True, title: str | None = None, cmap: str = "magma", ax=None):
     """A colour map of a 2-D surface (one cell per grid point), NaN/Inf shown in grey."""
@@ -261,6 +264,7 @@ def heatmap(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None
     return fig
 
 
+@public("plot.surface3d")
 def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None, vmax: float | None = None,
               log: bool = False, mark_center: bool = True, title: str | None = None, cmap: str = "viridis",
               elev: float = 35, azim: float = -60, ax=None):
@@ -318,6 +322,7 @@ def _value_at_origin(da, dx: str, dy: str) -> float:
                  + wx * wy * z[i1, j1])
 
 
+@public("plot.save")
 def save(fig, path: str | Path, *, dpi: int = 130) -> Path:
     """Save a figure as PNG, PDF or SVG (by the file's suffix); creates parent folders."""
     path = check_out_path("plot.save", path, FORMATS)

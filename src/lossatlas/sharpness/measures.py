@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import params as P
-from ..errors import bad_type, check_seed
+from ..errors import bad_type, check_seed, public
 from ..metrics import _common as C
 from ..problem import Problem
 from ._ascent import ascent
@@ -35,6 +35,7 @@ def _start(func: str, problem: Any, theta: Mapping[str, Tensor] | None) -> dict:
     return {k: v.detach() for k, v in theta.items()}
 
 
+@public("sharpness.lambda_max")
 def lambda_max(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, tol: float = 1e-6, seed: int = 0,
                dtype: torch.dtype | None = torch.float64, max_products: int | None = 1000) -> Sharpness:
     """λmax(∇²L(θ)), the largest Hessian eigenvalue, by thick-restart Lanczos
@@ -59,6 +60,7 @@ def lambda_max(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, t
                      details={"converged": bool(eig.all_converged), "products": eig.products, "eigen": eig})
 
 
+@public("sharpness.trace")
 def trace(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, probes: int = 99, seed: int = 0,
           dtype: torch.dtype | None = torch.float64) -> Sharpness:
     """tr ∇²L(θ) by Hutch++ (:func:`lossatlas.curvature.trace`, Meyer et al. 2021) ± its standard error
@@ -88,6 +90,7 @@ def _worst_case_args(func, steps, lr, restarts, seed):
     return steps, lr, restarts, seed
 
 
+@public("sharpness.epsilon_sharpness")
 def epsilon_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, epsilon: float = 1e-3,
                       steps: int = 20, lr: float = 0.5, restarts: int = 0, seed: int = 0) -> Sharpness:
     """Keskar et al. 2017 (arXiv:1609.04836, Metric 2.1) ε-sharpness in the full space (A = I):
@@ -118,6 +121,7 @@ def epsilon_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = Non
                                  "loss_witness": r.loss_witness, "evaluations": r.evaluations, "steps": r.steps})
 
 
+@public("sharpness.sam_sharpness")
 def sam_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, rho: float = 0.05, steps: int = 20,
                   lr: float = 0.5, restarts: int = 0, seed: int = 0) -> Sharpness:
     """SAM sharpness (Foret et al. 2021, arXiv:2010.01412): max_{‖ε‖₂ ≤ ρ} L(θ + ε) − L(θ), by
@@ -144,6 +148,7 @@ def sam_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *
                                  "perturbation_norm": r.offset_norm, "evaluations": r.evaluations, "steps": r.steps})
 
 
+@public("sharpness.adaptive_sharpness")
 def adaptive_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, rho: float = 0.5,
                        eta: float = 0.0, steps: int = 20, lr: float = 0.5, restarts: int = 0,
                        seed: int = 0) -> Sharpness:
@@ -175,6 +180,7 @@ def adaptive_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = No
                       "evaluations": r.evaluations, "steps": r.steps})
 
 
+@public("sharpness.filter_width")
 def filter_width(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, delta: float = 0.1,
                  span: float = 1.0, steps: int = 41, seed: int = 0) -> Sharpness:
     """The width of the basin around θ along one filter-normalised random direction (Li et al. 2018,
