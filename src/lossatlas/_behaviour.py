@@ -156,7 +156,7 @@ def comparable(stored: Any, now: Any) -> bool:
 
 
 def _evaluate(view, batch: Any, point: Mapping[str, Tensor]) -> dict[str, Any]:
-    buffers = view._recalibrated_buffers(point) if view.bn == "recalibrate" and view._bn_modules else None
+    buffers = view._recalibrated_buffers(point) if view.bn == "recalibrate" and view.has_batchnorm else None
     with view.bound(point, buffers):
         terms = view.evaluate_bound(metrics=True)
         outputs, raw, _ = view._forward_bound(batch)

@@ -164,7 +164,7 @@ class LinearFold:
         problem = self.problem
         found: dict[int, tuple[str, nn.Module]] = {}
         names = set(problem.param_names)
-        for mname, m in problem._module.named_modules():
+        for mname, m in problem.module.named_modules():
             if type(m) not in _AFFINE:
                 continue
             pnames = [f"{mname}.{p}" if mname else p for p, _ in m.named_parameters(recurse=False)]

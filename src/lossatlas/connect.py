@@ -125,7 +125,7 @@ class Curve:
         for i, p in enumerate(self.points):
             problem.check_params(p, func=func, arg=f"points[{i}]")
         if bn is None:
-            bn = "recalibrate" if problem._bn_modules else problem.bn
+            bn = "recalibrate" if problem.has_batchnorm else problem.bn
         evaluated = with_bn(problem, bn)
         t = np.linspace(0.0, 1.0, int(steps))
         coeffs = self.coefficients(t)
@@ -255,7 +255,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
     lock = problem._guard.lock  # BatchNorm of the shared private module in train mode: no other thread meanwhile
     lock.acquire()
     try:
-        for m in problem._bn_modules:
+        for m in problem.batchnorm_modules:
             m.train()
         with progress_bar(int(steps), f"connect ({curve}, {k} bend{'s' if k > 1 else ''})", enabled=progress,
                           unit="steps") as advance:
@@ -280,7 +280,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
                 history.append(float(loss.detach()))
                 advance(1)
     finally:
-        for m in problem._bn_modules:
+        for m in problem.batchnorm_modules:
             m.eval()
         lock.release()
     seconds = time.perf_counter() - t0
@@ -305,11 +305,11 @@ def _combine(points: Sequence[Mapping[str, Tensor]], coeffs: Sequence[float]) ->
 def _bn_buffer_names(problem: Problem) -> dict[str, Tensor]:
     """The private module's BatchNorm buffers (cloned at every training step so that train-mode
     BatchNorm's in-place updates never reach the stored statistics)."""
-    if not problem._bn_modules:
+    if not problem.has_batchnorm:
         return {}
-    ids = {id(m) for m in problem._bn_modules}
+    ids = {id(m) for m in problem.batchnorm_modules}
     out = {}
-    for mname, m in problem._module.named_modules():
+    for mname, m in problem.module.named_modules():
         if id(m) in ids:
             for bname, buf in m.named_buffers(recurse=False):
                 out[f"{mname}.{bname}" if mname else bname] = buf

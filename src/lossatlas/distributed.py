@@ -352,7 +352,7 @@ class DataParallelEvaluator:
     def __init__(self, problem, center, directions, *, ctx: Context | None = None, strategy: str = "loop",
                  vmap_batch: int | None = None, exact_linear: bool = True, metrics: bool = True):
         self.ctx = ctx or context()
-        if problem.bn == "recalibrate" and problem._bn_modules:
+        if problem.bn == "recalibrate" and problem.has_batchnorm:
             raise bad_value("surface", "parallel", "'grid' with bn='recalibrate' (recalibrating BatchNorm needs "
                             "every batch at every point)", "data")
         self.problem = problem

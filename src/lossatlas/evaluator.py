@@ -87,14 +87,14 @@ class PointEvaluator:
             self._point_dirs = [P.to(d, dtype=self.point_dtype) for d in self.directions]
         else:
             self._point_center, self._point_dirs = self.center, self.directions
-        if problem.bn == "recalibrate" and problem._bn_modules and per_batch:
+        if problem.bn == "recalibrate" and problem.has_batchnorm and per_batch:
             raise bad_value("surface", "parallel", "'grid' with bn='recalibrate' (recalibrating BatchNorm needs "
                             "every batch at every point)", "data")
         self.fold = LinearFold(problem, self.center, self.directions) if exact_linear else None
         self._stack = contextlib.ExitStack()
         if self.fold is not None:
             self._stack.enter_context(self.fold)
-        if problem.bn == "recalibrate" and problem._bn_modules and strategy == "vmap":
+        if problem.bn == "recalibrate" and problem.has_batchnorm and strategy == "vmap":
             raise bad_value("surface", "strategy", "'loop' or 'auto' with bn='recalibrate' (train-mode "
                             "BatchNorm cannot be vmapped)", strategy)
         self.vmap_batch = vmap_batch or self._default_vmap_batch()
@@ -174,7 +174,7 @@ class PointEvaluator:
         keys = list(self.center)
         base = [self._point_center[k] for k in keys]
         low = self.point_dtype != problem.dtype
-        recalibrate = problem.bn == "recalibrate" and bool(problem._bn_modules)
+        recalibrate = problem.bn == "recalibrate" and problem.has_batchnorm
         # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
         # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like P.lincomb and
         # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps.
@@ -250,7 +250,7 @@ class PointEvaluator:
             if isinstance(out, Tensor):
                 total[0] += out.numel() * out.element_size()
         with problem._guard.lock:  # hooks on the shared private module
-            for m in problem._module.modules():
+            for m in problem.module.modules():
                 if not list(m.children()):
                     hooks.append(m.register_forward_hook(hook))
             try:
@@ -270,7 +270,7 @@ class PointEvaluator:
         """Time a few points with each strategy; keep the faster per point. vmap is timed on 2 and
         then 8 points first; only when its marginal cost per point is competitive is it timed on the
         full probe (up to 64 points, enough for its per-call overhead to amortise)."""
-        if self.problem.bn == "recalibrate" and self.problem._bn_modules:
+        if self.problem.bn == "recalibrate" and self.problem.has_batchnorm:
             return "loop"
         n = len(self.directions)
         rng = np.random.default_rng(0)

@@ -15,7 +15,6 @@ a + t·(b − a), chunked, resumable with ``store=``); this module adds the path
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Mapping
@@ -108,11 +107,7 @@ def open_interpolation(path: str | Path) -> xr.Dataset:
 
 def with_bn(problem: Problem, bn: str | None) -> Problem:
     """``problem`` evaluated with another BatchNorm policy (same model, data and loss)."""
-    if bn is None or bn == problem.bn:
-        return problem
-    other = copy.copy(problem)
-    other.bn = bn
-    return other
+    return problem if bn is None else problem.replace(bn=bn)
 
 
 @public("path_metrics")

@@ -566,6 +566,43 @@ class Problem:
         sums depend on the evaluation order and thread count)."""
         return behaviour(self)
 
+    # -- the public surface other modules use (never the private attributes) ---------------------
+    @property
+    def module(self) -> nn.Module:
+        """The problem's private copy of the model: what it evaluates. Read it (its structure, its
+        submodules); never modify it — :meth:`replace`, :meth:`with_dtype` and :meth:`with_state`
+        make variants."""
+        return self._module
+
+    @property
+    def batchnorm_modules(self) -> tuple[nn.Module, ...]:
+        """The batch-normalisation layers of :attr:`module` (whose running statistics ``bn`` governs)."""
+        return tuple(self._bn_modules)
+
+    @property
+    def has_batchnorm(self) -> bool:
+        """Whether the model has batch-normalisation layers (``bn="recalibrate"`` changes anything)."""
+        return bool(self._bn_modules)
+
+    def replace(self, *, bn: str | None = None, loss_dtype: torch.dtype | None = None,
+                dtype: torch.dtype | None = None) -> Problem:
+        """The same problem with another BatchNorm policy (``"eval"`` / ``"recalibrate"``), loss
+        precision or evaluation dtype; ``None`` keeps the setting. Model snapshot, data and loss are
+        shared (nothing is copied for ``bn`` or ``loss_dtype``); ``dtype`` is :meth:`with_dtype`.
+        Returns ``self`` when nothing changes."""
+        new = self if dtype is None or dtype == self.dtype else self.with_dtype(dtype)
+        if bn is not None and bn != new.bn:
+            if bn not in _BN_MODES:
+                raise bad_value("Problem.replace", "bn", f"one of {_BN_MODES}", bn)
+            new = copy.copy(new)
+            new.bn = bn
+        if loss_dtype is not None and loss_dtype != new.loss_dtype:
+            if not isinstance(loss_dtype, torch.dtype) or not loss_dtype.is_floating_point:
+                raise bad_value("Problem.replace", "loss_dtype", "a floating torch.dtype or None", loss_dtype)
+            new = copy.copy(new) if new is self else new
+            new._loss_dtype_arg = loss_dtype
+        return new
+
     def with_dtype(self, dtype: torch.dtype) -> Problem:
         """The same problem evaluated in another dtype (e.g. ``torch.float64`` for verification).
 

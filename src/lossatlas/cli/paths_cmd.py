@@ -128,7 +128,7 @@ def interpolate_cmd(
     plt.close(fig)
     console = _console()
     console.print(_table(f"interpolation {tgt.name}: {a.name} → {b.name}", rows))
-    if tgt.problem._bn_modules and (bn or tgt.problem.bn) == "eval":
+    if tgt.problem.has_batchnorm and (bn or tgt.problem.bn) == "eval":
         console.print("note: A and B are parameters only; BatchNorm used the TARGET model's running statistics "
                       "at every t (not A's or B's): pass --bn recalibrate to recompute them at each point")
     console.print(f"wrote {out / 'interpolation.zarr'} and {out / 'interpolation.png'} "
@@ -256,7 +256,7 @@ def connect_cmd(
     c = connect(problem, pa, pb, curve=curve, bends=bends, steps=train_steps, lr=lr,
                 batch_size=batch_size or None, seed=seed, progress=progress)
     c.save(out / "curve.pt")
-    eval_bn = bn if bn is not None else ("recalibrate" if problem._bn_modules else None)
+    eval_bn = bn if bn is not None else ("recalibrate" if problem.has_batchnorm else None)
     line = interpolate(problem, pa, pb, steps=steps, bn=eval_bn, store=out / "line.zarr", overwrite=True,
                        progress=progress)
     along = c.evaluate(steps, bn=eval_bn, progress=progress)

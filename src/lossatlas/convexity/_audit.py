@@ -162,7 +162,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
             problem.check_params(c, func=func, arg=f"checkpoints[{i}]")
     t0 = time.perf_counter()
     p64 = float64_problem(problem)
-    reference = Reference(p64, snapshot=problem._module)  # the model as the problem took it
+    reference = Reference(p64, snapshot=problem.module)  # the model as the problem took it
     certificates: list[Certificate] = []
     tried: dict[str, Any] = {}
     notes: list[str] = []

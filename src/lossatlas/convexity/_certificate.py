@@ -145,7 +145,7 @@ class Certificate:
             reasons.append(f"t = {self.t} is not strictly between 0 and 1")
         if self.kind not in KINDS:
             reasons.append(f"unknown certificate kind {self.kind!r}")
-        ev = (reference or Reference(p64, snapshot=problem._module)).triple(a, b, self.t)
+        ev = (reference or Reference(p64, snapshot=problem.module)).triple(a, b, self.t)
         reasons += ev.reasons
         losses, gap, bound = ev.losses, ev.gap, ev.bound
         if math.isfinite(bound):

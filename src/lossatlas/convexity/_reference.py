@@ -185,11 +185,7 @@ def _written(schema, args, kwargs) -> list[Tensor]:
 def float64_problem(problem):
     """The problem evaluated in float64 throughout: its float64 variant, with the loss computed in float64
     too (a mixed-precision problem's ``loss_dtype=float32`` is a speed setting, not part of the function)."""
-    p64 = problem if problem.dtype == torch.float64 else problem.with_dtype(torch.float64)
-    if p64.loss_dtype != torch.float64:
-        p64 = copy.copy(p64)
-        p64._loss_dtype_arg = torch.float64
-    return p64
+    return problem.replace(dtype=torch.float64, loss_dtype=torch.float64)
 
 
 def _plain_module(module: nn.Module) -> nn.Module:
@@ -228,7 +224,7 @@ class Reference:
         to compare with); ``snapshot``: the module to copy (default ``p64``'s private one) — pass the
         original problem's private module, the model as it was when the problem was made."""
         self.p64 = p64
-        self.module = _plain_module(snapshot if snapshot is not None else p64._module)
+        self.module = _plain_module(snapshot if snapshot is not None else p64.module)
 
     # one evaluation -------------------------------------------------------------------------------
     def _value(self, params: Mapping[str, Tensor], watch: _Watch) -> tuple[float, list[str]]:
@@ -237,7 +233,7 @@ class Reference:
         with torch.no_grad():
             watch.taint(params.values())
             buffers = None
-            if p64.bn == "recalibrate" and p64._bn_modules:
+            if p64.bn == "recalibrate" and p64.has_batchnorm:
                 with watch:
                     buffers = p64.recalibrated_buffers(params)
             state = {**dict(params), **(buffers or {})}

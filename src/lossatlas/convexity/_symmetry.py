@@ -42,7 +42,7 @@ def _outputs(p64, params: Mapping[str, Tensor]) -> list[Tensor]:
         for batch, _ in p64.data:
             if p64.closure is not None:
                 return [torch.as_tensor(float(p64.evaluate_bound(metrics=False)["loss"]))]
-            outs.append(p64._module(batch[0]).detach().clone())
+            outs.append(p64.module(batch[0]).detach().clone())
     return outs
 
 

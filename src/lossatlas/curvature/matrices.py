@@ -473,7 +473,7 @@ def _module_at(problem: Problem, theta: Mapping[str, Tensor]) -> torch.nn.Module
     """A private copy of the problem's (eval-mode) model holding θ as its parameters."""
     import copy
 
-    module = copy.deepcopy(problem._module).eval()
+    module = copy.deepcopy(problem.module).eval()
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name in theta:

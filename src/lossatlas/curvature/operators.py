@@ -129,7 +129,7 @@ class CurvatureOperator:
         leaf_of = dict(zip(self.names, self._leaves))
         self._point = {k: leaf_of.get(k, v) for k, v in self.theta.items()}
         self._buffers = (problem.recalibrated_buffers(self.theta)
-                         if problem.bn == "recalibrate" and problem._bn_modules else None)
+                         if problem.bn == "recalibrate" and problem.has_batchnorm else None)
         self._graphs: list[Any] | None = None
         self._retain_arg = retain
         self.retained = False
@@ -213,13 +213,13 @@ class CurvatureOperator:
                                                                      else (output,))
             seen.append(any(isinstance(t, Tensor) and t.requires_grad for t in flat))
 
-        handle = self.problem._module.register_forward_hook(hook)
+        handle = self.problem.module.register_forward_hook(hook)
         try:
             with torch.enable_grad(), self.problem.bound(self._point, self._buffers):
                 if self.problem.closure is not None:
-                    self.problem.closure(self.problem._module, batch)
+                    self.problem.closure(self.problem.module, batch)
                 else:
-                    self.problem._module(batch[0])
+                    self.problem.module(batch[0])
         except Exception:  # noqa: BLE001 - a diagnosis only; the loss itself evaluated fine
             return False
         finally:
