@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost", "--proxy-server=127.0.0.1:9",
-         "--virtual-time-budget=10000"]
+         "--virtual-time-budget=5000"]
 SMALL = {"steps": 7, "slice_steps": 11, "audit_budget": 20, "trace_probes": 3, "density_iters": 6,
          "density_probes": 1}
 
@@ -209,6 +209,10 @@ def test_report_cli(tmp_path, monkeypatch):
     text = (tmp_path / "r.html").read_text()
     assert 'data-section="verdict"' in text and 'data-section="slices"' not in text
     assert (tmp_path / "r_files" / "linreg-mse" / "plane.zarr").exists()
+    for name in ("audit.json", "plane.zarr"):  # `lossatlas info` shows every stored result
+        with pytest.raises(SystemExit) as exc:
+            main(["info", f"r_files/linreg-mse/{name}"])
+        assert exc.value.code == 0
 
 
 def test_report_rejects_bad_arguments(tmp_path):

@@ -28,7 +28,7 @@ from .. import params as P
 #: the fast defaults (mlp-digits in about a minute on 2 cores); ``report(..., settings=...)`` overrides
 DEFAULTS: dict[str, Any] = {
     "steps": 15, "span": 1.0, "slice_steps": 41, "seed": 0,
-    "audit_budget": 40, "audit_certificates": 1, "audit_hessian_max_params": 5000,
+    "audit_budget": 40, "audit_certificates": 1, "audit_hessian_max_params": 1000,
     "eigen_tol": 1e-3, "trace_probes": 12, "density_iters": 20, "density_probes": 2,
     "chunk": None,  # grid points per chunk of the stores (None: about a second of work each)
 }
@@ -219,8 +219,6 @@ def _audit(problem, center, folder: Path, s, n_params: int, name: str, res: Targ
 
 def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bool):
     from .. import curvature
-    from ..convexity._curvature import explain
-    from ..convexity._reference import float64_problem
 
     settings = {k: s[k] for k in ("eigen_tol", "trace_probes", "density_iters", "density_probes", "seed")}
     path = folder / "curvature.json"
@@ -244,10 +242,7 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
         ggn_min, ggn_conv, ggn_note = None, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     seconds["ggn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    p64 = float64_problem(problem)
-    theta64 = P.to(center, dtype=torch.float64, device=p64.device)
-    v = P.to(eig.vectors[-1], dtype=torch.float64, device=p64.device)
-    split = explain(p64, theta64, v, lam_min)
+    split = _split(problem, center, eig.vectors[-1], lam_min)
     seconds["split"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tr = curvature.trace(problem, center, probes=s["trace_probes"], seed=s["seed"], progress=progress)
@@ -275,3 +270,19 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
     }
     write_json(path, out)
     return read_json(path)
+
+
+def _split(problem, center, v, lam: float) -> dict[str, Any]:
+    """The Gauss–Newton split along v in the problem's dtype: vᵀHv = vᵀGv + vᵀ(Σ ∂ℓ/∂f ∇²f)v (two
+    products; the audit's float64 version is :func:`lossatlas.convexity._curvature.explain`)."""
+    from ..curvature import ggn_operator, hessian_operator
+    from ..errors import LossAtlasError
+
+    try:
+        hv = hessian_operator(problem, center).apply(v)
+        gv = ggn_operator(problem, center).apply(v)
+    except LossAtlasError as exc:
+        return {"available": False, "text": f"No Gauss–Newton split: {exc}"}
+    vv = P.dot(v, v)
+    vhv, vgv = P.dot(v, hv) / vv, P.dot(v, gv) / vv
+    return {"available": True, "vHv": vhv, "vGv": vgv, "model_term": vhv - vgv, "lambda": lam}

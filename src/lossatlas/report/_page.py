@@ -120,7 +120,7 @@ border-radius:6px;padding:.6em .9em}
 .banner{background:#fff3cd;border:1px solid #e0b84d;padding:.6em 1em;border-radius:6px;margin:.8em 0}
 table{border-collapse:collapse;font-size:.92em}td,th{padding:.15em .6em;border-bottom:1px solid #e3e8ee;text-align:left;
 vertical-align:top}th{font-weight:600}code,pre{background:#eef2f6;border-radius:3px;padding:.05em .3em;font-size:.9em}
-pre{padding:.5em;white-space:pre-wrap;word-break:break-all}img.static{max-width:100%;height:auto}.wide img.static{width:100%}
+pre{padding:.5em;white-space:pre-wrap;word-break:break-all}img.static{max-width:100%;height:auto}
 .muted{color:#5a6675;font-size:.9em}nav a{margin-right:1em}
 """
 

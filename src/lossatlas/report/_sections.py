@@ -59,6 +59,14 @@ def verdict(page: Page) -> str:
                        "landscape.</p>")
             out.append(_table([("largest relative Jensen gap seen", page.num(t, "audit.json#best_jensen_gap", gap, ".3e")),
                                ("methods", esc(", ".join(a.get("methods", []))))]))
+        if "hessian" not in a.get("methods", []):
+            lam = (t.curvature or {}).get("eigen", {}).get("lambda_min")
+            out.append(f'<p class="muted">The float64 negative-curvature search was not run '
+                       f'({page.num(t, "provenance.json#parameters", t.provenance.get("parameters"), "d")} parameters; '
+                       f"<code>lossatlas report --hessian-audit</code> runs it)"
+                       + (f"; λmin = {page.num(t, 'curvature.json#eigen.lambda_min', lam)} &lt; 0 at θ (Hessian "
+                          f"section) is evidence of non-convexity, not a proof." if lam is not None and lam < 0
+                          else ".") + "</p>")
         skipped = a.get("skipped") or {}
         if skipped:
             out.append("<ul>" + "".join(f"<li class='muted'>{esc(r)}</li>" for r in skipped.values()) + "</ul>")
