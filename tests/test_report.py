@@ -209,6 +209,10 @@ def test_report_cli(tmp_path, monkeypatch):
     text = (tmp_path / "r.html").read_text()
     assert 'data-section="verdict"' in text and 'data-section="slices"' not in text
     assert (tmp_path / "r_files" / "linreg-mse" / "plane.zarr").exists()
+    with pytest.raises(SystemExit) as exc:  # other settings: the report's own stores are replaced
+        main(["report", "linreg-mse", "--out", "r.html", "--steps", "7", "--budget", "20", "--section", "plane"])
+    assert exc.value.code == 0
+    assert lossatlas.open_surface(tmp_path / "r_files" / "linreg-mse" / "plane.zarr").sizes["x"] == 7
     for name in ("audit.json", "plane.zarr"):  # `lossatlas info` shows every stored result
         with pytest.raises(SystemExit) as exc:
             main(["info", f"r_files/linreg-mse/{name}"])

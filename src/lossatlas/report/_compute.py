@@ -107,17 +107,21 @@ def _cached(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
 def _store(folder: Path, name: str, problem, center, dirs, steps: int, span: float, res: TargetResult,
            progress: bool, strategy: str | None = None, chunk: int | None = None):
     """A surface store, computed (or resumed); a store another process is still writing is read as it is."""
-    from ..errors import StoreLockedError
+    from ..errors import ProvenanceMismatchError, StoreLockedError
     from ..surface import open_surface, surface
 
     path = folder / name
     existed = path.exists()
-    try:
-        surface(problem, center, dirs, steps=steps, span=span, store=path, progress=progress, chunk=chunk,
+    args = dict(steps=steps, span=span, store=path, progress=progress, chunk=chunk,
                 **({"strategy": strategy} if strategy else {}))
+    try:
+        surface(problem, center, dirs, **args)
     except StoreLockedError:
         if not existed:
             raise
+    except ProvenanceMismatchError:  # the report's own store, made with other settings: replaced
+        existed = False
+        surface(problem, center, dirs, overwrite=True, **args)
     ds = open_surface(path)
     if existed:
         res.reused.append(name)
