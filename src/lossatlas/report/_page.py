@@ -95,7 +95,9 @@ class Page:
                              default=_plotly_default)
         self.scripts.append(f"Plotly.newPlot({json.dumps(div)}, ...(function(s){{return [s.data, s.layout, "
                             f"{{responsive: true, displaylogo: false}}]}})({payload}));")
-        return f'<div class="plotly" id="{div}" style="height:{height}px"></div>'
+        return (f'<div class="plotly" id="{div}" style="height:{height}px"></div><noscript><p class="muted">The '
+                f"rotatable 3-D view needs JavaScript; the static figure above shows the same stored values."
+                f"</p></noscript>")
 
 
 def _plotly_default(obj: Any) -> Any:
