@@ -77,7 +77,8 @@ def info_json(path: Path) -> None:
                     walk(f"{prefix}.{k}" if prefix else str(k), item)
         elif isinstance(v, list) and len(v) > 8 and all(isinstance(x, (int, float)) or x is None for x in v):
             nums = [x for x in v if x is not None]
-            table.add_row(prefix, f"{len(v)} values in [{min(nums):.6g}, {max(nums):.6g}]" if nums else f"{len(v)} values")
+            table.add_row(prefix, f"{len(v)} values in [{min(nums):.6g}, {max(nums):.6g}]" if nums
+                          else f"{len(v)} values")
         elif isinstance(v, list):
             for i, item in enumerate(v):
                 walk(f"{prefix}.{i}", item)

@@ -115,8 +115,10 @@ def _plotly_default(obj: Any) -> Any:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1500px;padding:1em 2em;
 color:#1d2430;background:#fff;line-height:1.45}
-h1{margin:.2em 0}h2{border-bottom:2px solid #dde3ea;padding-bottom:.2em;margin-top:1.6em}h3{margin:.3em 0;font-size:1.05em}
-.row{display:flex;gap:1.2em;flex-wrap:wrap}.col{flex:1 1 380px;min-width:340px;background:#f7f9fb;border:1px solid #e3e8ee;
+h1{margin:.2em 0}h2{border-bottom:2px solid #dde3ea;padding-bottom:.2em;margin-top:1.6em}
+h3{margin:.3em 0;font-size:1.05em}
+.row{display:flex;gap:1.2em;flex-wrap:wrap}
+.col{flex:1 1 380px;min-width:340px;background:#f7f9fb;border:1px solid #e3e8ee;
 border-radius:6px;padding:.6em .9em}
 .verdict{font-size:1.25em;font-weight:700}.proven{color:#b3261e}.notfound{color:#1d6b35}
 .banner{background:#fff3cd;border:1px solid #e0b84d;padding:.6em 1em;border-radius:6px;margin:.8em 0}

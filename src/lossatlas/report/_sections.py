@@ -50,14 +50,16 @@ def verdict(page: Page) -> str:
                 ("rounding bound", page.num(t, f"{w}.bound", c["bound"], ".2e")
                  + " (the gap must beat this and the measured rounding error)"),
             ]))
-            cmd = f"lossatlas verify {shlex.quote(f'{page.files}/{slug(t.name)}/certificate.npz')} {shlex.quote(t.spec)}"
+            cert_file = f"{page.files}/{slug(t.name)}/certificate.npz"
+            cmd = f"lossatlas verify {shlex.quote(cert_file)} {shlex.quote(t.spec)}"
             out.append(f"<p>Re-check it yourself (float64, independent of the fast paths):</p><pre>{esc(cmd)}</pre>")
         else:
             gap = a.get("best_jensen_gap")
             out.append("<p>No Jensen violation, negative curvature or symmetry argument survived float64 "
                        "verification. <b>This is not a proof of convexity</b>: the search only sampled the "
                        "landscape.</p>")
-            out.append(_table([("largest relative Jensen gap seen", page.num(t, "audit.json#best_jensen_gap", gap, ".3e")),
+            out.append(_table([("largest relative Jensen gap seen",
+                                page.num(t, "audit.json#best_jensen_gap", gap, ".3e")),
                                ("methods", esc(", ".join(a.get("methods", []))))]))
         if "hessian" not in a.get("methods", []):
             lam = (t.curvature or {}).get("eigen", {}).get("lambda_min")
@@ -153,12 +155,11 @@ def slices(page: Page) -> str:
             axis = "xy"[i]
             chk = second_difference_check(ds)
             where = f"slice-{axis}.zarr"
-            page_num = page.num
-            rows.append((f"direction {i + 1}", "loss at θ " + page_num(t, f"{where}#loss@0", float(ds.loss.sel(x=0.0))
+            rows.append((f"direction {i + 1}", "loss at θ " + page.num(t, f"{where}#loss@0", float(ds.loss.sel(x=0.0))
                                                                          if 0.0 in ds.x.values else None)
-                         + ", min " + page_num(t, f"{where}#loss.min", float(np.nanmin(ds.loss.values)))
-                         + ", max " + page_num(t, f"{where}#loss.max", float(np.nanmax(ds.loss.values)))
-                         + "; smallest second difference " + page_num(t, f"{where}#second_difference.min",
+                         + ", min " + page.num(t, f"{where}#loss.min", float(np.nanmin(ds.loss.values)))
+                         + ", max " + page.num(t, f"{where}#loss.max", float(np.nanmax(ds.loss.values)))
+                         + "; smallest second difference " + page.num(t, f"{where}#second_difference.min",
                                                                       chk["min_second_difference"], ".3e")
                          + (" — <b>non-convex slice</b> (below the rounding bound)" if chk["proves_nonconvex_slice"]
                             else " — convex along this line (as far as the grid shows)")))
@@ -192,14 +193,15 @@ def plane(page: Page) -> str:
             f.add_trace(go.Scatter3d(x=[0.0], y=[0.0], z=[np.log10(centre) if log else centre], mode="markers",
                                      marker={"size": 6, "color": "red", "symbol": "diamond"}, name="θ"))
         f.update_layout(showlegend=False, scene_camera={"eye": {"x": 1.5, "y": 1.5, "z": 1.0}})
-        rows = [("grid", f"{ds.sizes['x']}×{ds.sizes['y']} points, ± {page.num(t, 'plane.zarr#x.max', float(ds.x.max()), 'g')} "
+        half = page.num(t, "plane.zarr#x.max", float(ds.x.max()), "g")
+        rows = [("grid", f"{ds.sizes['x']}×{ds.sizes['y']} points, ± {half} "
                          f"along {esc(', '.join(ds.attrs.get('direction_labels', [])) or 'two directions')}"),
                 ("loss at θ", page.num(t, "plane.zarr#loss@0,0", centre)),
                 ("lowest / highest", page.num(t, "plane.zarr#loss.min", float(np.nanmin(ds.loss.values))) + " / "
                  + page.num(t, "plane.zarr#loss.max", float(np.nanmax(ds.loss.values))))]
         if "accuracy" in ds:
-            rows.append(("accuracy at θ", page.num(t, "plane.zarr#accuracy@0,0",
-                                                   float(ds.accuracy.sel(x=0.0, y=0.0)) if centre is not None else None)))
+            acc = float(ds.accuracy.sel(x=0.0, y=0.0)) if centre is not None else None
+            rows.append(("accuracy at θ", page.num(t, "plane.zarr#accuracy@0,0", acc)))
         cells.append(_table(rows) + page.plotly(f, height=430))
     scale = "a log colour scale (the loss spans more than a factor 100)" if log else "a linear colour scale"
     return (f"<p>All panels share one colour range and contour levels ({scale}); θ is the red star (static) or "
@@ -233,7 +235,8 @@ def hessian(page: Page) -> str:
                  + (" (converged)" if e.get("converged_min") else " (<b>not converged</b>)")),
                 ("tr H", page.num(t, "curvature.json#trace.value", tr.get("value")) + " ± "
                  + page.num(t, "curvature.json#trace.stderr", tr.get("stderr"), ".2g")
-                 + f" ({esc(tr.get('method', ''))}, {page.num(t, 'curvature.json#trace.probes', tr.get('probes'), 'g')} probes)"),
+                 + f" ({esc(tr.get('method', ''))}, "
+                 + page.num(t, "curvature.json#trace.probes", tr.get("probes"), "g") + " probes)"),
                 ("mass of negative eigenvalues", page.num(t, "curvature.json#density.negative_mass",
                                                           d.get("negative_mass"), ".3g") + " ± "
                  + page.num(t, "curvature.json#density.negative_mass_stderr", d.get("negative_mass_stderr"), ".2g"))]
@@ -251,6 +254,7 @@ def provenance(page: Page) -> str:
         p = t.provenance
         folder = f"{page.files}/{slug(t.name)}"
         secs = p.get("seconds") or {}
+        dirs = p.get("directions") or {}
         rows = [("target", f"<code>{esc(t.spec)}</code>"), ("description", esc(p.get("description") or "–")),
                 ("model", esc(p.get("model"))),
                 ("parameters / samples", page.num(t, "provenance.json#parameters", p.get("parameters"), "d") + " / "
@@ -259,7 +263,7 @@ def provenance(page: Page) -> str:
                 ("fingerprints", esc(", ".join(f"{k} {v[:12]}" for k, v in (p.get("fingerprints") or {}).items()))),
                 ("versions", esc(", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items()))),
                 ("seeds", esc(", ".join(f"{k} {v}" for k, v in (p.get("seeds") or {}).items()))),
-                ("directions", esc(f"{(p.get('directions') or {}).get('kind')} ({(p.get('directions') or {}).get('norm')})")),
+                ("directions", esc(f"{dirs.get('kind')} ({dirs.get('norm')})")),
                 ("times (s)", ", ".join(f"{esc(k)} {page.num(t, f'provenance.json#seconds.{k}', v, '.1f')}"
                                        for k, v in secs.items())),
                 ("made / updated", esc(f"{p.get('made')} / {p.get('updated')}")),
