@@ -43,6 +43,10 @@ images: $(STAMP)
 	$(BIN)/lossatlas demo --out build/demo --no-progress
 	mkdir -p docs/images
 	cd build/demo && cp $(IMAGES) ../../docs/images/
+	$(BIN)/lossatlas report logreg-bce mlp-digits --out build/report/report.html
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,2300 \
+		--virtual-time-budget=8000 --user-data-dir=build/report/.chromium \
+		--screenshot=docs/images/report.png file://$(CURDIR)/build/report/report.html
 
 clean:
 	rm -rf $(VENV) lossatlas-demo .pytest_cache

@@ -23,6 +23,7 @@ from .paths import interpolate
 from .trajectory import Trajectory, TrajectoryRecorder
 from .connect import Curve, connect
 from .align import Alignment, align
+from .report import report  # the function; its package stays importable as lossatlas.report._page etc.
 
 __all__ = [
     "__version__",
@@ -49,6 +50,7 @@ __all__ = [
     "Curve",
     "align",
     "Alignment",
+    "report",
     "LossAtlasError",
     "InvalidArgumentError",
     "InvalidTypeError",

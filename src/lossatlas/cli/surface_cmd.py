@@ -349,6 +349,10 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
     is refused with an error naming them (exit status 2); ``--check`` lists every problem."""
     from rich.table import Table
 
+    if store.suffix == ".json":  # a report's result (audit.json, curvature.json, provenance.json)
+        from .report_cmd import info_json
+
+        return info_json(store)
     if check:
         raise typer.Exit(_check_store(store))
     ds = open_surface(store)

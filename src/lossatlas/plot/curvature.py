@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from lossatlas.errors import bad_type, bad_value  # absolute: plot/ has no __init__ on this branch
-from lossatlas.plot._checks import check_levels
-from lossatlas.curvature.results import Density
 import xarray as xr
-from ..errors import public
+
+from ..curvature.results import Density
+from ..errors import bad_type, bad_value, public
+from ._checks import check_levels, check_limits
 
 __all__ = ["density", "ratio_map"]
 
@@ -70,7 +69,8 @@ def density(result: Any, *, ax: Any = None, log: bool = True, title: str | None 
 
 @public("plot.ratio_map")
 def ratio_map(ds: Any, *, ax: Any = None, variable: str = "ratio", title: str | None = None,
-              loss_contours: int = 12, cmap: str = "viridis"):
+              loss_contours: int = 12, cmap: str = "viridis", vmin: float | None = None,
+              vmax: float | None = None):
     """A 2-D map of ``ds[variable]`` (default ``ratio = |λmin/λmax|``, Li et al. 2018 Fig. 7) from
     :func:`lossatlas.curvature.ratio_map`, with loss contours, the λmin = 0 boundary (where the
     loss is locally convex on one side) and non-converged points crossed out.
@@ -94,12 +94,13 @@ def ratio_map(ds: Any, *, ax: Any = None, variable: str = "ratio", title: str | 
                         variable)
     if ds[variable].dims != ("x", "y"):
         raise bad_value("plot.ratio_map", "ds", "a map over two directions (dims ('x', 'y'))", ds[variable].dims)
+    vmin, vmax = check_limits("plot.ratio_map", vmin, vmax)
     if loss_contours:  # 0 (or None) draws no loss contours
         loss_contours = check_levels("plot.ratio_map", loss_contours, "loss_contours", sequence=False)
     fig, ax = _figure(ax, (5.4, 4.6))
     x, y = ds.x.values, ds.y.values
     z = ds[variable].values.T
-    mesh = ax.pcolormesh(x, y, z, cmap=cmap, shading="nearest")
+    mesh = ax.pcolormesh(x, y, z, cmap=cmap, shading="nearest", vmin=vmin, vmax=vmax)
     label = {"ratio": "|λmin / λmax|", "lambda_min": "λmin", "lambda_max": "λmax"}.get(variable, variable)
     fig.colorbar(mesh, ax=ax, label=label)
     if "loss" in ds and loss_contours and len(x) > 1 and len(y) > 1:

@@ -135,7 +135,14 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     >>> fig = line(ds)
     >>> fig.axes[0].get_xlabel()
     'x'
+
+    A list of 1-D Datasets draws them all on one axes (:func:`lossatlas.plot.lines`).
     """
+    if isinstance(ds, (list, tuple)):
+        from .grid import lines
+
+        return lines(ds, variables if isinstance(variables, str) else "loss", log=log, vmin=vmin, vmax=vmax,
+                     title=title, ax=ax)
     names = [variables] if isinstance(variables, str) else list(variables)
     for v in names:
         _check(ds, "line", 1, v)

@@ -1,0 +1,76 @@
+"""``report``: one self-contained offline HTML page that answers *is my model's loss convex, and what
+does it look like?* for one or several targets, side by side on shared scales.
+
+The page is made of registered sections (:data:`SECTIONS`, in page order; add one with
+:func:`section`): the convexity audit's verdict and certificate, the Gauss–Newton explanation of
+why, 1-D slices, a 2-D plane (contours and a rotatable 3-D view with θ marked), the Hessian's
+extremes, trace and density, and provenance. Every number is read from the stored results in a
+folder beside the page (``report_files/<target>/``: zarr stores, ``audit.json`` with
+``certificate.npz``, ``curvature.json``, ``provenance.json``); running the report again reuses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import bad_type, bad_value, public
+from ._compute import DEFAULTS, TargetResult, compute, slug
+from ._page import SECTIONS, Page, Section, assemble, section
+from . import _sections  # noqa: F401,E402  (registers the built-in sections)
+
+__all__ = ["report", "SECTIONS", "Section", "section", "DEFAULTS", "TargetResult"]
+
+
+@public("report")
+def report(targets: str | Sequence[str | Any], out: str | Path = "report.html", *,
+           sections: Sequence[str] | None = None, settings: Mapping[str, Any] | None = None,
+           title: str | None = None, progress: bool = False) -> Path:
+    """Write the report page ``out`` for ``targets`` and return its path.
+
+    ``targets``: built-in example names, ``path/to/file.py:function`` strings (as the CLI takes) or
+    ``cli._target.Target`` objects. The results go to ``<out stem>_files/<target>/`` and are reused
+    when the page is made again with the same settings. ``sections``: names from :data:`SECTIONS`
+    (default: all, in registry order). ``settings``: overrides of :data:`DEFAULTS` (grid steps and
+    span, audit budget, Lanczos tolerance, probes, seed).
+    """
+    func = "report"
+    from ..cli._target import Target, resolve
+
+    if isinstance(targets, (str, Target)):
+        targets = [targets]
+    if not isinstance(targets, (list, tuple)) or not targets:
+        raise bad_type(func, "targets", "a target name or a non-empty list of them", targets)
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise bad_value(func, "out", "a path ending in .html", str(out))
+    names = list(SECTIONS) if sections is None else list(sections)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise bad_value(func, "sections", f"a non-empty list of {list(SECTIONS)}", sections)
+    settings = dict(settings or {})
+    bad = [k for k in settings if k not in DEFAULTS]
+    if bad:
+        raise bad_value(func, "settings", f"keys among {sorted(DEFAULTS)}", bad)
+    resolved = []
+    for i, tgt in enumerate(targets):  # validate every target before heavy work
+        if isinstance(tgt, Target):
+            resolved.append((tgt, tgt.name))
+        elif isinstance(tgt, str):
+            resolved.append((resolve(tgt), tgt))
+        else:
+            raise bad_type(func, f"targets[{i}]", "an example name or path/to/file.py:function", tgt)
+    slugs = [slug(t.name) for t, _ in resolved]
+    if len(set(slugs)) != len(slugs):
+        raise bad_value(func, "targets", "distinct targets", [t.name for t, _ in resolved])
+    files = out.with_name(out.stem + "_files")
+    results = [compute(t, files / slug(t.name), settings, spec=spec, progress=progress) for t, spec in resolved]
+    page = Page(results, files.name)
+    text = assemble(page, title or "lossatlas report: " + ", ".join(r.name for r in results),
+                    [SECTIONS[n] for n in names])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out

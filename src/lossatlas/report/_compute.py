@@ -1,0 +1,292 @@
+"""The stored results a report is made of, one folder per target (``<report>_files/<target>/``).
+
+Each step writes one file and is skipped when that file already holds the result of the same
+settings on the same problem (a report is resumable): ``plane.zarr``, ``slice-x.zarr`` and
+``slice-y.zarr`` (surface stores: ``lossatlas info``/``plot`` open them, and an interrupted one
+resumes chunk by chunk), ``audit.json`` with ``certificate.npz`` (``lossatlas verify``),
+``curvature.json`` (Hessian extremes, the Gauss–Newton split, trace ± stderr, the density) and
+``provenance.json``. Every number the page shows is read back from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import params as P
+
+#: the fast defaults (mlp-digits in about a minute on 2 cores); ``report(..., settings=...)`` overrides
+DEFAULTS: dict[str, Any] = {
+    "steps": 15, "span": 1.0, "slice_steps": 41, "seed": 0,
+    "audit_budget": 40, "audit_certificates": 1, "audit_hessian_max_params": 1000,
+    "eigen_tol": 1e-3, "trace_probes": 12, "density_iters": 20, "density_probes": 2,
+    "chunk": None,  # grid points per chunk of the stores (None: about a second of work each)
+}
+
+
+def slug(name: str) -> str:
+    """A folder name for a target: ``nets.py:make`` → ``nets.py-make``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "target"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def write_json(path: Path, value: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(value), indent=1))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class TargetResult:
+    """One target's stored results, as read back from its folder (what the sections draw)."""
+
+    name: str
+    folder: Path
+    description: str = ""
+    spec: str = ""                         # the TARGET as given (for command lines: lossatlas verify … TARGET)
+    plane: Any = None                      # xarray Dataset (open_surface of plane.zarr)
+    slices: list[Any] = field(default_factory=list)
+    audit: dict[str, Any] | None = None
+    curvature: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)  # "plane.zarr: 120/225 points" for stores still running
+    reused: list[str] = field(default_factory=list)
+
+    def file(self, name: str) -> Path:
+        return self.folder / name
+
+
+def _key(problem, center, settings: Mapping[str, Any], what: str) -> dict[str, Any]:
+    fp = problem.fingerprint()
+    return {"what": what, "model": fp["model"], "data": fp["data"], "loss": fp["loss"],
+            "center": P.fingerprint(center), "settings": dict(settings)}
+
+
+def _cached(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    old = read_json(path)
+    if old is not None and old.get("key") == _jsonable(key):
+        return old
+    return None
+
+
+def _store(folder: Path, name: str, problem, center, dirs, steps: int, span: float, res: TargetResult,
+           progress: bool, strategy: str | None = None, chunk: int | None = None):
+    """A surface store, computed (or resumed); a store another process is still writing is read as it is."""
+    from ..errors import ProvenanceMismatchError, StoreLockedError
+    from ..surface import open_surface, surface
+
+    path = folder / name
+    existed = path.exists()
+    args = dict(steps=steps, span=span, store=path, progress=progress, chunk=chunk,
+                **({"strategy": strategy} if strategy else {}))
+    try:
+        surface(problem, center, dirs, **args)
+    except StoreLockedError:
+        if not existed:
+            raise
+    except ProvenanceMismatchError:  # the report's own store, made with other settings: replaced
+        existed = False
+        surface(problem, center, dirs, overwrite=True, **args)
+    ds = open_surface(path)
+    if existed:
+        res.reused.append(name)
+    if not ds.attrs.get("complete"):
+        res.incomplete.append(f"{name}: {ds.attrs.get('points_done')}/{ds.attrs.get('points_total')} points")
+    return ds
+
+
+def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = "",
+            progress: bool = False) -> TargetResult:
+    """Compute (or reuse) every stored result of one resolved target (``cli._target.Target``)."""
+    s = {**DEFAULTS, **settings}
+    folder.mkdir(parents=True, exist_ok=True)
+    problem, center = target.problem, target.center
+    res = TargetResult(target.name, folder, target.description, spec or target.name)
+    times: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    dirs = target.default_directions(n=2, seed=s["seed"])
+    times["directions"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    res.plane = _store(folder, "plane.zarr", problem, center, dirs, s["steps"], s["span"], res, progress,
+                       chunk=s["chunk"])
+    times["plane"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i, axis in enumerate("xy"):
+        res.slices.append(_store(folder, f"slice-{axis}.zarr", problem, center, dirs.select(i), s["slice_steps"],
+                                 s["span"], res, False, strategy="loop", chunk=s["chunk"]))
+    times["slices"] = time.perf_counter() - t0
+
+    n_params = sum(int(v.numel()) for v in center.values())
+    t0 = time.perf_counter()
+    res.audit = _audit(problem, center, folder, s, n_params, target.name, res, progress)
+    times["audit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res.curvature = _curvature(problem, center, folder, s, res, progress)
+    times["curvature"] = time.perf_counter() - t0
+
+    prov_path = folder / "provenance.json"
+    old = read_json(prov_path) or {}
+    import lossatlas
+
+    fp = problem.fingerprint()
+    prov = {
+        "target": target.name, "description": target.description, "model": type(problem.model).__name__,
+        "parameters": n_params, "samples": int(problem.n_samples), "dtype": str(problem.dtype).replace("torch.", ""),
+        "device": str(problem.device), "fingerprints": {k: fp[k] for k in ("model", "data", "loss")},
+        "center_fingerprint": P.fingerprint(center),
+        "versions": {"lossatlas": lossatlas.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "seeds": {"directions": s["seed"], "audit": s["seed"], "curvature": s["seed"]},
+        "directions": {"kind": res.plane.attrs.get("direction_kind"), "norm": res.plane.attrs.get("direction_norm"),
+                       "labels": list(res.plane.attrs.get("direction_labels", []))},
+        "settings": s, "threads": torch.get_num_threads(),
+        # seconds of the run that computed each result (a reused result keeps the time it took then)
+        "seconds": {**(old.get("seconds") or {}), **{k: v for k, v in times.items() if v > 0.5 or k not in
+                                                      (old.get("seconds") or {})}},
+        "made": old.get("made") or time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "reused": res.reused,
+    }
+    write_json(prov_path, prov)
+    res.provenance = read_json(prov_path) or {}
+    return res
+
+
+def _audit(problem, center, folder: Path, s, n_params: int, name: str, res: TargetResult, progress: bool):
+    from .. import convexity
+
+    methods = list(convexity.METHODS)
+    if n_params > s["audit_hessian_max_params"]:
+        methods.remove("hessian")  # its float64 Lanczos is the slow part; λ extremes come from curvature.json
+    settings = {"budget": s["audit_budget"], "seed": s["seed"], "methods": methods,
+                "max_certificates": s["audit_certificates"]}
+    path = folder / "audit.json"
+    key = _key(problem, center, settings, "audit")
+    cached = _cached(path, key)
+    if cached is not None and (not cached.get("certificate") or (folder / cached["certificate"]).exists()):
+        res.reused.append("audit.json")
+        return cached
+    result = convexity.audit(problem, center, budget=s["audit_budget"], seed=s["seed"], methods=methods,
+                             max_certificates=s["audit_certificates"], progress=progress, name=name)
+    out = {"key": key, **result.to_dict(), "methods": methods, "summary": result.summary()}
+    out.pop("tried", None)
+    out["tried"] = {m: {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+                    for m, info in result.tried.items()}
+    if result.certificates:
+        best = result.certificates[0]
+        best.save(folder / "certificate.npz")
+        out["certificate"] = "certificate.npz"
+        out["certificate_summary"] = best.summary()
+        out["certificate_note"] = best.note
+    else:
+        (folder / "certificate.npz").unlink(missing_ok=True)
+    write_json(path, out)
+    return read_json(path)
+
+
+def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bool):
+    from .. import curvature
+
+    settings = {k: s[k] for k in ("eigen_tol", "trace_probes", "density_iters", "density_probes", "seed")}
+    path = folder / "curvature.json"
+    key = _key(problem, center, settings, "curvature")
+    cached = _cached(path, key)
+    if cached is not None:
+        res.reused.append("curvature.json")
+        return cached
+    seconds = {}
+    t0 = time.perf_counter()
+    eig = curvature.eigenvalues(problem, center, k=1, which="both", tol=s["eigen_tol"], seed=s["seed"],
+                                certify=False, progress=progress)
+    seconds["eigen"] = time.perf_counter() - t0
+    lam_max, lam_min = float(eig.values[0]), float(eig.values[-1])
+    t0 = time.perf_counter()
+    try:
+        ggn = curvature.eigenvalues(problem, center, k=1, which="smallest", tol=s["eigen_tol"], seed=s["seed"],
+                                    curvature="ggn", certify=False, progress=progress)
+        ggn_min, ggn_conv, ggn_note = float(ggn.values[0]), bool(ggn.converged[0]), ""
+    except Exception as exc:  # a loss without a GGN (custom closure): said so on the page
+        ggn_min, ggn_conv, ggn_note = None, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    seconds["ggn"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    split = _split(problem, center, eig.vectors[-1], lam_min)
+    seconds["split"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr = curvature.trace(problem, center, probes=s["trace_probes"], seed=s["seed"], progress=progress)
+    seconds["trace"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dens = curvature.density(problem, center, iters=s["density_iters"], probes=s["density_probes"], seed=s["seed"],
+                             points=401, progress=progress)
+    seconds["density"] = time.perf_counter() - t0
+    out = {
+        "key": key,
+        "eigen": {"lambda_max": lam_max, "lambda_min": lam_min, "converged_max": bool(eig.converged[0]),
+                  "converged_min": bool(eig.converged[-1]), "residual_max": float(eig.residuals[0]),
+                  "residual_min": float(eig.residuals[-1]), "products": int(eig.products), "tol": s["eigen_tol"]},
+        "ggn": {"lambda_min": ggn_min, "converged": ggn_conv, "note": ggn_note},
+        "split": {k: split.get(k) for k in ("available", "vHv", "vGv", "model_term", "lambda", "text")},
+        "trace": {"value": float(tr.value), "stderr": float(tr.stderr), "probes": int(tr.samples),
+                  "method": tr.method},
+        "density": {"grid": dens.grid, "values": dens.values, "sigma": dens.sigma,
+                    "negative_mass": float(dens.negative_mass.value),
+                    "negative_mass_stderr": float(dens.negative_mass.stderr),
+                    "negative_bounds": list(dens.negative_bounds), "iters": int(dens.iters),
+                    "probes": int(np.asarray(dens.nodes).shape[0]), "lambda_min": float(dens.lambda_min),
+                    "lambda_max": float(dens.lambda_max)},
+        "seconds": seconds,
+    }
+    write_json(path, out)
+    return read_json(path)
+
+
+def _split(problem, center, v, lam: float) -> dict[str, Any]:
+    """The Gauss–Newton split along v in the problem's dtype: vᵀHv = vᵀGv + vᵀ(Σ ∂ℓ/∂f ∇²f)v (two
+    products; the audit's float64 version is :func:`lossatlas.convexity._curvature.explain`)."""
+    from ..curvature import ggn_operator, hessian_operator
+    from ..errors import LossAtlasError
+
+    try:
+        hv = hessian_operator(problem, center).apply(v)
+        gv = ggn_operator(problem, center).apply(v)
+    except LossAtlasError as exc:
+        return {"available": False, "text": f"No Gauss–Newton split: {exc}"}
+    vv = P.dot(v, v)
+    vhv, vgv = P.dot(v, hv) / vv, P.dot(v, gv) / vv
+    return {"available": True, "vHv": vhv, "vGv": vgv, "model_term": vhv - vgv, "lambda": lam}

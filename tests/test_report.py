@@ -1,0 +1,316 @@
+"""``lossatlas report``: the page renders offline in headless Chromium with every section, its
+numbers are the stored results, it is resumable, says when a store is still being computed; and
+``plot.grid`` puts several results on shared scales."""
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import lossatlas
+from lossatlas.report import SECTIONS
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost", "--proxy-server=127.0.0.1:9",
+         "--virtual-time-budget=5000"]
+SMALL = {"steps": 7, "slice_steps": 11, "audit_budget": 20, "trace_probes": 3, "density_iters": 6,
+         "density_probes": 1}
+
+USER = '''
+import torch, lossatlas
+
+def make():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = torch.tanh(x @ torch.tensor([[1.0], [-2.0], [0.5]]))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    return lossatlas.Problem(net, torch.nn.MSELoss(), (x, y))
+'''
+
+
+class _Numbers(HTMLParser):
+    """The page's numbers (data-key/data-value spans with their text) and its sections."""
+
+    def __init__(self):
+        super().__init__()
+        self.numbers, self.sections, self._open, self.data = [], [], None, None
+        self._json = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "span" and "data-key" in a:
+            self._open = [a["data-key"], a["data-value"], ""]
+        if tag == "section":
+            self.sections.append(a.get("data-section"))
+        if tag == "script" and a.get("id") == "lossatlas-data":
+            self._json = True
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open[2] += data
+        if self._json:
+            self.data = json.loads(data)
+            self._json = False
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self._open is not None:
+            self.numbers.append(tuple(self._open))
+            self._open = None
+
+
+def _stored(folder: Path, where: str):
+    """The value a page number claims to come from: ``file#field`` of the target's folder."""
+    from lossatlas.demo import second_difference_check
+
+    file, _, path = where.partition("#")
+    if file.endswith(".json"):
+        value = json.loads((folder / file).read_text())
+        for part in path.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        return value
+    ds = lossatlas.open_surface(folder / file)
+    if path == "second_difference.min":
+        return second_difference_check(ds)["min_second_difference"]
+    var, _, what = path.partition("@") if "@" in path else path.partition(".")
+    if "@" in path:
+        return float(ds[var].sel(dict(zip(ds[var].dims, [float(c) for c in what.split(",")]))))
+    return float({"min": np.nanmin, "max": np.nanmax}[what](ds[var].values))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "nets.py").write_text(USER)
+    targets = ["logreg-mse", "seed-relu", f"{tmp / 'nets.py'}:make"]
+    t0 = time.perf_counter()
+    page = lossatlas.report(targets, out=tmp / "report.html", settings=SMALL)
+    return page, time.perf_counter() - t0, targets
+
+
+def test_every_section_and_number_comes_from_the_stored_results(made):
+    page, _, targets = made
+    text = page.read_text()
+    parser = _Numbers()
+    parser.feed(text)
+    assert parser.sections == list(SECTIONS)
+    assert parser.data["targets"] == ["logreg-mse", "seed-relu", "nets.py:make"]
+    assert len(parser.numbers) > 60
+    files = page.with_name("report_files")
+    for key, value, shown in parser.numbers:
+        target, _, where = key.partition("/")
+        stored = _stored(files / target, where)
+        if stored is None or (isinstance(stored, float) and not math.isfinite(stored)):
+            assert value == "null" and shown == "–", key
+            continue
+        assert float(value) == float(stored), (key, value, stored)  # the exact stored value
+        assert parser.data["numbers"][key] == float(stored)
+        assert abs(float(shown) - float(stored)) <= 0.05 * abs(float(stored)) + 0.051, (key, shown, stored)
+    # the verdicts: seed-relu is proven non-convex, with a certificate file that `lossatlas verify` accepts
+    audit = json.loads((files / "seed-relu" / "audit.json").read_text())
+    assert audit["proven_nonconvex"] and (files / "seed-relu" / "certificate.npz").exists()
+    assert "lossatlas verify report_files/seed-relu/certificate.npz seed-relu" in text
+    cert = lossatlas.convexity.Certificate.load(files / "seed-relu" / "certificate.npz")
+    assert cert.verify(lossatlas.examples.load("seed-relu").problem)
+
+
+def test_page_is_self_contained_and_small(made):
+    page, seconds, _ = made
+    text = page.read_text()
+    from plotly.offline import get_plotlyjs
+
+    assert page.stat().st_size < 10e6
+    assert text.count(get_plotlyjs()[:300]) == 1  # plotly.js inlined once
+    own = text.replace(get_plotlyjs(), "")  # the page's own markup: nothing it loads comes from a network
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", own)
+    assert "<img class=\"static\"" in text and "<table>" in text  # readable without JavaScript
+    assert seconds < 60, seconds
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_renders_in_headless_chromium_without_errors(made, tmp_path):
+    page, _, _ = made
+    base = [CHROMIUM, *FLAGS, "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=180, check=False)
+    root = re.search(r"<html[^>]*>", dom.stdout)
+    assert root and 'data-js-done="1"' in root.group(0), (dom.stdout[:300], dom.stderr[-2000:])
+    assert "data-js-errors" not in root.group(0), root.group(0)  # the page's guard writes script errors there
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not [c for c in console if "rror" in c or "Uncaught" in c], console
+    assert dom.stdout.count('class="js-plotly-plot"') >= 3 or dom.stdout.count("plot-container") >= 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([*base, f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1400,2200", f"--screenshot={shot}",
+                    page.as_uri()], capture_output=True, timeout=180, check=False)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.std() > 20  # text, tables and figures: not a blank page
+
+
+def test_report_is_resumable(made):
+    page, _, targets = made
+    t0 = time.perf_counter()
+    lossatlas.report(targets, out=page, settings=SMALL)
+    assert time.perf_counter() - t0 < 30
+    prov = json.loads((page.with_name("report_files") / "nets.py-make" / "provenance.json").read_text())
+    assert {"plane.zarr", "slice-x.zarr", "slice-y.zarr", "audit.json", "curvature.json"} <= set(prov["reused"])
+
+
+def test_a_store_still_being_computed_is_reported_incomplete(tmp_path):
+    (tmp_path / "nets.py").write_text(USER)
+    target = f"{tmp_path / 'nets.py'}:make"
+    settings = {**SMALL, "chunk": 2}
+    trace = tmp_path / "trace.txt"
+    env = {**os.environ, "LOSSATLAS_DEBUG_TRACE": str(trace), "LOSSATLAS_DEBUG_PAUSE": "done=0.4"}
+    code = (f"import lossatlas; lossatlas.report([{target!r}], out={str(tmp_path / 'r.html')!r}, "
+            f"settings={settings!r}, sections=['plane'])")
+    writer = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if trace.exists() and trace.read_text().count("done") >= 3:
+                break
+            time.sleep(0.05)
+        assert trace.exists(), "the writer never started"
+        page = lossatlas.report([target], out=tmp_path / "r.html", settings=settings, sections=["plane"])
+    finally:
+        writer.kill()
+        writer.wait()
+    text = page.read_text()
+    assert 'id="incomplete"' in text
+    m = re.search(r"plane\.zarr: (\d+)/(\d+) points", text)
+    assert m and 0 < int(m.group(1)) < int(m.group(2)) == 49, text[text.find("incomplete"):][:400]
+
+
+def test_report_cli(tmp_path, monkeypatch):
+    from lossatlas.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "seed-relu", "--out", "r.html", "--section", "nope"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "linreg-mse", "--out", "r.html", "--steps", "5", "--budget", "20", "--section", "verdict",
+              "--section", "plane"])
+    assert exc.value.code == 0
+    text = (tmp_path / "r.html").read_text()
+    assert 'data-section="verdict"' in text and 'data-section="slices"' not in text
+    assert (tmp_path / "r_files" / "linreg-mse" / "plane.zarr").exists()
+    with pytest.raises(SystemExit) as exc:  # other settings: the report's own stores are replaced
+        main(["report", "linreg-mse", "--out", "r.html", "--steps", "7", "--budget", "20", "--section", "plane"])
+    assert exc.value.code == 0
+    assert lossatlas.open_surface(tmp_path / "r_files" / "linreg-mse" / "plane.zarr").sizes["x"] == 7
+    for name in ("audit.json", "plane.zarr"):  # `lossatlas info` shows every stored result
+        with pytest.raises(SystemExit) as exc:
+            main(["info", f"r_files/linreg-mse/{name}"])
+        assert exc.value.code == 0
+
+
+def test_report_rejects_bad_arguments(tmp_path):
+    with pytest.raises(lossatlas.InvalidArgumentError, match="out"):
+        lossatlas.report("seed-relu", out=tmp_path / "r.txt")
+    with pytest.raises(lossatlas.InvalidArgumentError, match="sections"):
+        lossatlas.report("seed-relu", out=tmp_path / "r.html", sections=["nope"])
+    with pytest.raises(lossatlas.InvalidArgumentError, match="settings"):
+        lossatlas.report("seed-relu", out=tmp_path / "r.html", settings={"stepz": 3})
+    with pytest.raises(lossatlas.InvalidArgumentError, match="TARGET"):
+        lossatlas.report("no-such-example", out=tmp_path / "r.html")
+
+
+def test_a_section_is_one_function_and_one_registration(tmp_path):
+    from lossatlas.report import section
+
+    @section("extra", "An extra section")
+    def extra(page):
+        return page.columns([page.num(t, "provenance.json#parameters", t.provenance["parameters"], "d")
+                             for t in page.targets])
+    try:
+        page = lossatlas.report("seed-relu", out=tmp_path / "r.html", sections=["provenance", "extra"],
+                                settings=SMALL)
+        assert 'data-section="extra"' in page.read_text()
+    finally:
+        SECTIONS.pop("extra")
+
+
+# --- plot.grid: several results on shared scales ---------------------------------------------------------
+
+def _plane(scale, name, offset=0.0):
+    a = np.linspace(-1, 1, 9)
+    return xr.Dataset({"loss": (("x", "y"), offset + scale * np.add.outer(a ** 2, a ** 2))},
+                      coords={"x": a, "y": a}, attrs={"name": name})
+
+
+def test_grid_shares_levels_colour_range_and_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    small, large = _plane(1.0, "small"), _plane(5.0, "large")
+    fig = lossatlas.plot.grid([small, large], kind="filled", levels=11)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["small", "large"]
+    assert fig.lossatlas_range == (0.0, 10.0)  # pooled over both
+    np.testing.assert_allclose(fig.lossatlas_levels, np.linspace(0, 10, 11))
+    a0, a1 = fig.axes[:2]
+    assert a0.get_xlim() == a1.get_xlim() and a0.get_ylim() == a1.get_ylim()
+    for ax in fig.axes[:2]:
+        np.testing.assert_allclose(ax.collections[0].get_array() is not None, True)
+    clims = [c.get_clim() for ax in fig.axes[:2] for c in ax.collections if hasattr(c, "get_clim")][:2]
+    assert clims[0] == clims[1] == (0.0, 10.0)
+    # explicit range and titles; a log scale is chosen when the data span more than a factor 100
+    fig = lossatlas.plot.grid([small, large], vmin=1.0, vmax=4.0, titles=["a", "b"], kind="heatmap", log=False)
+    assert fig.lossatlas_range == (1.0, 4.0) and fig.axes[1].get_title() == "b"
+    assert lossatlas.plot.grid([_plane(1.0, "p", 1e-4), _plane(1e3, "q", 1e-4)]).lossatlas_log
+    assert not lossatlas.plot.grid([small, large]).lossatlas_log  # contains 0: linear
+
+
+def test_grid_of_slices_shares_the_value_axis_and_line_draws_several():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = np.linspace(-1, 1, 11)
+    s1 = xr.Dataset({"loss": ("x", x ** 2)}, coords={"x": x}, attrs={"name": "one"})
+    s2 = xr.Dataset({"loss": ("x", 3 * x ** 2)}, coords={"x": x}, attrs={"name": "two"})
+    fig = lossatlas.plot.grid([s1, s2])
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim() == (0.0, 3.0)
+    fig = lossatlas.plot.line([s1, s2])
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()][:2] == ["one", "two"]
+    with pytest.raises(lossatlas.InvalidArgumentError):
+        lossatlas.plot.grid([s1, _plane(1.0, "p")])
+    with pytest.raises(lossatlas.InvalidTypeError):
+        lossatlas.plot.grid(s1)
+
+
+def test_ratio_maps_share_vmin_vmax():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    a = np.linspace(-1, 1, 5)
+    maps = [xr.Dataset({"ratio": (("x", "y"), s * np.abs(np.add.outer(a, a))),
+                        "loss": (("x", "y"), np.add.outer(a ** 2, a ** 2))}, coords={"x": a, "y": a},
+                       attrs={"name": f"m{s}"}) for s in (1.0, 2.0)]
+    fig = lossatlas.plot.grid(maps)  # ratio maps: kind "ratio", variable "ratio", linear scale
+    assert fig.lossatlas_range == (0.0, 4.0) and not fig.lossatlas_log
+    fig = lossatlas.plot.ratio_map(maps[0], vmin=0.0, vmax=4.0)
+    assert fig.axes[0].collections[0].get_clim() == (0.0, 4.0)
+
+
+@pytest.mark.slow
+def test_full_size_report_of_mlp_digits(tmp_path):
+    t0 = time.perf_counter()
+    page = lossatlas.report(["mlp-digits"], out=tmp_path / "mlp.html")
+    seconds = time.perf_counter() - t0
+    assert page.stat().st_size < 10e6
+    assert "non-convex (proven)" in page.read_text()
+    assert seconds < 180, seconds
