@@ -59,7 +59,7 @@ import xarray as xr
 from . import _faults
 from . import distributed as D
 from .grid import ChunkLayout, Grid
-from .runner import SPLITS, evaluate_chunks, pinned_threads
+from .runner import SPLITS, evaluate_chunks, fill, pinned_threads
 from .store import FORMAT, GridStore, StoreLock
 
 __all__ = ["GridJob", "run_grid", "open_grid", "store_provenance", "RUN_KEYS", "FORMAT"]
@@ -142,7 +142,7 @@ def run_grid(job: GridJob, *, store: str | Path | None = None, overwrite: bool =
             # (on rank 0, those the repair on opening has just checked are not read again)
             others = [c for c in layout if c not in blocks]
             blocks.update(gstore.read_chunks(others, func=job.func))
-        values = _fill(layout, job.variables, blocks)
+        values = fill(layout, job.variables, blocks)
         done = np.ones(layout.counts, dtype=bool)
         if gstore is not None:
             attrs = _stored_attrs(gstore.group.attrs, gstore.provenance, store, gstore.verified)
@@ -235,15 +235,6 @@ def _stored_attrs(group_attrs: Mapping[str, Any], provenance: Mapping[str, Any],
     attrs["store"] = str(Path(path))
     attrs["verified"] = int(verified)  # 0: made before checksums (unverified)
     return attrs
-
-
-def _fill(layout: ChunkLayout, variables: Sequence[str], blocks: Mapping) -> dict[str, np.ndarray]:
-    values = {v: np.full(layout.grid.shape, np.nan) for v in variables}
-    for chunk, block in blocks.items():
-        index = layout.index(chunk)
-        for v in variables:
-            values[v][index] = block[v]
-    return values
 
 
 def _dataset(grid: Grid, values: Mapping[str, np.ndarray], labels: Sequence[str], attrs: Mapping[str, Any],

@@ -151,8 +151,8 @@ def _note_progress(exc: BaseException, layout: ChunkLayout, store: GridStore | N
 
 
 def interrupt_progress(exc: BaseException) -> dict[str, Any] | None:
-    """How far an interrupted :func:`run_chunks` got: ``{"store": path or None, "points_done": int or
-    None, "points_total": int}``, or ``None`` when ``exc`` was not raised inside one."""
+    """How far an interrupted :func:`evaluate_chunks` (or :func:`run_chunks`) got: ``{"store": path or
+    None, "points_done": int or None, "points_total": int}``, or ``None`` when ``exc`` was not raised inside one."""
     info = getattr(exc, "lossatlas_progress", None)
     return info if isinstance(info, dict) else None
 

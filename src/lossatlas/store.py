@@ -711,7 +711,7 @@ class GridStore:
 
         Under torch.distributed this is collective (call it on every rank): rank 0 takes the lock
         for the whole job and repairs, and every rank raises the same error if the store is busy.
-        :func:`lossatlas.runner.open_session` does all of opening, locking and checking at once."""
+        :func:`lossatlas.grid_job.run_grid` does all of opening, locking and checking at once."""
         from .distributed import context
 
         ctx = context()

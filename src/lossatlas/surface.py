@@ -29,8 +29,8 @@ from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
-from .problem import Problem
 from .grid_job import FORMAT, GridJob, open_grid, run_grid, store_provenance
+from .problem import Problem
 
 __all__ = ["surface", "surface_job", "open_surface", "as_directions"]
 

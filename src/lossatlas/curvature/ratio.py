@@ -22,8 +22,8 @@ from .._resume import check_store_args
 from ..directions import Directions
 from ..errors import bad_type, bad_value
 from ..grid import Grid
-from ..problem import Problem
 from ..grid_job import GridJob, run_grid
+from ..problem import Problem
 from ..surface import _attrs, _provenance, _save_basis, as_directions
 from . import _common as C
 from ._select import select
