@@ -761,6 +761,8 @@ class GridStore:
         chunk done before is kept (see :func:`store_io`)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
+        if self._trusted is not None:
+            self._trusted[0].discard(tuple(chunk))  # what the repair read of it is no longer what is stored
         with store_io(self.path, func=func or self.func, what=f"write chunk {tuple(chunk)} to"):
             for name in self.variables:
                 _faults.checkpoint("write")
