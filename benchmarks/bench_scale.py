@@ -94,10 +94,11 @@ def ceiling(tmp: Path) -> float:
 
 
 def worker_overhead(args) -> None:
-    """The runner alone: a trivial evaluation over the plane's grid, in memory and into a store."""
+    """The chunk loop alone: a trivial evaluation over the plane's grid, in memory and into a store
+    (created by rank 0, as :func:`lossatlas.grid_job.run_grid` does)."""
     import lossatlas
     from lossatlas.grid import Grid
-    from lossatlas.runner import open_session, run_chunks
+    from lossatlas.runner import evaluate_chunks
     from lossatlas.store import GridStore
 
     ctx = lossatlas.distributed.context()
@@ -107,26 +108,27 @@ def worker_overhead(args) -> None:
     def trivial(coefficients: np.ndarray) -> dict[str, np.ndarray]:
         return {"loss": coefficients.sum(axis=1)}
 
+    def create(path):
+        GridStore.remove_here(path, func="bench")
+        GridStore.create(path, grid=grid, chunk_shape=layout.chunk_shape, variables=["loss"],
+                         provenance={"bench": "overhead"})
+
     out = {"ranks": ctx.world, "points": grid.size, "chunks": layout.n_chunks}
     for where in ("memory", "store"):
         path = Path(args.store) / where if where == "store" else None
-
-        def create(settings, path=path):
-            return GridStore.create(path, grid=grid, chunk_shape=layout.chunk_shape, variables=["loss"],
-                                    provenance={"bench": "overhead"})
-
         ctx.barrier()
         t0 = time.perf_counter()
-        with open_session(path, func="bench", overwrite=True, provenance={"bench": "overhead"},
-                          requested={}, decide=lambda req, local: {}, create=create, context=ctx) as session:
-            opened = time.perf_counter() - t0
-            report: dict = {}
-            t0 = time.perf_counter()
-            run_chunks(layout, trivial, ["loss"], store=session.store, progress=False, description="overhead",
-                       context=ctx, report=report)
-            out[where] = {"seconds": time.perf_counter() - t0, "session_seconds": opened,
-                          "coordination_seconds": report.get("coordination_seconds", 0.0),
-                          "wait_seconds": report.get("wait_seconds", 0.0)}
+        if path is not None:
+            ctx.run_on_main(lambda path=path: create(path))
+        gstore = GridStore.open(path, func="bench") if path is not None else None
+        opened = time.perf_counter() - t0
+        report: dict = {}
+        t0 = time.perf_counter()
+        evaluate_chunks(layout, trivial, ["loss"], store=gstore, progress=False, description="overhead",
+                        context=ctx, report=report)
+        out[where] = {"seconds": time.perf_counter() - t0, "session_seconds": opened,
+                      "coordination_seconds": report.get("coordination_seconds", 0.0),
+                      "wait_seconds": report.get("wait_seconds", 0.0)}
     if ctx.is_main:
         Path(args.out).write_text(json.dumps(out))
 

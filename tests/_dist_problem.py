@@ -83,6 +83,22 @@ def legacy(store, *, overwrite: bool = False, delay: float = 0.0) -> np.ndarray:
         gstore.unlock()
 
 
+def toy_job():
+    """A GridJob of a closed-form function of the coefficients (no torch): 1 rank == 2 ranks by construction,
+    so what it checks is run_grid's sharing of chunks and its assembly of the result."""
+    from lossatlas.grid import Grid
+    from lossatlas.grid_job import GridJob
+
+    def evaluate(c):
+        return {"loss": c[:, 0] ** 2 + np.sin(3 * c[:, 1]) / 7, "other": np.exp(c[:, 0] * c[:, 1])}
+
+    return GridJob(kind="toy", func="toy", grid=Grid.make(2, (10, 7), 1.0), variables=("loss", "other"),
+                   provenance={"kind": "toy"}, requested={"chunk_shape": None},
+                   plan=lambda req: ({"chunk_shape": [2, 3]}, evaluate), evaluator=lambda s: evaluate,
+                   attrs=lambda s: {"kind": "toy"}, labels=("a", "b"),
+                   finish=lambda ds: {"loss_max": float(ds["loss"].max())})
+
+
 def _save(ds, path: Path) -> None:
     np.savez(path, loss=ds.loss.values, accuracy=ds.accuracy.values)
 
@@ -103,6 +119,14 @@ def main(out: str, what: str) -> None:
         ds = run(out_dir / "data.zarr", steps=5, chunk=5, parallel="data", batch_size=10)
         info["data"] = {"complete": ds.attrs["complete"]}
         _save(ds, out_dir / f"data-{rank}.npz")
+    if what in ("toy", "all"):
+        from lossatlas.grid_job import run_grid
+
+        for where in ("memory", "store"):
+            ds = run_grid(toy_job(), store=out_dir / "toy.zarr" if where == "store" else None, progress=False)
+            np.savez(out_dir / f"toy-{where}-{rank}.npz", loss=ds.loss.values, accuracy=ds.other.values)
+            info[f"toy-{where}"] = {k: ds.attrs[k] for k in ("ranks", "rank_points", "complete", "loss_max")}
+            info[f"toy-{where}"]["keys"] = sorted(ds.attrs)
     (out_dir / f"info-{rank}.json").write_text(json.dumps(info))
 
 

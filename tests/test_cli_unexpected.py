@@ -9,7 +9,7 @@ def _boom(*args, **kwargs):
 
 
 def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
-    monkeypatch.setattr("lossatlas.cli._target.resolve", _boom)
+    monkeypatch.setattr("lossatlas.cli.curvature_cmd.resolve", _boom)
     with pytest.raises(SystemExit) as exit_:
         _app.main(["hessian", "seed-relu"])
     err = capsys.readouterr().err.strip()
@@ -19,6 +19,6 @@ def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
 
 
 def test_unexpected_exception_with_debug_is_raised(monkeypatch):
-    monkeypatch.setattr("lossatlas.cli._target.resolve", _boom)
+    monkeypatch.setattr("lossatlas.cli.curvature_cmd.resolve", _boom)
     with pytest.raises(ValueError, match="something deep inside"):
         _app.main(["hessian", "seed-relu", "--debug"])

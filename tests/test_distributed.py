@@ -74,6 +74,26 @@ def test_torchrun_two_ranks_equal_one_process(torchrun_job):
     assert log.count("surface 11×11 (2 ranks)") >= 1 and "points/s" in log
 
 
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found beside the interpreter")
+def test_grid_job_on_two_ranks_equals_one_process(torchrun_job):
+    """A toy GridJob through run_grid: chunks shared, each rank's result assembled from its own chunks and
+    the others' (read from the store, or gathered in memory): the one-process Dataset, the same attrs."""
+    from lossatlas.grid_job import run_grid
+
+    out, _ = torchrun_job
+    single = run_grid(_dist_problem.toy_job(), progress=False)
+    info = [json.loads((out / f"info-{r}.json").read_text()) for r in (0, 1)]
+    for where in ("memory", "store"):
+        for rank in (0, 1):
+            got = np.load(out / f"toy-{where}-{rank}.npz")
+            np.testing.assert_array_equal(got["loss"], single.loss.values)
+            np.testing.assert_array_equal(got["accuracy"], single.other.values)
+            i = info[rank][f"toy-{where}"]
+            assert i["ranks"] == 2 and sum(i["rank_points"]) == 70 and i["complete"] == 1
+            assert i["loss_max"] == single.attrs["loss_max"] and i["keys"] == sorted(single.attrs)
+    assert lossatlas.grid_job.open_grid(out / "toy.zarr").attrs["loss_max"] == single.attrs["loss_max"]
+
+
 def test_data_parallel_terms_sum_to_the_single_process_value_exactly(classification):
     with pinned_threads(1):  # a tiny model: one thread is quicker on a busy machine
         _data_parallel_matches(classification)

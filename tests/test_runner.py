@@ -1,5 +1,5 @@
-"""The runner's session protocol as documented in lossatlas.runner (one process; the distributed
-side is in test_distributed.py and test_faults.py)."""
+"""The session of lossatlas.grid_job.run_grid (one process; the distributed side is in
+test_distributed.py and test_faults.py) and the chunk loop of lossatlas.runner."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,8 @@ import torch
 
 import lossatlas
 from lossatlas.grid import Grid
-from lossatlas.runner import open_session, pinned_threads, run_chunks
-from lossatlas.store import GridStore
+from lossatlas.grid_job import GridJob, run_grid
+from lossatlas.runner import pinned_threads, run_chunks
 
 GRID = Grid.make(2, 5, 1.0)
 
@@ -18,45 +18,49 @@ def _evaluate(coefficients: np.ndarray) -> dict[str, np.ndarray]:
     return {"loss": (coefficients**2).sum(axis=1)}
 
 
-def _open(path, calls, *, chunk=None, overwrite=False):
-    def decide(requested, local):
-        calls.append("decide")
-        local["made by"] = "decide"
-        return {"chunk_shape": requested["chunk_shape"] or [1, 5]}
+def _job(calls, *, chunk=None, hold=None):
+    def held(coefficients):  # the evaluator planned on rank 0: runs while the lock is held
+        if hold is not None:
+            hold()
+        return _evaluate(coefficients)
 
-    def create(settings):
-        calls.append("create")
-        return GridStore.create(path, grid=GRID, chunk_shape=settings["chunk_shape"], variables=["loss"],
-                                provenance={"kind": "test", **settings})
+    def plan(requested):
+        calls.append("plan")
+        return {"chunk_shape": requested["chunk_shape"] or [1, 5]}, held
 
-    return open_session(path, func="test", overwrite=overwrite, provenance={"kind": "test"},
-                        requested={"chunk_shape": chunk}, decide=decide, create=create)
+    def evaluator(settings):
+        calls.append("evaluator")
+        return _evaluate
+
+    return GridJob(kind="test", func="test", grid=GRID, variables=("loss",), provenance={"kind": "test"},
+                   requested={"chunk_shape": chunk}, plan=plan, evaluator=evaluator,
+                   attrs=lambda s: {"kind": "test"}, labels=("a", "b"))
 
 
 def test_session_creates_locks_resumes_and_checks(tmp_path):
     path, calls = tmp_path / "s.zarr", []
-    with _open(path, calls) as session:
-        assert calls == ["decide", "create"] and session.local == {"made by": "decide"}
-        assert session.settings == {"chunk_shape": [1, 5]} and not session.complete
+
+    def refused_while_running():
         with pytest.raises(lossatlas.StoreLockedError):
-            _open(path, [])
-        values = run_chunks(GRID.chunks([1, 5]), _evaluate, ["loss"], store=session.store, progress=False,
-                            description="t")
+            run_grid(_job([]), store=path, progress=False)
+
+    ds = run_grid(_job(calls, hold=refused_while_running), store=path, progress=False)
+    assert calls == ["plan"] and ds.attrs["chunk_shape"] == [1, 5]  # planned once, its evaluator used
     expected = (GRID.coefficients(tuple(slice(None) for _ in range(2))) ** 2).sum(axis=1).reshape(5, 5)
-    np.testing.assert_array_equal(values["loss"], expected)
+    np.testing.assert_array_equal(ds["loss"].values, expected)
     calls.clear()
-    with _open(path, calls) as again:  # the store settles the settings: no decision, no creation
-        assert calls == [] and again.complete and again.settings == {"chunk_shape": [1, 5]}
+    again = run_grid(_job(calls), store=path, progress=False)  # the store settles the settings: no plan, no run
+    assert calls == [] and again.attrs["complete"] == 1 and again.attrs["chunk_shape"] == [1, 5]
     with pytest.raises(lossatlas.ProvenanceMismatchError, match="chunk_shape"):
-        _open(path, calls, chunk=[5, 1])
-    with _open(path, calls, chunk=[5, 1], overwrite=True) as replaced:
-        assert calls == ["decide", "create"] and replaced.settings == {"chunk_shape": [5, 1]}
+        run_grid(_job(calls, chunk=[5, 1]), store=path, progress=False)
+    replaced = run_grid(_job(calls, chunk=[5, 1]), store=path, overwrite=True, progress=False)
+    assert calls == ["plan"] and replaced.attrs["chunk_shape"] == [5, 1]
 
 
-def test_in_memory_session_only_decides():
+def test_in_memory_session_only_plans():
     calls = []
-    with _open(None, calls) as session:
-        assert calls == ["decide"] and session.store is None and session.lock is None
+    ds = run_grid(_job(calls), progress=False)
+    assert calls == ["plan"] and ds.attrs["store"] == ""
 
 
 def test_run_chunks_reports_and_validates():

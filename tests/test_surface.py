@@ -125,7 +125,13 @@ def test_store_resume_reopen_and_xarray_reads_it(tmp_path, classification):
     ds = lossatlas.surface(pr, None, d, steps=7, progress=False, store=path, chunk=5)
     assert ds.attrs["complete"] == 1 and ds.attrs["points_done"] == 49
     again = lossatlas.open_surface(path)
-    xr.testing.assert_identical(ds, again)
+    from lossatlas.grid_job import RUN_KEYS  # the figures of one call (seconds, ranks…), not of the values
+
+    assert set(ds.attrs) == set(again.attrs) and again.attrs["seconds"] == 0.0
+    def values(d):
+        return d.drop_attrs(deep=False).assign_attrs({k: v for k, v in d.attrs.items() if k not in RUN_KEYS})
+
+    xr.testing.assert_identical(values(ds), values(again))
     raw = xr.open_zarr(path, consolidated=False)
     np.testing.assert_array_equal(raw.loss.values, ds.loss.values)
     prov = json.loads(ds.attrs["provenance"])

@@ -1,5 +1,5 @@
 """Argument checks every store-backed job (surfaces, curvature maps) shares; the resume itself is
-:func:`lossatlas.runner.open_session`."""
+:func:`lossatlas.grid_job.run_grid`."""
 
 from __future__ import annotations
 

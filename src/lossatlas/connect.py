@@ -30,7 +30,8 @@ from .data import map_tensors
 from .directions import plane
 from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed, public
 from .evaluator import PointEvaluator, probe_free_strategy
-from .grid import DIM_NAMES
+from .grid import DIM_NAMES, Grid
+from .grid_job import GridJob, run_grid
 from .paths import _as_params, path_metrics, with_bn
 from .problem import Problem
 from .progress import progress_bar
@@ -129,23 +130,46 @@ class Curve:
         evaluated = with_bn(problem, bn)
         t = np.linspace(0.0, 1.0, int(steps))
         coeffs = self.coefficients(t)
-        zero = P.zeros_like(self.points[0])
-        values: dict[str, list[np.ndarray]] = {}
-        with PointEvaluator(evaluated, zero, self.points, strategy=probe_free_strategy(strategy, len(t)),
-                            metrics=metrics) as evaluator:
-            with progress_bar(len(t), f"curve ({self.kind})", enabled=progress) as advance:
-                for s in range(0, len(t), 8):
-                    out = evaluator(coeffs[s:s + 8])
-                    for k, v in out.items():
-                        values.setdefault(k, []).append(v)
-                    advance(len(coeffs[s:s + 8]))
-        data = {k: ("t", np.concatenate(v)) for k, v in values.items()}
-        ds = xr.Dataset(data, coords={"t": ("t", t, {"long_name": f"t along the {self.kind} curve"})})
+        ds = run_grid(self._job(evaluated, t, strategy, metrics, func), progress=progress).rename({"x": "t"})
         ds.attrs.update(path_metrics(t, ds["loss"].values, dtype=problem.dtype, tol=tol,
                                      accuracy=ds["accuracy"].values if "accuracy" in ds else None))
         ds.attrs.update(kind="curve", curve=self.kind, bends=len(self.bends), bn=bn, length=self._length(coeffs),
                         distance=P.norm(P.sub(self.points[-1], self.points[0])))
         return ds
+
+    def _job(self, problem: Problem, t: np.ndarray, strategy: str, metrics: bool, func: str) -> GridJob:
+        """The points φ(t) of the curve as a grid job over t (chunks of 8 points; strategy and vmap
+        batch decided on rank 0)."""
+        zero = P.zeros_like(self.points[0])
+        curve = self
+
+        class _AlongCurve:  # t -> the weights of the control points -> the problem's values
+            def __init__(self, strategy_: str, vmap_batch: int | None):
+                self.inner = PointEvaluator(problem, zero, curve.points, strategy=strategy_, vmap_batch=vmap_batch,
+                                            metrics=metrics)
+                self.strategy, self.vmap_batch = self.inner.strategy, self.inner.vmap_batch
+
+            def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
+                return self.inner(curve.coefficients(np.asarray(coefficients)[:, 0]))
+
+            def close(self) -> None:
+                self.inner.close()
+
+        def plan(req: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+            ev = _AlongCurve(probe_free_strategy(strategy, len(t)), None)
+            return {"chunk_shape": [8], "strategy": ev.strategy, "vmap_batch": ev.vmap_batch}, ev
+
+        fp = problem.fingerprint()
+        provenance = {"kind": "curve", "curve": self.kind, "model": fp["model"], "data": fp["data"],
+                      "loss": fp["loss"], "settings": fp["settings"], "metrics": bool(metrics),
+                      "points": [P.fingerprint(p) for p in self.points], "t": [float(v) for v in t]}
+        return GridJob(
+            kind="curve", func=func, grid=Grid((np.asarray(t, dtype=np.float64),)),
+            variables=tuple(problem.metric_names) if metrics else ("loss",), provenance=provenance,
+            requested={"chunk_shape": None, "strategy": None, "vmap_batch": None}, plan=plan,
+            evaluator=lambda s: _AlongCurve(s["strategy"], s["vmap_batch"]),
+            attrs=lambda s: {"kind": "curve", "strategy": s["strategy"]}, labels=(f"t along the {self.kind} curve",),
+            description=f"curve ({self.kind})")
 
     def _length(self, coeffs: np.ndarray) -> float:
         total = 0.0

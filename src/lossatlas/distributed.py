@@ -2,7 +2,7 @@
 settings, and data-parallel evaluation of one point.
 
 Nothing to call for the common case: launched by ``torchrun``, :func:`lossatlas.surface` (and
-everything built on :func:`lossatlas.runner.run_chunks`) finds ``RANK``/``WORLD_SIZE``/
+everything built on :func:`lossatlas.grid_job.run_grid`) finds ``RANK``/``WORLD_SIZE``/
 ``MASTER_ADDR`` in the environment, initialises the default process group (gloo on CPU; gloo for
 CPU tensors and NCCL for CUDA tensors on GPU machines) and shares the work::
 

@@ -15,9 +15,9 @@ a + t·(b − a), chunked, resumable with ``store=``); this module adds the path
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ from . import params as P
 from .directions import between
 from .errors import bad_type, bad_value, public
 from .problem import Problem
-from .store import GridStore
-from .surface import open_surface, surface
+from .grid_job import run_grid
+from .surface import open_surface, surface_job
 
 __all__ = ["interpolate", "open_interpolation", "path_metrics"]
 
@@ -87,16 +87,15 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
         raise bad_value(func, "tol", "a number >= 0 or None", tol)
     evaluated = with_bn(problem, bn)
-    ds = surface(evaluated, a, between(a, b), steps=int(steps), span=(lo, hi),
-                 strategy=strategy, chunk=chunk,
-                 store=store, overwrite=overwrite, progress=progress, metrics=metrics)
-    ds = _as_path(ds)
-    summary = _summary(evaluated, ds, a, b, tol)
-    summary["distance"] = P.norm(P.sub(b, a))
-    ds.attrs.update(summary)
-    if store is not None:
-        _write_summary(Path(store), summary)
-    return ds
+    job, store = surface_job(evaluated, a, between(a, b), steps=int(steps), span=(lo, hi), strategy=strategy,
+                             chunk=chunk, store=store, overwrite=overwrite, progress=progress, metrics=metrics,
+                             func=func)
+    distance = P.norm(P.sub(b, a))
+
+    def finish(ds: xr.Dataset) -> dict[str, Any]:  # the path metrics: part of the job's attrs (and its store's)
+        return dict(_summary(evaluated, _as_path(ds), a, b, tol), distance=distance, kind="interpolation")
+
+    return _as_path(run_grid(replace(job, finish=finish), store=store, overwrite=overwrite, progress=progress))
 
 
 @public("open_interpolation")
@@ -198,8 +197,3 @@ def _summary(problem: Problem, ds: xr.Dataset, a, b, tol: float | None) -> dict[
                 values[k].insert(pos, point[k])
     return path_metrics(np.array(tt), np.array(values["loss"]), dtype=problem.dtype, tol=tol,
                         accuracy=np.array(values["accuracy"]) if "accuracy" in values else None)
-
-
-def _write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    GridStore.update_attrs(path, dict(summary, kind="interpolation"))  # re-sealed: not an edit
-

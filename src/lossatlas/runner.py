@@ -2,23 +2,16 @@
 process or shared by the ranks of a ``torchrun`` job.
 
 The runner is generic: it takes ``evaluate(coefficients) -> {variable: values}`` for a block of
-points and knows nothing about losses. Surfaces and curvature ratio maps both use it:
+points and knows nothing about losses. It is the chunk loop of :func:`lossatlas.grid_job.run_grid`,
+which owns the session around it (lock, repair, provenance, pinned settings) and the assembly of the
+result:
 
-* :func:`open_session` opens (or creates) the store for a job on every rank: rank 0 takes the
-  writer lock for the whole job, repairs what a crashed run left, checks provenance and settles
-  the settings that change rounding (strategy, vmap batch, chunk shape, threads); every rank gets
-  the same settings or the same error.
-* :func:`run_chunks` evaluates the pending chunks. Under torch.distributed it hands chunks out
+* :func:`evaluate_chunks` evaluates the pending chunks and returns the values computed in this call,
+  chunk by chunk (nothing is read back from the store). Under torch.distributed it hands chunks out
   dynamically from a counter in the job's key-value store (a rank that finishes early takes the
   next chunk), each rank writes its own chunks, and rank 0 shows progress with per-rank throughput.
-
-Typical use (on every rank)::
-
-    with open_session(path, func="ratio_map", overwrite=False, provenance=prov,
-                      requested={"chunk_shape": None}, decide=decide, create=create) as session:
-        if not session.complete:
-            run_chunks(layout, evaluate, variables, store=session.store, progress=True,
-                       description="ratio map")
+* :func:`run_chunks` is the same returning whole arrays (with a store: read back from it), for code
+  written against the store primitives.
 """
 
 from __future__ import annotations
@@ -26,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +31,15 @@ from . import distributed as D
 from .errors import DistributedError, bad_value
 from .grid import ChunkLayout
 from .progress import progress_bar, rank_progress
-from .store import GridStore, StoreLock
+from .store import GridStore
 
 ChunkFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+Blocks = dict[tuple[int, ...], dict[str, np.ndarray]]  # {chunk: {variable: block of values}}
 SPLITS = ("chunks", "data")
 POLL_SECONDS = (0.001, 0.05)  # a rank that has finished checks the others' progress, backing off to 50 ms
 STATS_SECONDS = 0.5  # how often rank 0 refreshes the per-rank figures
 
-__all__ = ["run_chunks", "open_session", "Session", "pinned_threads", "interrupt_progress", "SPLITS"]
+__all__ = ["evaluate_chunks", "run_chunks", "pinned_threads", "interrupt_progress", "SPLITS"]
 
 
 # -- threads ----------------------------------------------------------------------------------------
@@ -69,106 +62,46 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# -- sessions -------------------------------------------------------------------------------------
-@dataclass
-class Session:
-    """A store opened for one job on every rank (``store`` is ``None`` for in-memory work), with
-    the ``settings`` every rank must use. Rank 0 holds the store's lock until :meth:`close`."""
-
-    store: GridStore | None
-    settings: dict[str, Any]
-    complete: bool
-    context: D.Context
-    lock: StoreLock | None = field(default=None, repr=False)
-    local: dict[str, Any] = field(default_factory=dict, repr=False)  # rank 0's objects made by decide()
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def open_session(path: str | Path | None, *, func: str, overwrite: bool, provenance: Mapping[str, Any],
-                 requested: Mapping[str, Any], decide: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
-                 create: Callable[[dict[str, Any]], GridStore], context: D.Context | None = None) -> Session:
-    """Open or create the store at ``path`` for one job; call on every rank.
-
-    ``provenance`` (JSON-able) identifies the computation: every rank must have the same (checked),
-    and an existing store must have been made by it. ``requested`` maps each pinned setting to a
-    value or ``None``: with an existing store a ``None`` takes the store's value and a value must
-    equal it; without one, ``decide(requested, local)`` (rank 0 only; may time things and leave
-    objects in ``local``, returned as ``session.local``) returns every setting, and
-    ``create(settings)`` makes the store (rank 0, under the lock). Errors on rank 0 are raised on
-    every rank with the same type and message.
-    """
-    ctx = context or D.context()
-    ctx.check_same(provenance, func=func, what="computation (problem, centre, directions or grid)")
-    held: dict[str, Any] = {}
-    local: dict[str, Any] = {}
-
-    def on_main() -> tuple[dict[str, Any], bool]:
-        if path is None:
-            return decide(dict(requested), local), False
-        lock = StoreLock.acquire(path, func=func, job=ctx.job or None)
-        held["lock"] = lock
-        try:
-            _faults.checkpoint("locked")
-            if overwrite:
-                GridStore.remove_here(path, func=func)
-            GridStore.clean_leftovers(path)
-            if GridStore.exists(path):
-                gstore = GridStore.open(path, func=func)
-                gstore.repair(func=func)
-                expected = dict(provenance)
-                for key, value in requested.items():
-                    expected[key] = gstore.provenance.get(key) if value is None else value
-                gstore.check_provenance(expected, func=func)
-                settings = {key: gstore.provenance.get(key) for key in requested}
-                complete = not gstore.pending()
-            else:
-                settings = decide(dict(requested), local)
-                gstore = create(settings)
-                complete = False
-            held["store"] = gstore
-            return settings, complete
-        except BaseException:
-            lock.release()
-            held.pop("lock", None)
-            raise
-
-    try:
-        settings, complete = ctx.run_on_main(on_main)
-    except BaseException:
-        for obj in local.values():  # e.g. an evaluator made by decide(): undo what it set up
-            if hasattr(obj, "close"):
-                obj.close()
-        raise
-    gstore = held.get("store")
-    if path is not None and gstore is None:
-        gstore = GridStore.open(path, func=func)
-    return Session(gstore, dict(settings), bool(complete), ctx, held.get("lock"), local)
-
-
 # -- running chunks ---------------------------------------------------------------------------------
 def run_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str], *, store: GridStore | None,
                progress: bool, description: str, split: str = "chunks", threads: int | None = None,
                context: D.Context | None = None, report: dict[str, Any] | None = None,
                func: str | None = None) -> dict[str, np.ndarray]:
-    """Evaluate every chunk not yet done; return the full arrays (NaN only where a value is NaN).
+    """:func:`evaluate_chunks`, returning the full arrays (NaN only where a value is NaN): with a
+    ``store``, every value read back from it (checked against its checksums); in memory, the values
+    of every chunk (gathered from every rank)."""
+    blocks = evaluate_chunks(layout, evaluate, variables, store=store, progress=progress, description=description,
+                             split=split, threads=threads, context=context, report=report, func=func)
+    if store is not None:
+        return store.read()
+    return fill(layout, variables, blocks)
+
+
+def fill(layout: ChunkLayout, variables: Sequence[str], blocks: Blocks) -> dict[str, np.ndarray]:
+    """Whole arrays (NaN where no block is given) from blocks of chunks."""
+    values = {v: np.full(layout.grid.shape, np.nan) for v in variables}
+    for chunk, result in blocks.items():
+        index = layout.index(chunk)
+        for v in variables:
+            values[v][index] = result[v]
+    return values
+
+
+def evaluate_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str], *, store: GridStore | None,
+                    progress: bool, description: str, split: str = "chunks", threads: int | None = None,
+                    context: D.Context | None = None, report: dict[str, Any] | None = None,
+                    func: str | None = None) -> Blocks:
+    """Evaluate every chunk not yet done; return the values computed in this call as float64 blocks
+    ``{chunk: {variable: array of the chunk's block shape}}`` (exactly the values written).
 
     In one process chunks run in order. Under torch.distributed (call on every rank, same layout):
 
     * ``split="chunks"``: ranks claim pending chunks one at a time from a shared counter, evaluate
-      and write them (``store``) or keep them (in memory: gathered once at the end);
+      and write them (``store``: each rank returns its own chunks) or keep them (in memory: gathered
+      once at the end, every rank returns every chunk);
     * ``split="data"``: ``evaluate`` is itself collective (e.g.
-      :class:`~lossatlas.distributed.DataParallelEvaluator`); every rank runs every chunk and rank 0
-      writes.
+      :class:`~lossatlas.distributed.DataParallelEvaluator`); every rank runs every chunk (and returns
+      it) and rank 0 writes.
 
     ``threads`` pins the intra-op thread count during evaluation. ``report``, when given, receives
     per-rank figures ``points`` and ``busy_seconds`` (evaluating and writing), and this rank's
@@ -196,6 +129,10 @@ def run_chunks(layout: ChunkLayout, evaluate: ChunkFn, variables: Sequence[str],
         raise
 
 
+def _block(result: dict[str, np.ndarray], variables: Sequence[str], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    return {v: np.asarray(result[v], dtype=np.float64).reshape(shape) for v in variables}
+
+
 def _note_progress(exc: BaseException, layout: ChunkLayout, store: GridStore | None) -> None:
     """Attach to an interrupt how far the run got (for the CLI's one line); never raises."""
     if getattr(exc, "lossatlas_progress", None) is not None:
@@ -214,8 +151,8 @@ def _note_progress(exc: BaseException, layout: ChunkLayout, store: GridStore | N
 
 
 def interrupt_progress(exc: BaseException) -> dict[str, Any] | None:
-    """How far an interrupted :func:`run_chunks` got: ``{"store": path or None, "points_done": int or
-    None, "points_total": int}``, or ``None`` when ``exc`` was not raised inside one."""
+    """How far an interrupted :func:`evaluate_chunks` (or :func:`run_chunks`) got: ``{"store": path or
+    None, "points_done": int or None, "points_total": int}``, or ``None`` when ``exc`` was not raised inside one."""
     info = getattr(exc, "lossatlas_progress", None)
     return info if isinstance(info, dict) else None
 
@@ -224,7 +161,7 @@ def _points(layout: ChunkLayout, chunk: tuple[int, ...]) -> int:
     return math.prod(layout.block_shape(chunk))
 
 
-def _run_local(layout, evaluate, variables, store, progress, description, report) -> dict[str, np.ndarray]:
+def _run_local(layout, evaluate, variables, store, progress, description, report) -> Blocks:
     grid = layout.grid
     if store is not None:
         pending = store.pending()
@@ -232,7 +169,7 @@ def _run_local(layout, evaluate, variables, store, progress, description, report
     else:
         pending = list(layout)
         done_points = 0
-        values = {v: np.full(grid.shape, np.nan) for v in variables}
+    blocks: Blocks = {}
     start = time.perf_counter()
     with progress_bar(grid.size, description, enabled=progress, completed=done_points) as advance:
         for chunk in pending:
@@ -242,15 +179,13 @@ def _run_local(layout, evaluate, variables, store, progress, description, report
             result = evaluate(grid.coefficients(index))
             if store is not None:
                 store.write_chunk(chunk, result)
-            else:
-                for v in variables:
-                    values[v][index] = np.asarray(result[v]).reshape(shape)
+            blocks[chunk] = _block(result, variables, shape)
             advance(math.prod(shape))
     seconds = time.perf_counter() - start
     if report is not None:
         report.update(world=1, rank=0, points=[sum(_points(layout, c) for c in pending)], busy_seconds=[seconds],
                       seconds=seconds, coordination_seconds=0.0, wait_seconds=0.0)
-    return store.read() if store is not None else values
+    return blocks
 
 
 class _Board:
@@ -279,7 +214,7 @@ class _Board:
         return [(self.add(f"points/{r}", 0), self.add(f"busy_ms/{r}", 0) / 1000.0) for r in range(self.ctx.world)]
 
 
-def _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report):
+def _run_shared(layout, evaluate, variables, store, progress, description, split, ctx, report) -> Blocks:
     grid = layout.grid
 
     def plan() -> list[list[int]]:
@@ -293,7 +228,7 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
     board = _Board(ctx)
     total = sum(_points(layout, c) for c in pending)
     already = grid.size - total
-    mine: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+    mine: Blocks = {}
     coordination = 0.0  # seconds in the shared counters (claims, figures), this rank
     start = time.perf_counter()
     show = progress and ctx.is_main
@@ -317,8 +252,7 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                 writer = split == "chunks" or ctx.is_main
                 if store is not None and writer:
                     store.write_chunk(chunk, result)
-                elif store is None:
-                    mine[chunk] = {v: np.asarray(result[v]) for v in variables}
+                mine[chunk] = _block(result, variables, layout.block_shape(chunk))
                 n = _points(layout, chunk)
                 t1 = time.perf_counter()
                 done = None
@@ -358,18 +292,10 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
         report.update(world=ctx.world, rank=ctx.rank, points=[p for p, _ in stats],
                       busy_seconds=[s for _, s in stats], seconds=seconds, coordination_seconds=coordination,
                       wait_seconds=waiting)
-    if store is not None:
-        return store.read()
-    if split == "chunks":
+    if store is None and split == "chunks":
         for part in ctx.gather(mine):  # one collective at the end, every rank gets every chunk
             mine.update(part)
-    values = {v: np.full(grid.shape, np.nan) for v in variables}
-    for chunk, result in mine.items():
-        index = layout.index(chunk)
-        shape = layout.block_shape(chunk)
-        for v in variables:
-            values[v][index] = np.asarray(result[v]).reshape(shape)
-    return values
+    return mine
 
 
 def _claims(pending: Sequence[tuple[int, ...]], board: _Board, split: str) -> Iterator[tuple[int, ...]]:

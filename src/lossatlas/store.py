@@ -53,7 +53,6 @@ Stores made before checksums open as before and say ``verified = False`` ("unver
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -295,6 +294,8 @@ class GridStore:
         self.writes_empty_chunks = bool(attrs.get("write_empty_chunks", False))
         self._arrays: dict[str, Any] = {}
         self._lock: StoreLock | None = None
+        #: (chunks, values) checked by the last :meth:`repair` (None: nothing checked yet)
+        self._trusted: tuple[set[tuple[int, ...]], dict[str, np.ndarray]] | None = None
         self._validate(func)
 
     def _metadata_problems(self, attrs: Mapping[str, Any]) -> list[str]:
@@ -351,15 +352,17 @@ class GridStore:
         return {"scheme": SCHEME, "attrs": {k: _json_digest(v) for k, v in attrs.items()}, "coords": coords}
 
     @staticmethod
-    def update_attrs(path: str | Path, values: Mapping[str, Any]) -> None:
-        """Add or change group attributes of a store after its run (e.g. a summary) and re-seal them."""
-        with store_io(path, func="update_attrs", what="write the attributes of"):
+    def update_attrs(path: str | Path, values: Mapping[str, Any], *, func: str = "update_attrs") -> dict[str, Any]:
+        """Add or change group attributes of a store after its run (e.g. a summary) and re-seal them;
+        returns every group attribute as now stored."""
+        with store_io(path, func=func, what="write the attributes of"):
             root = _zarr().open_group(str(path), mode="r+")
             attrs = dict(root.attrs)
             values = json.loads(json.dumps(dict(values)))
             if isinstance(attrs.get(INTEGRITY), dict):  # the values and their digests in one metadata write
                 values[INTEGRITY] = GridStore._integrity(root, {**attrs, **values}, list(attrs["dims"]))
             root.update_attributes(values)
+            return {**attrs, **values}
 
     # -- creation / opening ---------------------------------------------------------------------
     @staticmethod
@@ -554,6 +557,7 @@ class GridStore:
 
     def _repair(self, func: str) -> list[str]:
         notes = []
+        self._trusted = None
         partial = list(self.path.rglob("*.partial"))
         for p in partial:
             try:
@@ -562,7 +566,7 @@ class GridStore:
                 pass
         if partial:
             notes.append(f"removed {len(partial)} unfinished temporary write(s)")
-        done, _, damage = self._scan()
+        done, values, damage = self._scan()
         redo: set[tuple[int, ...]] = set()
         for d in damage:
             if d.kind == "unreadable":
@@ -578,6 +582,9 @@ class GridStore:
         for chunk in sorted(redo):
             if done[chunk]:
                 self._array(DONE)[tuple(slice(i, i + 1) for i in chunk)] = np.zeros((1,) * len(chunk), np.uint8)
+        # the done chunks just checked hold trusted values: kept, so that assembling the result of the run
+        # that follows (under the same lock: nobody else writes them) reads each of them once, not twice
+        self._trusted = ({c for c in self.layout if done[c] and c not in redo}, values)
         if notes:
             again = (f"; chunk(s) {', '.join(map(str, sorted(redo)))} will be computed again" if redo else "")
             warnings.warn(StoreRepairWarning(
@@ -704,7 +711,7 @@ class GridStore:
 
         Under torch.distributed this is collective (call it on every rank): rank 0 takes the lock
         for the whole job and repairs, and every rank raises the same error if the store is busy.
-        :func:`lossatlas.runner.open_session` does all of opening, locking and checking at once."""
+        :func:`lossatlas.grid_job.run_grid` does all of opening, locking and checking at once."""
         ctx = context()
 
         def take() -> None:
@@ -752,6 +759,8 @@ class GridStore:
         chunk done before is kept (see :func:`store_io`)."""
         index = self.layout.index(chunk)
         shape = self.layout.block_shape(chunk)
+        if self._trusted is not None:
+            self._trusted[0].discard(tuple(chunk))  # what the repair read of it is no longer what is stored
         with interrupts_deferred(), store_io(self.path, func=func or self.func, what=f"write chunk {tuple(chunk)} to"):
             for name in self.variables:
                 _faults.checkpoint("write")
@@ -783,6 +792,50 @@ class GridStore:
             f"{', '.join(map(str, chunks[:10]))}{' …' if len(chunks) > 10 else ''} cannot be trusted ({shown}); "
             "run the computation that made it again with the same arguments to recompute them "
             "(`lossatlas info --check` lists every problem)")
+
+    def read_chunks(self, chunks: Sequence[tuple[int, ...]], *,
+                    func: str = "read") -> dict[tuple[int, ...], dict[str, np.ndarray]]:
+        """The values of the given done chunks, each checked against its checksum (the checks of
+        :meth:`read_checked`, for these chunks only): ``{chunk: {variable: block}}``. Chunks checked by
+        the last :meth:`repair` are taken from what it read (not read again). A chunk that is not done
+        or is damaged raises :class:`StoreError` naming it."""
+        out: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+        trusted, cached = self._trusted if self._trusted is not None else (set(), {})
+        rest = [tuple(c) for c in chunks if tuple(c) not in trusted]
+        for chunk in chunks:
+            chunk = tuple(chunk)
+            if chunk in trusted:
+                index = self.layout.index(chunk)
+                out[chunk] = {n: np.array(cached[n][index]) for n in self.variables}
+        if not rest:
+            return out
+        markers, bad_markers = self._read_done()
+        damage = [Damage(c, None, "marker", False) for c in bad_markers if c in set(rest)]
+        for chunk in rest:
+            if any(d.chunk == chunk for d in damage):
+                continue
+            if not markers[chunk]:
+                damage.append(Damage(chunk, None, "missing", True))
+                continue
+            index = self.layout.index(chunk)
+            block: dict[str, np.ndarray] = {}
+            for name in self.variables:
+                if self.writes_empty_chunks and not self._chunk_file(name, chunk).exists():
+                    damage.append(Damage(chunk, name, "missing", True))
+                    break
+                try:
+                    block[name] = np.asarray(self._array(name)[index], dtype=np.float64)
+                except Exception:
+                    damage.append(Damage(chunk, name, "unreadable", True))
+                    break
+            else:
+                if self.verified and chunk_digest(chunk, block) != int(markers[chunk]):
+                    damage.append(Damage(chunk, None, "checksum", True))
+                    continue
+                out[chunk] = block
+        if damage:
+            raise self.damage_error(damage, func=func)
+        return out
 
     def read(self) -> dict[str, np.ndarray]:
         """Every variable's values after checking every done chunk (see :meth:`read_checked`)."""

@@ -31,11 +31,10 @@ from .distributed import context as _dist_context
 from .errors import LossAtlasError, StoreError, bad_type, bad_value, public
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
+from .grid_job import FORMAT, GridJob, open_grid, run_grid, store_provenance
 from .problem import Problem
-from .runner import open_session, pinned_threads, run_chunks
-from .store import FORMAT, GridStore
 
-__all__ = ["surface", "open_surface", "as_directions"]
+__all__ = ["surface", "surface_job", "open_surface", "as_directions"]
 
 CHUNK_SECONDS = 1.0  # target compute time of one chunk when the chunk size is chosen automatically
 PARALLEL = ("grid", "data")
@@ -109,7 +108,19 @@ def surface(
     >>> abs(float(ds.loss.sel(x=0.0, y=0.0)) - problem.loss(problem.params())) < 1e-6
     True
     """
-    func = "surface"
+    job, store = surface_job(problem, center, directions, steps=steps, span=span, strategy=strategy, chunk=chunk,
+                             store=store, overwrite=overwrite, progress=progress, exact_linear=exact_linear,
+                             metrics=metrics, parallel=parallel, allow_large=allow_large)
+    return run_grid(job, store=store, overwrite=overwrite, progress=progress)
+
+
+def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, directions: Any, *,
+                steps: Any = 51, span: Any = 1.0, strategy: str = "auto", chunk: int | None = None,
+                store: Any = None, overwrite: Any = False, progress: Any = True, exact_linear: Any = True,
+                metrics: Any = True, parallel: str = "grid", allow_large: bool = False,
+                func: str = "surface") -> tuple[GridJob, Path | None]:
+    """The :class:`~lossatlas.grid_job.GridJob` of :func:`surface` (arguments validated, in the order
+    :func:`surface` documents) and the validated store path."""
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)
     if center is None:
@@ -128,16 +139,17 @@ def surface(
         raise bad_value(func, "chunk", "a positive integer (points per chunk) or None", chunk)
     if parallel not in PARALLEL:
         raise bad_value(func, "parallel", f"one of {PARALLEL}", parallel)
-    for flag in ("overwrite", "progress", "exact_linear", "metrics"):
-        if not isinstance(locals()[flag], bool):
-            raise bad_type(func, flag, "a bool", locals()[flag])
-    check_grid_cost(func, grid, problem, center, variables=len(_names(problem, metrics)), allow_large=allow_large)
+    for flag, value in (("overwrite", overwrite), ("progress", progress), ("exact_linear", exact_linear),
+                        ("metrics", metrics)):
+        if not isinstance(value, bool):
+            raise bad_type(func, flag, "a bool", value)
+    names = _names(problem, metrics)
+    check_grid_cost(func, grid, problem, center, variables=len(names), allow_large=allow_large)
     store = check_store_args(func, store, overwrite)
     _faults.checkpoint("start")
 
     ctx = _dist_context()
-    base = _provenance(problem, center, dirs, grid, metrics, exact_linear)
-    labels = dirs.labels
+    base = _provenance(problem, center, dirs, grid, metrics, exact_linear, func=func)
     requested = {"strategy": None if strategy == "auto" else strategy,
                  "chunk_shape": None if chunk is None else list(grid.chunk_shape_for(chunk)),
                  "vmap_batch": None, "threads": None}
@@ -149,58 +161,27 @@ def surface(
         return PointEvaluator(problem, center, dirs.vectors, strategy=strategy_, vmap_batch=vmap_batch,
                               exact_linear=exact_linear, metrics=metrics)
 
-    def decide(req: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    def plan(req: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         evaluator = make_evaluator(probe_free_strategy(req["strategy"] or "auto", grid.size), None)
-        local["evaluator"] = evaluator
-        shape = req["chunk_shape"]
-        if shape is None:
-            world = 1 if parallel == "data" else ctx.world
-            shape = list(grid.chunk_shape_for(_auto_chunk(getattr(evaluator, "local", evaluator), grid, world)))
-        threads = torch.get_num_threads() if problem.device.type == "cpu" else None
-        return {"strategy": evaluator.strategy, "vmap_batch": evaluator.vmap_batch, "chunk_shape": shape,
-                "threads": threads}
-
-    def create(settings: dict[str, Any]) -> GridStore:
-        prov = dict(base, **settings)
-        return GridStore.create(
-            store, grid=grid, chunk_shape=settings["chunk_shape"], variables=_names(problem, metrics),
-            provenance=prov, extra_attrs=_attrs(prov, dirs, problem),
-            coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, labels)},
-            write_extra=lambda tmp: _save_basis(tmp, center, dirs))
-
-    session = open_session(store, func=func, overwrite=overwrite, provenance=base, requested=requested,
-                           decide=decide, create=create, context=ctx)
-    evaluator = session.local.get("evaluator")
-    try:
-        if session.complete:
-            return open_surface(session.store.path)
-        settings = session.settings
-        with pinned_threads(settings.get("threads")):
-            if evaluator is None:
-                evaluator = make_evaluator(settings["strategy"], settings["vmap_batch"])
-            prov = dict(base, **settings)
-            attrs = _attrs(prov, dirs, problem)
-            layout = grid.chunks(settings["chunk_shape"])
-            report: dict[str, Any] = {}
-            t0 = time.perf_counter()
-            values = run_chunks(layout, evaluator, evaluator.names, store=session.store, progress=progress,
-                                description=f"surface {'×'.join(map(str, grid.shape))}",
-                                split="data" if parallel == "data" else "chunks", context=ctx, report=report,
-                                func=func)
-            elapsed = time.perf_counter() - t0
-        if session.store is not None:
-            return open_surface(session.store.path)
-        done = np.ones(layout.counts, dtype=bool)
-        ds = _dataset(grid, values, labels, attrs, layout, done)
-        ds.attrs["seconds"] = elapsed
-        ds.attrs["ranks"] = int(report.get("world", 1))
-        ds.attrs["rank_points"] = [int(p) for p in report.get("points", [])]
-        ds.attrs["rank_busy_seconds"] = [float(b) for b in report.get("busy_seconds", [])]
-        return ds
-    finally:
-        if evaluator is not None:
+        try:
+            shape = req["chunk_shape"]
+            if shape is None:
+                world = 1 if parallel == "data" else ctx.world
+                shape = list(grid.chunk_shape_for(_auto_chunk(getattr(evaluator, "local", evaluator), grid, world)))
+            threads = torch.get_num_threads() if problem.device.type == "cpu" else None
+        except BaseException:
             evaluator.close()
-        session.close()
+            raise
+        return {"strategy": evaluator.strategy, "vmap_batch": evaluator.vmap_batch, "chunk_shape": shape,
+                "threads": threads}, evaluator
+
+    job = GridJob(
+        kind="surface", func=func, grid=grid, variables=tuple(names), provenance=base, requested=requested,
+        plan=plan, evaluator=lambda settings: make_evaluator(settings["strategy"], settings["vmap_batch"]),
+        attrs=lambda settings: _attrs(dict(base, **settings), dirs, problem), labels=tuple(dirs.labels),
+        write_extra=lambda tmp: _save_basis(tmp, center, dirs), split="data" if parallel == "data" else "chunks",
+        description=f"surface {'×'.join(map(str, grid.shape))}")
+    return job, store
 
 
 def _names(problem: Problem, metrics: bool) -> list[str]:
@@ -271,27 +252,6 @@ def _save_basis(root: Path, center, dirs: Directions) -> None:
     write_params(zarr.open_group(str(root / "center"), mode="w", zarr_format=3), center)
 
 
-def _dataset(grid: Grid, values: Mapping[str, np.ndarray], labels: Sequence[str], attrs: Mapping[str, Any],
-             layout, done: np.ndarray) -> xr.Dataset:
-    coords = {d: (d, a, {"long_name": lab}) for d, a, lab in zip(grid.dims, grid.axes, labels)}
-    ds = xr.Dataset({k: (grid.dims, np.asarray(v, dtype=np.float64)) for k, v in values.items()}, coords=coords)
-    ds.attrs.update(attrs)
-    points_done = int(sum(int(np.prod(layout.block_shape(c))) for c in layout if done[c]))
-    loss = ds["loss"].values
-    computed = np.zeros(grid.shape, dtype=bool)
-    for c in layout:
-        if done[c]:
-            computed[layout.index(c)] = True
-    ds.attrs.update({
-        "points_total": int(grid.size),
-        "points_done": points_done,
-        "complete": int(points_done == grid.size),
-        "nan_points": int(np.isnan(loss[computed]).sum()),
-        "inf_points": int(np.isinf(loss[computed]).sum()),
-    })
-    return ds
-
-
 @public("open_surface")
 def open_surface(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`surface` as the same Dataset (loaded into memory).
@@ -303,16 +263,7 @@ def open_surface(path: str | Path) -> xr.Dataset:
     damaged; rerunning the computation recomputes damaged chunks. ``attrs["verified"]`` is 0 for a
     store made before checksums.
     """
-    gstore = GridStore.open(path, func="open_surface")
-    attrs = {k: v for k, v in gstore.group.attrs.items()
-             if k not in ("format", "dims", "variables", "provenance")}
-    attrs["provenance"] = json.dumps(gstore.provenance, sort_keys=True)
-    attrs["store"] = str(Path(path))
-    labels = attrs.get("direction_labels") or [f"direction {i + 1}" for i in range(gstore.grid.ndim)]
-    values, done = gstore.read_checked(func="open_surface")  # a damaged chunk: StoreError naming it
-    ds = _dataset(gstore.grid, values, labels, attrs, gstore.layout, done)
-    ds.attrs["verified"] = int(gstore.verified)  # 0: made before checksums (unverified)
-    return ds
+    return open_grid(path, func="open_surface")
 
 
 @public("open_directions")
@@ -324,7 +275,7 @@ def open_directions(path: str | Path) -> tuple[P.Params, Directions]:
         raise bad_type("open_directions", "path", "a store path (str or pathlib.Path)", path)
     path = Path(path)
     # a missing path or a folder that is no store: StoreError naming the path, as open_surface
-    prov = GridStore.open(path, func="open_directions").provenance
+    prov = store_provenance(path, func="open_directions")
     try:
         center = read_params(zarr.open_group(str(path / "center"), mode="r"))
         dirs = Directions.load(path / "directions")

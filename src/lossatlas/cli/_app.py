@@ -42,6 +42,13 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
 
 
+def console():
+    """The rich console every command prints with (one place)."""
+    from rich.console import Console
+
+    return Console()
+
+
 def _usage_line(exc) -> str:
     """A usage error on one line; a bad value (typer checks types and ranges with pydantic, whose
     message says what was expected but not what was received) ends with the value received."""

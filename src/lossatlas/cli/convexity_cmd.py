@@ -12,13 +12,8 @@ from ..convexity import METHODS
 from ..errors import InvalidArgumentError
 from . import _checks
 from ._app import app
+from ._app import console as _console
 from ._target import centre_line, resolve
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 def _methods(text: str) -> tuple[str, ...]:

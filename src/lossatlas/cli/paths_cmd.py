@@ -28,6 +28,7 @@ from ..surface import open_directions
 from ..trajectory import Trajectory, load_state, project
 from . import _checks
 from ._app import app
+from ._app import console as _console
 from ._target import _center_from_checkpoint, checkpoint_note, problem_from_checkpoint, resolve
 
 _OUT = typer.Option(None, "--out", help="Output directory (default: lossatlas-<command>).")
@@ -37,12 +38,6 @@ _BN = typer.Option(None, "--bn", help="BatchNorm statistics: eval (stored) or re
 _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 _ALLOW_LARGE = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused otherwise, "
                                  "with its estimated memory and time).")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(soft_wrap=True)
 
 
 def _table(title: str, rows: list[tuple[str, Any]]):

@@ -59,7 +59,7 @@ def info_json(path: Path) -> None:
     from rich.table import Table
 
     from ..errors import StoreError
-    from .surface_cmd import _console
+    from ._app import console as _console
 
     try:
         value = json.loads(Path(path).read_text())

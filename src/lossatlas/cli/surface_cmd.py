@@ -25,16 +25,11 @@ from ..store import GridStore
 from ..surface import PARALLEL
 from . import _checks
 from ._app import app
+from ._app import console as _console
 from ._target import centre_line, resolve
 
 _NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 @app.command()

@@ -3,13 +3,12 @@
 At every grid point θ + Σᵢ aᵢdᵢ the extreme Hessian eigenvalues are computed by Lanczos (both ends
 from one Krylov space). ``ratio = |λmin/λmax|`` is near 0 where the loss is locally nearly convex
 (λmin ≥ 0 or tiny negative curvature relative to the positive curvature) and large where
-negative curvature is significant. The work runs chunk by chunk through the same runner and
-resumable store as :func:`lossatlas.surface`.
+negative curvature is significant. The map is a :class:`~lossatlas.grid_job.GridJob`, run chunk by
+chunk by :func:`~lossatlas.grid_job.run_grid` into memory or a resumable store, as :func:`lossatlas.surface`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from ..directions._base import Directions
 from ..errors import bad_type, bad_value, public
 from ..grid import Grid
 from ..params.selection import select
+from ..grid_job import GridJob, run_grid
 from ..problem import Problem
-from ..runner import open_session, run_chunks
-from ..store import GridStore
-from ..surface import _attrs, _dataset, _provenance, _save_basis, as_directions, open_surface
+from ..surface import _attrs, _provenance, _save_basis, as_directions
 from . import _common as C
 from .eigen import solve
 from .operators import DTYPES, KINDS, CurvatureOperator, ggn_operator
@@ -118,49 +116,39 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     base = dict(_provenance(problem, center, dirs, grid, False, False, func=func), kind="ratio_map", strategy="lanczos",
                 eigen=settings)
 
-    def attrs_for(shape: list[int]) -> dict:
-        return dict(_attrs(dict(base, chunk_shape=shape), dirs, problem), kind="ratio_map", curvature=curvature,
-                    tol=tol, seed=seed, max_products=max_products)
+    def attrs_for(pinned: dict) -> dict:
+        return dict(_attrs(dict(base, chunk_shape=pinned["chunk_shape"]), dirs, problem), kind="ratio_map",
+                    curvature=curvature, tol=tol, seed=seed, max_products=max_products)
 
-    def create(pinned: dict) -> GridStore:
-        return GridStore.create(
-            store, grid=grid, chunk_shape=pinned["chunk_shape"], variables=list(VARIABLES),
-            provenance=dict(base, **pinned), extra_attrs=attrs_for(pinned["chunk_shape"]),
-            coord_attrs={d: {"long_name": lab} for d, lab in zip(grid.dims, dirs.labels)},
-            write_extra=lambda tmp: _save_basis(tmp, center, dirs))
+    made: list[_PointCurvature] = []
 
-    requested = {"chunk_shape": None if chunk is None else list(chunk_shape)}
-    with open_session(store, func=func, overwrite=overwrite, provenance=base, requested=requested,
-                      decide=lambda req, local: {"chunk_shape": req["chunk_shape"] or list(chunk_shape)},
-                      create=create) as session:
-        if session.complete:
-            return _count_nan(open_surface(session.store.path))
+    def build(pinned: dict) -> _PointCurvature:
         evaluate = _PointCurvature(problem, center, dirs, names, kind=curvature, tol=tol, seed=seed,
                                    max_products=max_products, basis=basis)
-        layout = grid.chunks(tuple(session.settings["chunk_shape"]))
-        t0 = time.perf_counter()
-        values = run_chunks(layout, evaluate, list(VARIABLES), store=session.store, progress=progress,
-                            description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", context=session.context,
-                            func=func)
-        elapsed = time.perf_counter() - t0
-        if session.store is not None:
-            ds = _count_nan(open_surface(session.store.path))
-        else:
-            ds = _dataset(grid, values, dirs.labels, attrs_for(session.settings["chunk_shape"]), layout,
-                          np.ones(layout.counts, dtype=bool))
-            ds.attrs["seconds"] = elapsed
-            ds = _count_nan(ds)
-        if evaluate.method is not None:  # how the products of this run were computed (PRODUCT_METHODS)
-            ds.attrs["product_method"] = evaluate.method
-        return ds
+        made.append(evaluate)
+        return evaluate
+
+    def finish(ds: xr.Dataset) -> dict:
+        extra = _count_nan(ds)
+        methods = [e.method for e in made if e.method is not None]
+        if methods:  # how the products of this run were computed (PRODUCT_METHODS)
+            extra["product_method"] = methods[0]
+        return extra
+
+    job = GridJob(
+        kind="ratio_map", func=func, grid=grid, variables=VARIABLES, provenance=base,
+        requested={"chunk_shape": None if chunk is None else list(chunk_shape)},
+        plan=lambda req: ({"chunk_shape": req["chunk_shape"] or list(chunk_shape)}, None),
+        evaluator=build, attrs=attrs_for, labels=tuple(dirs.labels), write_extra=lambda tmp: _save_basis(tmp, center, dirs),
+        description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", finish=finish)
+    return run_grid(job, store=store, overwrite=overwrite, progress=progress)
 
 
-def _count_nan(ds: xr.Dataset) -> xr.Dataset:
+def _count_nan(ds: xr.Dataset) -> dict:
     """Count computed points whose curvature is NaN (``products`` is NaN only where not computed)."""
     computed = np.isfinite(ds["products"].values)
-    ds.attrs["nan_curvature_points"] = int((computed & ~np.isfinite(ds["lambda_min"].values)).sum())
-    ds.attrs["extremal_certified"] = 0
-    return ds
+    return {"nan_curvature_points": int((computed & ~np.isfinite(ds["lambda_min"].values)).sum()),
+            "extremal_certified": 0}
 
 
 class _PointCurvature:

@@ -101,7 +101,7 @@ def basis(func: str, surface: Any, problem: Any, center: Mapping | None, directi
 
     if center is None or directions is None:
         store = (getattr(surface, "attrs", {}) or {}).get("store")
-        if store is None:
+        if not store:  # in memory: "" (see lossatlas.grid_job)
             raise InvalidArgumentError(
                 f"{func}(): arguments 'center' and 'directions' are needed to place the slice in parameter space "
                 "(the surface was computed in memory, not with store=, so they cannot be read back); received "

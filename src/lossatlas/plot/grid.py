@@ -21,6 +21,7 @@ import xarray as xr
 
 from ..errors import bad_type, bad_value, public
 from ._checks import check_limits
+from ._common import _mark_center, _masked, _mpl
 
 __all__ = ["grid", "lines", "shared_range", "use_log", "KINDS"]
 
@@ -83,7 +84,6 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
     name) unless ``titles`` is given. Returns a matplotlib ``Figure``; the shared levels are in
     ``fig.lossatlas_levels`` and the range in ``fig.lossatlas_range``.
     """
-    from .surface import _masked, _mark_center, _mpl
 
     first_vars = datasets[0].data_vars if isinstance(datasets, (list, tuple)) and datasets and \
         isinstance(datasets[0], xr.Dataset) else {}
@@ -177,7 +177,6 @@ def lines(datasets: Sequence[xr.Dataset], variable: str = "loss", *, labels: Seq
           ax=None):
     """Several 1-D slices on one axes, one line each, labelled by ``labels`` or each result's
     ``attrs["name"]`` (and its direction label when the names repeat)."""
-    from .surface import _masked, _mpl
 
     datasets = _check_list("line", datasets, variable)
     for i, ds in enumerate(datasets):

@@ -19,23 +19,12 @@ import xarray as xr
 from ..directions._registry import describe as describe_directions
 from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from ._checks import check_levels, check_limits, check_out_path, write_failed
+from ._common import _mark_center, _masked, _mpl  # noqa: F401 (also used by other plot modules)
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "FORMATS"]
 
 FORMATS = (".png", ".pdf", ".svg")
 
-
-def _mpl():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo", "module://matplotlib_inline.backend_inline"):
-        try:
-            import matplotlib.pyplot as plt  # noqa: F401
-        except Exception:  # pragma: no cover - headless without a GUI toolkit
-            matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _check(ds: Any, func: str, ndim: int | None, variable: str | None = None) -> xr.DataArray | None:
@@ -68,15 +57,6 @@ def _title(ds: xr.Dataset, variable: str, title: str | None) -> str:
     return f"{head}{variable} on a {shape} grid" + (f" ({what})" if what else "")
 
 
-def _masked(values: np.ndarray, log: bool, floor: float | None = None) -> tuple[np.ma.MaskedArray, int]:
-    v = np.asarray(values, dtype=np.float64)
-    bad = ~np.isfinite(v)
-    if log:
-        positive = v[np.isfinite(v) & (v > 0)]
-        tiny = floor if floor is not None else (positive.min() if positive.size else 1e-12)
-        v = np.where(np.isfinite(v), np.maximum(v, tiny), v)
-    return np.ma.masked_array(v, mask=bad), int(bad.sum())
-
 
 def _levels(z: np.ma.MaskedArray, levels: int | Sequence[float], vmin: float | None, vmax: float | None,
             log: bool) -> np.ndarray:
@@ -93,20 +73,6 @@ def _levels(z: np.ma.MaskedArray, levels: int | Sequence[float], vmin: float | N
         return np.geomspace(lo, hi, int(levels))
     return np.linspace(lo, hi, int(levels))
 
-
-def _mark_center(ax, ds: xr.Dataset, dims: Sequence[str], mark: bool) -> None:
-    if not mark:
-        return
-    coords = [ds[d].values for d in dims]
-    if all(c.min() <= 0 <= c.max() for c in coords):
-        ax.plot(*([0.0] * len(dims)), marker="*", color="red", markersize=12, markeredgecolor="white",
-                linestyle="none", label="θ (centre)", zorder=5)
-    anchors = ds.attrs.get("anchors")
-    if isinstance(anchors, dict):
-        for name, xy in anchors.items():
-            if name != "a" and len(xy) == len(dims):
-                ax.plot(*xy, marker="o", color="white", markeredgecolor="black", linestyle="none", zorder=5)
-                ax.annotate(name, xy, textcoords="offset points", xytext=(5, 5))
 
 
 def _path_xy(path: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -30,13 +30,13 @@ def report(targets: str | Sequence[str | Any], out: str | Path = "report.html", 
     """Write the report page ``out`` for ``targets`` and return its path.
 
     ``targets``: built-in example names, ``path/to/file.py:function`` strings (as the CLI takes) or
-    ``cli._target.Target`` objects. The results go to ``<out stem>_files/<target>/`` and are reused
+    ``lossatlas._targets.Target`` objects. The results go to ``<out stem>_files/<target>/`` and are reused
     when the page is made again with the same settings. ``sections``: names from :data:`SECTIONS`
     (default: all, in registry order). ``settings``: overrides of :data:`DEFAULTS` (grid steps and
     span, audit budget, Lanczos tolerance, probes, seed).
     """
     func = "report"
-    from ..cli._target import Target, resolve
+    from .._targets import Target, resolve
 
     if isinstance(targets, (str, Target)):
         targets = [targets]

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import convexity, curvature
 from .. import params as P
+from .._version import __version__
 
 #: the fast defaults (mlp-digits in about a minute on 2 cores); ``report(..., settings=...)`` overrides
 DEFAULTS: dict[str, Any] = {
@@ -132,7 +134,7 @@ def _store(folder: Path, name: str, problem, center, dirs, steps: int, span: flo
 
 def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = "",
             progress: bool = False) -> TargetResult:
-    """Compute (or reuse) every stored result of one resolved target (``cli._target.Target``)."""
+    """Compute (or reuse) every stored result of one resolved target (``lossatlas._targets.Target``)."""
     s = {**DEFAULTS, **settings}
     folder.mkdir(parents=True, exist_ok=True)
     problem, center = target.problem, target.center
@@ -163,15 +165,13 @@ def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = ""
 
     prov_path = folder / "provenance.json"
     old = read_json(prov_path) or {}
-    import lossatlas
-
     fp = problem.fingerprint()
     prov = {
         "target": target.name, "description": target.description, "model": type(problem.model).__name__,
         "parameters": n_params, "samples": int(problem.n_samples), "dtype": str(problem.dtype).replace("torch.", ""),
         "device": str(problem.device), "fingerprints": {k: fp[k] for k in ("model", "data", "loss")},
         "center_fingerprint": P.fingerprint(center),
-        "versions": {"lossatlas": lossatlas.__version__, "torch": torch.__version__, "numpy": np.__version__,
+        "versions": {"lossatlas": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         "seeds": {"directions": s["seed"], "audit": s["seed"], "curvature": s["seed"]},
         "directions": {"kind": res.plane.attrs.get("direction_kind"), "norm": res.plane.attrs.get("direction_norm"),
@@ -190,8 +190,6 @@ def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = ""
 
 
 def _audit(problem, center, folder: Path, s, n_params: int, name: str, res: TargetResult, progress: bool):
-    from .. import convexity
-
     methods = list(convexity.METHODS)
     if n_params > s["audit_hessian_max_params"]:
         methods.remove("hessian")  # its float64 Lanczos is the slow part; λ extremes come from curvature.json
@@ -222,8 +220,6 @@ def _audit(problem, center, folder: Path, s, n_params: int, name: str, res: Targ
 
 
 def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bool):
-    from .. import curvature
-
     settings = {k: s[k] for k in ("eigen_tol", "trace_probes", "density_iters", "density_probes", "seed")}
     path = folder / "curvature.json"
     key = _key(problem, center, settings, "curvature")

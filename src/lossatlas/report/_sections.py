@@ -213,7 +213,7 @@ def hessian(page: Page) -> str:
     """λmax and λmin (Lanczos, residuals), tr H ± stderr (Hutch++), the eigenvalue density (SLQ)."""
     import matplotlib.pyplot as plt
 
-    from ..plot.surface import _mpl
+    from ..plot._common import _mpl
 
     _mpl()
     n = len(page.targets)
