@@ -43,6 +43,7 @@ images: $(STAMP)
 	$(BIN)/lossatlas demo --out build/demo --no-progress
 	mkdir -p docs/images
 	cd build/demo && cp $(IMAGES) ../../docs/images/
+	$(BIN)/python -m lossatlas.studies.gallery --build build/studies --docs docs  # quick studies → docs/gallery.md
 
 clean:
 	rm -rf $(VENV) lossatlas-demo .pytest_cache

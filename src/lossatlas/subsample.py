@@ -25,7 +25,7 @@ __all__ = ["surface_stderr"]
 
 
 def surface_stderr(model: torch.nn.Module, loss: Any, data: tuple, center: Mapping[str, torch.Tensor] | None,
-                   directions: Any, *, groups: int = 8, fraction: float = 1.0, seed: int = 0,
+                   directions: Any, *, groups: int = 8, fraction: float = 1.0, seed: int = 0, shuffle: bool = True,
                    problem_kwargs: Mapping[str, Any] | None = None, **surface_kwargs: Any) -> xr.Dataset:
     """The surface of ``loss`` over a random ``fraction`` of ``data`` (an ``(inputs, targets)`` pair of
     tensors), with a per-point standard error from ``groups`` batch groups (see the module notes).
@@ -34,7 +34,8 @@ def surface_stderr(model: torch.nn.Module, loss: Any, data: tuple, center: Mappi
     ``center``, ``directions`` and ``surface_kwargs`` (``steps``, ``span``, ``strategy`` …) as for
     :func:`lossatlas.surface`. Returns the surface's Dataset with ``loss``, ``loss_stderr`` and
     ``loss_groups`` (one surface per group, dim ``group``), attrs ``groups``, ``fraction``,
-    ``samples`` (the subsample's size), ``group_sizes`` and ``seed``.
+    ``samples`` (the subsample's size), ``group_sizes`` and ``seed``. ``shuffle=False`` takes the
+    first ``fraction`` of the data in order and splits it into consecutive groups.
 
     >>> import torch, lossatlas
     >>> x = torch.linspace(-1, 1, 64).reshape(-1, 1)
@@ -63,7 +64,7 @@ def surface_stderr(model: torch.nn.Module, loss: Any, data: tuple, center: Mappi
     if n < groups:
         raise bad_value(func, "fraction", f"a subsample of at least groups={groups} samples (got {n})", fraction)
     g = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(len(x), generator=g)[:n] if n < len(x) else torch.arange(len(x))
+    idx = torch.randperm(len(x), generator=g)[:n] if shuffle else torch.arange(n)
     parts = np.array_split(idx.numpy(), groups)
     surface_kwargs = {"progress": False, "metrics": False, **surface_kwargs}
     surfaces = []

@@ -328,6 +328,7 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
     say = log or (lambda s: None)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
+    c0 = time.process_time()
     members = study.members(cfg)
     mcfg = cfg["metrics"]
     data_cache: dict = {}
@@ -374,7 +375,7 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
     seconds = time.perf_counter() - t0
     meta = {"study": name, "size": size if config is None else "custom", "description": study.description,
             "config": cfg, "config_hash": config_hash(cfg), "seconds": seconds, "trained": trained, "cached": cached,
-            "metrics_cached": metrics_cached, "scales": scales, "figures": figs, "notes": notes,
+            "cpu_seconds": time.process_time() - c0, "metrics_cached": metrics_cached, "scales": scales, "figures": figs, "notes": notes,
             "threads": torch.get_num_threads()}
     _write_table(rows, out, meta)
     _summary(study, rows, out, meta)
