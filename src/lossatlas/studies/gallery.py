@@ -37,12 +37,14 @@ def findings(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list
     if name == "depth":
         nc = [r["nonconvexity"] for r in rows]
         lin = rows[0]
+        deeper = ("proven non-convex" if all(r["verdict"].startswith("non-convex") for r in rows[1:])
+                  else "not all proven non-convex")
         out.append(f"Convex end: the linear softmax model's audit says *{lin['verdict']}* and its plane's "
-                   f"non-convexity fraction is {lin['nonconvexity']:.2f}; every deeper net is "
-                   f"{'proven non-convex' if all(r['verdict'].startswith('non-convex') for r in rows[1:]) else 'not all proven'}.")
+                   f"non-convexity fraction is {lin['nonconvexity']:.2f}; the deeper nets are {deeper}.")
         mono = all(a <= b for a, b in zip(nc, nc[1:]))
-        out.append(f"Non-convexity fraction by depth: {', '.join(f'{r['model']} {r['nonconvexity']:.2f}' for r in rows)} — "
-                   f"{'grows monotonically' if mono else 'does not grow monotonically'} with depth at this scale.")
+        by_depth = ", ".join(f"{r['model']} {r['nonconvexity']:.2f}" for r in rows)
+        trend = "grows monotonically" if mono else "does not grow monotonically"
+        out.append(f"Non-convexity fraction by depth: {by_depth} — {trend} with depth at this scale.")
     elif name == "skip":
         deep = max(r["depth"] for r in rows)
         s = [r for r in rows if r["depth"] == deep and r["shortcuts"]][0]
@@ -62,10 +64,12 @@ def findings(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list
     elif name == "width":
         nc = [r["nonconvexity"] for r in rows]
         fw = [r["filter_width"] for r in rows]
-        out.append(f"Li et al. Fig. 6 (wider → more convex-looking): non-convexity {', '.join(f'{v:.2f}' for v in nc)} "
+        ncs = ", ".join(f"{v:.2f}" for v in nc)
+        out.append(f"Li et al. Fig. 6 (wider → more convex-looking): non-convexity {ncs} "
                    f"from narrowest to widest — {_yes(nc[-1] < nc[0])} (widest vs narrowest).")
-        out.append(f"Filter-normalised width {', '.join(f'{v:.2f}' for v in fw)}; "
-                   f"λmax {', '.join(f'{r['lambda_max']:.3g}' for r in rows)}.")
+        fws = ", ".join(f"{v:.2f}" for v in fw)
+        lms = ", ".join(f"{r['lambda_max']:.3g}" for r in rows)
+        out.append(f"Filter-normalised width {fws}; λmax {lms}.")
     elif name == "batch-size":
         bs = sorted({r["batch_size"] for r in rows})
         for wd in sorted({r["weight_decay"] for r in rows}):
