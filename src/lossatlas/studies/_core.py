@@ -166,10 +166,12 @@ def train(member: Mapping[str, Any], train_data, *, record: Path | None = None) 
             if rec is not None and step % every == 0:
                 rec.record(model, step=step, loss=float(loss.detach()))
     model.eval()
-    return model, {"steps": step, "seconds": time.perf_counter() - t0, "final_batch_loss": losses[-1] if losses else None}
+    return model, {"steps": step, "seconds": time.perf_counter() - t0,
+                   "final_batch_loss": losses[-1] if losses else None}
 
 
-def trained_model(member: Mapping[str, Any], root: Path, data_cache: dict, log: list) -> tuple[torch.nn.Module, dict, bool]:
+def trained_model(member: Mapping[str, Any], root: Path, data_cache: dict,
+                  log: list) -> tuple[torch.nn.Module, dict, bool]:
     """The trained model of ``member``: read from ``root/models/<hash>.pt`` when there, else trained
     and written there (atomically, after any trajectory). Returns ``(model, info, from_cache)``."""
     key = config_hash({k: member[k] for k in ("model", "data", "loss", "train")})
@@ -354,7 +356,8 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
             say(f"{name}: measuring {m['name']}")
             res = member_metrics(model, m, data, mcfg)
             _atomic_json(res, mpath)
-        row = {**res["row"], "train_seconds": info.get("seconds"), "cached": hit, "data": data[2], "key": info.get("key"),
+        row = {**res["row"], "train_seconds": info.get("seconds"), "cached": hit, "data": data[2],
+               "key": info.get("key"),
                **m.get("columns", {})}
         rows.append(row)
         planes[m["name"]] = plane_dataset(res["plane"])
@@ -375,7 +378,8 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
     seconds = time.perf_counter() - t0
     meta = {"study": name, "size": size if config is None else "custom", "description": study.description,
             "config": cfg, "config_hash": config_hash(cfg), "seconds": seconds, "trained": trained, "cached": cached,
-            "cpu_seconds": time.process_time() - c0, "metrics_cached": metrics_cached, "scales": scales, "figures": figs, "notes": notes,
+            "cpu_seconds": time.process_time() - c0, "metrics_cached": metrics_cached, "scales": scales,
+            "figures": figs, "notes": notes,
             "threads": torch.get_num_threads()}
     _write_table(rows, out, meta)
     _summary(study, rows, out, meta)

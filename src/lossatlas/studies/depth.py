@@ -16,12 +16,14 @@ def members(cfg):
 
 
 STUDY = register(Study(
-    "depth", "MLPs of depth 1…N (ReLU, same width) on the same data; depth 1 is a linear softmax model (convex loss).",
+    "depth", "MLPs of depth 1…N (ReLU, same width) on the same data; depth 1 is a linear softmax model "
+             "(convex loss).",
     "does non-convexity grow with depth, and is the one-layer model convex?",
     {"tiny": {"depths": [1, 2], "width": 8, "data": {"name": "digits", "n_train": 200, "n_test": 100},
               "train": {"epochs": 2, "lr": 0.05, "batch_size": 50}, "metrics": TINY},
      "quick": {"depths": [1, 2, 3, 5], "width": 32, "data": {"name": "digits", "n_train": 1200},
                "train": {"epochs": 20, "lr": 0.05, "batch_size": 64}, "metrics": QUICK, "clip": 3.0},
-     "full": {"depths": [1, 2, 3, 4, 6, 8, 10], "width": 64, "data": {"name": "fashion", "n_train": 10000, "n_test": 2000},
+     "full": {"depths": [1, 2, 3, 4, 6, 8, 10], "width": 64,
+              "data": {"name": "fashion", "n_train": 10000, "n_test": 2000},
               "train": {"epochs": 30, "lr": 0.05, "batch_size": 128}, "metrics": FULL, "clip": 5.0}},
     members))

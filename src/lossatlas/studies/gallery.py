@@ -19,7 +19,8 @@ from ._core import REGISTRY, markdown_table, run_study
 
 ORDER = ["depth", "skip", "width", "batch-size", "trajectory", "activation", "targets"]
 TABLE = ["model", "params", "train_acc", "test_acc", "verdict", "nonconvexity", "nonconvexity_half", "minima",
-         "minima_real", "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max", "lambda_min", "ratio",
+         "minima_real", "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max", "lambda_min",
+         "ratio",
          "trace", "sam", "asam", "eps_sharpness", "filter_width"]
 
 
@@ -54,7 +55,8 @@ def findings(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list
                    f"{_yes(n['nonconvexity'] > s['nonconvexity'])} the paper's direction (more non-convex without).")
         out.append(f"Slice minima at depth {deep}: with shortcuts {s['minima']} ({s['minima_real']} real minima, "
                    f"{s['minima_saddle']} saddles, {s['minima_not_critical']} not critical), without {n['minima']} "
-                   f"({n['minima_real']} real, {n['minima_saddle']} saddles, {n['minima_not_critical']} not critical) — "
+                   f"({n['minima_real']} real, {n['minima_saddle']} saddles, "
+                   f"{n['minima_not_critical']} not critical) — "
                    f"{_yes(n['minima'] > s['minima'])} the paper's 'chaotic, many minima' without shortcuts.")
         gaps = {d: [r for r in rows if r["depth"] == d and not r["shortcuts"]][0]["nonconvexity"]
                 - [r for r in rows if r["depth"] == d and r["shortcuts"]][0]["nonconvexity"]
@@ -131,7 +133,8 @@ def write_gallery(build: Path, docs: Path, *, run: bool = True, size: str = "qui
     lines += ["## Time of each quick study", "", "| study | models | wall s (last run) | CPU s |", "|---|---|---|---|"]
     lines += [f"| {n} | {k} | {s:.0f} | {c:.0f} |" if c is not None else f"| {n} | {k} | {s:.0f} | - |"
               for n, s, c, k in times]
-    lines += ["", "The wall time of the last run (a rerun reads models and metrics from the cache and only redraws).", ""]
+    lines += ["", "The wall time of the last run (a rerun reads models and metrics from the cache and only "
+              "redraws).", ""]
     page = docs / "gallery.md"
     page.write_text("\n".join(lines))
     return page
