@@ -12,6 +12,12 @@ import lossatlas
 from lossatlas import studies
 from lossatlas.studies import COLUMNS, run_study
 
+def _has_fashion():
+    from lossatlas.examples._data import FASHION_DIR
+
+    return (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
+
+
 NAMES = ["depth", "skip", "width", "batch-size", "trajectory", "activation", "targets"]
 
 
@@ -256,3 +262,22 @@ def test_quick_study(tmp_path, name):
             assert row["verdict"] == expect, row["model"]
     if name == "depth":
         assert r.rows[0]["verdict"] == "no violation found"
+
+
+def test_fashion_falls_back_to_digits_with_a_note(monkeypatch, tmp_path):
+    from lossatlas.examples import _data
+    from lossatlas.studies._models import load_data
+
+    monkeypatch.setattr(_data, "FASHION_DIR", tmp_path / "absent")
+    train, test, name, note = load_data({"name": "fashion", "n_train": 64, "n_test": 32, "side": 14})
+    assert name == "digits (fallback)" and "dataset-fashion-mnist" in note
+    assert train[0].shape[1:] == (1, 8, 8)
+
+
+@pytest.mark.skipif(not _has_fashion(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_is_read_and_pooled():
+    from lossatlas.studies._models import load_data
+
+    train, test, name, note = load_data({"name": "fashion", "n_train": 64, "n_test": 32, "side": 14})
+    assert name == "fashion-mnist (14×14)" and note == ""
+    assert train[0].shape == (64, 1, 14, 14) and test[0].shape == (32, 1, 14, 14)
