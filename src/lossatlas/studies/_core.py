@@ -378,7 +378,9 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
     seconds = time.perf_counter() - t0
     meta = {"study": name, "size": size if config is None else "custom", "description": study.description,
             "config": cfg, "config_hash": config_hash(cfg), "seconds": seconds, "trained": trained, "cached": cached,
-            "cpu_seconds": time.process_time() - c0, "metrics_cached": metrics_cached, "scales": scales,
+            "cpu_seconds": time.process_time() - c0,
+            "compute_seconds": sum((r.get("train_seconds") or 0.0) + (r.get("metric_seconds") or 0.0)
+                                   for r in rows), "metrics_cached": metrics_cached, "scales": scales,
             "figures": figs, "notes": notes,
             "threads": torch.get_num_threads()}
     _write_table(rows, out, meta)
