@@ -397,8 +397,8 @@ def _fmt(v: Any) -> str:
 
 
 SUMMARY_COLUMNS = ["model", "train_acc", "test_acc", "verdict", "nonconvexity", "minima", "minima_real",
-                   "minima_saddle", "minima_not_critical", "lambda_max", "lambda_min", "ratio", "trace", "sam", "asam",
-                   "filter_width"]
+                   "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max", "lambda_min", "ratio", "trace",
+                   "sam", "asam", "filter_width"]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
@@ -412,7 +412,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
 
 
 def _summary(study: Study, rows, out: Path, meta) -> None:
-    extra = [c for c in rows[0] if c not in COLUMNS and c not in ("data", "key")] if rows else []
+    extra = [c for c in rows[0] if c not in COLUMNS and c not in ("data", "key", "timings")] if rows else []
     text = [f"# Study `{study.name}`", "", study.description, "", f"Question: {study.question}", "",
             markdown_table(rows, SUMMARY_COLUMNS + extra), "",
             f"Data: {rows[0]['data'] if rows else '-'}. Config hash {meta['config_hash']}; {meta['seconds']:.1f} s "
