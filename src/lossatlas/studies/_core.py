@@ -376,9 +376,16 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
         scales, figs = family_figures(study, rows, planes, out, cfg)
     figs += extra_figs
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    fresh = {"seconds": seconds, "cpu_seconds": cpu}  # of the last run that trained or measured something
+    if not trained and len(metrics_cached) == len(members) and (out / "table.json").exists():
+        try:
+            fresh = json.loads((out / "table.json").read_text()).get("fresh_run", fresh)
+        except (OSError, ValueError):
+            pass
     meta = {"study": name, "size": size if config is None else "custom", "description": study.description,
             "config": cfg, "config_hash": config_hash(cfg), "seconds": seconds, "trained": trained, "cached": cached,
-            "cpu_seconds": time.process_time() - c0,
+            "cpu_seconds": cpu, "fresh_run": fresh,
             "compute_seconds": sum((r.get("train_seconds") or 0.0) + (r.get("metric_seconds") or 0.0)
                                    for r in rows), "metrics_cached": metrics_cached, "scales": scales,
             "figures": figs, "notes": notes,
@@ -397,8 +404,8 @@ def _fmt(v: Any) -> str:
 
 
 SUMMARY_COLUMNS = ["model", "train_acc", "test_acc", "verdict", "nonconvexity", "minima", "minima_real",
-                   "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max", "lambda_min", "ratio", "trace",
-                   "sam", "asam", "filter_width"]
+                   "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max", "lambda_min", "ratio",
+                   "trace", "sam", "asam", "filter_width"]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

@@ -43,7 +43,7 @@ def findings(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list
         out.append(f"Convex end: the linear softmax model's audit says *{lin['verdict']}* and its plane's "
                    f"non-convexity fraction is {lin['nonconvexity']:.2f}; the deeper nets are {deeper}.")
         mono = all(a <= b for a, b in zip(nc, nc[1:]))
-        by_depth = ", ".join(f"{r['model']} {r['nonconvexity']:.2f}" for r in rows)
+        by_depth = ", ".join(f"{r['model']} {r['nonconvexity']:.3f}" for r in rows)
         trend = "grows monotonically" if mono else "does not grow monotonically"
         out.append(f"Non-convexity fraction by depth: {by_depth} — {trend} with depth at this scale.")
     elif name == "skip":
@@ -57,7 +57,9 @@ def findings(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list
                    f"{s['minima_saddle']} saddles, {s['minima_not_critical']} not critical), without {n['minima']} "
                    f"({n['minima_real']} real, {n['minima_saddle']} saddles, "
                    f"{n['minima_not_critical']} not critical) — "
-                   f"{_yes(n['minima'] > s['minima'])} the paper's 'chaotic, many minima' without shortcuts.")
+                   f"{_yes(n['minima'] > s['minima'])} the paper's 'chaotic, many minima' without shortcuts"
+                   + (" — but none of them is a minimum of the loss in the full parameter space, so the count is the "
+                      "slice's, not the loss's." if s["minima_real"] + n["minima_real"] == 0 else "."))
         gaps = {d: [r for r in rows if r["depth"] == d and not r["shortcuts"]][0]["nonconvexity"]
                 - [r for r in rows if r["depth"] == d and r["shortcuts"]][0]["nonconvexity"]
                 for d in sorted({r["depth"] for r in rows})}
@@ -81,12 +83,18 @@ def findings(name: str, rows: list[dict[str, Any]], cfg: dict[str, Any]) -> list
                        f"{large['width_filter']:.3f} ({_yes(small['width_filter'] > large['width_filter'])} "
                        f"'small batch is flatter'); raw-direction width {small['width_raw']:.3f} vs "
                        f"{large['width_raw']:.3f}; test accuracy {small['test_acc']:.3f} vs {large['test_acc']:.3f}.")
+            if wd > 0:
+                out.append(f"Li et al. Fig. 3 (with weight decay, raw directions make the small-batch minimiser look "
+                           f"*sharper*, an artefact of its larger weights): raw width {small['width_raw']:.3f} (small) "
+                           f"vs {large['width_raw']:.3f} (large) — {_yes(small['width_raw'] < large['width_raw'])}.")
     elif name == "trajectory":
         for r in rows:
             out.append(f"{r['model']}: PC1 + PC2 explain {100 * (r['pc1_variance'] + r['pc2_variance']):.1f} % of the "
                        f"path's variance (Li et al. Figs. 9–10: most of it lies in two dimensions — "
                        f"{_yes(r['pc1_variance'] + r['pc2_variance'] > 0.5)}); largest λmax on the path "
-                       f"{r['lambda_max_path_max']:.3g} vs 2/η = {r['stability_limit']:.3g}.")
+                       f"{r['lambda_max_path_max']:.3g} vs 2/η = {r['stability_limit']:.3g} (edge of stability, "
+                       f"Cohen et al. 2021: λmax reaches 2/η — "
+                       f"{_yes(r['lambda_max_path_max'] > 0.9 * r['stability_limit'])} in this run).")
     elif name == "activation":
         out.append("Non-convexity fraction: " + ", ".join(f"{r['model']} {r['nonconvexity']:.2f} ({r['verdict']})"
                                                           for r in rows)
@@ -118,7 +126,9 @@ def write_gallery(build: Path, docs: Path, *, run: bool = True, size: str = "qui
             run_study(name, out, size=size)
         meta = json.loads((out / "table.json").read_text())
         rows = meta["rows"]
-        times.append((name, meta.get("compute_seconds", meta["seconds"]), meta["seconds"], len(rows)))
+        fresh = meta.get("fresh_run", {})
+        times.append((name, len(rows), fresh.get("seconds", float("nan")), fresh.get("cpu_seconds", float("nan")),
+                      meta.get("threads", 1)))
         lines += [f"## `{name}` — {study.question}", "", study.description, ""]
         for fig in meta["figures"]:
             target = images / f"{name}-{fig}"
@@ -131,10 +141,10 @@ def write_gallery(build: Path, docs: Path, *, run: bool = True, size: str = "qui
         lines += [f"- Note: {n}" for n in meta.get("notes", [])]
         lines += [f"- Data: {rows[0]['data']}; reference: {study.reference}.", ""]
     lines += ["## Time of each quick study", "",
-              "Compute: Σ training + metrics seconds of the models (read from the cache, so stable across reruns); "
-              "last run: the wall time of the run that wrote the table (a rerun only reads the cache and redraws).",
-              "", "| study | models | compute s | last run s |", "|---|---|---|---|"]
-    lines += [f"| {n} | {k} | {c:.0f} | {s:.0f} |" for n, c, s, k in times]
+              "Wall and CPU seconds of the last run that trained or measured something (a rerun only reads the "
+              "cache and redraws). CPU is the process's CPU time; wall can be several times larger on a shared "
+              "machine.", "", "| study | models | wall s | CPU s | torch threads |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {k} | {w:.0f} | {c:.0f} | {t} |" for n, k, w, c, t in times]
     lines.append("")
     page = docs / "gallery.md"
     page.write_text("\n".join(lines))
