@@ -328,7 +328,6 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda s: None)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     c0 = time.process_time()
     members = study.members(cfg)
