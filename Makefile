@@ -47,6 +47,7 @@ images: $(STAMP)
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,2300 \
 		--virtual-time-budget=8000 --user-data-dir=build/report/.chromium \
 		--screenshot=docs/images/report.png file://$(CURDIR)/build/report/report.html
+	$(BIN)/python -m lossatlas.studies.gallery --build build/studies --docs docs  # quick studies → docs/gallery.md
 
 clean:
 	rm -rf $(VENV) lossatlas-demo .pytest_cache

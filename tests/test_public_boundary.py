@@ -16,10 +16,11 @@ NOT_BOUNDARIES = {
     "lossatlas.params_of", "lossatlas.params", "lossatlas.examples", "lossatlas.distributed", "lossatlas.testing",
     "lossatlas.directions.filter_layout", "lossatlas.directions.register", "lossatlas.convexity.jensen_gap",
     "lossatlas.convexity.rounding_bound", "lossatlas.metrics.sampled_hessian", "lossatlas.metrics.wilson_interval",
-    "lossatlas.plot.path_coordinates",
+    "lossatlas.plot.path_coordinates", "lossatlas.studies.names", "lossatlas.studies.config_hash",
+    "lossatlas.studies.markdown_table",
 }
 PACKAGES = ["lossatlas", "lossatlas.directions", "lossatlas.curvature", "lossatlas.convexity", "lossatlas.metrics",
-            "lossatlas.sharpness", "lossatlas.plot", "lossatlas.trajectory"]
+            "lossatlas.sharpness", "lossatlas.plot", "lossatlas.trajectory", "lossatlas.studies", "lossatlas.curvature"]
 
 
 def _public_functions():

@@ -9,7 +9,7 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import convexity, curvature, directions, distributed, examples, metrics, params, plot, sharpness
+from . import convexity, curvature, directions, distributed, examples, metrics, params, plot, sharpness, studies
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
@@ -19,6 +19,7 @@ from .grid import Grid
 from .params import params_of
 from .problem import Problem
 from .surface import open_directions, open_surface, surface
+from .subsample import surface_stderr
 from .paths import interpolate
 from .trajectory import Trajectory, TrajectoryRecorder
 from .connect import Curve, connect
@@ -38,6 +39,8 @@ __all__ = [
     "curvature",
     "metrics",
     "sharpness",
+    "studies",
+    "surface_stderr",
     "Directions",
     "Grid",
     "surface",

@@ -19,6 +19,7 @@ points on a test loss (:func:`influence`).
 ([2.0, 0.8571], True)
 """
 
+from .along import along_trajectory
 from .density import density
 from .eigen import eigenvalues
 from .influence import Influence, influence
@@ -31,7 +32,7 @@ from .results import Density, Eigen, Estimate
 from .solve import Solve, inverse_product
 from .trace import trace
 
-__all__ = ["eigenvalues", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
+__all__ = ["eigenvalues", "along_trajectory", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
            "per_layer", "CurvatureOperator", "Eigen", "Estimate", "Density",
            "LayerCurvature", "BlockCurvature",
            "ef_operator", "fisher_operator", "kfac_operator", "curvature_operator", "diagonal", "inverse_product",
