@@ -9,7 +9,8 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import convexity, curvature, directions, distributed, examples, metrics, params, plot, sharpness
+from . import convexity, curvature, directions, distributed, examples, export, metrics, params, plot, sharpness
+from ._ncattrs import decoded as attrs
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
@@ -34,6 +35,8 @@ __all__ = [
     "convexity",
     "examples",
     "plot",
+    "export",
+    "attrs",
     "curvature",
     "metrics",
     "sharpness",

@@ -143,7 +143,9 @@ class Curve:
                                      accuracy=ds["accuracy"].values if "accuracy" in ds else None))
         ds.attrs.update(kind="curve", curve=self.kind, bends=len(self.bends), bn=bn, length=self._length(coeffs),
                         distance=P.norm(P.sub(self.points[-1], self.points[0])))
-        return ds
+        from ._ncattrs import make_safe
+
+        return make_safe(ds)
 
     def _length(self, coeffs: np.ndarray) -> float:
         total = 0.0

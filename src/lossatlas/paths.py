@@ -28,6 +28,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
+from ._ncattrs import make_safe
 from .errors import bad_type, bad_value
 from .problem import Problem
 
@@ -96,14 +97,14 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     ds.attrs.update(summary)
     if store is not None:
         _write_summary(Path(store), summary)
-    return ds
+    return make_safe(ds)
 
 
 def open_interpolation(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`interpolate` (the same Dataset, along ``t``)."""
     from .surface import open_surface
 
-    return _as_path(open_surface(path))
+    return make_safe(_as_path(open_surface(path)))
 
 
 def with_bn(problem: Problem, bn: str | None) -> Problem:

@@ -21,6 +21,7 @@ from torch import Tensor
 from . import _faults
 from . import params as P
 from ._cost import check_grid_cost
+from ._ncattrs import make_safe
 from ._resume import check_store_args
 from ._version import __version__
 from .directions import Directions
@@ -298,7 +299,7 @@ def _dataset(grid: Grid, values: Mapping[str, np.ndarray], labels: Sequence[str]
         "nan_points": int(np.isnan(loss[computed]).sum()),
         "inf_points": int(np.isinf(loss[computed]).sum()),
     })
-    return ds
+    return make_safe(ds)  # netCDF-safe attrs: ds.to_netcdf() works as is (see lossatlas._ncattrs)
 
 
 def open_surface(path: str | Path) -> xr.Dataset:

@@ -689,4 +689,6 @@ def project(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]]
     })
     if "explained_variance_ratio" in spec:
         ds.attrs["explained_variance_ratio"] = list(spec["explained_variance_ratio"])
-    return ds
+    from ._ncattrs import make_safe
+
+    return make_safe(ds)

@@ -5,6 +5,6 @@ registers its commands with ``@app.command()``; it is imported below.
 """
 
 from ._app import app, main
-from . import convexity_cmd, curvature_cmd, demo_cmd, paths_cmd, surface_cmd  # noqa: F401,E402  (registers commands)
+from . import convexity_cmd, curvature_cmd, demo_cmd, export_cmd, paths_cmd, surface_cmd  # noqa: F401,E402  (registers commands)
 
 __all__ = ["app", "main"]

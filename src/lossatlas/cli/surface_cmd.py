@@ -16,6 +16,12 @@ from ._app import app
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
 
 
+def _attr(ds, key, default=None):
+    from .._ncattrs import get
+
+    return get(ds, key, default)
+
+
 def _console():
     from rich.console import Console
 
@@ -183,7 +189,7 @@ def surface(
     table.add_column("value", justify="right")
     at_center, where = centre_values(ds, tgt.problem, tgt.center)
     rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
-            ("directions", ", ".join(ds.attrs.get("direction_labels", []))),
+            ("directions", ", ".join(_attr(ds, "direction_labels", []))),
             ("loss at centre θ" + "*" * bool(where), f"{at_center['loss']:.6g}"),
             ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
             ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
@@ -353,7 +359,7 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
         ("grid", grid),
         ("chunk shape", str(ds.attrs.get("chunk_shape"))),
         ("variables", ", ".join(ds.data_vars)),
-        ("directions", f"{prov['direction_spec'].get('kind')} — " + ", ".join(ds.attrs.get("direction_labels", []))),
+        ("directions", f"{prov['direction_spec'].get('kind')} — " + ", ".join(_attr(ds, "direction_labels", []))),
         ("norm / ignore / seed", f"{ds.attrs.get('direction_norm')} / {ds.attrs.get('direction_ignore')} / "
                                  f"{ds.attrs.get('direction_seed')}"),
         ("dtype / strategy", f"{ds.attrs.get('dtype')} / {ds.attrs.get('strategy')}"),

@@ -162,7 +162,9 @@ def _count_nan(ds: xr.Dataset) -> xr.Dataset:
     computed = np.isfinite(ds["products"].values)
     ds.attrs["nan_curvature_points"] = int((computed & ~np.isfinite(ds["lambda_min"].values)).sum())
     ds.attrs["extremal_certified"] = 0
-    return ds
+    from .._ncattrs import make_safe
+
+    return make_safe(ds)
 
 
 class _PointCurvature:

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InvalidArgumentError, bad_type, bad_value
+from .._ncattrs import get as _get
 from ._checks import check_levels, check_limits, check_out_path, write_failed
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "FORMATS"]
@@ -106,7 +107,7 @@ def _mark_center(ax, ds: xr.Dataset, dims: Sequence[str], mark: bool) -> None:
     if all(c.min() <= 0 <= c.max() for c in coords):
         ax.plot(*([0.0] * len(dims)), marker="*", color="red", markersize=12, markeredgecolor="white",
                 linestyle="none", label="θ (centre)", zorder=5)
-    anchors = ds.attrs.get("anchors")
+    anchors = _get(ds, "anchors")
     if isinstance(anchors, dict):
         for name, xy in anchors.items():
             if name != "a" and len(xy) == len(dims):
@@ -163,7 +164,7 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     ax.set_ylabel(", ".join(names))
     if mark_center and x.min() <= 0 <= x.max():
         ax.axvline(0.0, color="red", linestyle=":", linewidth=1, label="θ (centre)")
-    for name, xy in (ds.attrs.get("anchors") or {}).items() if isinstance(ds.attrs.get("anchors"), dict) else []:
+    for name, xy in (_get(ds, "anchors") or {}).items() if isinstance(_get(ds, "anchors"), dict) else []:
         ax.axvline(float(xy[0]), color="grey", linestyle="--", linewidth=0.8)
         ax.annotate(name, (float(xy[0]), ax.get_ylim()[1]), textcoords="offset points", xytext=(3, -12))
     handles, labels = ax.get_legend_handles_labels()
