@@ -87,6 +87,31 @@ class Curve:
     def bends(self) -> list[dict[str, Tensor]]:
         return self.points[1:-1]
 
+    def _rows(self) -> list[tuple[str, str]]:
+        n = sum(int(v.numel()) for v in self.points[0].values()) if self.points else 0
+        rows = [("kind", self.kind), ("bends", str(len(self.bends))), ("parameters", f"{n:,}")]
+        if self.points:
+            rows.append(("‖b − a‖", f"{P.norm(P.sub(self.points[-1], self.points[0])):.4g}"))
+        for k in ("steps", "lr", "seed", "seconds"):
+            if k in self.info:
+                v = self.info[k]
+                rows.append((k, f"{v:.3g}" if isinstance(v, float) else str(v)))
+        if self.history:
+            rows.append(("training loss", f"{self.history[0]:.4g} → {self.history[-1]:.4g} ({len(self.history)} steps)"))
+        return rows
+
+    def __repr__(self) -> str:
+        from ._repr import text
+
+        rows = dict(self._rows())
+        return text("Curve", [("kind", repr(self.kind)), ("bends", rows["bends"]), ("parameters", rows["parameters"])],
+                    [", ".join(f"{k} {v}" for k, v in self._rows()[3:])] if len(self._rows()) > 3 else [])
+
+    def _repr_html_(self) -> str:
+        from ._repr import table
+
+        return table(f"{self.kind} curve", self._rows(), ".evaluate(steps) gives the loss along it.")
+
     def coefficients(self, t: Sequence[float] | np.ndarray) -> np.ndarray:
         """(m, len(points)) weights of the control points at each t."""
         return coefficients(self.kind, len(self.bends), np.asarray(t, dtype=np.float64))

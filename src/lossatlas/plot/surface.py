@@ -9,6 +9,8 @@ contour lines of the loss over the plane, the 3D surface clipped to ``vmax``.
 
 from __future__ import annotations
 
+from ._checks import figure as _released_figure, subplots as _released_subplots  # noqa: F401
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,7 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     plt = _mpl()
     dim = ds[names[0]].dims[0]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _released_subplots(figsize=(6, 4))
     else:
         fig = ax.figure
     x = ds[dim].values
@@ -201,7 +203,7 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
         z = np.ma.minimum(z, vmax)  # filled: clip into the top colour; lines above vmax are simply not drawn
     lv = _levels(z, levels, vmin, vmax, log)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = _released_subplots(figsize=(6, 5))
     else:
         fig = ax.figure
     from matplotlib.colors import LogNorm
@@ -246,7 +248,7 @@ def heatmap(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, log)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = _released_subplots(figsize=(6, 5))
     else:
         fig = ax.figure
     from matplotlib.colors import LogNorm, Normalize
@@ -285,7 +287,7 @@ def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = No
         positive = zf[np.isfinite(zf) & (zf > 0)]
         zf = np.log10(np.maximum(zf, positive.min() if positive.size else 1e-12))
     if ax is None:
-        fig = plt.figure(figsize=(7, 5.5))
+        fig = _released_figure(figsize=(7, 5.5))
         ax = fig.add_subplot(projection="3d")
     else:
         fig = ax.figure
