@@ -36,9 +36,9 @@ def examples() -> None:
     from .. import examples as ex
 
     table = Table(title="lossatlas examples")
-    table.add_column("name", style="bold")
-    table.add_column("convex in θ")
-    table.add_column("description")
+    table.add_column("name", style="bold", overflow="fold")
+    table.add_column("convex in θ", overflow="fold")
+    table.add_column("description", overflow="fold")
     for spec in ex.REGISTRY.values():
         convex = {True: "yes", False: "no (provably)", None: "unknown"}[spec.convex]
         table.add_row(spec.name, convex, spec.description)
@@ -94,13 +94,58 @@ def _directions(target, kind: str, dims: int, norm: str, ignore: str, seed: int)
     if kind == "example":
         return target.default_directions(n=dims, seed=seed)
     if kind.startswith("axes:"):
-        names = [n.strip() for n in kind[5:].split(",") if n.strip()]
+        names = _split_names(kind[5:])
         if len(names) != dims:
             raise InvalidArgumentError(f"--directions {kind!r} names {len(names)} parameters but --dims is {dims}")
-        return D.axes(target.center, names)
+        return _axes(target.center, names, kind)
     if kind == "hessian":
         return D.hessian(target.problem, target.center, n=dims, seed=seed)
     raise InvalidArgumentError(f"--directions must be random, example, hessian or axes:NAME[,NAME]; received {kind!r}")
+
+
+def _split_names(text: str) -> list[str]:
+    """Comma-separated names, where an element index ``w[1, 2]`` keeps its comma."""
+    names, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            names.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    names.append(cur.strip())
+    return [n for n in names if n]
+
+
+def _axes(center, names: list[str], kind: str):
+    """``axes:NAME``: a scalar parameter or an element ``w[i, j]`` is a unit coordinate direction; the
+    name of a whole tensor (a layer's ``fc.weight``) is one direction along that tensor's own values,
+    normalised to norm 1 (so the coordinate is the distance moved, and −‖W‖ zeroes the layer)."""
+    import torch
+
+    from .. import directions as D
+
+    whole = [n for n in names if "[" not in n and n in center and center[n].ndim > 0]
+    if not whole:
+        return D.axes(center, names)
+    vectors, labels = [], []
+    for n in names:
+        if n in whole:
+            t = center[n]
+            norm = float(torch.linalg.vector_norm(t.detach().double()))
+            if not norm > 0:
+                raise InvalidArgumentError(f"--directions {kind!r}: layer {n!r} is all zeros, so it gives no "
+                                           "direction; name one of its elements (NAME[i,j]) instead")
+            d = {k: torch.zeros_like(v) for k, v in center.items()}
+            d[n] = t.detach() / norm
+            vectors.append(d)
+            labels.append(f"{n} (whole tensor, unit norm)")
+        else:
+            one = D.axes(center, [n])
+            vectors.append(one.vectors[0])
+            labels.append(n)
+    return D.Directions(vectors, {"kind": "axes", "n": len(names), "norm": "layer-unit", "names": names,
+                                  "labels": labels})
 
 
 def _span(span: str, dims: int):
@@ -124,12 +169,13 @@ def _span(span: str, dims: int):
 @app.command()
 def surface(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
-    dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane."),
+    dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane, 3 or 4 for a volume (no figure)."),
     steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
                               "grid; otherwise θ's loss is evaluated apart)."),
     span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
     directions: str = typer.Option("random", "--directions",
-                                   help="random | example | hessian | axes:NAME[,NAME] (single parameters)."),
+                                   help="random | example | hessian | axes:NAME[,NAME]: a scalar parameter, an "
+                                   "element W[i,j], or a whole tensor (one direction along its values, unit norm)."),
     norm: str = typer.Option("filter", "--norm", help="filter | layer | model | none (random directions)."),
     ignore: str = typer.Option("biasbn", "--ignore", help="biasbn | none (random directions)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random directions."),
@@ -159,8 +205,11 @@ def surface(
     from ._target import resolve
 
     # every option is checked before the target is loaded and the directions are made
-    if dims not in (1, 2):
-        raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
+    if dims not in (1, 2, 3, 4):
+        raise InvalidArgumentError(f"--dims must be 1, 2, 3 or 4; received {dims}")
+    if plot_file is not None and dims > 2:
+        raise InvalidArgumentError(f"--plot draws a line (--dims 1) or a plane (--dims 2); received --dims {dims} "
+                                   "(save it with --store and slice it: lossatlas plot STORE --at z=0,w=0)")
     span_value = _span(span, dims)
     grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
     _checks.choice(strategy, "--strategy", STRATEGIES)
@@ -183,10 +232,12 @@ def surface(
     if not distributed.context().is_main:
         return  # under torchrun, rank 0 reports and draws
     ds.attrs["name"] = tgt.name
+    if store is not None:
+        _record_name(store, tgt.name)
     loss = ds.loss.values
     table = Table(title=f"surface of {tgt.name}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
+    table.add_column("quantity", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     at_center, where = centre_values(ds, tgt.problem, tgt.center)
     rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
             ("directions", ", ".join(_attr(ds, "direction_labels", []))),
@@ -213,6 +264,19 @@ def surface(
     if plot_file is not None:
         _write_figure(ds, plot_file, kind=None)
         _console().print(f"figure: {plot_file}")
+    if store is None and plot_file is None:
+        console.print("nothing was saved: pass --store PATH to keep the values (resumable), or --plot FILE for a "
+                      "figure", soft_wrap=True)
+
+
+def _record_name(store: Path, name: str) -> None:
+    """The problem's name in the store's attrs (figures drawn later from the store are titled by it)."""
+    from ..store import GridStore
+
+    try:
+        GridStore.update_attrs(store, {"name": str(name)})  # re-sealed: not an edit
+    except Exception:  # pragma: no cover - a read-only store still gives its values
+        pass
 
 
 def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
@@ -268,31 +332,97 @@ def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", lo
 
 @app.command("plot")
 def plot_cmd(
-    store: Path = typer.Argument(..., help="A store written by `lossatlas surface` (or the demo)."),
-    kind: str = typer.Option(None, "--kind", help="line | contour | filled | heatmap | surface3d | html."),
+    store: Path = typer.Argument(..., help="A store written by `lossatlas surface`, `ratio-map` (or the demo)."),
+    kind: str = typer.Option(None, "--kind", help="line | contour | filled | heatmap | surface3d | html (default: "
+                             "line for 1-D, contour for 2-D, the |λmin/λmax| map for a ratio map)."),
     out: Path = typer.Option(None, "--out", help="Figure file (.png, .pdf, .svg, .html)."),
-    variable: str = typer.Option("loss", "--var", help="Variable to draw (loss, accuracy, …)."),
+    variable: str = typer.Option(None, "--var", help="Variable to draw (default: loss; ratio for a ratio map)."),
+    at: str = typer.Option(None, "--at", help="Slice the stored grid first: y=0 (a plane → a line), z=0,w=0 …; "
+                           "the nearest grid value is used and printed."),
     log: bool = typer.Option(False, "--log", help="Logarithmic colour/value scale."),
     vmin: float = typer.Option(None, "--vmin"),
     vmax: float = typer.Option(None, "--vmax"),
     levels: int = typer.Option(30, "--levels", min=1, help="Number of contour levels."),
 ) -> None:
-    """Draw a stored surface."""
+    """Draw a stored surface (or a slice of it, --at), or a stored |λmin/λmax| ratio map."""
     from .. import open_surface
 
     if kind is not None:
         _checks.choice(kind, "--kind", KINDS)
     _checks.value_range(vmin, vmax)
     _check_figure_path(out, "--out", kind)
+    cuts = _parse_at(at)
     ds = open_surface(store)
+    ratio = ds.attrs.get("kind") == "ratio_map"
+    if variable is None:
+        variable = "ratio" if ratio else "loss"
     if variable not in ds.data_vars:
         raise InvalidArgumentError(f"--var must be one of {sorted(ds.data_vars)}; received {variable!r}")
+    console = _console()
+    if cuts:
+        ds, note = _slice(ds, cuts)
+        console.print(note, soft_wrap=True, markup=False)
+    if ds[variable].ndim not in (1, 2):
+        raise InvalidArgumentError(f"this store has {ds[variable].ndim} axes ({', '.join(ds[variable].dims)}); "
+                                   "slice it to 1 or 2 with --at, e.g. --at z=0,w=0")
     if out is None:
         suffix = ".html" if kind == "html" else ".png"
-        out = store.with_name(store.name.removesuffix(".zarr") + f"-{kind or 'plot'}{suffix}")
+        tag = kind or ("ratio" if ratio and variable == "ratio" else "plot")
+        cut = "".join(f"-{d}{ds.attrs[f'slice_{d}']:g}" for d in cuts)
+        out = store.with_name(store.name.removesuffix(".zarr") + f"{cut}-{tag}{suffix}")
         _check_figure_path(out, "--out", kind)
-    path = _write_figure(ds, out, kind=kind, variable=variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
-    _console().print(f"wrote {path}")
+    if ratio and kind is None and ds[variable].ndim == 2 and variable in ("ratio", "lambda_min", "lambda_max"):
+        path = _write_ratio(ds, out, variable)
+    else:
+        path = _write_figure(ds, out, kind=kind, variable=variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
+    console.print(f"wrote {path}")
+
+
+def _parse_at(at: str | None) -> dict[str, float]:
+    if at is None:
+        return {}
+    cuts: dict[str, float] = {}
+    for part in at.split(","):
+        name, eq, value = part.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError
+            cuts[name.strip()] = float(value)
+        except ValueError:
+            raise InvalidArgumentError(f"--at must be AXIS=VALUE[,AXIS=VALUE] (e.g. y=0); received {at!r}") from None
+    return cuts
+
+
+def _slice(ds, cuts: dict[str, float]):
+    """``ds`` at the grid values nearest to ``cuts``, and a line saying which values were used."""
+    dims = list(ds.loss.dims) if "loss" in ds else list(ds.dims)
+    unknown = [d for d in cuts if d not in dims]
+    if unknown:
+        raise InvalidArgumentError(f"--at names axis {unknown[0]!r}; this store's axes are {', '.join(dims)}")
+    used = {}
+    for d, v in cuts.items():
+        axis = ds[d].values
+        used[d] = float(axis[int(np.argmin(np.abs(axis - v)))])
+    out = ds.sel(used)
+    words = ", ".join(f"{d}={used[d]:g}" + ("" if used[d] == cuts[d] else f" (nearest grid value to {cuts[d]:g})")
+                      for d in cuts)
+    for d in cuts:
+        out.attrs[f"slice_{d}"] = used[d]
+    return out, f"slice at {words}"
+
+
+def _write_ratio(ds, out: Path, variable: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import plot
+
+    fig = plot.ratio_map(ds, variable=variable)
+    path = plot.save(fig, out)
+    plt.close(fig)
+    return path
 
 
 def _check_store(store: Path) -> int:
@@ -348,8 +478,8 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
     ds = open_surface(store)
     prov = json.loads(ds.attrs["provenance"])
     table = Table(title=f"{store}")
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("field", style="bold", overflow="fold")
+    table.add_column("value", overflow="fold")
     grid = ", ".join(f"{d}: {ds.sizes[d]} points in [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
                      for d in ds.loss.dims)
     rows = [

@@ -73,7 +73,10 @@ def _title(ds: xr.Dataset, variable: str, title: str | None) -> str:
             "hessian": "Hessian eigenvectors", "pca": "PCA directions"}.get(kind, kind)
     name = ds.attrs.get("name")
     head = f"{name}: " if name else ""
-    return f"{head}{variable} on a {shape} grid" + (f" ({what})" if what else "")
+    cuts = ", ".join(f"{k[6:]}={v:g}" for k, v in ds.attrs.items() if k.startswith("slice_") and
+                     isinstance(v, (int, float)))
+    return (f"{head}{variable} on a {shape} grid" + (f" ({what})" if what else "")
+            + (f", slice at {cuts}" if cuts else ""))
 
 
 def _masked(values: np.ndarray, log: bool, floor: float | None = None) -> tuple[np.ma.MaskedArray, int]:
