@@ -15,7 +15,8 @@ from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
                      LossAtlasError, LossFunctionError, MissingDependencyError, ParameterMismatchError,
-                     ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning)
+                     ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning,
+                     BatchNormStatsWarning)
 from .grid import Grid
 from .params import params_of
 from .problem import Problem
@@ -65,5 +66,6 @@ __all__ = [
     "StoreLockedError",
     "DistributedError",
     "StoreRepairWarning",
+    "BatchNormStatsWarning",
     "MissingDependencyError",
 ]

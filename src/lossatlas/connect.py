@@ -150,6 +150,9 @@ class Curve:
         if bn is None:
             bn = "recalibrate" if problem._bn_modules else problem.bn
         evaluated = with_bn(problem, bn)
+        from ._bn_honesty import warn_if_stale
+
+        warn_if_stale(evaluated, func, [P.sub(p, self.points[0]) for p in self.points[1:]], "the curve")
         t = np.linspace(0.0, 1.0, int(steps))
         coeffs = self.coefficients(t)
         zero = P.zeros_like(self.points[0])

@@ -119,6 +119,9 @@ def surface(
     from .directions import check_independent
 
     worst = check_independent(dirs, func)
+    from ._bn_honesty import warn_if_stale
+
+    warn_if_stale(problem, func, dirs.vectors, "a direction")
     if "max_abs_cosine" not in dirs.spec:  # user directions: the measured value, not a default 0
         dirs = Directions(dirs.vectors, {**dirs.spec, "max_abs_cosine": worst})
     grid = Grid.make(len(dirs), steps, span, func=func)

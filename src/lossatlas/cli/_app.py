@@ -171,6 +171,20 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2) from None
     from typer._click import exceptions as click_exc  # typer vendors click
 
+    import warnings
+
+    from ..errors import BatchNormStatsWarning
+
+    shown_before = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BatchNormStatsWarning):  # the CLI's line, with the CLI's flag
+            text = " ".join(str(message).split()).replace("bn='recalibrate'", "--bn recalibrate")
+            typer.secho(f"warning: {text}", err=True, fg="yellow")
+        else:
+            shown_before(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     try:
         rc = app(args=args, prog_name="lossatlas", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:
@@ -206,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(f"error: unexpected {type(exc).__name__}: {text} — this is a lossatlas bug or an "
                     "unsupported model; rerun with --debug for the traceback", err=True, fg="red")
         raise SystemExit(1) from None
+    finally:
+        warnings.showwarning = shown_before
     raise SystemExit(rc if isinstance(rc, int) else 0)  # as typer's standalone mode: always an exit status
 
 

@@ -188,6 +188,8 @@ def surface(
     strategy: str = typer.Option("auto", "--strategy", help="auto | loop | vmap."),
     parallel: str = typer.Option("grid", "--parallel", help="Under torchrun: grid (ranks share the grid's "
                                  "chunks) | data (ranks share each point's batches)."),
+    bn: str = typer.Option(None, "--bn", help="BatchNorm statistics: eval (stored with the model; warned about when "
+                           "the directions move weights feeding BatchNorm) or recalibrate (recomputed at every point)."),
     plot_file: Path = typer.Option(None, "--plot", help="Also save a figure (PNG/PDF/SVG/HTML)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused "
@@ -218,9 +220,15 @@ def surface(
     _checks.choice(ignore, "--ignore", ("biasbn", "none"))
     _checks.store_path(store, "--store")
     _check_figure_path(plot_file, "--plot")
+    if bn is not None:
+        _checks.choice(bn, "--bn", ("eval", "recalibrate"))
     if device == "rank":
         device = str(distributed.device_for_rank())
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    if bn is not None:
+        from ..paths import with_bn
+
+        tgt.problem = with_bn(tgt.problem, bn)
     check_grid_cost("surface", grid, tgt.problem, tgt.center, variables=len(tgt.problem.metric_names),
                     allow_large=allow_large)
     d = _directions(tgt, directions, dims, norm, ignore, seed)
