@@ -73,8 +73,10 @@ def surface(
 
     One direction gives dims ``("x",)``, two ``("x", "y")``, up to four. ``steps`` points per axis
     (odd ``steps`` with a symmetric ``span`` put θ exactly on the grid); ``span`` is a number s
-    (axis [−s, s]), a ``(lo, hi)`` pair, or one pair per axis; coordinates are in units of the
-    directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
+    (axis [−s, s]), a ``(lo, hi)`` pair, one pair per axis, or ``"auto"`` (``"auto:F"``): each axis
+    spans where the loss has risen by the factor F (default 2) along its direction, found by a few
+    loss evaluations (:mod:`lossatlas._auto_span`; recorded in ``attrs["span_auto"]``); coordinates
+    are in units of the directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
     in ``attrs["nan_points"]``/``attrs["inf_points"]``.
 
     ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem, or ``"loop"`` below 64
@@ -110,6 +112,10 @@ def surface(
     func = "surface"
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+    if isinstance(span, str):  # "auto" / "auto:F": spans found from the loss (lossatlas._auto_span)
+        from . import _auto_span
+
+        return _auto_span.run(surface, dict(locals(), span=span))
     if center is None:
         center = problem.params()
     problem.check_params(center, func=func, arg="center")

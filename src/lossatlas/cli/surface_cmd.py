@@ -149,6 +149,15 @@ def _axes(center, names: list[str], kind: str):
 
 
 def _span(span: str, dims: int):
+    if span.strip().lower().startswith("auto"):
+        from .._auto_span import parse
+
+        try:
+            parse(span)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(f"--span must be a number S, LO,HI, {dims} LO,HI pairs, auto or auto:F (F > 1); "
+                                       f"received {span!r}") from None
+        return span.strip().lower()
     try:
         parts = [float(v) for v in span.replace(":", ",").split(",")]
     except ValueError:
@@ -172,7 +181,8 @@ def surface(
     dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane, 3 or 4 for a volume (no figure)."),
     steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
                               "grid; otherwise θ's loss is evaluated apart)."),
-    span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
+    span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions; auto (or "
+                             "auto:F): where the loss has risen by the factor F (default 2) along each direction."),
     directions: str = typer.Option("random", "--directions",
                                    help="random | example | hessian | axes:NAME[,NAME]: a scalar parameter, an "
                                    "element W[i,j], or a whole tensor (one direction along its values, unit norm)."),
@@ -213,7 +223,8 @@ def surface(
         raise InvalidArgumentError(f"--plot draws a line (--dims 1) or a plane (--dims 2); received --dims {dims} "
                                    "(save it with --store and slice it: lossatlas plot STORE --at z=0,w=0)")
     span_value = _span(span, dims)
-    grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
+    grid = Grid.make(dims, steps, 1.0 if isinstance(span_value, str) else span_value,  # --steps and --span,
+                     func="surface")  # as surface() checks them ("auto": the spans are found later)
     _checks.choice(strategy, "--strategy", STRATEGIES)
     _checks.choice(parallel, "--parallel", PARALLEL)
     _checks.choice(norm, "--norm", ("filter", "layer", "model", "none"))
@@ -255,6 +266,10 @@ def surface(
             ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
     if "accuracy" in at_center:
         rows.insert(4, ("accuracy at centre θ" + "*" * bool(where), f"{at_center['accuracy']:.4f}"))
+    found = _attr(ds, "span_auto")
+    if found:
+        rows.insert(2, ("span (auto)", ", ".join(f"±{v:.3g}" for v in found["spans"])
+                        + f" (loss ×{found['factor']:g}, {found['evaluations']} evaluations)"))
     if store is not None:
         rows.append(("store", str(store)))
     for k, v in rows:
