@@ -456,7 +456,7 @@ CLI_CASES = [
     # bad values
     ("surface-steps-0", ["surface", "seed-relu", "--steps", "0", "--no-progress"], "steps"),
     ("surface-steps-neg", ["surface", "seed-relu", "--steps", "-3", "--no-progress"], "steps"),
-    ("surface-dims-3", ["surface", "seed-relu", "--dims", "3"], "dims"),
+    ("surface-dims-5", ["surface", "seed-relu", "--dims", "5"], "dims"),
     ("surface-seed-neg", ["surface", "seed-relu", "--seed", "-1", "--no-progress"], "seed"),
     ("surface-span-garbage", ["surface", "seed-relu", "--span", "wide", "--steps", "3"], "span"),
     ("surface-span-nan", ["surface", "seed-relu", "--span", "nan", "--steps", "3", "--no-progress"], "span"),

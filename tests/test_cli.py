@@ -86,8 +86,8 @@ def test_file_target_with_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["surface", "no-such-example"], "TARGET must be an example name"),
-    (["surface", "mlp-digits", "--dims", "3"], "--dims must be 1 or 2"),
-    (["surface", "mlp-digits", "--steps", "0", "--no-progress"], "'steps' must be an integer >= 1"),
+    (["surface", "mlp-digits", "--dims", "5"], "--dims must be 1, 2, 3 or 4"),
+    (["surface", "mlp-digits", "--steps", "0", "--no-progress"], "option --steps must be an integer >= 1"),
     (["surface", "mlp-digits", "--span", "wide"], "--span must be"),
     (["surface", "mlp-digits", "--dtype", "float8"], "--dtype must be one of"),
     (["plot", "/no/such/store.zarr"], "does not exist"),

@@ -117,7 +117,10 @@ def test_batchnorm_recalibration_option(cnn_data):
     ref = lossatlas.Problem(model, loss_fn, (x, y), dtype=torch.float64, bn="recalibrate")
     expected = [ref.loss({k: a[k] + float(t) * (b[k] - a[k]) for k in a}) for t in rec.t.values]
     assert_close(rec.loss.values, expected, torch.float64, what="recalibrated interpolation")
-    plain = lossatlas.interpolate(problem, a, b, steps=5, progress=False)
+    default = lossatlas.interpolate(problem, a, b, steps=5, progress=False)  # BN: recalibrated by default
+    np.testing.assert_array_equal(default.loss.values, rec.loss.values)
+    with pytest.warns(lossatlas.BatchNormStatsWarning):
+        plain = lossatlas.interpolate(problem, a, b, steps=5, bn="eval", progress=False)
     assert not np.allclose(plain.loss.values, rec.loss.values)
 
 

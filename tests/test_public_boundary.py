@@ -13,7 +13,7 @@ from lossatlas.errors import InvalidArgumentError, LossAtlasError, bad_value, cu
 #: public API functions that are not entry points of a computation (parameter arithmetic, data loaders,
 #: tiny pure helpers, registries): they raise with their own names and are called in hot loops
 NOT_BOUNDARIES = {
-    "lossatlas.params_of", "lossatlas.params", "lossatlas.examples", "lossatlas.distributed", "lossatlas.testing",
+    "lossatlas.params_of", "lossatlas.attrs", "lossatlas.params", "lossatlas.examples", "lossatlas.distributed", "lossatlas.testing",
     "lossatlas.directions.filter_layout", "lossatlas.directions.register", "lossatlas.convexity.jensen_gap",
     "lossatlas.convexity.rounding_bound", "lossatlas.metrics.sampled_hessian", "lossatlas.metrics.wilson_interval",
     "lossatlas.plot.path_coordinates", "lossatlas.studies.names", "lossatlas.studies.config_hash",

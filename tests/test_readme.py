@@ -46,3 +46,18 @@ def test_readme_cli_examples_run(tmp_path, monkeypatch):
 def test_readme_images_exist():
     for ref in re.findall(r"\]\((docs/images/[^)]+)\)", README.read_text()):
         assert (README.parent / ref).exists(), ref
+
+
+def test_readme_examples_run_top_to_bottom_in_one_folder():
+    """Each example that writes a store uses its own name (or says --overwrite): run in one folder,
+    top to bottom, none meets a store another example made with other arguments."""
+    text = README.read_text()
+    writers = {}
+    for m in re.finditer(r'store="([^"]+)"|--store (\S+)', text):
+        name = m.group(1) or m.group(2)
+        line = text[text.rfind("\n", 0, m.start()) + 1:text.find("\n", m.end())]
+        if "--overwrite" in line or "overwrite=True" in line or line.lstrip().startswith("`surface(..."):
+            continue
+        writers.setdefault(name, set()).add(line.strip().lstrip("$ "))
+    shared = {k: v for k, v in writers.items() if len(v) > 1}
+    assert not shared, shared

@@ -9,12 +9,14 @@ Quick start::
     ds = lossatlas.surface(problem, None, d, steps=41, span=1.0)  # an xarray.Dataset
 """
 
-from . import convexity, curvature, directions, distributed, examples, metrics, params, plot, sharpness, studies
+from . import convexity, curvature, directions, distributed, examples, export, metrics, params, plot, sharpness, studies
+from ._ncattrs import decoded as attrs
 from ._version import __version__
 from .directions import Directions
 from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
                      LossAtlasError, LossFunctionError, MissingDependencyError, ParameterMismatchError,
-                     ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning)
+                     ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning,
+                     BatchNormStatsWarning)
 from .grid import Grid
 from .params import params_of
 from .problem import Problem
@@ -36,6 +38,8 @@ __all__ = [
     "convexity",
     "examples",
     "plot",
+    "export",
+    "attrs",
     "curvature",
     "metrics",
     "sharpness",
@@ -67,5 +71,6 @@ __all__ = [
     "StoreLockedError",
     "DistributedError",
     "StoreRepairWarning",
+    "BatchNormStatsWarning",
     "MissingDependencyError",
 ]

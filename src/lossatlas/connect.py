@@ -91,6 +91,31 @@ class Curve:
     def bends(self) -> list[dict[str, Tensor]]:
         return self.points[1:-1]
 
+    def _rows(self) -> list[tuple[str, str]]:
+        n = sum(int(v.numel()) for v in self.points[0].values()) if self.points else 0
+        rows = [("kind", self.kind), ("bends", str(len(self.bends))), ("parameters", f"{n:,}")]
+        if self.points:
+            rows.append(("‖b − a‖", f"{P.norm(P.sub(self.points[-1], self.points[0])):.4g}"))
+        for k in ("steps", "lr", "seed", "seconds"):
+            if k in self.info:
+                v = self.info[k]
+                rows.append((k, f"{v:.3g}" if isinstance(v, float) else str(v)))
+        if self.history:
+            rows.append(("training loss", f"{self.history[0]:.4g} → {self.history[-1]:.4g} ({len(self.history)} steps)"))
+        return rows
+
+    def __repr__(self) -> str:
+        from ._repr import text
+
+        rows = dict(self._rows())
+        return text("Curve", [("kind", repr(self.kind)), ("bends", rows["bends"]), ("parameters", rows["parameters"])],
+                    [", ".join(f"{k} {v}" for k, v in self._rows()[3:])] if len(self._rows()) > 3 else [])
+
+    def _repr_html_(self) -> str:
+        from ._repr import table
+
+        return table(f"{self.kind} curve", self._rows(), ".evaluate(steps) gives the loss along it.")
+
     def coefficients(self, t: Sequence[float] | np.ndarray) -> np.ndarray:
         """(m, len(points)) weights of the control points at each t."""
         return coefficients(self.kind, len(self.bends), np.asarray(t, dtype=np.float64))
@@ -128,6 +153,9 @@ class Curve:
         if bn is None:
             bn = "recalibrate" if problem.has_batchnorm else problem.bn
         evaluated = with_bn(problem, bn)
+        from ._bn_honesty import warn_if_stale
+
+        warn_if_stale(evaluated, func, [P.sub(p, self.points[0]) for p in self.points[1:]], "the curve")
         t = np.linspace(0.0, 1.0, int(steps))
         coeffs = self.coefficients(t)
         ds = run_grid(self._job(evaluated, t, strategy, metrics, func), progress=progress).rename({"x": "t"})
@@ -135,7 +163,9 @@ class Curve:
                                      accuracy=ds["accuracy"].values if "accuracy" in ds else None))
         ds.attrs.update(kind="curve", curve=self.kind, bends=len(self.bends), bn=bn, length=self._length(coeffs),
                         distance=P.norm(P.sub(self.points[-1], self.points[0])))
-        return ds
+        from ._ncattrs import make_safe
+
+        return make_safe(ds)
 
     def _job(self, problem: Problem, t: np.ndarray, strategy: str, metrics: bool, func: str) -> GridJob:
         """The points φ(t) of the curve as a grid job over t (chunks of 8 points; strategy and vmap

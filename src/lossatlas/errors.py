@@ -201,3 +201,11 @@ def check_seed(func: str, seed: Any, arg: str = "seed") -> int:
     if not 0 <= int(seed) <= MAX_SEED:
         raise bad_value(func, arg, "a non-negative integer (< 2**63)", seed)
     return int(seed)
+
+
+class BatchNormStatsWarning(UserWarning):
+    """BatchNorm layers are evaluated with the running statistics stored with the model
+    (``bn="eval"``) at points those statistics do not describe: between two networks, or away from θ
+    along directions that move weights feeding a BatchNorm layer. The loss there can be far off
+    (a barrier of 0.0 between two BN networks where recalibrated statistics give 1.085); pass
+    ``bn="recalibrate"`` (CLI: ``--bn recalibrate``) to recompute them at every point."""

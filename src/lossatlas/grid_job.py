@@ -57,6 +57,7 @@ import numpy as np
 import xarray as xr
 
 from . import _faults
+from ._ncattrs import make_safe
 from . import distributed as D
 from .grid import ChunkLayout, Grid
 from .runner import SPLITS, evaluate_chunks, fill, pinned_threads
@@ -160,7 +161,7 @@ def run_grid(job: GridJob, *, store: str | Path | None = None, overwrite: bool =
                     json.dumps(gstore.group.attrs.get(k), sort_keys=True) != json.dumps(v, sort_keys=True)
                     for k, v in extra.items()):
                 GridStore.update_attrs(gstore.path, extra, func=job.func)  # re-sealed: not an edit
-        return ds
+        return make_safe(ds)  # netCDF-safe attrs: ds.to_netcdf() works as is (lossatlas._ncattrs)
     finally:
         _close(evaluator)
         lock = held.pop("lock", None)
@@ -268,7 +269,7 @@ def open_grid(path: str | Path, *, func: str = "open_surface") -> xr.Dataset:
     values, done = gstore.read_checked(func=func)  # a damaged chunk: StoreError naming it
     ds = _dataset(gstore.grid, values, _store_labels(gstore), attrs, gstore.layout, done)
     ds.attrs.update(seconds=0.0, ranks=1, rank_points=[0], rank_busy_seconds=[0.0])  # no run in this call
-    return ds
+    return make_safe(ds)
 
 
 def _store_labels(gstore: GridStore) -> list[str]:

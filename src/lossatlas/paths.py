@@ -27,6 +27,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
+from ._ncattrs import make_safe
 from .directions import between
 from .errors import bad_type, bad_value, public
 from .problem import Problem
@@ -57,7 +58,9 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     t = 0 or t = 1 is not a grid point its loss is evaluated separately for the metrics.
     ``bn``: ``"recalibrate"`` recomputes BatchNorm statistics at every t (needed between two
     trained BN networks, whose stored statistics belong to one endpoint only); ``"eval"`` uses
-    the stored ones; ``None`` keeps the problem's setting. ``tol``: the rise tolerated by the MLI
+    the stored ones (and warns, :class:`~lossatlas.errors.BatchNormStatsWarning`); ``None``:
+    ``"recalibrate"`` when the model has BatchNorm layers with running statistics, else the
+    problem's setting. ``tol``: the rise tolerated by the MLI
     test (default 10·ε·max|f|, ε the problem's machine epsilon). ``strategy``, ``chunk``,
     ``store``, ``overwrite``, ``progress``, ``metrics``: as in :func:`lossatlas.surface` (a store is
     reopened by :func:`open_interpolation`); ``"auto"`` means ``"loop"`` below 64 points, where
@@ -86,22 +89,30 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
         raise bad_value(func, "bn", f"one of {BN_CHOICES}", bn)
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
         raise bad_value(func, "tol", "a number >= 0 or None", tol)
+    from . import _bn_honesty
+
+    if bn is None and problem._bn_modules and problem.bn == "eval":
+        bn = "recalibrate"  # two networks' points: stored statistics describe one endpoint at most (cheap on a line)
     evaluated = with_bn(problem, bn)
-    job, store = surface_job(evaluated, a, between(a, b), steps=int(steps), span=(lo, hi), strategy=strategy,
-                             chunk=chunk, store=store, overwrite=overwrite, progress=progress, metrics=metrics,
-                             func=func)
+    _bn_honesty.warn_if_stale(evaluated, func, [P.sub(b, a)], "the path from a to b")
+    with _bn_honesty.quiet():
+        job, store = surface_job(evaluated, a, between(a, b), steps=int(steps), span=(lo, hi), strategy=strategy,
+                                 chunk=chunk, store=store, overwrite=overwrite, progress=progress, metrics=metrics,
+                                 func=func)
     distance = P.norm(P.sub(b, a))
 
     def finish(ds: xr.Dataset) -> dict[str, Any]:  # the path metrics: part of the job's attrs (and its store's)
-        return dict(_summary(evaluated, _as_path(ds), a, b, tol), distance=distance, kind="interpolation")
+        return dict(_summary(evaluated, _as_path(ds), a, b, tol), distance=distance, bn=str(evaluated.bn),
+                    kind="interpolation")
 
-    return _as_path(run_grid(replace(job, finish=finish), store=store, overwrite=overwrite, progress=progress))
+    return make_safe(_as_path(run_grid(replace(job, finish=finish), store=store, overwrite=overwrite,
+                                       progress=progress)))
 
 
 @public("open_interpolation")
 def open_interpolation(path: str | Path) -> xr.Dataset:
     """Reopen a store written by :func:`interpolate` (the same Dataset, along ``t``)."""
-    return _as_path(open_surface(path))
+    return make_safe(_as_path(open_surface(path)))
 
 
 def with_bn(problem: Problem, bn: str | None) -> Problem:

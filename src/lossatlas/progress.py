@@ -1,8 +1,15 @@
-"""A rich progress display for long work, that can be turned off (``progress=False``)."""
+"""A rich progress display for long work, that can be turned off (``progress=False``).
+
+Where it shows: in a terminal, a live bar; in a pipe or a log file, rich draws it once when the work
+ends (quiet); in a Jupyter notebook, nothing by default (rich's live display there needs ipywidgets
+and warns on every call without it). ``LOSSATLAS_PROGRESS=0`` turns every bar off, ``=1`` shows them
+even in a notebook.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 
@@ -15,11 +22,37 @@ def _columns(unit: str):
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
 
 
+def shown(enabled: bool) -> bool:
+    """Whether a bar asked for (``enabled``) is drawn here (see the module's docs)."""
+    if not enabled:
+        return False
+    env = os.environ.get("LOSSATLAS_PROGRESS", "").strip().lower()
+    if env in ("0", "false", "no", "off"):
+        return False
+    if env in ("1", "true", "yes", "on"):
+        return True
+    return not _in_notebook()
+
+
+def _in_notebook() -> bool:
+    import sys
+
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:  # pragma: no cover - an odd IPython
+        return False
+    return ip is not None and type(ip).__name__ != "TerminalInteractiveShell"
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, *, enabled: bool = True, completed: int = 0,
                  unit: str = "points") -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; shows points done / total, rate and time left when ``enabled``."""
-    if not enabled or total <= 0:
+    """Yield ``advance(n)``; shows points done / total, rate and time left when ``enabled``
+    (and :func:`shown`)."""
+    if not shown(enabled) or total <= 0:
         yield lambda n: None
         return
     from rich.progress import Progress
@@ -63,7 +96,7 @@ def rank_progress(total: int, description: str, *, world: int, enabled: bool = T
     Yields ``update(done, per_rank)``: ``done`` points of the whole job (rate and time left are
     derived from it) and, per rank, ``(points, busy_seconds)`` giving that rank's throughput.
     """
-    if not enabled or total <= 0:
+    if not shown(enabled) or total <= 0:
         yield lambda done, per_rank: None
         return
     from rich.console import Group

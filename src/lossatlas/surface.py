@@ -23,6 +23,8 @@ from . import params as P
 from ._behaviour import agree
 from ._cost import check_grid_cost
 from ._param_io import read_params, write_params
+from . import _auto_span
+from ._bn_honesty import warn_if_stale
 from ._resume import check_store_args
 from ._version import __version__
 from .directions._base import Directions, _jsonable, check_independent
@@ -74,8 +76,10 @@ def surface(
 
     One direction gives dims ``("x",)``, two ``("x", "y")``, up to four. ``steps`` points per axis
     (odd ``steps`` with a symmetric ``span`` put θ exactly on the grid); ``span`` is a number s
-    (axis [−s, s]), a ``(lo, hi)`` pair, or one pair per axis; coordinates are in units of the
-    directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
+    (axis [−s, s]), a ``(lo, hi)`` pair, one pair per axis, or ``"auto"`` (``"auto:F"``): each axis
+    spans where the loss has risen by the factor F (default 2) along its direction, found by a few
+    loss evaluations (:mod:`lossatlas._auto_span`; recorded in ``attrs["span_auto"]``); coordinates
+    are in units of the directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
     in ``attrs["nan_points"]``/``attrs["inf_points"]``.
 
     ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem, or ``"loop"`` below 64
@@ -123,6 +127,14 @@ def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, direction
     :func:`surface` documents) and the validated store path."""
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+    span_auto = None
+    if isinstance(span, str):  # "auto" / "auto:F": spans found from the loss, recorded in attrs["span_auto"]
+        factor = _auto_span.parse(span, func)
+        start = problem.params() if center is None else center
+        problem.check_params(start, func=func, arg="center")
+        span_auto = json.loads(json.dumps(_auto_span.auto_span(problem, start, as_directions(directions, func=func)
+                                                               .vectors, factor), sort_keys=True))
+        span = [(-s, s) for s in span_auto["spans"]]
     if center is None:
         center = problem.params()
     problem.check_params(center, func=func, arg="center")
@@ -130,6 +142,7 @@ def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, direction
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
     worst = check_independent(dirs, func)
+    warn_if_stale(problem, func, dirs.vectors, "a direction")
     if "max_abs_cosine" not in dirs.spec:  # user directions: the measured value, not a default 0
         dirs = Directions(dirs.vectors, {**dirs.spec, "max_abs_cosine": worst})
     grid = Grid.make(len(dirs), steps, span, func=func)
@@ -178,7 +191,9 @@ def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, direction
     job = GridJob(
         kind="surface", func=func, grid=grid, variables=tuple(names), provenance=base, requested=requested,
         plan=plan, evaluator=lambda settings: make_evaluator(settings["strategy"], settings["vmap_batch"]),
-        attrs=lambda settings: _attrs(dict(base, **settings), dirs, problem), labels=tuple(dirs.labels),
+        attrs=lambda settings: dict(_attrs(dict(base, **settings), dirs, problem),
+                                    **({"span_auto": span_auto} if span_auto is not None else {})),
+        labels=tuple(dirs.labels),
         write_extra=lambda tmp: _save_basis(tmp, center, dirs), split="data" if parallel == "data" else "chunks",
         description=f"surface {'×'.join(map(str, grid.shape))}")
     return job, store

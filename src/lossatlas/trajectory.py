@@ -31,6 +31,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
+from ._ncattrs import make_safe
 from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value, public
 from .grid import DIM_NAMES
 from .problem import Problem
@@ -558,7 +559,7 @@ def project(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]]
     })
     if "explained_variance_ratio" in spec:
         ds.attrs["explained_variance_ratio"] = list(spec["explained_variance_ratio"])
-    return ds
+    return make_safe(ds)
 
 
 def _is_directions(obj: Any) -> bool:

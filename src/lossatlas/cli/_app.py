@@ -37,9 +37,107 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
                   help="Map loss landscapes of neural networks and prove (or fail to prove) non-convexity.")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import torch
+
+        from .._version import __version__
+
+        typer.echo(f"lossatlas {__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (anywhere on the "
+                                     "command line)."),
+          threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for the computation (anywhere on "
+                                      "the command line; default: LOSSATLAS_THREADS, else torch's default). A store "
+                                      "records the count it was made with."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="Print the version and exit.")) -> None:
     """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
+    if threads is not None:
+        set_threads(threads, "--threads")
+
+
+def set_threads(threads, option: str) -> int:
+    """Use ``threads`` intra-op CPU threads (checked: an integer >= 1)."""
+    import torch
+
+    from ..errors import InvalidArgumentError
+
+    try:
+        n = int(str(threads).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InvalidArgumentError(f"{option} must be an integer >= 1; received {threads!r}")
+    torch.set_num_threads(n)
+    return n
+
+
+def _threads_first(args: list[str]) -> list[str]:
+    """``--threads N`` (or ``--threads=N``) anywhere on the command line, moved before the command
+    (typer only knows root options there), as ``--debug``."""
+    out, front, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--threads" and i + 1 < len(args):
+            front += [a, args[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--threads="):
+            front.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return front + out
+
+
+#: library argument → CLI flag, for every command (beside each command's own options, found from its
+#: parameters): errors raised by the library name the flags a CLI user can type
+FLAG_FOR = {"overwrite=True": "--overwrite", "allow_large=True": "--allow-large", "progress=False": "--no-progress"}
+ARG_FOR = {  # per command: the library's argument name → the CLI's flag, where the two differ
+    "surface": {"store": "--store", "overwrite": "--overwrite", "center": "--checkpoint", "span": "--span"},
+    "ratio-map": {"overwrite": "--overwrite", "center": "--checkpoint"},
+    "interpolate": {"store": "--out", "overwrite": "--overwrite"},
+    "connect": {"store": "--out", "overwrite": "--overwrite"},
+    "trajectory": {"store": "--out", "overwrite": "--overwrite"},
+}
+
+
+def cli_message(text: str, args: list[str]) -> str:
+    """``text`` (a library error) with the library's argument names replaced by the flags of the
+    command being run (``overwrite=True`` → ``--overwrite``, ``argument 'steps'`` → ``--steps``)."""
+    import re
+
+    rest = list(args)
+    while rest and rest[0].startswith("-"):  # root options (--debug, --threads N) before the command
+        rest = rest[2:] if rest[0] == "--threads" else rest[1:]
+    command = rest[0] if rest else None
+    flags: dict[str, str] = {}
+    try:
+        group = typer.main.get_command(app)
+        cmd = group.commands.get(command) if command else None
+        for p in getattr(cmd, "params", []):
+            opts = [o for o in getattr(p, "opts", []) if o.startswith("--")]
+            if p.param_type_name == "option" and opts:
+                flags[p.name] = opts[0]
+            elif p.param_type_name == "argument":
+                flags[p.name] = p.name.upper()
+    except Exception:  # pragma: no cover - the message stays as the library wrote it
+        pass
+    flags.update(ARG_FOR.get(command or "", {}))
+    for python, flag in FLAG_FOR.items():
+        text = text.replace(python, flag)
+
+    def arg(m):
+        name = m.group(1)
+        if name not in flags:
+            return m.group(0)
+        flag = flags[name]
+        return f"option {flag}" if flag.startswith("--") else f"argument {flag}"
+    return re.sub(r"argument '([A-Za-z_][A-Za-z0-9_]*)'", arg, text)
 
 
 def console():
@@ -70,6 +168,31 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if debug:  # anywhere on the command line, as the help says: typer only knows it before the command
         args = ["--debug"] + [a for a in args if a != "--debug"]
+    args = _threads_first(args)
+    import os
+
+    if os.environ.get("LOSSATLAS_THREADS") and not any(a.startswith("--threads") for a in args):
+        try:
+            set_threads(os.environ["LOSSATLAS_THREADS"], "LOSSATLAS_THREADS")
+        except LossAtlasError as exc:
+            typer.secho(f"error: {exc}", err=True, fg="red")
+            raise SystemExit(2) from None
+    from typer._click import exceptions as click_exc  # typer vendors click
+
+    import warnings
+
+    from ..errors import BatchNormStatsWarning
+
+    shown_before = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BatchNormStatsWarning):  # the CLI's line, with the CLI's flag
+            text = " ".join(str(message).split()).replace("bn='recalibrate'", "--bn recalibrate")
+            typer.secho(f"warning: {text}", err=True, fg="yellow")
+        else:
+            shown_before(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     try:
         rc = app(args=args, prog_name="lossatlas", standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:
@@ -94,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     except LossAtlasError as exc:
         if debug:
             raise
-        typer.secho(f"error: {' '.join(str(exc).split())}", err=True, fg="red")
+        typer.secho(f"error: {cli_message(' '.join(str(exc).split()), args)}", err=True, fg="red")
         raise SystemExit(2) from None
     except Exception as exc:  # not a bad input but a failure lossatlas did not foresee: still one line
         if debug:
@@ -105,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(f"error: unexpected {type(exc).__name__}: {text} — this is a lossatlas bug or an "
                     "unsupported model; rerun with --debug for the traceback", err=True, fg="red")
         raise SystemExit(1) from None
+    finally:
+        warnings.showwarning = shown_before
     raise SystemExit(rc if isinstance(rc, int) else 0)  # as typer's standalone mode: always an exit status
 
 

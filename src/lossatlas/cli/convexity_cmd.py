@@ -55,7 +55,7 @@ def audit(
     if result.certificates:
         table = Table(title="certificates (re-checked by the plain float64 path, rounding error measured)")
         for col in ("kind", "t", "f(a)", "f(b)", "f(midpoint)", "Jensen gap", "bound", "detail"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for c in result.certificates:
             detail = (c.symmetry or {}).get("description") or (
                 f"λ = {c.eigen['value']:.4g}, residual {c.eigen['residual']:.1e}" if c.eigen else c.note)
@@ -99,7 +99,8 @@ def verify(
 
 @app.command()
 def compare(
-    targets: list[str] = typer.Argument(None, help="Example names (default: convex baselines and non-convex models)."),
+    targets: list[str] = typer.Argument(None, help="Example names or path/to/file.py:function returning a Problem "
+                                        "(default: convex baselines and non-convex models)."),
     budget: int = typer.Option(300, "--budget", min=1),
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
     methods: str = typer.Option("jensen,hessian,symmetry", "--methods"),
@@ -111,11 +112,22 @@ def compare(
 
     methods_value = _methods(methods)
     _checks.out_file(out, "--out", _checks.FIGURE_SUFFIXES, what="figure file")
-    result = convexity.compare(*(targets or ()), budget=budget, seed=seed, methods=methods_value,
+    resolved = []
+    for t in targets or ():
+        if ":" in t and t.split(":", 1)[0].endswith(".py"):  # a user's file: (name, problem, theta)
+            from ._target import resolve
+
+            tgt = resolve(t)
+            resolved.append((tgt.name, tgt.problem, tgt.center))
+        else:
+            resolved.append(t)
+    result = convexity.compare(*resolved, budget=budget, seed=seed, methods=methods_value,
                                progress=progress)
     table = Table(title="convexity audit, same budget and seed for every model")
+    longest = max((len(r["name"]) for r in result.rows()), default=5)
     for col in ("model", "known", "verdict", "certificates", "best Jensen gap", "λmin", "λmax", "λmin/λmax", "time"):
-        table.add_column(col)
+        # names whole (up to 24 characters), the other columns wrap rather than being cut
+        table.add_column(col, overflow="fold", min_width=min(longest, 24) if col == "model" else None)
 
     def fmt(v, spec=".3g"):
         return "—" if v is None else format(v, spec)

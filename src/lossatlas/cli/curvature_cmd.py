@@ -73,11 +73,11 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     name = "GGN" if ggn else "Hessian"
     table = Table(title=f"{name} of {tgt.name} at its centre ({size:,} parameters, {op.dtype})".replace(
         "torch.", ""))
-    table.add_column("")
-    table.add_column("eigenvalue", justify="right")
-    table.add_column("± error", justify="right")
-    table.add_column("residual / max|λ|", justify="right")
-    table.add_column("status", justify="left")
+    table.add_column("", overflow="fold")
+    table.add_column("eigenvalue", justify="right", overflow="fold")
+    table.add_column("± error", justify="right", overflow="fold")
+    table.add_column("residual / max|λ|", justify="right", overflow="fold")
+    table.add_column("status", justify="left", overflow="fold")
     half = len(eig) // 2 if len(eig) > 1 else len(eig)
     labels = [f"λ{i + 1}" if i else "λmax" for i in range(half)]
     labels += [f"λmin+{len(eig) - 1 - i}" if i < len(eig) - 1 else "λmin" for i in range(half, len(eig))]
@@ -147,13 +147,13 @@ def _print_layers(console, layers, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("layer", no_wrap=True)
-    table.add_column("size", justify="right", no_wrap=True)
-    table.add_column("trace", justify="right", no_wrap=True)
-    table.add_column("± stderr", justify="right", no_wrap=True)
-    table.add_column("λmax", justify="right", no_wrap=True)
-    table.add_column("± error", justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
+    table.add_column("layer", no_wrap=True, overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("trace", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("± stderr", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("λmax", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("± error", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("status", no_wrap=True, overflow="fold")
     for b in layers:
         status = "converged" if b.converged else "[red]not converged[/red]"
         table.add_row(b.name, f"{b.size:,}", f"{b.trace.value:.6g}", f"{b.trace.stderr:.2g}", f"{b.lambda_max:.6g}",

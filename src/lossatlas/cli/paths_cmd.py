@@ -44,8 +44,8 @@ def _table(title: str, rows: list[tuple[str, Any]]):
     from rich.table import Table
 
     table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
     for k, v in rows:
         table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
     return table

@@ -18,6 +18,7 @@ from ..directions import _registry as D
 from ..errors import InvalidArgumentError, StoreError
 from ..evaluator import STRATEGIES
 from ..examples._builtin import mlp_digits
+from .._ncattrs import get as get_attr
 from ..grid import Grid
 from ..params import filter_layout
 from ..params._layout import ignored
@@ -32,15 +33,19 @@ _NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
 KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
 
 
+def _attr(ds, key, default=None):
+    return get_attr(ds, key, default)
+
+
 @app.command()
 def examples() -> None:
     """List the built-in example problems."""
     from rich.table import Table
 
     table = Table(title="lossatlas examples")
-    table.add_column("name", style="bold")
-    table.add_column("convex in θ")
-    table.add_column("description")
+    table.add_column("name", style="bold", overflow="fold")
+    table.add_column("convex in θ", overflow="fold")
+    table.add_column("description", overflow="fold")
     for spec in ex.REGISTRY.values():
         convex = {True: "yes", False: "no (provably)", None: "unknown"}[spec.convex]
         table.add_row(spec.name, convex, spec.description)
@@ -120,6 +125,15 @@ def _auto_ignore(tgt, kind: str) -> str:
 
 
 def _span(span: str, dims: int):
+    if span.strip().lower().startswith("auto"):
+        from .._auto_span import parse
+
+        try:
+            parse(span)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(f"--span must be a number S, LO,HI, {dims} LO,HI pairs, auto or auto:F (F > 1); "
+                                       f"received {span!r}") from None
+        return span.strip().lower()
     try:
         parts = [float(v) for v in span.replace(":", ",").split(",")]
     except ValueError:
@@ -140,10 +154,11 @@ def _span(span: str, dims: int):
 @app.command()
 def surface(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
-    dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane."),
+    dims: int = typer.Option(2, "--dims", help="1 for a line, 2 for a plane, 3 or 4 for a volume (no figure)."),
     steps: int = typer.Option(41, "--steps", help="Points per axis (odd with a symmetric --span keeps θ on the "
                               "grid; otherwise θ's loss is evaluated apart)."),
-    span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions."),
+    span: str = typer.Option("1.0", "--span", help="Half-width S, or LO,HI, in units of the directions; auto (or "
+                             "auto:F): where the loss has risen by the factor F (default 2) along each direction."),
     directions: str = typer.Option("random", "--directions", help=" | ".join(
         [k.cli_usage + (f" ({k.cli_help})" if k.cli_help else "") for k in D.cli_kinds()] + ["example"]) + "."),
     norm: str = typer.Option("filter", "--norm", help=" | ".join(_NORMS) + " (random directions)."),
@@ -159,6 +174,8 @@ def surface(
     strategy: str = typer.Option("auto", "--strategy", help="auto | loop | vmap."),
     parallel: str = typer.Option("grid", "--parallel", help="Under torchrun: grid (ranks share the grid's "
                                  "chunks) | data (ranks share each point's batches)."),
+    bn: str = typer.Option(None, "--bn", help="BatchNorm statistics: eval (stored with the model; warned about when "
+                           "the directions move weights feeding BatchNorm) or recalibrate (recomputed at every point)."),
     plot_file: Path = typer.Option(None, "--plot", help="Also save a figure (PNG/PDF/SVG/HTML)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     allow_large: bool = typer.Option(False, "--allow-large", help="Run a grid of more than 10⁷ points (refused "
@@ -168,10 +185,14 @@ def surface(
     from rich.table import Table
 
     # every option is checked before the target is loaded and the directions are made
-    if dims not in (1, 2):
-        raise InvalidArgumentError(f"--dims must be 1 or 2; received {dims}")
+    if dims not in (1, 2, 3, 4):
+        raise InvalidArgumentError(f"--dims must be 1, 2, 3 or 4; received {dims}")
+    if plot_file is not None and dims > 2:
+        raise InvalidArgumentError(f"--plot draws a line (--dims 1) or a plane (--dims 2); received --dims {dims} "
+                                   "(save it with --store and slice it: lossatlas plot STORE --at z=0,w=0)")
     span_value = _span(span, dims)
-    grid = Grid.make(dims, steps, span_value, func="surface")  # --steps >= 1 and --span, as surface() checks them
+    grid = Grid.make(dims, steps, 1.0 if isinstance(span_value, str) else span_value,  # --steps and --span,
+                     func="surface")  # as surface() checks them ("auto": the spans are found later)
     _checks.choice(strategy, "--strategy", STRATEGIES)
     _checks.choice(parallel, "--parallel", PARALLEL)
     _checks.choice(norm, "--norm", _NORMS)
@@ -179,9 +200,15 @@ def surface(
     _direction_kind(directions)
     _checks.store_path(store, "--store")
     _check_figure_path(plot_file, "--plot")
+    if bn is not None:
+        _checks.choice(bn, "--bn", ("eval", "recalibrate"))
     if device == "rank":
         device = str(distributed.device_for_rank())
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
+    if bn is not None:
+        from ..paths import with_bn
+
+        tgt.problem = with_bn(tgt.problem, bn)
     check_grid_cost("surface", grid, tgt.problem, tgt.center, variables=len(tgt.problem.metric_names),
                     allow_large=allow_large)
     if ignore == "auto":
@@ -195,19 +222,25 @@ def surface(
     if not distributed.context().is_main:
         return  # under torchrun, rank 0 reports and draws
     ds.attrs["name"] = tgt.name
+    if store is not None:
+        _record_name(store, tgt.name)
     loss = ds.loss.values
     table = Table(title=f"surface of {tgt.name}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
+    table.add_column("quantity", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     at_center, where = centre_values(ds, tgt.problem, tgt.center)
     rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
-            ("directions", ", ".join(ds.attrs.get("direction_labels", []))),
+            ("directions", ", ".join(_attr(ds, "direction_labels", []))),
             ("loss at centre θ" + "*" * bool(where), f"{at_center['loss']:.6g}"),
             ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
             ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
             ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
     if "accuracy" in at_center:
         rows.insert(4, ("accuracy at centre θ" + "*" * bool(where), f"{at_center['accuracy']:.4f}"))
+    found = _attr(ds, "span_auto")
+    if found:
+        rows.insert(2, ("span (auto)", ", ".join(f"±{v:.3g}" for v in found["spans"])
+                        + f" (loss ×{found['factor']:g}, {found['evaluations']} evaluations)"))
     if store is not None:
         rows.append(("store", str(store)))
     for k, v in rows:
@@ -223,6 +256,19 @@ def surface(
     if plot_file is not None:
         _write_figure(ds, plot_file, kind=None)
         _console().print(f"figure: {plot_file}")
+    if store is None and plot_file is None:
+        console.print("nothing was saved: pass --store PATH to keep the values (resumable), or --plot FILE for a "
+                      "figure", soft_wrap=True)
+
+
+def _record_name(store: Path, name: str) -> None:
+    """The problem's name in the store's attrs (figures drawn later from the store are titled by it)."""
+    from ..store import GridStore
+
+    try:
+        GridStore.update_attrs(store, {"name": str(name)})  # re-sealed: not an edit
+    except Exception:  # pragma: no cover - a read-only store still gives its values
+        pass
 
 
 def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
@@ -276,29 +322,95 @@ def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", lo
 
 @app.command("plot")
 def plot_cmd(
-    store: Path = typer.Argument(..., help="A store written by `lossatlas surface` (or the demo)."),
-    kind: str = typer.Option(None, "--kind", help="line | contour | filled | heatmap | surface3d | html."),
+    store: Path = typer.Argument(..., help="A store written by `lossatlas surface`, `ratio-map` (or the demo)."),
+    kind: str = typer.Option(None, "--kind", help="line | contour | filled | heatmap | surface3d | html (default: "
+                             "line for 1-D, contour for 2-D, the |λmin/λmax| map for a ratio map)."),
     out: Path = typer.Option(None, "--out", help="Figure file (.png, .pdf, .svg, .html)."),
-    variable: str = typer.Option("loss", "--var", help="Variable to draw (loss, accuracy, …)."),
+    variable: str = typer.Option(None, "--var", help="Variable to draw (default: loss; ratio for a ratio map)."),
+    at: str = typer.Option(None, "--at", help="Slice the stored grid first: y=0 (a plane → a line), z=0,w=0 …; "
+                           "the nearest grid value is used and printed."),
     log: bool = typer.Option(False, "--log", help="Logarithmic colour/value scale."),
     vmin: float = typer.Option(None, "--vmin"),
     vmax: float = typer.Option(None, "--vmax"),
     levels: int = typer.Option(30, "--levels", min=1, help="Number of contour levels."),
 ) -> None:
-    """Draw a stored surface."""
+    """Draw a stored surface (or a slice of it, --at), or a stored |λmin/λmax| ratio map."""
     if kind is not None:
         _checks.choice(kind, "--kind", KINDS)
     _checks.value_range(vmin, vmax)
     _check_figure_path(out, "--out", kind)
+    cuts = _parse_at(at)
     ds = open_surface(store)
+    ratio = ds.attrs.get("kind") == "ratio_map"
+    if variable is None:
+        variable = "ratio" if ratio else "loss"
     if variable not in ds.data_vars:
         raise InvalidArgumentError(f"--var must be one of {sorted(ds.data_vars)}; received {variable!r}")
+    console = _console()
+    if cuts:
+        ds, note = _slice(ds, cuts)
+        console.print(note, soft_wrap=True, markup=False)
+    if ds[variable].ndim not in (1, 2):
+        raise InvalidArgumentError(f"this store has {ds[variable].ndim} axes ({', '.join(ds[variable].dims)}); "
+                                   "slice it to 1 or 2 with --at, e.g. --at z=0,w=0")
     if out is None:
         suffix = ".html" if kind == "html" else ".png"
-        out = store.with_name(store.name.removesuffix(".zarr") + f"-{kind or 'plot'}{suffix}")
+        tag = kind or ("ratio" if ratio and variable == "ratio" else "plot")
+        cut = "".join(f"-{d}{ds.attrs[f'slice_{d}']:g}" for d in cuts)
+        out = store.with_name(store.name.removesuffix(".zarr") + f"{cut}-{tag}{suffix}")
         _check_figure_path(out, "--out", kind)
-    path = _write_figure(ds, out, kind=kind, variable=variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
-    _console().print(f"wrote {path}")
+    if ratio and kind is None and ds[variable].ndim == 2 and variable in ("ratio", "lambda_min", "lambda_max"):
+        path = _write_ratio(ds, out, variable)
+    else:
+        path = _write_figure(ds, out, kind=kind, variable=variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
+    console.print(f"wrote {path}")
+
+
+def _parse_at(at: str | None) -> dict[str, float]:
+    if at is None:
+        return {}
+    cuts: dict[str, float] = {}
+    for part in at.split(","):
+        name, eq, value = part.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError
+            cuts[name.strip()] = float(value)
+        except ValueError:
+            raise InvalidArgumentError(f"--at must be AXIS=VALUE[,AXIS=VALUE] (e.g. y=0); received {at!r}") from None
+    return cuts
+
+
+def _slice(ds, cuts: dict[str, float]):
+    """``ds`` at the grid values nearest to ``cuts``, and a line saying which values were used."""
+    dims = list(ds.loss.dims) if "loss" in ds else list(ds.dims)
+    unknown = [d for d in cuts if d not in dims]
+    if unknown:
+        raise InvalidArgumentError(f"--at names axis {unknown[0]!r}; this store's axes are {', '.join(dims)}")
+    used = {}
+    for d, v in cuts.items():
+        axis = ds[d].values
+        used[d] = float(axis[int(np.argmin(np.abs(axis - v)))])
+    out = ds.sel(used)
+    words = ", ".join(f"{d}={used[d]:g}" + ("" if used[d] == cuts[d] else f" (nearest grid value to {cuts[d]:g})")
+                      for d in cuts)
+    for d in cuts:
+        out.attrs[f"slice_{d}"] = used[d]
+    return out, f"slice at {words}"
+
+
+def _write_ratio(ds, out: Path, variable: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import plot
+
+    fig = plot.ratio_map(ds, variable=variable)
+    path = plot.save(fig, out)
+    plt.close(fig)
+    return path
 
 
 def _check_store(store: Path) -> int:
@@ -353,8 +465,8 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
     ds = open_surface(store)
     prov = json.loads(ds.attrs["provenance"])
     table = Table(title=f"{store}")
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("field", style="bold", overflow="fold")
+    table.add_column("value", overflow="fold")
     grid = ", ".join(f"{d}: {ds.sizes[d]} points in [{float(ds[d].min()):g}, {float(ds[d].max()):g}]"
                      for d in ds.loss.dims)
     rows = [
@@ -364,7 +476,7 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
         ("grid", grid),
         ("chunk shape", str(ds.attrs.get("chunk_shape"))),
         ("variables", ", ".join(ds.data_vars)),
-        ("directions", f"{prov['direction_spec'].get('kind')} — " + ", ".join(ds.attrs.get("direction_labels", []))),
+        ("directions", f"{prov['direction_spec'].get('kind')} — " + ", ".join(_attr(ds, "direction_labels", []))),
         ("norm / ignore / seed", f"{ds.attrs.get('direction_norm')} / {ds.attrs.get('direction_ignore')} / "
                                  f"{ds.attrs.get('direction_seed')}"),
         ("dtype / strategy", f"{ds.attrs.get('dtype')} / {ds.attrs.get('strategy')}"),

@@ -71,6 +71,40 @@ class Audit:
     def proven_nonconvex(self) -> bool:
         return self.verdict == PROVEN
 
+    def _rows(self) -> list[tuple[str, str]]:
+        from .._repr import num
+
+        kinds = ", ".join(sorted({c.kind for c in self.certificates}))
+        rows = [("verdict", self.verdict),
+                ("certificates", f"{len(self.certificates)}" + (f" ({kinds})" if kinds else ""))]
+        if self.certificates:
+            best = max(self.certificates, key=lambda c: c.margin)
+            rows.append(("strongest", f"{best.kind}: gap {num(best.gap, '.3e')} > bound {num(best.bound, '.1e')}"))
+        if self.lambda_min is not None:
+            rows.append(("Hessian at θ", f"λmin ≈ {num(self.lambda_min)}, λmax ≈ {num(self.lambda_max)}"))
+        if self.best_jensen_gap is not None:
+            rows.append(("best Jensen gap", num(self.best_jensen_gap, ".3e")))
+        if self.skipped:
+            rows.append(("skipped", ", ".join(self.skipped)))
+        rows.append(("time", f"{self.seconds:.1f} s"))
+        return rows
+
+    def __repr__(self) -> str:
+        from .._repr import text
+
+        rows = dict(self._rows())
+        fields = [("verdict", repr(self.verdict)), ("certificates", rows["certificates"])]
+        if self.name:
+            fields.insert(0, ("name", repr(self.name)))
+        extra = [f"{k}: {v}" for k, v in self._rows() if k not in ("verdict", "certificates")]
+        return text("Audit", fields, extra + ["(.summary() explains it in words; .certificates holds the proofs)"])
+
+    def _repr_html_(self) -> str:
+        from .._repr import table
+
+        return table(f"Audit{' of ' + self.name if self.name else ''}", self._rows(),
+                     "Never “convex”: sampling cannot prove convexity. .summary() explains the verdict in words.")
+
     def summary(self) -> str:
         """A few sentences for people."""
         head = f"{self.name + ': ' if self.name else ''}{self.verdict}"

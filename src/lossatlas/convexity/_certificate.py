@@ -108,6 +108,33 @@ class Certificate:
         """gap − bound: how far beyond rounding the violation is (> 0 for a valid certificate)."""
         return self.gap - self.bound
 
+    def _rows(self) -> list[tuple[str, str]]:
+        from .._repr import num
+
+        rows = [("kind", self.kind), ("t", num(self.t, ".3g")),
+                ("f(a), f(b)", f"{num(self.losses.get('a'), '.6g')}, {num(self.losses.get('b'), '.6g')}"),
+                ("f((1−t)a + tb)", num(self.losses.get("t"), ".6g")),
+                ("Jensen gap", f"{num(self.gap, '.3e')} > rounding bound {num(self.bound, '.1e')}"),
+                ("parameters", f"{sum(int(v.numel()) for v in self.a.values()):,}")]
+        if self.eigen:
+            rows.append(("eigenvalue", f"λ = {num(self.eigen.get('value'))} (residual "
+                                       f"{num(self.eigen.get('residual', float('nan')), '.1e')})"))
+        if self.symmetry:
+            rows.append(("symmetry", str(self.symmetry.get("description", self.symmetry.get("kind")))))
+        return rows
+
+    def __repr__(self) -> str:
+        from .._repr import num, text
+
+        return text("Certificate", [("kind", repr(self.kind)), ("gap", num(self.gap, ".3e")),
+                                    ("bound", num(self.bound, ".1e")), ("t", num(self.t, ".3g"))],
+                    ["(.summary() in words; .verify(problem) re-checks it in float64; .a, .b hold the points)"])
+
+    def _repr_html_(self) -> str:
+        from .._repr import table
+
+        return table("Certificate of non-convexity", self._rows(), ".verify(problem) re-checks it in float64.")
+
     def summary(self) -> str:
         text = (f"{self.kind} certificate: f(a) = {self.losses['a']:.6g}, f(b) = {self.losses['b']:.6g}, "
                 f"f((1−t)a + tb) = {self.losses['t']:.6g} at t = {self.t:.3g}; Jensen gap {self.gap:.3e} > "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..plot._checks import figure as _released_figure, subplots as _released_subplots  # noqa: F401
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +45,7 @@ class Comparison:
         from matplotlib.ticker import SymmetricalLogLocator
 
         n = len(self.audits)
-        fig = plt.figure(figsize=(4.2 * max(n, 3), 9))
+        fig = _released_figure(figsize=(4.2 * max(n, 3), 9))
         grid = fig.add_gridspec(3, n)
         ax_h = fig.add_subplot(grid[0, : max(1, n // 2)])
         ax_l = fig.add_subplot(grid[0, max(1, n // 2):])

@@ -118,10 +118,12 @@ class LayerCurvature:
         data = {key: ("block", np.array([r[key] for r in rows]))
                 for key in ("trace", "trace_stderr", "lambda_max", "lambda_max_error", "size", "products")}
         data["converged"] = ("block", np.array([int(r["converged"]) for r in rows]))
-        return xr.Dataset(data, coords={"block": [r["block"] for r in rows]},
+        from .._ncattrs import make_safe
+
+        return make_safe(xr.Dataset(data, coords={"block": [r["block"] for r in rows]},
                           attrs={"kind": self.kind, "product_method": self.product_method, "exact": int(self.exact),
                                  "trace_method": self.trace_method, "probes": self.probes, "tol": self.tol,
-                                 "seed": self.seed, "dtype": self.dtype, "notes": "\n".join(self.notes)})
+                                 "seed": self.seed, "dtype": self.dtype, "notes": "\n".join(self.notes)}))
 
     def __repr__(self) -> str:
         rows = "\n".join(f"  {b!r}," for b in self.blocks)

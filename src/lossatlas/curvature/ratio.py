@@ -95,6 +95,9 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     problem.check_params(center, func=func, arg="center")
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
+    from .._bn_honesty import warn_if_stale
+
+    warn_if_stale(problem, func, dirs.vectors, "a direction")
     grid = Grid.make(len(dirs), steps, span, func=func)
     tol = C.check_tol(func, tol)
     seed = C.check_seed(func, seed)

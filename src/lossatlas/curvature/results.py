@@ -150,10 +150,26 @@ class Eigen:
                                                self.extremal_certified, self.status)]
 
     def __repr__(self) -> str:
-        pairs = ", ".join(f"{v:.6g} ± {e:.1e} ({st})" for v, e, st in zip(self.values, self.errors, self.status))
+        from .._repr import text
+
+        shown = list(zip(self.values, self.errors, self.status))
+        pairs = ", ".join(f"{v:.6g} ± {e:.1e} ({st})" for v, e, st in shown[:6])
+        if len(shown) > 6:
+            pairs += f", … {len(shown) - 6} more"
         notes = "".join(f"; note: {n}" for n in self.notes)
-        return (f"Eigen(which={self.which!r}, [{pairs}], products={self.products}, "
-                f"product_method={self.product_method!r}, zero_tol={self.zero_tol:.2g}{notes})")
+        return text("Eigen", [("which", repr(self.which))],
+                    [f"[{pairs}]", f"products={self.products}, product_method={self.product_method!r}, "
+                                   f"zero_tol={self.zero_tol:.2g}{notes}"])
+
+    def _repr_html_(self) -> str:
+        from .._repr import table
+
+        rows = [(f"λ{i + 1}", f"{v:.6g} ± {e:.1e} ({st})")
+                for i, (v, e, st) in enumerate(list(zip(self.values, self.errors, self.status))[:10])]
+        if len(self.values) > 10:
+            rows.append(("…", f"{len(self.values) - 10} more (.summary())"))
+        rows += [("products", f"{self.products} ({self.product_method})"), ("zero band τ", f"{self.zero_tol:.2g}")]
+        return table(f"Eigen ({self.which})", rows, "; ".join(self.notes))
 
 
 @dataclass(frozen=True)
@@ -200,6 +216,30 @@ class Density:
     zero_tol: float = 0.0
     product_method: str = "double-backward"
     notes: tuple[str, ...] = ()
+
+    def _rows(self) -> list[tuple[str, str]]:
+        lo, hi = self.negative_bounds
+        return [("size n", f"{self.size:,}"), ("probes × iters", f"{self.nodes.shape[0]} × {self.iters}"),
+                ("trace", f"{self.trace.value:.6g} ± {self.trace.stderr:.2g}"),
+                ("negative mass (< −τ)", f"{self.negative_mass.value:.3g} ± {self.negative_mass.stderr:.2g}"),
+                ("negative mass bracket", f"[{lo:.3g}, {hi:.3g}]"),
+                ("Ritz range", f"[{float(self.nodes.min()):.4g}, {float(self.nodes.max()):.4g}]"),
+                ("σ, τ", f"{self.sigma:.3g}, {self.zero_tol:.2g}"),
+                ("products", f"{self.products} ({self.product_method})")]
+
+    def __repr__(self) -> str:
+        from .._repr import text
+
+        rows = dict(self._rows())
+        return text("Density", [("size", self.size), ("trace", rows["trace"]),
+                                ("negative_mass", rows["negative mass (< −τ)"])],
+                    [f"bracket {rows['negative mass bracket']}, Ritz range {rows['Ritz range']}, "
+                     f"probes × iters {rows['probes × iters']}, products {self.products}"])
+
+    def _repr_html_(self) -> str:
+        from .._repr import table
+
+        return table("Spectral density (stochastic Lanczos quadrature)", self._rows(), "; ".join(self.notes))
 
     def __call__(self, t: Any) -> np.ndarray:
         """φ at the points ``t`` (any array shape)."""

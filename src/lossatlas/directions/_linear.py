@@ -120,14 +120,53 @@ def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -
                                 "labels": [str(n) for n in names]})
 
 
+def _split_names(text: str) -> list[str]:
+    """Comma-separated names, where an element index ``w[1, 2]`` keeps its comma."""
+    names, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            names.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    names.append(cur.strip())
+    return [n for n in names if n]
+
+
 def _axes_from_cli(target: Any, *, dims: int, norm: str | None, ignore: str | None, seed: int, arg: str) -> Directions:
-    names = [n.strip() for n in arg.split(",") if n.strip()]
+    """``--directions axes:NAME[,NAME]``: a scalar parameter or an element ``w[i, j]`` is a unit
+    coordinate direction; the name of a whole tensor (a layer's ``fc.weight``) is one direction along
+    that tensor's own values, normalised to norm 1 (the coordinate is the distance moved, and −‖W‖
+    zeroes the layer)."""
+    names = _split_names(arg)
+    kind = "axes:" + arg
     if len(names) != dims:
-        raise InvalidArgumentError(f"--directions {'axes:' + arg!r} names {len(names)} parameters but --dims is {dims}")
-    return axes(target.center, names)
+        raise InvalidArgumentError(f"--directions {kind!r} names {len(names)} parameters but --dims is {dims}")
+    center = target.center
+    whole = [n for n in names if "[" not in n and n in center and center[n].ndim > 0]
+    if not whole:
+        return axes(center, names)
+    vectors, labels = [], []
+    for n in names:
+        if n in whole:
+            t = center[n]
+            size = float(torch.linalg.vector_norm(t.detach().double()))
+            if not size > 0:
+                raise InvalidArgumentError(f"--directions {kind!r}: layer {n!r} is all zeros, so it gives no "
+                                           "direction; name one of its elements (NAME[i,j]) instead")
+            d = {k: torch.zeros_like(v) for k, v in center.items()}
+            d[n] = t.detach() / size
+            vectors.append(d)
+            labels.append(f"{n} (whole tensor, unit norm)")
+        else:
+            vectors.append(axes(center, [n]).vectors[0])
+            labels.append(n)
+    return Directions(vectors, {"kind": "axes", "n": len(names), "norm": "layer-unit", "names": names,
+                                "labels": labels})
 
 
 register(DirectionKind("between", "interpolation", between, needs="models"))
 register(DirectionKind("plane", "plane through models", plane, needs="models"))
 register(DirectionKind("axes", "parameter axes", axes, needs="params", cli=_axes_from_cli,
-                       cli_usage="axes:NAME[,NAME]", cli_help="single parameters", takes_argument=True))
+                       cli_usage="axes:NAME[,NAME]", cli_help="a scalar parameter, an element W[i,j], or a whole tensor: one direction along its values, unit norm", takes_argument=True))

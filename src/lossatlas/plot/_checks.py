@@ -88,3 +88,36 @@ def _oserror(exc: OSError) -> str:
 
 
 __all__ = ["check_limit", "check_limits", "check_levels", "check_out_path", "write_failed"]
+
+
+def _inline_backend() -> bool:
+    import matplotlib
+
+    return "inline" in str(matplotlib.get_backend()).lower()
+
+
+def released(fig):
+    """``fig`` as a figure that a notebook displays once: in Jupyter's inline backend a figure still
+    open in pyplot is drawn at the end of the cell *and* again as the cell's returned value, so it is
+    closed there (it still displays, saves and can be edited); elsewhere pyplot keeps it, so that
+    ``plt.show()`` in a script shows it."""
+    if _inline_backend():
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return fig
+
+
+def subplots(*args, **kwargs):
+    """``plt.subplots`` whose figure is :func:`released` (shown once in notebooks)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(*args, **kwargs)
+    return released(fig), ax
+
+
+def figure(**kwargs):
+    """``plt.figure`` whose figure is :func:`released` (shown once in notebooks)."""
+    import matplotlib.pyplot as plt
+
+    return released(plt.figure(**kwargs))

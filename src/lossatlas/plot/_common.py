@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from .._ncattrs import get as _get
+
 
 def _mpl():
     import matplotlib
@@ -38,7 +40,7 @@ def _mark_center(ax, ds: xr.Dataset, dims: Sequence[str], mark: bool) -> None:
     if all(c.min() <= 0 <= c.max() for c in coords):
         ax.plot(*([0.0] * len(dims)), marker="*", color="red", markersize=12, markeredgecolor="white",
                 linestyle="none", label="θ (centre)", zorder=5)
-    anchors = ds.attrs.get("anchors")
+    anchors = _get(ds, "anchors")
     if isinstance(anchors, dict):
         for name, xy in anchors.items():
             if name != "a" and len(xy) == len(dims):

@@ -5,6 +5,8 @@ matplotlib is imported inside the functions; each returns a ``matplotlib.figure.
 
 from __future__ import annotations
 
+from ._checks import figure as _released_figure, subplots as _released_subplots  # noqa: F401
+
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,7 @@ def _figure(ax: Any, size: tuple[float, float]):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=size)
+        fig, ax = _released_subplots(figsize=size)
         return fig, ax
     return ax.figure, ax
 

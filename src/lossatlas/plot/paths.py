@@ -4,6 +4,8 @@ bend). Each function returns a matplotlib ``Figure``; matplotlib is imported laz
 
 from __future__ import annotations
 
+from ._checks import figure as _released_figure, subplots as _released_subplots  # noqa: F401
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ def _axes(ax: Any, figsize: tuple[float, float]):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
+        fig, ax = _released_subplots(figsize=figsize)
         return fig, ax
     return ax.figure, ax
 

@@ -5,6 +5,8 @@ matplotlib is imported inside the function; it returns a ``matplotlib.figure.Fig
 
 from __future__ import annotations
 
+from ._checks import figure as _released_figure, subplots as _released_subplots  # noqa: F401
+
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ def per_layer(result: Any, *, title: str | None = None, log: bool = False):
     lmax = np.array([b.lambda_max for b in result])
     err = np.array([b.lambda_max_error if np.isfinite(b.lambda_max_error) else 0.0 for b in result])
     width = max(5.0, 0.55 * len(names) + 2.0)
-    fig, axes = plt.subplots(2, 1, figsize=(width, 5.6), sharex=True)
+    fig, axes = _released_subplots(2, 1, figsize=(width, 5.6), sharex=True)
     axes[0].bar(pos, trace, yerr=stderr, color="C0", capsize=3, ecolor="0.2")
     axes[0].set_ylabel("trace of H_bb (± 1 s.e.)")
     bars = axes[1].bar(pos, lmax, yerr=err, color="C1", capsize=3, ecolor="0.2")

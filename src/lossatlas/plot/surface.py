@@ -9,6 +9,8 @@ contour lines of the loss over the plane, the 3D surface clipped to ``vmax``.
 
 from __future__ import annotations
 
+from ._checks import figure as _released_figure, subplots as _released_subplots  # noqa: F401
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import xarray as xr
 
 from ..directions._registry import describe as describe_directions
 from ..errors import InvalidArgumentError, bad_type, bad_value, public
+from .._ncattrs import get as _get
 from ._checks import check_levels, check_limits, check_out_path, write_failed
 from ._common import _mark_center, _masked, _mpl  # noqa: F401 (also used by other plot modules)
 
@@ -54,7 +57,10 @@ def _title(ds: xr.Dataset, variable: str, title: str | None) -> str:
     what = describe_directions(kind, ds.attrs)
     name = ds.attrs.get("name")
     head = f"{name}: " if name else ""
-    return f"{head}{variable} on a {shape} grid" + (f" ({what})" if what else "")
+    cuts = ", ".join(f"{k[6:]}={v:g}" for k, v in ds.attrs.items() if k.startswith("slice_") and
+                     isinstance(v, (int, float)))
+    return (f"{head}{variable} on a {shape} grid" + (f" ({what})" if what else "")
+            + (f", slice at {cuts}" if cuts else ""))
 
 
 
@@ -116,7 +122,7 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     plt = _mpl()
     dim = ds[names[0]].dims[0]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _released_subplots(figsize=(6, 4))
     else:
         fig = ax.figure
     x = ds[dim].values
@@ -132,7 +138,7 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     ax.set_ylabel(", ".join(names))
     if mark_center and x.min() <= 0 <= x.max():
         ax.axvline(0.0, color="red", linestyle=":", linewidth=1, label="θ (centre)")
-    for name, xy in (ds.attrs.get("anchors") or {}).items() if isinstance(ds.attrs.get("anchors"), dict) else []:
+    for name, xy in (_get(ds, "anchors") or {}).items() if isinstance(_get(ds, "anchors"), dict) else []:
         ax.axvline(float(xy[0]), color="grey", linestyle="--", linewidth=0.8)
         ax.annotate(name, (float(xy[0]), ax.get_ylim()[1]), textcoords="offset points", xytext=(3, -12))
     handles, labels = ax.get_legend_handles_labels()
@@ -170,7 +176,7 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
         z = np.ma.minimum(z, vmax)  # filled: clip into the top colour; lines above vmax are simply not drawn
     lv = _levels(z, levels, vmin, vmax, log)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = _released_subplots(figsize=(6, 5))
     else:
         fig = ax.figure
     from matplotlib.colors import LogNorm
@@ -216,7 +222,7 @@ def heatmap(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, log)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = _released_subplots(figsize=(6, 5))
     else:
         fig = ax.figure
     from matplotlib.colors import LogNorm, Normalize
@@ -256,7 +262,7 @@ def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = No
         positive = zf[np.isfinite(zf) & (zf > 0)]
         zf = np.log10(np.maximum(zf, positive.min() if positive.size else 1e-12))
     if ax is None:
-        fig = plt.figure(figsize=(7, 5.5))
+        fig = _released_figure(figsize=(7, 5.5))
         ax = fig.add_subplot(projection="3d")
     else:
         fig = ax.figure
