@@ -21,10 +21,10 @@ def upstream_params(problem) -> set[str]:
     """Names of the parameters registered before the last BatchNorm layer (in module order): the
     weights whose change alters some BatchNorm layer's input (an approximation for models that
     register modules in the order they run, as nn.Sequential and most nets do)."""
-    bn = getattr(problem, "_bn_modules", [])
+    bn = problem.batchnorm_modules
     if not bn:
         return set()
-    module = problem._module
+    module = problem.module
     last = None
     for name, m in module.named_modules():
         if any(m is b for b in bn):

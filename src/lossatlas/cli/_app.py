@@ -140,11 +140,12 @@ def cli_message(text: str, args: list[str]) -> str:
     return re.sub(r"argument '([A-Za-z_][A-Za-z0-9_]*)'", arg, text)
 
 
-def console():
-    """The rich console every command prints with (one place)."""
+def console(*, soft_wrap: bool = False):
+    """The rich console every command prints with (one place); ``soft_wrap``: long lines are not
+    broken by rich (they stay greppable in a pipe; the terminal wraps them)."""
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=soft_wrap)
 
 
 def _usage_line(exc) -> str:

@@ -28,7 +28,11 @@ from ..surface import open_directions
 from ..trajectory import Trajectory, load_state, project
 from . import _checks
 from ._app import app
-from ._app import console as _console
+from ._app import console
+
+
+def _console():
+    return console(soft_wrap=True)
 from ._target import _center_from_checkpoint, checkpoint_note, problem_from_checkpoint, resolve
 
 _OUT = typer.Option(None, "--out", help="Output directory (default: lossatlas-<command>).")
