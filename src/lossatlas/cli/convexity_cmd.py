@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from .. import convexity, plot
-from ..convexity import METHODS
+from ..convexity._methods import REGISTRY as METHOD_REGISTRY
+from ..convexity._methods import method_names
 from ..errors import InvalidArgumentError
 from . import _checks
 from ._app import app
@@ -18,10 +19,16 @@ from ._target import centre_line, resolve
 
 def _methods(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHOD_REGISTRY]
     if bad or not methods:
-        raise InvalidArgumentError(f"--methods must be a comma-separated subset of {', '.join(METHODS)}; received {text!r}")
+        raise InvalidArgumentError(f"--methods must be a comma-separated subset of {', '.join(method_names())}; "
+                                   f"received {text!r}")
     return methods
+
+
+#: the default of --methods (every method registered when the CLI loads) and its help
+_DEFAULT_METHODS = ",".join(method_names())
+_METHODS_HELP = "Comma-separated methods: " + "; ".join(f"{m.name} ({m.description})" for m in METHOD_REGISTRY.values())
 
 
 @app.command()
@@ -29,7 +36,7 @@ def audit(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
     budget: int = typer.Option(400, "--budget", min=1, help="Loss evaluations for the Jensen search."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
-    methods: str = typer.Option("jensen,hessian,symmetry", "--methods", help="Comma-separated methods."),
+    methods: str = typer.Option(_DEFAULT_METHODS, "--methods", help=_METHODS_HELP),
     save_certificate: Path = typer.Option(None, "--save-certificate", help="Write the strongest certificate (.npz)."),
     json_out: Path = typer.Option(None, "--json", help="Write the audit as JSON."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="state_dict file giving θ."),
@@ -103,7 +110,7 @@ def compare(
                                         "(default: convex baselines and non-convex models)."),
     budget: int = typer.Option(300, "--budget", min=1),
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
-    methods: str = typer.Option("jensen,hessian,symmetry", "--methods"),
+    methods: str = typer.Option(_DEFAULT_METHODS, "--methods", help=_METHODS_HELP),
     out: Path = typer.Option(None, "--out", help="Figure file (PNG/PDF/SVG)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:

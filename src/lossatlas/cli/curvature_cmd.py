@@ -9,7 +9,8 @@ import numpy as np
 import typer
 
 from .. import curvature
-from ..curvature.operators import as_operator
+from ..curvature import _registry as estimators
+from ..errors import InvalidArgumentError
 from ..plot.curvature import density as plot_density
 from ..plot.curvature import ratio_map as plot_ratio_map
 from . import _checks
@@ -29,6 +30,26 @@ def _figure_out(fig, path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
+def _matrix_help() -> str:
+    return "The curvature matrix: " + "; ".join(f"{r.name} ({r.description})" for r in estimators.cli_matrices()) \
+        + " (default: hessian)."
+
+
+def _matrix(matrix: str | None, ggn: bool, per_layer: bool) -> estimators.CurvatureEstimator:
+    """The record of ``--matrix`` (``--ggn`` is short for ``--matrix ggn``), checked before any work."""
+    names = [r.name for r in estimators.cli_matrices()]
+    if ggn and matrix not in (None, "ggn"):
+        raise InvalidArgumentError(f"--ggn is short for --matrix ggn; received --ggn with --matrix {matrix}")
+    name = "ggn" if ggn else (matrix or "hessian")
+    if name not in names:
+        raise InvalidArgumentError(f"--matrix must be one of {', '.join(names)}; received {name!r}")
+    layers = estimators.REGISTRY["per_layer"]
+    if per_layer and not layers.accepts(name):
+        raise InvalidArgumentError(f"--per-layer needs --matrix {' or '.join(layers.matrices)}; received "
+                                   f"--matrix {name}")
+    return estimators.REGISTRY[name]
+
+
 @app.command()
 def hessian(target: str = typer.Argument(..., help="Example name or path/to/file.py:function."),
             k: int = typer.Option(3, "--k", min=1, help="Eigenvalues at each end of the spectrum."),
@@ -40,7 +61,8 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             density_plot: Path | None = typer.Option(None, "--density-plot", help="Write the density figure here."),
             params: str | None = typer.Option(None, "--params", help="Parameters: 'weights', a layer, names or "
                                               "glob patterns separated by commas (default: all)."),
-            ggn: bool = typer.Option(False, "--ggn", help="The generalised Gauss–Newton matrix instead."),
+            matrix: str | None = typer.Option(None, "--matrix", help=_matrix_help()),
+            ggn: bool = typer.Option(False, "--ggn", help="Short for --matrix ggn."),
             checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A state_dict for the centre."),
             dtype: str | None = typer.Option(None, "--dtype", help="float32 or float64."),
             device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, …"),
@@ -50,27 +72,28 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             per_layer_plot: Path | None = typer.Option(None, "--per-layer-plot", help="Write the per-layer bar "
                                                        "chart here (implies --per-layer)."),
             progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")) -> None:
-    """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre;
-    with --per-layer, the trace and λmax of each layer's block of the Hessian."""
+    """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre
+    (or of another curvature matrix: --matrix); with --per-layer, the trace and λmax of each layer's block."""
     from rich.console import Console
     from rich.table import Table
 
     _checks.positive(tol, "--tol")
     _checks.out_file(density_plot, "--density-plot", _checks.FIGURE_SUFFIXES, what="figure file")
+    record = _matrix(matrix, ggn, per_layer or per_layer_plot is not None)
     console = Console()
     t0 = time.perf_counter()
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     if "checkpoint" in tgt.info:
         console.print(centre_line(tgt), soft_wrap=True, highlight=False)
-    kind = "ggn" if ggn else "hessian"
-    op = as_operator(tgt.problem, tgt.center, func="hessian", curvature=kind, params=_selection(params))
+    kind = record.name
+    op = record.cli(tgt.problem, tgt.center, params=_selection(params), seed=seed)
     size = op.shape[0]
     k = max(1, min(k, size // 2)) if size >= 2 else 1
     eig = curvature.eigenvalues(op, k=k, which="both" if size >= 2 else "largest", tol=tol, seed=seed,
                                 progress=progress)
     tr = curvature.trace(op, probes=trace_probes, seed=seed, progress=progress)
     dens = curvature.density(op, iters=density_iters, probes=density_probes, seed=seed, progress=progress)
-    name = "GGN" if ggn else "Hessian"
+    name = record.label
     table = Table(title=f"{name} of {tgt.name} at its centre ({size:,} parameters, {op.dtype})".replace(
         "torch.", ""))
     table.add_column("", overflow="fold")
@@ -117,6 +140,9 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     elif eig.all_converged:
         console.print("no negative curvature found: every extreme eigenvalue converged, was checked to be extreme, "
                       "and is ≥ 0 (locally convex here; this says nothing about other points).")
+    for extra in estimators.quantities():
+        if extra.report is not None and extra.accepts(kind):
+            console.print(f"{extra.label}: {extra.report(op, seed=seed, progress=progress)}", highlight=False)
     if density_plot is not None:
         import matplotlib
 

@@ -14,11 +14,9 @@ from torch import Tensor
 
 from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed, public
 from ..problem import Problem
-from ._certificate import Certificate, make_certificate
-from ._curvature import hessian_certificate
+from ._certificate import Certificate
+from ._methods import REGISTRY, AuditContext, method_names
 from ._reference import Reference, float64_problem
-from ._search import jensen_search
-from ._symmetry import symmetry_certificates
 
 #: errors that make a method inapplicable to a model (torch cannot differentiate it as the method
 #: needs, a kernel without double backward, a loss without gradient): the method is skipped, said so
@@ -29,12 +27,12 @@ def _skip_reason(method: str, exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if len(text) > 300:
         text = text[:297] + "..."
-    need = {"hessian": "Hessian-vector products (double backward) and a Lanczos iteration", "jensen": "the loss",
-            "symmetry": "the model's outputs"}[method]
+    need = REGISTRY[method].needs if method in REGISTRY else "what it needs"
     return f"{method} skipped: it needs {need}, which failed here ({type(exc).__name__}: {text})"
 
 
-METHODS = ("jensen", "hessian", "symmetry")
+#: the built-in audit methods' names (the registry, :mod:`._methods`, may hold more)
+METHODS = method_names()
 PROVEN = "non-convex (proven)"
 NOT_FOUND = "no violation found"
 
@@ -175,9 +173,9 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     problem.check_params(theta, func=func, arg="theta")
     if isinstance(methods, str):
         methods = (methods,)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not isinstance(m, str) or m not in REGISTRY]
     if unknown or not methods:
-        raise bad_value(func, "methods", f"a non-empty subset of {METHODS}", methods)
+        raise bad_value(func, "methods", f"a non-empty subset of {method_names()}", methods)
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
         raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
     seed = check_seed(func, seed)
@@ -201,10 +199,6 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     tried: dict[str, Any] = {}
     notes: list[str] = []
     skipped: dict[str, str] = {}
-    best_gap = lam_min = lam_max = None
-    gaps = None
-    why = None
-    not_certified = None
     non_finite = 0
     theta64 = {k: v.detach().to(device=p64.device, dtype=torch.float64) for k, v in theta.items()}
     try:
@@ -220,74 +214,17 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     if not centre_finite:
         non_finite += 1
 
-    if "symmetry" in methods:
-        t1 = time.perf_counter()
-        if not centre_finite:
-            skipped["symmetry"] = (f"symmetry skipped: the loss at θ is {f_theta} (a symmetry argument compares "
-                                   "f(θ) with the midpoint of θ and its twin)")
-        else:
-            try:
-                found, info = symmetry_certificates(problem, p64, theta, seed=seed, limit=max_certificates,
-                                                    evaluator=reference)
-                certificates += found
-                tried["symmetry"] = {**info, "seconds": time.perf_counter() - t1}
-                if info.get("unsupported"):
-                    notes.append(f"Symmetry: {info['unsupported']}")
-            except _SKIPPABLE as exc:
-                skipped["symmetry"] = _skip_reason("symmetry", exc)
-
-    if "hessian" in methods:
-        t1 = time.perf_counter()
-        if not centre_finite:
-            skipped["hessian"] = f"hessian skipped: the loss at θ is {f_theta}, so its Hessian there is undefined"
-        else:
-            try:
-                cert, info = hessian_certificate(problem, p64, theta, seed=seed, progress=progress,
-                                                 reference=reference)
-                lam_min, lam_max = info.get("lambda_min"), info.get("lambda_max")
-                if lam_min is not None and not math.isfinite(lam_min):
-                    notes.append("The Hessian's eigenvalues at θ are not finite (NaN/Inf in its products).")
-                if cert is not None:
-                    certificates.append(cert)
-                tried["hessian"] = {**info, "seconds": time.perf_counter() - t1}
-                why = info.get("why")
-                not_certified = info.get("not_certified")
-            except (*_SKIPPABLE, np.linalg.LinAlgError) as exc:
-                skipped["hessian"] = _skip_reason("hessian", exc)
-
-    if "jensen" in methods:
-        t1 = time.perf_counter()
+    ctx = AuditContext(problem, p64, theta, reference, seed, budget, max_certificates, checkpoints, progress, f_theta,
+                       certificates, tried, notes, skipped, {"non_finite": non_finite})
+    for method in sorted((REGISTRY[m] for m in dict.fromkeys(methods)), key=lambda m: m.order):
         try:
-            result = jensen_search(problem, theta, budget=budget, seed=seed, checkpoints=checkpoints,
-                                   progress=progress)
-        except _SKIPPABLE as exc:
-            skipped["jensen"] = _skip_reason("jensen", exc)
-        else:
-            gaps = result.relative_gaps
-            best_gap = result.best.relative_gap if result.best is not None else None
-            if best_gap is not None and not math.isfinite(best_gap):
-                best_gap = None
-            non_finite += result.non_finite
-            if result.refinement_skipped:
-                notes.append(f"Jensen search: gradient refinement skipped ({result.refinement_skipped}); "
-                             "the other phases ran.")
-            verified = checked = 0
-            refusals: list[str] = []
-            for cand in result.candidates:
-                if verified >= max_certificates or not cand.gap > 0:
-                    break
-                checked += 1
-                cert = make_certificate(p64, "jensen", cand.a, cand.b, cand.t,
-                                        note=f"found by the Jensen search ({cand.source}, radius {cand.radius:g})",
-                                        meta={"source": cand.source, "radius": cand.radius}, reference=reference,
-                                        why=refusals)
-                if cert is not None:
-                    certificates.append(cert)
-                    verified += 1
-            tried["jensen"] = {"evaluations": result.evaluations, "segments": result.tried, "radii": result.radii,
-                               "seconds": time.perf_counter() - t1, "candidates_checked_in_float64": checked,
-                               "non_finite_points": result.non_finite,
-                               "refusals": list(dict.fromkeys(refusals))[:5]}
+            method.run(ctx)
+        except (*_SKIPPABLE, *method.skippable) as exc:
+            skipped[method.name] = _skip_reason(method.name, exc)
+    best_gap, gaps = ctx.results.get("best_jensen_gap"), ctx.results.get("jensen_gaps")
+    lam_min, lam_max = ctx.results.get("lambda_min"), ctx.results.get("lambda_max")
+    why, not_certified = ctx.results.get("why"), ctx.results.get("not_certified")
+    non_finite = ctx.results["non_finite"]
 
     certificates.sort(key=lambda c: c.margin, reverse=True)
     verdict = PROVEN if certificates else NOT_FOUND

@@ -32,6 +32,8 @@ from .results import Density, Eigen, Estimate
 from .solve import Solve, inverse_product
 from .trace import trace
 
+from . import _registry  # noqa: F401,I001  (registers the matrices and quantities lossatlas hessian reads)
+
 __all__ = ["eigenvalues", "along_trajectory", "trace", "density", "ratio_map", "hessian_operator", "ggn_operator",
            "per_layer", "CurvatureOperator", "Eigen", "Estimate", "Density",
            "LayerCurvature", "BlockCurvature",
