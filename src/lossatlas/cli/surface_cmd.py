@@ -20,6 +20,7 @@ from ..evaluator import STRATEGIES
 from ..examples._builtin import mlp_digits
 from .._ncattrs import get as get_attr
 from ..grid import Grid
+from ..plot import _registry as PK
 from ..params import filter_layout
 from ..params._layout import ignored
 from ..store import GridStore
@@ -30,7 +31,7 @@ from ._app import console as _console
 from ._target import centre_line, resolve
 
 _NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
-KINDS = ("line", "contour", "filled", "heatmap", "surface3d", "html")
+KINDS = tuple(PK.names())  # the plot kinds registered when the CLI loads (lossatlas/plot/_registry.py)
 
 
 def _attr(ds, key, default=None):
@@ -285,36 +286,21 @@ def centre_values(ds, problem, center) -> tuple[dict[str, float], str]:
 def _check_figure_path(out: Path | None, option: str, kind: str | None = None) -> Path | None:
     """A figure file: .html/.htm for the interactive kind, .png/.pdf/.svg for the others (either
     when the kind follows from the suffix)."""
-    if kind == "html":
-        suffixes = _checks.HTML_SUFFIXES
-    elif kind is None:
+    if kind is None:
         suffixes = _checks.FIGURE_SUFFIXES + _checks.HTML_SUFFIXES
     else:
-        suffixes = _checks.FIGURE_SUFFIXES
+        suffixes = _checks.HTML_SUFFIXES if PK.get(kind).interactive else _checks.FIGURE_SUFFIXES
     return _checks.out_file(out, option, suffixes, what="figure file")
 
 
 def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", log: bool = False,
                   vmin: float | None = None, vmax: float | None = None, levels: int = 30) -> Path:
-    if kind is None:
-        kind = "html" if out.suffix.lower() in (".html", ".htm") else ("line" if ds[variable].ndim == 1 else "contour")
-    if kind not in KINDS:
-        raise InvalidArgumentError(f"--kind must be one of {', '.join(KINDS)}; received {kind!r}")
-    if kind == "html":
-        return plot.save_html(plot.interactive(ds, variable, vmax=vmax, log=log), out)
-    import matplotlib
-
-    matplotlib.use("Agg")
+    record = PK.default_for(ds[variable].ndim, out.suffix) if kind is None else PK.get(kind)
+    fig = record.draw(ds, variable, log=log, vmin=vmin, vmax=vmax, levels=levels)
+    if record.interactive:
+        return plot.save_html(fig, out)
     import matplotlib.pyplot as plt
 
-    if kind == "line":
-        fig = plot.line(ds, variable, log=log, vmin=vmin, vmax=vmax)
-    elif kind in ("contour", "filled"):
-        fig = plot.contour(ds, variable, filled=kind == "filled", log=log, vmin=vmin, vmax=vmax, levels=levels)
-    elif kind == "heatmap":
-        fig = plot.heatmap(ds, variable, log=log, vmin=vmin, vmax=vmax)
-    else:
-        fig = plot.surface3d(ds, variable, log=log, vmin=vmin, vmax=vmax)
     path = plot.save(fig, out)
     plt.close(fig)
     return path
@@ -323,8 +309,8 @@ def _write_figure(ds, out: Path, *, kind: str | None, variable: str = "loss", lo
 @app.command("plot")
 def plot_cmd(
     store: Path = typer.Argument(..., help="A store written by `lossatlas surface`, `ratio-map` (or the demo)."),
-    kind: str = typer.Option(None, "--kind", help="line | contour | filled | heatmap | surface3d | html (default: "
-                             "line for 1-D, contour for 2-D, the |λmin/λmax| map for a ratio map)."),
+    kind: str = typer.Option(None, "--kind", help=" | ".join(PK.names()) + " (default: line for 1-D, contour for "
+                             "2-D, the |λmin/λmax| map for a ratio map)."),
     out: Path = typer.Option(None, "--out", help="Figure file (.png, .pdf, .svg, .html)."),
     variable: str = typer.Option(None, "--var", help="Variable to draw (default: loss; ratio for a ratio map)."),
     at: str = typer.Option(None, "--at", help="Slice the stored grid first: y=0 (a plane → a line), z=0,w=0 …; "
@@ -336,7 +322,7 @@ def plot_cmd(
 ) -> None:
     """Draw a stored surface (or a slice of it, --at), or a stored |λmin/λmax| ratio map."""
     if kind is not None:
-        _checks.choice(kind, "--kind", KINDS)
+        _checks.choice(kind, "--kind", tuple(PK.names()))
     _checks.value_range(vmin, vmax)
     _check_figure_path(out, "--out", kind)
     cuts = _parse_at(at)
@@ -354,7 +340,7 @@ def plot_cmd(
         raise InvalidArgumentError(f"this store has {ds[variable].ndim} axes ({', '.join(ds[variable].dims)}); "
                                    "slice it to 1 or 2 with --at, e.g. --at z=0,w=0")
     if out is None:
-        suffix = ".html" if kind == "html" else ".png"
+        suffix = ".html" if kind is not None and PK.get(kind).interactive else ".png"
         tag = kind or ("ratio" if ratio and variable == "ratio" else "plot")
         cut = "".join(f"-{d}{ds.attrs[f'slice_{d}']:g}" for d in cuts)
         out = store.with_name(store.name.removesuffix(".zarr") + f"{cut}-{tag}{suffix}")
