@@ -27,6 +27,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
+from . import _bn_honesty
 from ._ncattrs import make_safe
 from .directions import between
 from .errors import bad_type, bad_value, public
@@ -89,7 +90,6 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
         raise bad_value(func, "bn", f"one of {BN_CHOICES}", bn)
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
         raise bad_value(func, "tol", "a number >= 0 or None", tol)
-    from . import _bn_honesty
 
     if bn is None and problem._bn_modules and problem.bn == "eval":
         bn = "recalibrate"  # two networks' points: stored statistics describe one endpoint at most (cheap on a line)
