@@ -26,6 +26,9 @@ import xarray as xr
 from torch import Tensor, nn
 
 from . import params as P
+from ._bn_honesty import warn_if_stale
+from ._ncattrs import make_safe
+from ._repr import table, text
 from .data import map_tensors
 from .directions import plane
 from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed, public
@@ -105,15 +108,11 @@ class Curve:
         return rows
 
     def __repr__(self) -> str:
-        from ._repr import text
-
         rows = dict(self._rows())
         return text("Curve", [("kind", repr(self.kind)), ("bends", rows["bends"]), ("parameters", rows["parameters"])],
                     [", ".join(f"{k} {v}" for k, v in self._rows()[3:])] if len(self._rows()) > 3 else [])
 
     def _repr_html_(self) -> str:
-        from ._repr import table
-
         return table(f"{self.kind} curve", self._rows(), ".evaluate(steps) gives the loss along it.")
 
     def coefficients(self, t: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -153,7 +152,6 @@ class Curve:
         if bn is None:
             bn = "recalibrate" if problem.has_batchnorm else problem.bn
         evaluated = with_bn(problem, bn)
-        from ._bn_honesty import warn_if_stale
 
         warn_if_stale(evaluated, func, [P.sub(p, self.points[0]) for p in self.points[1:]], "the curve")
         t = np.linspace(0.0, 1.0, int(steps))
@@ -163,7 +161,6 @@ class Curve:
                                      accuracy=ds["accuracy"].values if "accuracy" in ds else None))
         ds.attrs.update(kind="curve", curve=self.kind, bends=len(self.bends), bn=bn, length=self._length(coeffs),
                         distance=P.norm(P.sub(self.points[-1], self.points[0])))
-        from ._ncattrs import make_safe
 
         return make_safe(ds)
 

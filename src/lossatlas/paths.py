@@ -26,13 +26,13 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from . import params as P
 from . import _bn_honesty
+from . import params as P
 from ._ncattrs import make_safe
 from .directions import between
 from .errors import bad_type, bad_value, public
-from .problem import Problem
 from .grid_job import run_grid
+from .problem import Problem
 from .surface import open_surface, surface_job
 
 __all__ = ["interpolate", "open_interpolation", "path_metrics"]

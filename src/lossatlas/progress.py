@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 
@@ -35,8 +36,6 @@ def shown(enabled: bool) -> bool:
 
 
 def _in_notebook() -> bool:
-    import sys
-
     shell = sys.modules.get("IPython")
     if shell is None:
         return False

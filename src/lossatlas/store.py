@@ -76,7 +76,7 @@ import numpy as np
 from . import _faults
 from . import _behaviour as B
 from .distributed import context
-from .errors import ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning
+from .errors import ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning, bad_type
 from .grid import ChunkLayout, Grid
 
 FORMAT = "lossatlas-grid-store/1"
@@ -374,8 +374,6 @@ class GridStore:
         """Open an existing store. ``verify=False`` opens one whose attributes or coordinates were
         edited (listed in ``metadata_problems``) instead of refusing it: for audits only."""
         if not isinstance(path, (str, os.PathLike)):
-            from .errors import bad_type
-
             raise bad_type(func, "path" if func.startswith("open") else "store", "a path (str or pathlib.Path)", path)
         path = Path(path)
         if not path.exists():

@@ -20,6 +20,8 @@ import torch
 import xarray as xr
 
 from .errors import bad_type, bad_value, public
+from .problem import Problem
+from .surface import surface
 
 __all__ = ["surface_stderr"]
 
@@ -46,9 +48,6 @@ def surface_stderr(model: torch.nn.Module, loss: Any, data: tuple, center: Mappi
     >>> sorted(v for v in ds.data_vars), ds.attrs["groups"]
     (['loss', 'loss_groups', 'loss_stderr'], 4)
     """
-    from .problem import Problem
-    from .surface import surface
-
     func = "surface_stderr"
     if not isinstance(model, torch.nn.Module):
         raise bad_type(func, "model", "a torch.nn.Module", model)

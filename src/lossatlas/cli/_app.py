@@ -8,13 +8,19 @@ the full traceback instead. A command never prints a Python traceback without it
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import warnings
 
+import torch
 import typer
 from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
-from ..errors import LossAtlasError
+from .._version import __version__
+from ..errors import BatchNormStatsWarning, InvalidArgumentError, LossAtlasError
+from ..runner import interrupt_progress
 
 
 class _Interrupted(Exception):
@@ -39,10 +45,6 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 
 def _show_version(value: bool) -> None:
     if value:
-        import torch
-
-        from .._version import __version__
-
         typer.echo(f"lossatlas {__version__} (torch {torch.__version__})")
         raise typer.Exit()
 
@@ -62,10 +64,6 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def set_threads(threads, option: str) -> int:
     """Use ``threads`` intra-op CPU threads (checked: an integer >= 1)."""
-    import torch
-
-    from ..errors import InvalidArgumentError
-
     try:
         n = int(str(threads).strip())
     except ValueError:
@@ -109,8 +107,6 @@ ARG_FOR = {  # per command: the library's argument name → the CLI's flag, wher
 def cli_message(text: str, args: list[str]) -> str:
     """``text`` (a library error) with the library's argument names replaced by the flags of the
     command being run (``overwrite=True`` → ``--overwrite``, ``argument 'steps'`` → ``--steps``)."""
-    import re
-
     rest = list(args)
     while rest and rest[0].startswith("-"):  # root options (--debug, --threads N) before the command
         rest = rest[2:] if rest[0] == "--threads" else rest[1:]
@@ -170,7 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     if debug:  # anywhere on the command line, as the help says: typer only knows it before the command
         args = ["--debug"] + [a for a in args if a != "--debug"]
     args = _threads_first(args)
-    import os
 
     if os.environ.get("LOSSATLAS_THREADS") and not any(a.startswith("--threads") for a in args):
         try:
@@ -178,11 +173,6 @@ def main(argv: list[str] | None = None) -> None:
         except LossAtlasError as exc:
             typer.secho(f"error: {exc}", err=True, fg="red")
             raise SystemExit(2) from None
-    from typer._click import exceptions as click_exc  # typer vendors click
-
-    import warnings
-
-    from ..errors import BatchNormStatsWarning
 
     shown_before = warnings.showwarning
 
@@ -237,8 +227,6 @@ def main(argv: list[str] | None = None) -> None:
 def interrupted_line(exc: BaseException) -> str:
     """The one line printed on Ctrl-C: how many points the store keeps and how to resume, or that an
     in-memory run kept nothing (what :func:`lossatlas.runner.interrupt_progress` recorded)."""
-    from ..runner import interrupt_progress
-
     info = interrupt_progress(exc)
     if info is None:
         return ("interrupted; a command writing a store keeps every finished chunk: run the same command "

@@ -122,7 +122,6 @@ def compare(
     resolved = []
     for t in targets or ():
         if ":" in t and t.split(":", 1)[0].endswith(".py"):  # a user's file: (name, problem, theta)
-            from ._target import resolve
 
             tgt = resolve(t)
             resolved.append((tgt.name, tgt.problem, tgt.center))

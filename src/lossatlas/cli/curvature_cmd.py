@@ -13,6 +13,7 @@ from ..curvature import _registry as estimators
 from ..errors import InvalidArgumentError
 from ..plot.curvature import density as plot_density
 from ..plot.curvature import ratio_map as plot_ratio_map
+from ..plot.per_layer import per_layer as plot_per_layer
 from . import _checks
 from ._app import app
 from ._target import centre_line, resolve
@@ -159,7 +160,6 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             import matplotlib
 
             matplotlib.use("Agg")
-            from ..plot.per_layer import per_layer as plot_per_layer
 
             _figure_out(plot_per_layer(layers, title=tgt.name), per_layer_plot)
             console.print(f"wrote {per_layer_plot}")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .. import export as E
+from .. import open_surface
 from ..errors import InvalidArgumentError
 from . import _checks
 from ._app import app
@@ -20,9 +22,6 @@ def export_surface(
     """Write a stored result to a file other tools open: netCDF (xarray, Panoply), VTK structured grid
     .vts (ParaView; every variable as point data), .vtu (meshio) or CSV (one row per grid point)."""
     from rich.console import Console
-
-    from .. import export as E
-    from .. import open_surface
 
     if fmt is not None:
         _checks.choice(fmt, "--format", E.FORMATS)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import typer
 
+from ..errors import StoreError
+from ..report import SECTIONS
+from ..report import report as make_report
 from ._app import app
+from ._app import console as _console
 
 
 @app.command()
@@ -31,11 +37,6 @@ def report(
     """Write one self-contained offline HTML page: the convexity verdict and its certificate, why (the
     Gauss–Newton split), 1-D slices, a 2-D plane (contours, rotatable 3-D), Hessian extremes, trace
     and density, and provenance. Every number is read from the stored results beside the page."""
-    import time
-
-    from ..report import SECTIONS
-    from ..report import report as make_report
-
     if section:
         unknown = [s for s in section if s not in SECTIONS]
         if unknown:
@@ -54,12 +55,7 @@ def report(
 def info_json(path: Path) -> None:
     """``lossatlas info`` of a report's JSON result (audit.json, curvature.json, provenance.json): every
     number and short text in it, one row per field (long arrays summarised)."""
-    import json
-
     from rich.table import Table
-
-    from ..errors import StoreError
-    from ._app import console as _console
 
     try:
         value = json.loads(Path(path).read_text())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from .. import studies
+from ..errors import bad_value
 from ._app import app
 
 
@@ -20,9 +22,6 @@ def study(name: str = typer.Argument(None, help="Study name (see --list)."),
     """Reproducible experiments over a family of models: depth, skip, width, batch-size, trajectory,
     activation, targets. Rerunning resumes: only missing models are trained."""
     from rich.console import Console
-
-    from .. import studies
-    from ..errors import bad_value
 
     console = Console()
     if list_:

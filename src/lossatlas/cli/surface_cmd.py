@@ -13,6 +13,7 @@ import typer
 from .. import distributed, open_surface, plot
 from .. import examples as ex
 from .. import surface as surface_fn
+from .._auto_span import parse
 from .._cost import check_grid_cost
 from ..directions import _registry as D
 from ..errors import InvalidArgumentError, StoreError
@@ -23,12 +24,14 @@ from ..grid import Grid
 from ..plot import _registry as PK
 from ..params import filter_layout
 from ..params._layout import ignored
+from ..paths import with_bn
 from ..store import GridStore
 from ..surface import PARALLEL
 from . import _checks
 from ._app import app
 from ._app import console as _console
 from ._target import centre_line, resolve
+from .report_cmd import info_json
 
 _NORMS = tuple(str(n).lower() for n in D.NORMS)  # filter, layer, model, none
 KINDS = tuple(PK.names())  # the plot kinds registered when the CLI loads (lossatlas/plot/_registry.py)
@@ -127,8 +130,6 @@ def _auto_ignore(tgt, kind: str) -> str:
 
 def _span(span: str, dims: int):
     if span.strip().lower().startswith("auto"):
-        from .._auto_span import parse
-
         try:
             parse(span)
         except InvalidArgumentError:
@@ -207,8 +208,6 @@ def surface(
         device = str(distributed.device_for_rank())
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
     if bn is not None:
-        from ..paths import with_bn
-
         tgt.problem = with_bn(tgt.problem, bn)
     check_grid_cost("surface", grid, tgt.problem, tgt.center, variables=len(tgt.problem.metric_names),
                     allow_large=allow_large)
@@ -264,8 +263,6 @@ def surface(
 
 def _record_name(store: Path, name: str) -> None:
     """The problem's name in the store's attrs (figures drawn later from the store are titled by it)."""
-    from ..store import GridStore
-
     try:
         GridStore.update_attrs(store, {"name": str(name)})  # re-sealed: not an edit
     except Exception:  # pragma: no cover - a read-only store still gives its values
@@ -391,8 +388,6 @@ def _write_ratio(ds, out: Path, variable: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .. import plot
-
     fig = plot.ratio_map(ds, variable=variable)
     path = plot.save(fig, out)
     plt.close(fig)
@@ -443,7 +438,6 @@ def info(store: Path = typer.Argument(..., help="A store written by lossatlas.")
     from rich.table import Table
 
     if store.suffix == ".json":  # a report's result (audit.json, curvature.json, provenance.json)
-        from .report_cmd import info_json
 
         return info_json(store)
     if check:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._repr import num, table
+from .._repr import text as repr_text
 from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed, public
 from ..problem import Problem
 from ._certificate import Certificate
@@ -70,8 +72,6 @@ class Audit:
         return self.verdict == PROVEN
 
     def _rows(self) -> list[tuple[str, str]]:
-        from .._repr import num
-
         kinds = ", ".join(sorted({c.kind for c in self.certificates}))
         rows = [("verdict", self.verdict),
                 ("certificates", f"{len(self.certificates)}" + (f" ({kinds})" if kinds else ""))]
@@ -88,18 +88,14 @@ class Audit:
         return rows
 
     def __repr__(self) -> str:
-        from .._repr import text
-
         rows = dict(self._rows())
         fields = [("verdict", repr(self.verdict)), ("certificates", rows["certificates"])]
         if self.name:
             fields.insert(0, ("name", repr(self.name)))
         extra = [f"{k}: {v}" for k, v in self._rows() if k not in ("verdict", "certificates")]
-        return text("Audit", fields, extra + ["(.summary() explains it in words; .certificates holds the proofs)"])
+        return repr_text("Audit", fields, extra + ["(.summary() explains it in words; .certificates holds the proofs)"])
 
     def _repr_html_(self) -> str:
-        from .._repr import table
-
         return table(f"Audit{' of ' + self.name if self.name else ''}", self._rows(),
                      "Never “convex”: sampling cannot prove convexity. .summary() explains the verdict in words.")
 

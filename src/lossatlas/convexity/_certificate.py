@@ -49,6 +49,8 @@ import numpy as np
 import torch
 
 from .. import params as P
+from .._repr import num, table
+from .._repr import text as repr_text
 from .._version import __version__
 from ..curvature import hessian_operator
 from ..errors import LossAtlasError, StoreError, bad_type, public
@@ -109,8 +111,6 @@ class Certificate:
         return self.gap - self.bound
 
     def _rows(self) -> list[tuple[str, str]]:
-        from .._repr import num
-
         rows = [("kind", self.kind), ("t", num(self.t, ".3g")),
                 ("f(a), f(b)", f"{num(self.losses.get('a'), '.6g')}, {num(self.losses.get('b'), '.6g')}"),
                 ("f((1−t)a + tb)", num(self.losses.get("t"), ".6g")),
@@ -124,15 +124,11 @@ class Certificate:
         return rows
 
     def __repr__(self) -> str:
-        from .._repr import num, text
-
-        return text("Certificate", [("kind", repr(self.kind)), ("gap", num(self.gap, ".3e")),
+        return repr_text("Certificate", [("kind", repr(self.kind)), ("gap", num(self.gap, ".3e")),
                                     ("bound", num(self.bound, ".1e")), ("t", num(self.t, ".3g"))],
                     ["(.summary() in words; .verify(problem) re-checks it in float64; .a, .b hold the points)"])
 
     def _repr_html_(self) -> str:
-        from .._repr import table
-
         return table("Certificate of non-convexity", self._rows(), ".verify(problem) re-checks it in float64.")
 
     def summary(self) -> str:

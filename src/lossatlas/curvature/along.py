@@ -12,6 +12,10 @@ import torch
 import xarray as xr
 
 from ..errors import bad_type, bad_value, public
+from ..problem import Problem
+from ..trajectory import Trajectory, _as_trajectory
+from .eigen import eigenvalues
+from .trace import trace as trace_fn
 
 __all__ = ["along_trajectory"]
 
@@ -35,11 +39,6 @@ def along_trajectory(problem: Any, trajectory: Any, *, indices: Sequence[int] | 
     Returns a Dataset along ``step`` with ``lambda_max``, ``lambda_max_error``, ``lambda_min``,
     ``lambda_min_error``, ``converged``, ``trace``, ``trace_stderr`` and ``index`` (checkpoint).
     """
-    from ..problem import Problem
-    from ..trajectory import Trajectory, _as_trajectory
-    from .eigen import eigenvalues
-    from .trace import trace as trace_fn
-
     func = "curvature.along_trajectory"
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)

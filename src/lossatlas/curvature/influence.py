@@ -32,6 +32,8 @@ from torch import Tensor
 
 from ..errors import bad_type, bad_value, public
 from ..params.selection import ParamSelection
+from ..problem import Problem
+from .matrices import curvature_operator, kfac_operator
 from .solve import Solve, inverse_product
 
 __all__ = ["Influence", "influence"]
@@ -142,18 +144,13 @@ def influence(problem: Any, train: int | Sequence[int] | Any, test: Any, theta: 
     θ must be a minimiser of the (regularised) training loss for the estimate to mean
     leave-one-out retraining; the result carries the solve's residual and iteration count.
     """
-    from .matrices import curvature_operator
-
     func = "influence"
-    from ..problem import Problem
 
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)
     if curvature not in ("hessian", "ggn", "ef", "fisher"):
         raise bad_value(func, "curvature", "'hessian', 'ggn', 'ef' or 'fisher'", curvature)
     if method == "kfac":
-        from .matrices import kfac_operator
-
         op = kfac_operator(problem, theta, params=params, dtype=dtype)
     else:
         op = curvature_operator(problem, theta, curvature=curvature, params=params, dtype=dtype, func=func)

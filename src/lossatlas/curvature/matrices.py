@@ -37,9 +37,11 @@ Engines (measured by ``benchmarks/bench_curvature_matrices.py``; table in docs/b
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -471,8 +473,6 @@ class KFACOperator:
 
 def _module_at(problem: Problem, theta: Mapping[str, Tensor]) -> torch.nn.Module:
     """A private copy of the problem's (eval-mode) model holding θ as its parameters."""
-    import copy
-
     module = copy.deepcopy(problem.module).eval()
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -519,8 +519,6 @@ _ = (_make, P)  # re-exported helpers used by siblings
 
 
 def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:  # pragma: no cover

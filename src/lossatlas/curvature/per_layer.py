@@ -26,13 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
+from .._ncattrs import make_safe
 from ..errors import EvaluationError, bad_type, bad_value, public
 from . import _common as C
 from ..params.selection import layers, select
 from .eigen import DEFAULT_TOL, solve
-from .operators import CurvatureOperator
+from .operators import CurvatureOperator, PRODUCT_METHODS, _make
 from .results import Estimate
 from .trace import METHODS as TRACE_METHODS
 from .trace import trace
@@ -112,13 +114,10 @@ class LayerCurvature:
         """An ``xarray.Dataset`` over a ``block`` coordinate (``trace``, ``trace_stderr``, ``lambda_max``,
         ``lambda_max_error``, ``converged``, ``size``) with attrs recording how it was computed
         (``product_method``, ``exact``, ``kind``, ``trace_method``, ``probes``, ``tol``, ``seed``)."""
-        import xarray as xr
-
         rows = self.summary()
         data = {key: ("block", np.array([r[key] for r in rows]))
                 for key in ("trace", "trace_stderr", "lambda_max", "lambda_max_error", "size", "products")}
         data["converged"] = ("block", np.array([int(r["converged"]) for r in rows]))
-        from .._ncattrs import make_safe
 
         return make_safe(xr.Dataset(data, coords={"block": [r["block"] for r in rows]},
                           attrs={"kind": self.kind, "product_method": self.product_method, "exact": int(self.exact),
@@ -184,7 +183,6 @@ def per_layer(problem, theta: Mapping[str, Tensor] | None = None, *, blocks: Map
     C.check_flag(func, "progress", progress)
     if curvature not in ("hessian", "ggn"):
         raise bad_value(func, "curvature", "'hessian' or 'ggn'", curvature)
-    from .operators import PRODUCT_METHODS, _make
 
     if method is not None and method not in PRODUCT_METHODS:
         raise bad_value(func, "method", f"None (automatic) or one of {PRODUCT_METHODS}", method)

@@ -18,6 +18,7 @@ import xarray as xr
 from torch import Tensor
 
 from .. import params as P
+from .._bn_honesty import warn_if_stale
 from .._cost import check_grid_cost
 from .._resume import check_store_args
 from ..directions._base import Directions
@@ -95,7 +96,6 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     problem.check_params(center, func=func, arg="center")
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
-    from .._bn_honesty import warn_if_stale
 
     warn_if_stale(problem, func, dirs.vectors, "a direction")
     grid = Grid.make(len(dirs), steps, span, func=func)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import params as P
+from .._repr import table, text
 
 __all__ = ["Eigen", "Estimate", "Density"]
 
@@ -150,8 +151,6 @@ class Eigen:
                                                self.extremal_certified, self.status)]
 
     def __repr__(self) -> str:
-        from .._repr import text
-
         shown = list(zip(self.values, self.errors, self.status))
         pairs = ", ".join(f"{v:.6g} ± {e:.1e} ({st})" for v, e, st in shown[:6])
         if len(shown) > 6:
@@ -162,8 +161,6 @@ class Eigen:
                                    f"zero_tol={self.zero_tol:.2g}{notes}"])
 
     def _repr_html_(self) -> str:
-        from .._repr import table
-
         rows = [(f"λ{i + 1}", f"{v:.6g} ± {e:.1e} ({st})")
                 for i, (v, e, st) in enumerate(list(zip(self.values, self.errors, self.status))[:10])]
         if len(self.values) > 10:
@@ -228,8 +225,6 @@ class Density:
                 ("products", f"{self.products} ({self.product_method})")]
 
     def __repr__(self) -> str:
-        from .._repr import text
-
         rows = dict(self._rows())
         return text("Density", [("size", self.size), ("trace", rows["trace"]),
                                 ("negative_mass", rows["negative mass (< −τ)"])],
@@ -237,8 +232,6 @@ class Density:
                      f"probes × iters {rows['probes × iters']}, products {self.products}"])
 
     def _repr_html_(self) -> str:
-        from .._repr import table
-
         return table("Spectral density (stochastic Lanczos quadrature)", self._rows(), "; ".join(self.notes))
 
     def __call__(self, t: Any) -> np.ndarray:

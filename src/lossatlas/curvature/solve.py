@@ -28,6 +28,7 @@ from torch import Tensor
 from ..errors import bad_type, bad_value, public
 from . import _common as C
 from ..params.selection import ParamSelection
+from .matrices import KFACOperator, curvature_operator, kfac_operator
 
 __all__ = ["Solve", "inverse_product"]
 
@@ -103,8 +104,6 @@ def inverse_product(problem: Any, b: Tensor | Mapping[str, Tensor], theta: Mappi
     >>> s.x.round(decimals=4).tolist(), s.iterations, s.converged   # 1/(0.8571+0.1), 1/(2+0.1)
     ([1.0448, 0.4762], 2, True)
     """
-    from .matrices import KFACOperator, curvature_operator, kfac_operator
-
     func = "inverse_product"
     if method not in ("cg", "kfac"):
         raise bad_value(func, "method", "'cg' or 'kfac'", method)

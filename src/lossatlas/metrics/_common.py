@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .. import params as P
 from ..errors import InvalidArgumentError, bad_type, bad_value
+from ..surface import as_directions, open_directions
 
 #: unit roundoff of the precision a surface's values were computed in (attrs["dtype"])
 UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
@@ -97,8 +99,6 @@ def check_flag(func: str, arg: str, value: Any) -> bool:
 
 def basis(func: str, surface: Any, problem: Any, center: Mapping | None, directions: Any):
     """(centre, list of direction dicts) of the slice: given, or read back from the surface's store."""
-    from ..surface import as_directions, open_directions
-
     if center is None or directions is None:
         store = (getattr(surface, "attrs", {}) or {}).get("store")
         if not store:  # in memory: "" (see lossatlas.grid_job)
@@ -116,7 +116,6 @@ def basis(func: str, surface: Any, problem: Any, center: Mapping | None, directi
     else:
         dirs = list(as_directions(directions, func=func))
     problem.check_params(center, func=func, arg="center")
-    from .. import params as P
 
     for i, d in enumerate(dirs):
         P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")

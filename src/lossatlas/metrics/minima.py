@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from .. import params as P
-from ..errors import bad_type, public
+from ..curvature import eigenvalues, hessian_operator
+from ..curvature._common import zero_band
+from ..errors import bad_type, check_seed, public
 from ..problem import Problem
 from . import _common as C
 
@@ -185,7 +187,6 @@ def local_minima(surface: Any, problem: Problem | None = None, *, center: Mappin
     grad_tol = C.check_number(func, "grad_tol", grad_tol, minimum=0.0)
     exact_limit = C.check_int(func, "exact_limit", exact_limit, minimum=0)
     max_minima = C.check_int(func, "max_minima", max_minima)
-    from ..errors import check_seed
 
     seed = check_seed(func, seed)
     if problem is not None and not isinstance(problem, Problem):
@@ -224,9 +225,6 @@ def _float64(problem: Problem) -> Problem:
 def _check_point(p64: Problem, center, dirs: Sequence[Mapping], coords, ix, loss: float, steps, *, refine: bool,
                  grad_tol: float, exact_limit: int, seed: int) -> SliceMinimum:
     """Place one slice minimum in parameter space and classify it (``p64``: the float64 problem)."""
-    from ..curvature import eigenvalues, hessian_operator
-    from ..curvature._common import zero_band
-
     c64 = P.to(center, dtype=torch.float64)
     d64 = [P.to(d, dtype=torch.float64) for d in dirs]
     a = np.asarray(coords, dtype=np.float64)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import bad_value, public
+from ..errors import MissingDependencyError, bad_value, public
 from . import _common as C
 
 __all__ = ["sublevel_persistence", "Topology", "Basin", "BACKENDS"]
@@ -185,8 +185,6 @@ def sublevel_persistence(surface: Any, *, tau: float | None = None, backend: str
     if backend == "auto":
         backend = "gudhi" if _has_gudhi() else "union-find"
     if backend == "gudhi" and not _has_gudhi():
-        from ..errors import MissingDependencyError
-
         raise MissingDependencyError(f"{func}(): backend='gudhi' needs gudhi (pip install gudhi); "
                                      "use backend='union-find'")
     compute = gudhi_pairs if backend == "gudhi" else union_find_pairs

@@ -13,6 +13,7 @@ import numpy as np
 
 from lossatlas.errors import bad_type
 from ..errors import public
+from lossatlas.curvature.per_layer import LayerCurvature
 
 __all__ = ["per_layer"]
 
@@ -33,8 +34,6 @@ def per_layer(result: Any, *, title: str | None = None, log: bool = False):
     ['trace of H_bb (± 1 s.e.)', 'λmax of H_bb (± error)']
     """
     import matplotlib.pyplot as plt
-
-    from lossatlas.curvature.per_layer import LayerCurvature
 
     if not isinstance(result, LayerCurvature):
         raise bad_type("plot.per_layer", "result", "a lossatlas.curvature.LayerCurvature", result)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ..errors import public
+import xarray as xr
+
+from ..errors import bad_type, public
+from .surface import _mpl
 
 
 @public("plot.edge_of_stability")
@@ -13,13 +16,7 @@ def edge_of_stability(ds: Any, *, lr: float | None = None, ax: Any = None, title
                       show_trace: bool = False):
     """λmax (± its residual) and λmin at each checkpoint of :func:`lossatlas.curvature.along_trajectory`,
     with the line 2/η (``attrs["threshold"]``, or 2/``lr``); ``show_trace`` adds tr H on a second axis."""
-    import xarray as xr
-
-    from .surface import _mpl
-
     if not isinstance(ds, xr.Dataset) or "lambda_max" not in ds:
-        from ..errors import bad_type
-
         raise bad_type("plot.edge_of_stability", "ds", "a Dataset from curvature.along_trajectory", ds)
     plt = _mpl()
     if ax is None:

@@ -23,6 +23,7 @@ from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from .._ncattrs import get as _get
 from ._checks import check_levels, check_limits, check_out_path, write_failed
 from ._common import _mark_center, _masked, _mpl  # noqa: F401 (also used by other plot modules)
+from .grid import lines
 
 __all__ = ["line", "contour", "heatmap", "surface3d", "save", "FORMATS"]
 
@@ -111,8 +112,6 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
     A list of 1-D Datasets draws them all on one axes (:func:`lossatlas.plot.lines`).
     """
     if isinstance(ds, (list, tuple)):
-        from .grid import lines
-
         return lines(ds, variables if isinstance(variables, str) else "loss", log=log, vmin=vmin, vmax=vmax,
                      title=title, ax=ax)
     names = [variables] if isinstance(variables, str) else list(variables)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._targets import Target, resolve
 from ..errors import bad_type, bad_value, public
 from ._compute import DEFAULTS, TargetResult, compute, slug
 from ._page import SECTIONS, Page, Section, assemble, section
@@ -36,7 +37,6 @@ def report(targets: str | Sequence[str | Any], out: str | Path = "report.html", 
     span, audit budget, Lanczos tolerance, probes, seed).
     """
     func = "report"
-    from .._targets import Target, resolve
 
     if isinstance(targets, (str, Target)):
         targets = [targets]

@@ -26,6 +26,9 @@ import torch
 from .. import convexity, curvature
 from .. import params as P
 from .._version import __version__
+from ..curvature import ggn_operator, hessian_operator
+from ..errors import LossAtlasError, ProvenanceMismatchError, StoreLockedError
+from ..surface import open_surface, surface
 
 #: the fast defaults (mlp-digits in about a minute on 2 cores); ``report(..., settings=...)`` overrides
 DEFAULTS: dict[str, Any] = {
@@ -109,9 +112,6 @@ def _cached(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
 def _store(folder: Path, name: str, problem, center, dirs, steps: int, span: float, res: TargetResult,
            progress: bool, strategy: str | None = None, chunk: int | None = None):
     """A surface store, computed (or resumed); a store another process is still writing is read as it is."""
-    from ..errors import ProvenanceMismatchError, StoreLockedError
-    from ..surface import open_surface, surface
-
     path = folder / name
     existed = path.exists()
     args = dict(steps=steps, span=span, store=path, progress=progress, chunk=chunk,
@@ -275,9 +275,6 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
 def _split(problem, center, v, lam: float) -> dict[str, Any]:
     """The Gauss–Newton split along v in the problem's dtype: vᵀHv = vᵀGv + vᵀ(Σ ∂ℓ/∂f ∇²f)v (two
     products; the audit's float64 version is :func:`lossatlas.convexity._curvature.explain`)."""
-    from ..curvature import ggn_operator, hessian_operator
-    from ..errors import LossAtlasError
-
     try:
         hv = hessian_operator(problem, center).apply(v)
         gv = ggn_operator(problem, center).apply(v)

@@ -6,6 +6,10 @@ import shlex
 
 import numpy as np
 
+from .. import plot
+from ..demo import second_difference_check
+from ..plot._common import _mpl
+from ..plot.grid import shared_range, use_log
 from ._compute import slug
 from ._page import Page, esc, section
 
@@ -128,17 +132,12 @@ def why(page: Page) -> str:
 
 
 def _pooled_log(datasets) -> bool:
-    from ..plot.grid import use_log
-
     return use_log(datasets)
 
 
 @section("slices", "1-D slices through θ")
 def slices(page: Page) -> str:
     """The loss along each of the two directions, all panels on one loss axis."""
-    from .. import plot
-    from ..demo import second_difference_check
-
     datasets, titles = [], []
     for t in page.targets:
         for i, ds in enumerate(t.slices):
@@ -172,9 +171,6 @@ def slices(page: Page) -> str:
 @section("plane", "The loss over a 2-D plane through θ")
 def plane(page: Page) -> str:
     """Contours on shared levels (log when the data span more than 100×), and rotatable 3-D views with θ marked."""
-    from .. import plot
-    from ..plot.grid import shared_range
-
     planes = [t.plane for t in page.targets]
     log = _pooled_log(planes)
     fig = plot.grid(planes, kind="filled", levels=25, log=log, titles=[t.name for t in page.targets],
@@ -212,8 +208,6 @@ def plane(page: Page) -> str:
 def hessian(page: Page) -> str:
     """λmax and λmin (Lanczos, residuals), tr H ± stderr (Hutch++), the eigenvalue density (SLQ)."""
     import matplotlib.pyplot as plt
-
-    from ..plot._common import _mpl
 
     _mpl()
     n = len(page.targets)

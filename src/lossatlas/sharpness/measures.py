@@ -17,9 +17,14 @@ import torch
 from torch import Tensor
 
 from .. import params as P
+from ..curvature import eigenvalues
+from ..curvature import trace as trace_fn
+from ..directions import random
 from ..errors import bad_type, check_seed, public
 from ..metrics import _common as C
+from ..metrics import basin_width
 from ..problem import Problem
+from ..surface import surface
 from ._ascent import ascent
 from ._result import Sharpness
 
@@ -51,7 +56,6 @@ def lambda_max(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, t
     """
     func = "sharpness.lambda_max"
     theta = _start(func, problem, theta)
-    from ..curvature import eigenvalues
 
     eig = eigenvalues(problem, theta, k=1, which="largest", tol=tol, seed=seed, dtype=dtype,
                       max_products=max_products, progress=False)
@@ -75,9 +79,8 @@ def trace(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, probes
     """
     func = "sharpness.trace"
     theta = _start(func, problem, theta)
-    from ..curvature import trace as impl
 
-    est = impl(problem, theta, probes=probes, seed=seed, dtype=dtype, progress=False)
+    est = trace_fn(problem, theta, probes=probes, seed=seed, dtype=dtype, progress=False)
     return Sharpness("trace", float(est.value), float(est.stderr), "estimate", False,
                      "Hutchinson 1989; Meyer, Musco, Musco & Woodruff 2021", details={"estimate": est})
 
@@ -205,9 +208,6 @@ def filter_width(problem: Problem, theta: Mapping[str, Tensor] | None = None, *,
     span = C.check_number(func, "span", span, minimum=0.0, strict=True)
     steps = C.check_int(func, "steps", steps, minimum=3)
     seed = check_seed(func, seed)
-    from ..directions import random
-    from ..metrics import basin_width
-    from ..surface import surface
 
     d = random(theta, n=1, seed=seed, model=problem.model)
     ds = surface(problem, theta, d, steps=steps, span=span, progress=False, metrics=False, strategy="loop")

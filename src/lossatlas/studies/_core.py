@@ -24,7 +24,12 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .. import convexity, curvature, directions, metrics, sharpness
 from ..errors import bad_value, public
+from ..problem import Problem
+from ..surface import surface
+from ..trajectory import TrajectoryRecorder
+from ._figures import family_figures
 from ._models import build_model, load_data
 
 __all__ = ["Study", "REGISTRY", "register", "config_hash", "run_study", "StudyResult", "COLUMNS"]
@@ -129,8 +134,6 @@ def train(member: Mapping[str, Any], train_data, *, record: Path | None = None) 
     """Train one member with minibatch SGD (momentum 0.9) or Adam from its ``train`` spec
     (``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``optimizer``, ``seed``); with ``record``,
     checkpoints every ``record_every`` steps go there (:class:`lossatlas.TrajectoryRecorder`)."""
-    from ..trajectory import TrajectoryRecorder
-
     spec = member["train"]
     x, y = train_data
     n_in, n_out = _shapes(train_data)
@@ -207,8 +210,6 @@ def _accuracy(model: torch.nn.Module, data, loss: str) -> float:
 
 
 def _problem(model, member, data, n: int | None):
-    from ..problem import Problem
-
     x, y = data
     if n is not None and n < len(x):
         x, y = x[:n], y[:n]
@@ -225,9 +226,6 @@ def _f(v: Any) -> float:
 
 def member_metrics(model, member: Mapping[str, Any], data, mcfg: Mapping[str, Any]) -> dict[str, Any]:
     """Every metric of one trained model (see :data:`COLUMNS`) and its plane, as JSON-able values."""
-    from .. import convexity, curvature, directions, metrics, sharpness
-    from ..surface import surface
-
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -371,8 +369,6 @@ def run_study(name: str, out: str | Path, *, size: str = "quick", config: Mappin
     scales: dict[str, Any] = {}
     figs: list[str] = []
     if figures:
-        from ._figures import family_figures
-
         scales, figs = family_figures(study, rows, planes, out, cfg)
     figs += extra_figs
     seconds = time.perf_counter() - t0

@@ -4,7 +4,10 @@ depend on the weights' scale, which weight decay changes; filter normalisation r
 
 import numpy as np
 
-from ._core import Study, register
+from .. import directions, metrics
+from ..surface import surface
+from ._core import Study, _problem, register
+from ._figures import _mpl
 from ._sizes import FULL, QUICK, TINY, member
 
 
@@ -21,11 +24,6 @@ def members(cfg):
 def extra(ctx):
     """1D slices through each minimiser along one filter-normalised and one raw (N(0, 1), unscaled)
     direction, on one axis per kind; their widths as columns ``width_filter`` and ``width_raw``."""
-    from .. import directions, metrics
-    from ..surface import surface
-    from ._core import _problem
-    from ._figures import _mpl
-
     plt = _mpl()
     cfg, rows = ctx["config"], ctx["rows"]
     mc = cfg["metrics"]

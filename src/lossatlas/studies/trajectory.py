@@ -3,7 +3,13 @@ Figs. 9–10), and the curvature along it against the stability limit 2/η (Cohe
 
 import numpy as np
 
-from ._core import Study, register
+from .. import directions
+from ..curvature import along_trajectory
+from ..plot import edge_of_stability
+from ..surface import surface
+from ..trajectory import Trajectory, project
+from ._core import Study, _problem, register
+from ._figures import _mpl
 from ._sizes import FULL, QUICK, TINY, member
 
 
@@ -17,14 +23,6 @@ def extra(ctx):
     """PCA plane of each recorded path (surface over it, path drawn on it, explained variance) and the
     curvature at the checkpoints (λmax vs 2/η); columns ``pc1_variance``, ``pc2_variance``,
     ``lambda_max_path_max`` and ``stability_limit``."""
-    from .. import directions
-    from ..curvature import along_trajectory
-    from ..plot import edge_of_stability
-    from ..surface import surface
-    from ..trajectory import Trajectory, project
-    from ._core import _problem
-    from ._figures import _mpl
-
     plt = _mpl()
     cfg, rows, out = ctx["config"], ctx["rows"], ctx["out"]
     mc = cfg["metrics"]
