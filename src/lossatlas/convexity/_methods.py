@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ..errors import InvalidArgumentError, bad_type
+from .._records import add
 from ._certificate import Certificate, make_certificate
 from ._curvature import hessian_certificate
 from ._search import jensen_search
@@ -95,16 +95,8 @@ REGISTRY: dict[str, AuditMethod] = {}
 
 def register(method: AuditMethod, *, replace: bool = False) -> AuditMethod:
     """Add a method to :data:`REGISTRY` (an existing name is refused unless ``replace=True``)."""
-    if not isinstance(method, AuditMethod):
-        raise bad_type("convexity.register", "method", "an AuditMethod", method)
-    if not method.name or not method.name.isidentifier():
-        raise InvalidArgumentError(f"convexity.register(): argument 'method' must have a name that is an identifier; "
-                                   f"received {method.name!r}")
-    if method.name in REGISTRY and not replace:
-        raise InvalidArgumentError(f"convexity.register(): an audit method named {method.name!r} is already "
-                                   "registered (pass replace=True to replace it)")
-    REGISTRY[method.name] = method
-    return method
+    return add(REGISTRY, method, cls=AuditMethod, func="convexity.register", arg="method",
+               expected="an AuditMethod", what="an audit method", replace=replace)
 
 
 def unregister(name: str) -> None:

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgumentError, bad_type
+from .._records import add
+from ..errors import InvalidArgumentError
 from .density import density
 from .eigen import eigenvalues
 from .matrices import ef_operator, fisher_operator, kfac_operator
@@ -75,19 +76,11 @@ REGISTRY: dict[str, CurvatureEstimator] = {}
 
 def register(estimator: CurvatureEstimator, *, replace: bool = False) -> CurvatureEstimator:
     """Add an estimator to :data:`REGISTRY` (an existing name is refused unless ``replace=True``)."""
-    if not isinstance(estimator, CurvatureEstimator):
-        raise bad_type("curvature.register", "estimator", "a CurvatureEstimator", estimator)
-    if not estimator.name or not estimator.name.isidentifier():
-        raise InvalidArgumentError(f"curvature.register(): argument 'estimator' must have a name that is an "
-                                   f"identifier; received {estimator.name!r}")
-    if estimator.kind not in KINDS:
+    if isinstance(estimator, CurvatureEstimator) and estimator.kind not in KINDS:
         raise InvalidArgumentError(f"curvature.register(): argument 'estimator' must be of a kind in {KINDS}; "
                                    f"received {estimator.kind!r}")
-    if estimator.name in REGISTRY and not replace:
-        raise InvalidArgumentError(f"curvature.register(): a curvature estimator named {estimator.name!r} is "
-                                   "already registered (pass replace=True to replace it)")
-    REGISTRY[estimator.name] = estimator
-    return estimator
+    return add(REGISTRY, estimator, cls=CurvatureEstimator, func="curvature.register", arg="estimator",
+               expected="a CurvatureEstimator", what="a curvature estimator", replace=replace)
 
 
 def unregister(name: str) -> None:

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgumentError, bad_type
+from .._records import add
+from ..errors import InvalidArgumentError
 
 __all__ = ["DirectionKind", "REGISTRY", "register", "unregister", "NORMS", "NORM_WORDS", "norm_word",
            "cli_kinds", "describe"]
@@ -83,19 +84,11 @@ REGISTRY: dict[str, DirectionKind] = {}
 
 def register(kind: DirectionKind, *, replace: bool = False) -> DirectionKind:
     """Add a kind to :data:`REGISTRY` (an existing name is refused unless ``replace=True``)."""
-    if not isinstance(kind, DirectionKind):
-        raise bad_type("directions.register", "kind", "a DirectionKind", kind)
-    if not kind.name or not kind.name.isidentifier():
-        raise InvalidArgumentError(f"directions.register(): argument 'kind' must have a name that is an identifier; "
-                                   f"received {kind.name!r}")
-    if kind.needs not in NEEDS:
+    if isinstance(kind, DirectionKind) and kind.needs not in NEEDS:
         raise InvalidArgumentError(f"directions.register(): argument 'kind' must need one of {NEEDS}; received "
                                    f"{kind.needs!r}")
-    if kind.name in REGISTRY and not replace:
-        raise InvalidArgumentError(f"directions.register(): a direction kind named {kind.name!r} is already "
-                                   "registered (pass replace=True to replace it)")
-    REGISTRY[kind.name] = kind
-    return kind
+    return add(REGISTRY, kind, cls=DirectionKind, func="directions.register", arg="kind",
+               expected="a DirectionKind", what="a direction kind", replace=replace)
 
 
 def unregister(name: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._records import add
 from ..errors import InvalidArgumentError
 from .interactive import interactive
 from .surface import contour, heatmap, line, surface3d
@@ -42,11 +43,10 @@ class PlotKind:
 REGISTRY: dict[str, PlotKind] = {}
 
 
-def register(kind: PlotKind) -> PlotKind:
-    if kind.name in REGISTRY:
-        raise InvalidArgumentError(f"plot kind {kind.name!r} is already registered")
-    REGISTRY[kind.name] = kind
-    return kind
+def register(kind: PlotKind, *, replace: bool = False) -> PlotKind:
+    """Add a kind to :data:`REGISTRY` (an existing name is refused unless ``replace=True``)."""
+    return add(REGISTRY, kind, cls=PlotKind, func="plot.register", arg="kind", expected="a PlotKind",
+               what="a plot kind", replace=replace)
 
 
 def unregister(name: str) -> None:
