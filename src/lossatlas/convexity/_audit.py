@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -35,16 +36,36 @@ def _skip_reason(method: str, exc: BaseException) -> str:
 
 #: the built-in audit methods' names (the registry, :mod:`._methods`, may hold more)
 METHODS = method_names()
-PROVEN = "non-convex (proven)"
-NOT_FOUND = "no violation found"
+
+
+class Verdict(str, Enum):
+    """What :func:`audit` concluded: a ``str`` (``Verdict.PROVEN == "non-convex (proven)"``), so it
+    compares, formats, prints and serialises (JSON, attrs, CSV) as its text; there is no "convex":
+    sampling cannot prove convexity."""
+
+    PROVEN = "non-convex (proven)"  # at least one certificate verified in float64
+    NOT_FOUND = "no violation found"  # nothing survived float64 verification (not a proof of convexity)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    __format__ = str.__format__
+
+
+PROVEN = Verdict.PROVEN
+NOT_FOUND = Verdict.NOT_FOUND
 
 
 @dataclass
 class Audit:
     """The result of :func:`audit`.
 
-    ``verdict`` is ``"non-convex (proven)"`` when at least one certificate verified in float64, and
-    ``"no violation found"`` otherwise — never "convex": sampling cannot prove convexity.
+    ``verdict`` (a :class:`Verdict`, a ``str``) is ``"non-convex (proven)"`` when at least one
+    certificate verified in float64, and ``"no violation found"`` otherwise — never "convex": sampling
+    cannot prove convexity.
 
     ``skipped`` maps each method that could not run to the reason (e.g. torch has no double backward
     for a fused kernel, so no Hessian); the other methods still ran. ``non_finite`` counts evaluated
@@ -52,7 +73,7 @@ class Audit:
     Hessian eigenvalue at θ did not become a certificate (then it is evidence, not a proof).
     """
 
-    verdict: str
+    verdict: Verdict
     certificates: list[Certificate]
     tried: dict[str, Any]
     best_jensen_gap: float | None
