@@ -319,8 +319,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
                 coeffs = [float(c) for c in _torch_coefficients(curve, k, t)]
                 phi = _combine([a, *leaves, b], coeffs)
                 buffers = {name: v.clone() for name, v in bn_buffers.items()} or None
-                terms = problem.batch_terms(phi, batch, n, buffers, metrics=False)
-                loss = terms["loss"] * (problem.n_samples / n)
+                loss = problem.batch_loss(phi, batch, n, buffers)
                 if not loss.requires_grad:  # t drawn exactly at an endpoint: nothing to train
                     advance(1)
                     continue

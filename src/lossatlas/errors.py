@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
+
 __all__ = [
     "LossAtlasError",
     "InvalidArgumentError",
@@ -159,20 +161,10 @@ class MissingDependencyError(LossAtlasError, ImportError):
 
 def describe(value: Any) -> str:
     """A short, readable description of a received value for error messages."""
-    try:
-        import torch
-
-        if isinstance(value, torch.Tensor):
-            return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    try:
-        from torch import nn
-
-        if isinstance(value, nn.Module):
-            return f"a {type(value).__name__} module"
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
+    if isinstance(value, torch.nn.Module):
+        return f"a {type(value).__name__} module"
     text = " ".join(repr(value).split())
     if len(text) > 80:
         text = text[:77] + "..."

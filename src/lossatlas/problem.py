@@ -407,16 +407,20 @@ class Problem:
         with self.bound(params, buffers):
             return self._forward_bound(batch)
 
+    def weighted_loss(self, raw: Tensor, n: int) -> Tensor:
+        """A batch's loss as the loss function returned it (reduced by its ``reduction``) turned into
+        its share n_b ℓ_b / N of the dataset mean: the one place batches are weighted."""
+        if self.reduction == "sum":
+            return raw / self.n_samples
+        weight = n / self.n_samples
+        if self.reduction == "none":
+            return raw.mean() * weight
+        return raw * weight if weight != 1.0 else raw
+
     def _terms_bound(self, batch: Any, n: int, metrics: bool) -> dict[str, Tensor]:
         outputs, raw, extra = self._forward_bound(batch)
         weight = n / self.n_samples
-        if self.reduction == "sum":
-            loss = raw / self.n_samples
-        elif self.reduction == "none":
-            loss = raw.mean() * weight
-        else:
-            loss = raw * weight if weight != 1.0 else raw
-        terms = {"loss": loss}
+        terms = {"loss": self.weighted_loss(raw, n)}
         if metrics:
             for name, fn in self._metric_fns.items():
                 value = _metric_value(name, fn, outputs, batch[1])
@@ -431,6 +435,12 @@ class Problem:
         over batches is the dataset mean of the loss and of each metric."""
         with self.bound(params, buffers):
             return self._terms_bound(batch, n, metrics)
+
+    def batch_loss(self, params: Mapping[str, Tensor], batch: Any, n: int,
+                   buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+        """ℓ_b(θ), the mean loss over one batch of ``n`` samples (a differentiable 0-d tensor): the
+        batch's share of :meth:`batch_terms` rescaled by N / n_b (for stochastic steps over batches)."""
+        return self.batch_terms(params, batch, n, buffers, metrics=False)["loss"] * (self.n_samples / n)
 
     def evaluate_tensors(self, params: Mapping[str, Tensor], *, metrics: bool = True) -> dict[str, Tensor]:
         """Dataset means as float64 0-d tensors on the device (no host sync; ``vmap``-compatible
@@ -651,10 +661,7 @@ class Problem:
                 hint = " (saved from a DataParallel/DDP wrapper? remove the 'module.' prefix of its keys)"
             raise ParameterMismatchError(f"{func}(): argument '{arg}' must hold exactly the model's state_dict "
                                          f"({len(expected)} entries); it {' and '.join(parts)}{hint}")
-        for k, v in expected.items():
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise ParameterMismatchError(f"{func}(): argument '{arg}' entry {k!r} must have shape "
-                                             f"{tuple(v.shape)} like the model's; received {tuple(state[k].shape)}")
+        P.check_shapes(expected, state, func=func, arg=arg, like="the model's")
         with torch.no_grad():
             module.load_state_dict(dict(state), strict=True)  # cast to the problem's dtype, as at construction
         new = copy.copy(self)

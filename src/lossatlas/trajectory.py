@@ -104,13 +104,12 @@ class TrajectoryRecorder:
             self._last_step = entries[-1]["step"] if entries else None
 
     def __enter__(self) -> TrajectoryRecorder:
+        """``with TrajectoryRecorder(...) as rec:`` scopes a recording; nothing is held open between
+        calls (each ``record`` writes and closes its files), so leaving the block has nothing to close."""
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Nothing is held open between calls; kept for symmetry with file objects."""
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def __len__(self) -> int:
         return self._count

@@ -109,8 +109,7 @@ def _mean_gradient(op, batch: Any, closure=None) -> tuple[Tensor, float]:
             if not isinstance(value, Tensor) or value.ndim != 0:
                 raise bad_value("influence", "test_loss", "a closure returning a scalar tensor", value)
         else:
-            term = problem.batch_terms(point, batch, n, getattr(op, "_buffers", None), metrics=False)["loss"]
-            value = term * (problem.n_samples / n)  # n_b ℓ_b / N → the batch's per-sample mean
+            value = problem.batch_loss(point, batch, n, getattr(op, "_buffers", None))  # the batch's mean
         grads = torch.autograd.grad(value, leaves, allow_unused=True)
     flat = torch.cat([(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, leaves)])
     return flat.detach(), float(value.detach())

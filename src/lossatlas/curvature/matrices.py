@@ -53,7 +53,7 @@ from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from ..problem import Problem
 from . import _common as C
 from ..params.selection import ParamSelection
-from .operators import CurvatureOperator, _loss_name, _make, _prepare, _weighted, as_operator
+from .operators import CurvatureOperator, _loss_name, _make, _prepare, as_operator
 
 __all__ = ["ef_operator", "fisher_operator", "diagonal", "kfac_operator", "FisherOperator", "Diagonal",
            "KFACOperator", "curvature_operator", "FISHER_LOSSES"]
@@ -152,7 +152,7 @@ class FisherOperator(CurvatureOperator):
         draws = [targets] if self.kind == "ef" else list(self._sample(outputs, index))
         rows = []
         for y in draws:
-            term = _weighted(problem, problem.loss_fn(out_leaf, y), n)
+            term = problem.weighted_loss(problem.loss_fn(out_leaf, y), n)
             if not term.requires_grad:
                 return ("outer", None, "no-grad")
             rows.append(torch.autograd.grad(term, out_leaf)[0].detach())

@@ -249,7 +249,7 @@ class CurvatureOperator:
         if not outputs.requires_grad:
             return ("ggn", None, "unused")
         out_leaf = outputs.detach().requires_grad_(True)
-        term = _weighted(problem, problem.loss_fn(out_leaf, targets), n)
+        term = problem.weighted_loss(problem.loss_fn(out_leaf, targets), n)
         if not term.requires_grad:
             return ("ggn", None, "no-grad")
         (g_out,) = torch.autograd.grad(term, out_leaf, create_graph=True)
@@ -628,13 +628,6 @@ def _no_derivative(exc: BaseException) -> bool:
     return isinstance(exc, NotImplementedError) or bool(_NO_DERIVATIVE.search(str(exc)))
 
 
-def _weighted(problem: Problem, raw: Tensor, n: int) -> Tensor:
-    """A batch's loss as its share n_b ℓ_b / N of the dataset mean (as ``Problem.batch_terms``)."""
-    if problem.reduction == "sum":
-        return raw / problem.n_samples
-    if problem.reduction == "none":
-        return raw.mean() * (n / problem.n_samples)
-    return raw * (n / problem.n_samples)
 
 
 def _loss_name(loss: Any) -> str:

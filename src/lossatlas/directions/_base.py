@@ -176,7 +176,4 @@ def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: st
     if unknown:
         raise ParameterMismatchError(f"{func}(): argument 'params' must be parameters of 'model'; received "
                                      f"unknown names {unknown[:4]}")
-    for k, v in params.items():
-        if tuple(names[k].shape) != tuple(v.shape):
-            raise ParameterMismatchError(f"{func}(): argument 'params[{k!r}]' must have the shape of the "
-                                         f"model's parameter {tuple(names[k].shape)}; received {tuple(v.shape)}")
+    P.check_shapes(names, params, func=func, arg="params", like="the model's parameter")

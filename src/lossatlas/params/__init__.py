@@ -21,6 +21,7 @@ __all__ = [
     "Params",
     "params_of",
     "check_like",
+    "check_shapes",
     "zeros_like",
     "clone",
     "add",
@@ -110,6 +111,17 @@ def check_like(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, 
                 f"{func}(): argument '{arg}[{k!r}]' must be on device {r.device} like '{ref_arg}'; "
                 f"received {o.device} (move with lossatlas.params.to(p, device=...))"
             )
+
+
+def check_shapes(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, func: str, arg: str,
+                 like: str) -> None:
+    """Raise :class:`ParameterMismatchError` naming the first entry of ``other`` whose shape is not
+    that of the same entry of ``reference`` (``like`` says what ``reference`` is, e.g. "the model's");
+    entries of ``reference`` that ``other`` lacks are not checked here."""
+    for k, v in other.items():
+        if k in reference and tuple(v.shape) != tuple(reference[k].shape):
+            raise ParameterMismatchError(f"{func}(): argument '{arg}[{k!r}]' must have shape "
+                                         f"{tuple(reference[k].shape)} like {like}; received {tuple(v.shape)}")
 
 
 def _names(names: Sequence[str], limit: int = 4) -> str:
