@@ -595,22 +595,40 @@ class Problem:
         return bool(self._bn_modules)
 
     def replace(self, *, bn: str | None = None, loss_dtype: torch.dtype | None = None,
-                dtype: torch.dtype | None = None) -> Problem:
+                dtype: torch.dtype | None = None, data: Any = None, n_samples: int | None = None) -> Problem:
         """The same problem with another BatchNorm policy (``"eval"`` / ``"recalibrate"``), loss
-        precision or evaluation dtype; ``None`` keeps the setting. Model snapshot, data and loss are
-        shared (nothing is copied for ``bn`` or ``loss_dtype``); ``dtype`` is :meth:`with_dtype`.
-        Returns ``self`` when nothing changes."""
+        precision, evaluation dtype or batch source; ``None`` keeps the setting. Model snapshot, data
+        and loss are shared (nothing is copied for ``bn``, ``loss_dtype`` or ``data``); ``dtype`` is
+        :meth:`with_dtype`. Returns ``self`` when nothing changes.
+
+        ``data`` is a batch source over data already on the problem's device and dtype: iterating it
+        yields ``(batch, n)`` pairs and ``first()`` returns the first (e.g. one fixed batch, or some of
+        this problem's batches); it is used as given, not checked again (for new user data, build a new
+        :class:`Problem`). Batches are then weighted n_b / ``n_samples`` (default: the source's own
+        ``n_samples``; give the full N for a shard of the batches, whose ranks' sums add up)."""
+        func = "Problem.replace"
+        if data is None and n_samples is not None:
+            raise bad_value(func, "n_samples", "None unless data= is given", n_samples)
+        if data is not None:
+            if not (callable(getattr(data, "first", None)) and hasattr(data, "__iter__")):
+                raise bad_type(func, "data", "a batch source (iterable of (batch, n) pairs with first())", data)
+            n_samples = getattr(data, "n_samples", None) if n_samples is None else n_samples
+            if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+                raise bad_value(func, "n_samples", "a positive integer (or a source that has n_samples)", n_samples)
         new = self if dtype is None or dtype == self.dtype else self.with_dtype(dtype)
         if bn is not None and bn != new.bn:
             if bn not in _BN_MODES:
-                raise bad_value("Problem.replace", "bn", f"one of {_BN_MODES}", bn)
+                raise bad_value(func, "bn", f"one of {_BN_MODES}", bn)
             new = copy.copy(new)
             new.bn = bn
         if loss_dtype is not None and loss_dtype != new.loss_dtype:
             if not isinstance(loss_dtype, torch.dtype) or not loss_dtype.is_floating_point:
-                raise bad_value("Problem.replace", "loss_dtype", "a floating torch.dtype or None", loss_dtype)
+                raise bad_value(func, "loss_dtype", "a floating torch.dtype or None", loss_dtype)
             new = copy.copy(new) if new is self else new
             new._loss_dtype_arg = loss_dtype
+        if data is not None:
+            new = copy.copy(new) if new is self else new
+            new.data, new.n_samples = data, int(n_samples)
         return new
 
     def with_dtype(self, dtype: torch.dtype) -> Problem:
