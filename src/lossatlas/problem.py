@@ -29,7 +29,7 @@ from ._fast_paths import fast_cross_entropy, patch_private_module
 from ._linear_fold import dispatchers_removed
 from .data import BatchSource, map_tensors
 from .errors import (public, DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
-                     LossFunctionError, ParameterMismatchError, bad_type, bad_value, describe)
+                     LossFunctionError, ParameterMismatchError, bad_type, bad_value, current_function, describe)
 
 __all__ = ["Problem"]
 
@@ -326,8 +326,10 @@ class Problem:
         """θ₀: a copy of the model's trainable parameters (as given) in the problem's dtype/device."""
         return P.clone(self._center)
 
-    def check_params(self, params: Mapping[str, Tensor], *, func: str = "Problem.loss", arg: str = "params") -> None:
-        """Raise a clear error unless ``params`` has exactly the problem's trainable parameters."""
+    def check_params(self, params: Mapping[str, Tensor], *, func: str | None = None, arg: str = "params") -> None:
+        """Raise a clear error unless ``params`` has exactly the problem's trainable parameters (messages
+        name ``func``, default: the public function running, else ``Problem.loss``)."""
+        func = func or current_function("Problem.loss", innermost=True)
         P.check_like(self._center, params, func=func, arg=arg, ref_arg="the problem's parameters")
 
     @contextlib.contextmanager

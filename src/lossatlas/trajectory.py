@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from . import params as P
 from ._ncattrs import make_safe
-from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value, public
+from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value, current_function, public
 from .grid import DIM_NAMES
 from .problem import Problem
 
@@ -461,7 +461,8 @@ def _why_unreadable(path: Path, exc: BaseException) -> str:
     return "it is neither a torch.save zip archive nor a pickle"
 
 
-def _as_trajectory(trajectory: Any, func: str) -> Trajectory:
+def _as_trajectory(trajectory: Any, func: str | None = None) -> Trajectory:
+    func = func or current_function("project", innermost=True)
     if isinstance(trajectory, Trajectory):
         return trajectory
     if isinstance(trajectory, TrajectoryRecorder):

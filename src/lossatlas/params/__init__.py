@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ParameterMismatchError, bad_type, bad_value
+from ..errors import ParameterMismatchError, bad_type, bad_value, current_function
 from ._layout import filter_layout
 
 __all__ = [
@@ -61,23 +61,15 @@ def params_of(
         raise bad_type("params_of", "model", "a torch.nn.Module", model)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise bad_value("params_of", "dtype", "a floating torch.dtype or None", dtype)
-    out: Params = {}
-    for name, p in model.named_parameters():
-        if trainable_only and not p.requires_grad:
-            continue
-        t = p.detach().clone()
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        if device is not None:
-            t = t.to(device)
-        out[name] = t
-    return out
+    copies = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad or not trainable_only}
+    return to(copies, dtype=dtype, device=device)
 
 
-def check_like(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, func: str, arg: str,
+def check_like(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, func: str | None = None, arg: str,
                ref_arg: str = "center", check_dtype: bool = True) -> None:
     """Raise :class:`ParameterMismatchError` unless ``other`` has the same names, shapes, dtypes
-    and devices as ``reference``."""
+    and devices as ``reference`` (messages name ``func``, default: the public function running)."""
+    func = func or current_function("lossatlas", innermost=True)
     if not isinstance(other, Mapping):
         raise bad_type(func, arg, "a dict of parameter tensors", other)
     missing = [k for k in reference if k not in other]
