@@ -53,34 +53,25 @@ def run(store, delay: float = 0.0, *, steps: int = 8, chunk: int | None = 4, str
 
 
 def legacy(store, *, overwrite: bool = False, delay: float = 0.0) -> np.ndarray:
-    """Code written against the store primitives (open / lock / create / lock / run_chunks on every
-    rank, as ``curvature.ratio_map`` does): distributed through the runner as it is."""
+    """A grid job written by hand over the evaluator (a PointEvaluator, a provenance and a chunk shape,
+    as ``curvature.ratio_map`` builds one), run on every rank by ``run_grid``: opening, locking,
+    ``overwrite`` and the provenance check happen once, on rank 0, so ranks never race."""
     from lossatlas.evaluator import PointEvaluator
     from lossatlas.grid import Grid
-    from lossatlas.runner import run_chunks
-    from lossatlas.store import GridStore
+    from lossatlas.grid_job import GridJob, run_grid
 
     problem, d = build(delay)
     grid = Grid.make(2, 8, 1.0)
     chunk_shape = grid.chunk_shape_for(4)
     prov = {"kind": "legacy", "center": lossatlas.params.fingerprint(problem.params())}
-    path = Path(store)
-    if overwrite:
-        GridStore.remove(path, func="legacy")
-    gstore = None
-    if GridStore.exists(path):
-        gstore = GridStore.open(path, func="legacy")
-        gstore.lock(func="legacy")
-        gstore.check_provenance(prov, func="legacy")
-    try:
-        if gstore is None:
-            gstore = GridStore.create(path, grid=grid, chunk_shape=chunk_shape, variables=["loss"], provenance=prov)
-            gstore.lock(func="legacy")
-        with PointEvaluator(problem, problem.params(), d.vectors, strategy="loop", metrics=False) as evaluator:
-            return run_chunks(grid.chunks(chunk_shape), evaluator, ["loss"], store=gstore, progress=False,
-                              description="legacy")["loss"]
-    finally:
-        gstore.unlock()
+
+    def evaluator(settings):
+        return PointEvaluator(problem, problem.params(), d.vectors, strategy="loop", metrics=False)
+
+    job = GridJob(kind="legacy", func="legacy", grid=grid, variables=("loss",), provenance=prov,
+                  requested={"chunk_shape": None}, plan=lambda req: ({"chunk_shape": list(chunk_shape)}, None),
+                  evaluator=evaluator, attrs=lambda s: {"kind": "legacy"}, labels=("x", "y"), description="legacy")
+    return run_grid(job, store=Path(store), overwrite=overwrite, progress=False)["loss"].values
 
 
 def toy_job():

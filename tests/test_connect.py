@@ -42,13 +42,13 @@ def test_coefficients(kind, bends):
 
 def test_training_starts_from_the_line_and_is_deterministic(tiny):
     problem, a, b, *_ = tiny
-    untrained = lossatlas.connect(problem, a, b, steps=1, lr=1e-12, progress=False)
+    untrained = lossatlas.connect(problem, a, b, iters=1, lr=1e-12, progress=False)
     mid = untrained.point(0.5)
     line_mid = P.axpy(0.5, P.sub(b, a), a)
     assert max(float((mid[k] - line_mid[k]).abs().max()) for k in a) < 1e-9
-    c1 = lossatlas.connect(problem, a, b, steps=20, seed=3, progress=False)
-    c2 = lossatlas.connect(problem, a, b, steps=20, seed=3, progress=False)
-    c3 = lossatlas.connect(problem, a, b, steps=20, seed=4, progress=False)
+    c1 = lossatlas.connect(problem, a, b, iters=20, seed=3, progress=False)
+    c2 = lossatlas.connect(problem, a, b, iters=20, seed=3, progress=False)
+    c3 = lossatlas.connect(problem, a, b, iters=20, seed=4, progress=False)
     assert P.fingerprint(c1.bends[0]) == P.fingerprint(c2.bends[0]) and c1.history == c2.history
     assert P.fingerprint(c1.bends[0]) != P.fingerprint(c3.bends[0])
     # endpoints stay fixed, exactly
@@ -59,7 +59,7 @@ def test_training_starts_from_the_line_and_is_deterministic(tiny):
 @pytest.mark.parametrize("kind", ["bezier", "polychain"])
 def test_evaluate_equals_a_naive_loop(tiny, kind):
     problem, a, b, model, loss_fn, x, y = tiny
-    c = lossatlas.connect(problem, a, b, curve=kind, bends=2, steps=15, progress=False)
+    c = lossatlas.connect(problem, a, b, curve=kind, bends=2, iters=15, progress=False)
     ds = c.evaluate(7)
     expected = []
     for row in c.coefficients(ds.t.values):
@@ -75,7 +75,7 @@ def test_bezier_curve_between_two_digit_mlps_removes_most_of_the_barrier():
     ea, eb = examples.mlp_digits_pair()
     problem = ea.problem
     line = lossatlas.interpolate(problem, ea.center, eb.center, steps=21, progress=False)
-    curve = lossatlas.connect(problem, ea.center, eb.center, bends=1, steps=80, lr=0.03, batch_size=128, seed=0,
+    curve = lossatlas.connect(problem, ea.center, eb.center, bends=1, iters=80, lr=0.03, batch_size=128, seed=0,
                               progress=False)
     along = curve.evaluate(21)
     print(f"\nline: max loss {line.attrs['max_loss']:.4f}, barrier {line.attrs['barrier']:.4f}; bezier (1 bend, "
@@ -96,7 +96,7 @@ def test_batchnorm_model_trains_on_batch_statistics_and_keeps_stored_ones(cnn_da
     buffers = {k: v.clone() for k, v in problem._module.named_buffers()}
     a = problem.params()
     b = P.axpy(0.3, lossatlas.directions.random(problem, n=1, seed=0, ignore=None)[0], a)
-    c = lossatlas.connect(problem, a, b, steps=10, batch_size=16, progress=False)
+    c = lossatlas.connect(problem, a, b, iters=10, batch_size=16, progress=False)
     for k, v in problem._module.named_buffers():
         assert torch.equal(v, buffers[k]), k
     assert all(not m.training for m in problem._module.modules())
@@ -108,7 +108,7 @@ def test_batchnorm_model_trains_on_batch_statistics_and_keeps_stored_ones(cnn_da
 
 def test_save_and_load(tiny, tmp_path):
     problem, a, b, *_ = tiny
-    c = lossatlas.connect(problem, a, b, curve="polychain", bends=2, steps=5, progress=False)
+    c = lossatlas.connect(problem, a, b, curve="polychain", bends=2, iters=5, progress=False)
     c.save(tmp_path / "curve.pt")
     back = Curve.load(tmp_path / "curve.pt", problem)
     assert back.kind == "polychain" and len(back.bends) == 2 and back.history == c.history
@@ -123,7 +123,8 @@ def test_save_and_load(tiny, tmp_path):
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"curve": "spline"}, lossatlas.InvalidArgumentError, ["'curve'", "bezier"]),
     ({"bends": 0}, lossatlas.InvalidArgumentError, ["'bends'"]),
-    ({"steps": 0}, lossatlas.InvalidArgumentError, ["'steps'"]),
+    ({"iters": 0}, lossatlas.InvalidArgumentError, ["'iters'"]),
+    ({"steps": 0}, lossatlas.InvalidArgumentError, ["'iters' (formerly 'steps')"]),  # the old name, for a release
     ({"lr": -1.0}, lossatlas.InvalidArgumentError, ["'lr'"]),
     ({"batch_size": 0}, lossatlas.InvalidArgumentError, ["'batch_size'"]),
     ({"seed": "0"}, lossatlas.InvalidTypeError, ["'seed'"]),
@@ -138,7 +139,7 @@ def test_bad_inputs(tiny, kwargs, error, words):
         lossatlas.connect(problem, a, a, progress=False)
     with pytest.raises(lossatlas.ParameterMismatchError):
         lossatlas.connect(problem, a, lossatlas.params_of(torch.nn.Linear(2, 2)), progress=False)
-    c = lossatlas.connect(problem, a, b, steps=1, progress=False)
+    c = lossatlas.connect(problem, a, b, iters=1, progress=False)
     with pytest.raises(lossatlas.InvalidArgumentError, match="'t'"):
         c.point(1.5)
     with pytest.raises(lossatlas.InvalidArgumentError, match="'steps'"):

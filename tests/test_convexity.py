@@ -263,3 +263,15 @@ def test_hessian_block_certificates_are_checked_on_their_block(classification, m
     wrong = copy.deepcopy(cert)
     wrong.eigen["value"] = 0.3 * cert.eigen["value"]  # residual 0.7|λ| > |0.3λ|
     assert any("residual" in r for r in wrong.check(problem).reasons)
+
+
+def test_verdict_is_a_str_enum_that_reads_as_its_text():
+    import json
+
+    from lossatlas.convexity import NOT_FOUND, PROVEN, Verdict
+
+    assert PROVEN is Verdict.PROVEN and NOT_FOUND is Verdict.NOT_FOUND
+    assert isinstance(PROVEN, str) and PROVEN == "non-convex (proven)" and Verdict("no violation found") is NOT_FOUND
+    assert str(PROVEN) == f"{PROVEN}" == "non-convex (proven)" and repr(PROVEN) == "'non-convex (proven)'"
+    assert json.loads(json.dumps({"verdict": NOT_FOUND})) == {"verdict": "no violation found"}
+    assert {v.value for v in Verdict} == {"non-convex (proven)", "no violation found"}  # never "convex"

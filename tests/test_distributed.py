@@ -195,8 +195,9 @@ def test_cli_under_torchrun_writes_the_single_process_store(tmp_path):
 
 
 def test_code_using_the_store_primitives_is_distributed_too(tmp_path):
-    """open / lock / create / lock / run_chunks on every rank (the pattern of curvature.ratio_map):
-    ``lock`` and ``remove`` are collective, so ranks never race; values equal one process's."""
+    """A hand-written grid job over a PointEvaluator (the pattern of curvature.ratio_map) run by
+    ``run_grid`` on every rank: locking and ``overwrite`` happen once, so ranks never race; values
+    equal one process's."""
     with pinned_threads(1):
         reference = _dist_problem.legacy(tmp_path / "single.zarr")
     for overwrite in (False, True):

@@ -107,3 +107,80 @@ def test_errors_subclass_builtins():
     assert issubclass(lossatlas.InvalidTypeError, TypeError)
     assert issubclass(lossatlas.ParameterMismatchError, ValueError)
     assert issubclass(lossatlas.StoreError, OSError)
+
+
+def test_renamed_keeps_the_old_keyword_for_a_release():
+    import warnings
+
+    import pytest
+
+    from lossatlas.errors import InvalidArgumentError, bad_value, public, renamed
+
+    @public("toy")
+    @renamed(theta="center")
+    def toy(problem, center=None, *, k=1):
+        if center == "bad":
+            raise bad_value("toy", "center", "good", center)
+        return problem, center, k
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert toy(1, 2, k=3) == (1, 2, 3) and toy(1, center=2) == (1, 2, 1)  # the new name: no warning
+    with pytest.warns(DeprecationWarning, match=r"toy\(\): argument 'theta' is now called 'center'") as rec:
+        assert toy(1, theta=2) == (1, 2, 1)
+    assert rec[0].filename == __file__  # points at the caller
+    with pytest.raises(InvalidArgumentError, match="old name of 'center'"):
+        toy(1, theta=2, center=2)
+    with pytest.raises(InvalidArgumentError, match=r"toy\(\): argument 'center' \(formerly 'theta'\) must be good"):
+        toy(1, "bad")
+    with pytest.raises(TypeError):
+        renamed(theta="centre")(toy.__wrapped__.__wrapped__)  # the new name must be a parameter
+
+
+def test_public_functions_take_center_and_the_old_theta_keyword_warns():
+    import inspect
+
+    import pytest
+    import torch
+
+    import lossatlas
+    import lossatlas.testing
+    from lossatlas import curvature as C
+
+    for fn in (lossatlas.convexity.audit, C.trace, C.density, C.eigenvalues, C.hessian_operator, C.ggn_operator,
+               C.per_layer, C.inverse_product, C.influence, C.diagonal, lossatlas.directions.hessian,
+               lossatlas.sharpness.lambda_max, lossatlas.testing.exact_hessian):
+        params = inspect.signature(fn).parameters
+        assert "center" in params and "theta" not in params, fn.__name__
+    torch.manual_seed(0)
+    pr = lossatlas.Problem(torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss(), (torch.randn(16, 3), torch.randint(0, 2, (16,))))
+    new = C.hessian_operator(pr, pr.params()).dense()
+    with pytest.warns(DeprecationWarning, match="'theta' is now called 'center'"):
+        old = C.hessian_operator(pr, theta=pr.params()).dense()
+    assert torch.equal(new, old)
+
+
+def test_checkers_without_a_name_name_the_public_function_running():
+    import pytest
+
+    from lossatlas.errors import InvalidArgumentError, InvalidTypeError, bad_type, bad_value, check_seed, public
+
+    @public("outer")
+    def outer(x, *, z=None):
+        return inner(x, z)
+
+    @public("inner")
+    def inner(x, y):
+        if y is not None:
+            raise bad_value("y", "None", y)  # no name passed: the running function's, "inner"
+        raise bad_type("x", "a thing", x)
+
+    with pytest.raises(InvalidTypeError, match=r"^outer\(\): argument 'x' must be a thing"):
+        outer(1)  # x is outer's argument
+    with pytest.raises(InvalidArgumentError, match=r"^outer\(\): inner\(\): argument 'y' must be None"):
+        outer(1, z=2)  # y is not outer's argument: where it happened is kept
+    assert str(bad_value("f", "a", "b", 1)).startswith("f(): argument 'a'")  # the explicit form is kept
+    assert str(bad_value("a", "b", 1)).startswith("lossatlas(): argument 'a'")  # outside any public function
+    assert check_seed(3) == check_seed("f", 3) == 3
+    with pytest.raises(TypeError):
+        bad_value("a", "b")

@@ -175,7 +175,7 @@ def test_every_paths_call_leaves_the_users_model_alone(cnn_data, tmp_path):
     a = problem.params()
     b = P.axpy(0.2, lossatlas.directions.random(problem, n=1, seed=0)[0], a)
     lossatlas.interpolate(problem, a, b, steps=3, bn="recalibrate", progress=False)
-    curve = lossatlas.connect(problem, a, b, steps=3, progress=False)
+    curve = lossatlas.connect(problem, a, b, iters=3, progress=False)
     curve.evaluate(3)
     lossatlas.align(model, model, model)
     with lossatlas.TrajectoryRecorder(tmp_path / "run") as rec:

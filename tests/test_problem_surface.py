@@ -55,3 +55,33 @@ def test_no_module_reads_problem_private_attributes():
                     isinstance(node.value, ast.Name) and node.value.id == "self"):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno} .{node.attr}")
     assert not offenders, offenders
+
+
+def test_replace_data_is_a_view_on_other_batches():
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 3), torch.randint(0, 2, (30,))
+    pr = lossatlas.Problem(torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss(), (x, y), batch_size=10)
+    batches = list(pr.data)
+
+    class Source:  # the batch-source interface: (batch, n) pairs, first(), n_samples
+        def __init__(self, items):
+            self.items, self.n_samples = items, sum(n for _, n in items)
+
+        def __iter__(self):
+            return iter(self.items)
+
+        def first(self):
+            return self.items[0]
+
+    one = pr.replace(data=Source(batches[:1]))
+    assert one.n_samples == 10 and pr.n_samples == 30 and one.module is pr.module and one.data is not pr.data
+    (xb, yb), _ = batches[0]
+    expected = float(torch.nn.functional.cross_entropy(torch.nn.functional.linear(xb, pr.params()["weight"],
+                                                                                   pr.params()["bias"]), yb))
+    assert abs(one.loss(one.params()) - expected) < 1e-6
+    shards = [pr.replace(data=Source(batches[i::2]), n_samples=pr.n_samples) for i in (0, 1)]
+    assert abs(sum(s.loss(s.params()) for s in shards) - pr.loss(pr.params())) < 1e-6  # weights n_b / full N
+    with pytest.raises(lossatlas.errors.InvalidTypeError, match="data"):
+        pr.replace(data=(x, y))
+    with pytest.raises(InvalidArgumentError, match="n_samples"):
+        pr.replace(n_samples=5)

@@ -37,7 +37,7 @@ def test_sam_sharpness_of_a_quadratic_reaches_the_closed_form(rho, offset):
     # L = ½(4θ₁² + θ₂²) at θ = (δ, 0), δ ≠ 0: the worst ε in the ball is ρ·sign(δ)·e₁, increase 2((|δ|+ρ)² − δ²)
     delta = offset if abs(offset) > 1e-3 else 0.3
     problem, _ = known_problem(quadratic(A), torch.tensor([delta, 0.0], dtype=F64))
-    s = S.sam_sharpness(problem, rho=rho, steps=5)
+    s = S.sam_sharpness(problem, rho=rho, iters=5)
     exact = 2 * ((abs(delta) + rho) ** 2 - delta ** 2)
     assert s.value == pytest.approx(exact, rel=1e-9) and s.value <= exact * (1 + 1e-12)
     assert s.kind == "lower bound" and not s.scale_invariant
@@ -49,7 +49,7 @@ def test_sam_sharpness_of_a_quadratic_reaches_the_closed_form(rho, offset):
 
 def test_sam_sharpness_at_a_critical_point_starts_at_random():
     problem, _ = known_problem(quadratic(A), torch.zeros(2))
-    s = S.sam_sharpness(problem, rho=0.1, steps=30)
+    s = S.sam_sharpness(problem, rho=0.1, iters=30)
     assert 0 < s.value <= 2 * 0.1 ** 2 * (1 + 1e-12)  # ≤ ½λmax ρ², reached along e₁
     assert s.value == pytest.approx(0.02, rel=1e-3)
 

@@ -289,7 +289,7 @@ def test_overwrite_refuses_a_regular_file(tmp_path):
         _dist_problem.run(path)
     assert path.read_text() == "years of work"
     with pytest.raises(lossatlas.StoreError):
-        GridStore.remove(path, func="test")
+        GridStore.remove_here(path, func="test")  # what overwrite=True calls
     assert path.read_text() == "years of work"
 
 

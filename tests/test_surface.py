@@ -193,15 +193,14 @@ def test_lock_refuses_concurrent_writer(tmp_path, classification):
     pr, d, *_ = setup(classification)
     path = tmp_path / "s.zarr"
     lossatlas.surface(pr, None, d, steps=3, progress=False, store=path)
-    from lossatlas.store import GridStore
+    from lossatlas.store import StoreLock
 
-    holder = GridStore.open(path)
-    holder.lock(func="test")
+    holder = StoreLock.acquire(path, func="test")  # the writer lock run_grid takes
     try:
         with pytest.raises(lossatlas.StoreLockedError, match="pid"):
             lossatlas.surface(pr, None, d, steps=3, progress=False, store=path)
     finally:
-        holder.unlock()
+        holder.release()
 
 
 def test_overwrite_refuses_foreign_directories(tmp_path, classification):

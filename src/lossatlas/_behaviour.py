@@ -24,7 +24,6 @@ problem's private module under its lock, with the linear fold's dispatchers remo
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -120,9 +119,7 @@ def behaviour(problem) -> dict[str, Any]:
     error: Exception | None = None
     with torch.no_grad(), guard.lock, dispatchers_removed(guard):
         for batch, k, sliced in _fixed_batch(problem):
-            view = copy.copy(problem)  # same module, lock and settings; one fixed batch as its data
-            view.data = _OneBatch(batch, k)
-            view.n_samples = k
+            view = problem.replace(data=_OneBatch(batch, k))  # same module, lock and settings; one batch
             try:
                 records = [_evaluate(view, batch, point) for point in points]
             except Exception as exc:  # e.g. a closure that cannot take a sliced batch: use the whole one

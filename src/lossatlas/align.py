@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from . import params as P
 from ._permspec import PermutationSpec, permutation_spec
-from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed, public
+from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed, current_function, public
 from .problem import Problem
 
 __all__ = ["align", "Alignment", "permute"]
@@ -104,26 +104,25 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
     >>> result.distance_before > 0, result.distance_after
     (True, 0.0)
     """
-    func = "align"
     problem = model if isinstance(model, Problem) else None
     module = problem.model if problem is not None else model
     if not isinstance(module, nn.Module):
-        raise bad_type(func, "model", "an nn.Module or a lossatlas.Problem", model)
-    a = _as_state(a, "a", func)
-    b = _as_state(b, "b", func)
-    P.check_like(a, b, func=func, arg="b", ref_arg="a", check_dtype=False)
+        raise bad_type("model", "an nn.Module or a lossatlas.Problem", model)
+    a = _as_state(a, "a")
+    b = _as_state(b, "b")
+    P.check_like(a, b, arg="b", ref_arg="a", check_dtype=False)
     known = module.state_dict()
     unknown = [k for k in a if k not in known]
     if unknown:
-        raise ParameterMismatchError(f"{func}(): arguments 'a' and 'b' must hold entries of the model's state_dict; "
+        raise ParameterMismatchError(f"align(): arguments 'a' and 'b' must hold entries of the model's state_dict; "
                                      f"received unknown names {unknown[:4]} (are they from another model?)")
     for k, t in a.items():
         if tuple(t.shape) != tuple(known[k].shape):
-            raise ParameterMismatchError(f"{func}(): argument 'a[{k!r}]' must have the model's shape "
+            raise ParameterMismatchError(f"align(): argument 'a[{k!r}]' must have the model's shape "
                                          f"{tuple(known[k].shape)}; received {tuple(t.shape)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise bad_value(func, "max_iter", "an integer >= 1", max_iter)
-    seed = check_seed(func, seed)
+        raise bad_value("max_iter", "an integer >= 1", max_iter)
+    seed = check_seed(seed)
 
     spec = permutation_spec(module)
     param_names = {n for n, _ in module.named_parameters()}
@@ -163,7 +162,8 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
     return result
 
 
-def _as_state(x: Any, arg: str, func: str) -> dict[str, Tensor]:
+def _as_state(x: Any, arg: str, func: str | None = None) -> dict[str, Tensor]:
+    func = func or current_function("align", innermost=True)
     if isinstance(x, nn.Module):
         return {k: v.detach() for k, v in x.state_dict().items()}
     if not isinstance(x, Mapping) or not x:

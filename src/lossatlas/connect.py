@@ -31,7 +31,7 @@ from ._ncattrs import make_safe
 from ._repr import table, text
 from .data import map_tensors
 from .directions import plane
-from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed, public
+from .errors import InvalidArgumentError, StoreError, bad_type, bad_value, check_seed, public, renamed
 from .evaluator import PointEvaluator, probe_free_strategy
 from .grid import DIM_NAMES, Grid
 from .grid_job import GridJob, run_grid
@@ -142,13 +142,13 @@ class Curve:
         func = "Curve.evaluate"
         problem = problem or self.problem
         if not isinstance(problem, Problem):
-            raise bad_type(func, "problem", "a lossatlas.Problem (the curve was loaded without one)", problem)
+            raise bad_type("problem", "a lossatlas.Problem (the curve was loaded without one)", problem)
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-            raise bad_value(func, "steps", "an integer >= 2", steps)
+            raise bad_value("steps", "an integer >= 2", steps)
         if bn not in (None, "eval", "recalibrate"):
-            raise bad_value(func, "bn", "None, 'eval' or 'recalibrate'", bn)
+            raise bad_value("bn", "None, 'eval' or 'recalibrate'", bn)
         for i, p in enumerate(self.points):
-            problem.check_params(p, func=func, arg=f"points[{i}]")
+            problem.check_params(p, arg=f"points[{i}]")
         if bn is None:
             bn = "recalibrate" if problem.has_batchnorm else problem.bn
         evaluated = with_bn(problem, bn)
@@ -249,13 +249,14 @@ class Curve:
 
 
 @public("connect")
+@renamed(steps="iters")
 def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Module, *,
-            curve: str = "bezier", bends: int = 1, steps: int = 600, lr: float = 0.01, batch_size: int | None = None,
+            curve: str = "bezier", bends: int = 1, iters: int = 600, lr: float = 0.01, batch_size: int | None = None,
             seed: int = 0, weight_decay: float = 0.0, progress: bool = True) -> Curve:
     """Train a curve from ``a`` to ``b`` whose loss stays low (Garipov et al. 2018).
 
     Minimises E_{t∼U[0,1]} L(φ(t)) over the bends with Adam (learning rate ``lr``, cosine decay to
-    0 over ``steps`` steps), drawing one t per step from a generator seeded with ``seed`` — the
+    0 over ``iters`` steps), drawing one t per step from a generator seeded with ``seed`` — the
     same seed gives the same curve. Each step uses one batch of the problem's data (all of it when
     the problem holds one batch) or, with ``batch_size``, a random subset of that size. The bends
     start on the straight line. BatchNorm layers run on batch statistics while training (their
@@ -271,33 +272,32 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
     >>> problem = lossatlas.Problem(net, torch.nn.CrossEntropyLoss(), (x, y))
     >>> a = problem.params()
     >>> b = {k: -v for k, v in a.items()}
-    >>> c = lossatlas.connect(problem, a, b, steps=50, progress=False)
+    >>> c = lossatlas.connect(problem, a, b, iters=50, progress=False)
     >>> len(c.bends), c.evaluate(11).attrs["max_loss"] > 0
     (1, True)
     """
-    func = "connect"
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
-    a = _as_params(problem, a, "a", func)
-    b = _as_params(problem, b, "b", func)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
+    a = _as_params(problem, a, "a")
+    b = _as_params(problem, b, "b")
     if curve not in CURVES:
-        raise bad_value(func, "curve", f"one of {CURVES}", curve)
-    for arg, v in (("bends", bends), ("steps", steps)):
+        raise bad_value("curve", f"one of {CURVES}", curve)
+    for arg, v in (("bends", bends), ("iters", iters)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise bad_value(func, arg, "an integer >= 1", v)
+            raise bad_value(arg, "an integer >= 1", v)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise bad_value(func, "lr", "a positive finite number", lr)
+        raise bad_value("lr", "a positive finite number", lr)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise bad_value(func, "batch_size", "a positive integer or None", batch_size)
-    seed = check_seed(func, seed)
+        raise bad_value("batch_size", "a positive integer or None", batch_size)
+    seed = check_seed(seed)
     if P.norm(P.sub(b, a)) == 0:
-        raise InvalidArgumentError(f"{func}(): arguments 'a' and 'b' must differ; received identical parameters")
+        raise InvalidArgumentError(f"connect(): arguments 'a' and 'b' must differ; received identical parameters")
 
     k = int(bends)
     init = [P.axpy(j / (k + 1), P.sub(b, a), a) for j in range(1, k + 1)]
     leaves = [{n: v.detach().clone().requires_grad_(True) for n, v in p.items()} for p in init]
     opt = torch.optim.Adam([v for p in leaves for v in p.values()], lr=float(lr), weight_decay=float(weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / iters)))
     gen = torch.Generator().manual_seed(int(seed))
     history: list[float] = []
     batches = list(problem.data)
@@ -308,9 +308,9 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
     try:
         for m in problem.batchnorm_modules:
             m.train()
-        with progress_bar(int(steps), f"connect ({curve}, {k} bend{'s' if k > 1 else ''})", enabled=progress,
+        with progress_bar(int(iters), f"connect ({curve}, {k} bend{'s' if k > 1 else ''})", enabled=progress,
                           unit="steps") as advance:
-            for s in range(int(steps)):
+            for s in range(int(iters)):
                 t = torch.rand((), generator=gen, dtype=torch.float64)
                 batch, n = batches[s % len(batches)]
                 if batch_size is not None and batch_size < n:
@@ -319,8 +319,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
                 coeffs = [float(c) for c in _torch_coefficients(curve, k, t)]
                 phi = _combine([a, *leaves, b], coeffs)
                 buffers = {name: v.clone() for name, v in bn_buffers.items()} or None
-                terms = problem.batch_terms(phi, batch, n, buffers, metrics=False)
-                loss = terms["loss"] * (problem.n_samples / n)
+                loss = problem.batch_loss(phi, batch, n, buffers)
                 if not loss.requires_grad:  # t drawn exactly at an endpoint: nothing to train
                     advance(1)
                     continue
@@ -336,7 +335,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
         lock.release()
     seconds = time.perf_counter() - t0
     points = [a, *({n: v.detach() for n, v in p.items()} for p in leaves), b]
-    info = {"curve": curve, "bends": k, "steps": int(steps), "lr": float(lr), "batch_size": batch_size,
+    info = {"curve": curve, "bends": k, "steps": int(iters), "lr": float(lr), "batch_size": batch_size,
             "seed": int(seed), "weight_decay": float(weight_decay), "seconds": seconds,
             "objective": "E_t~U[0,1] L(phi(t)) (Garipov et al. 2018)"}
     return Curve(curve, points, problem, info, history)

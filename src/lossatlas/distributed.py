@@ -38,7 +38,6 @@ pins them in its provenance), and every rank checks that it built the same probl
 from __future__ import annotations
 
 import atexit
-import copy
 import json
 import os
 import socket
@@ -333,9 +332,7 @@ def shard_problem(problem, rank: int, world: int):
     indices = list(range(rank, problem.data.n_batches, world))
     if not indices:
         return None, indices
-    view = copy.copy(problem)
-    view.data = _BatchShard(problem.data, indices)
-    return view, indices
+    return problem.replace(data=_BatchShard(problem.data, indices), n_samples=problem.n_samples), indices
 
 
 class DataParallelEvaluator:

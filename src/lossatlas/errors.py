@@ -17,8 +17,11 @@ import functools
 import inspect
 import numbers
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import torch
 
 __all__ = [
     "LossAtlasError",
@@ -37,10 +40,13 @@ __all__ = [
     "StoreRepairWarning",
     "public",
     "current_function",
+    "renamed",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _BOUNDARY: contextvars.ContextVar[str | None] = contextvars.ContextVar("lossatlas_public_function", default=None)
+#: the public function running now (the innermost public call): the name a checker's message starts with
+_RUNNING: contextvars.ContextVar[str | None] = contextvars.ContextVar("lossatlas_running_function", default=None)
 _PREFIX = re.compile(r"^([A-Za-z_][\w.]*)\(\): ")
 _ARGUMENT = re.compile(r"argument '([A-Za-z_]\w*)'")
 
@@ -62,16 +68,20 @@ def public(name: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def entry(*args: Any, **kwargs: Any) -> Any:
-            if _BOUNDARY.get() is not None:
-                return fn(*args, **kwargs)
-            token = _BOUNDARY.set(name)
+            running = _RUNNING.set(name)
             try:
-                return fn(*args, **kwargs)
-            except LossAtlasError as exc:
-                _name_the_boundary(exc, name, arguments)
-                raise
+                if _BOUNDARY.get() is not None:
+                    return fn(*args, **kwargs)
+                token = _BOUNDARY.set(name)
+                try:
+                    return fn(*args, **kwargs)
+                except LossAtlasError as exc:
+                    _name_the_boundary(exc, name, arguments)
+                    raise
+                finally:
+                    _BOUNDARY.reset(token)
             finally:
-                _BOUNDARY.reset(token)
+                _RUNNING.reset(running)
 
         entry.__lossatlas_public__ = name  # type: ignore[attr-defined]
         return entry  # type: ignore[return-value]
@@ -79,9 +89,66 @@ def public(name: str) -> Callable[[F], F]:
     return decorate
 
 
-def current_function(default: str | None = None) -> str | None:
-    """The public function the user called (see :func:`public`), or ``default`` outside one."""
-    return _BOUNDARY.get() or default
+def current_function(default: str | None = None, *, innermost: bool = False) -> str | None:
+    """The public function the user called (see :func:`public`), or ``default`` outside one.
+
+    ``innermost=True``: the public function running now (the user's, or one it called), the name the
+    checkers (:func:`bad_value`, :func:`bad_type`, :func:`check_seed`) put in a message when they are
+    not given one; :func:`public` then names the user's function as above. Code under a public
+    function therefore never passes its name down (``func=``) for messages."""
+    return (_RUNNING if innermost else _BOUNDARY).get() or default
+
+
+def with_name(args: tuple[Any, ...], n: int, what: str) -> tuple[str, tuple[Any, ...]]:
+    """``(func, rest)`` from a checker's positional ``args``: ``n`` of them without the function's name
+    (the public function running names the message), or the name first and ``n`` after (the explicit
+    form, kept for callers that pass one)."""
+    if len(args) == n:
+        return current_function("lossatlas", innermost=True), args
+    if len(args) == n + 1 and isinstance(args[0], str):
+        return args[0], args[1:]
+    raise TypeError(f"{what}() takes {n} positional arguments, or the function's name and {n}")
+
+
+def renamed(**names: str) -> Callable[[F], F]:
+    """Keep the old keyword of a renamed argument working for one release: ``@renamed(theta="center")``
+    passes ``theta=x`` on as ``center=x`` with a :class:`DeprecationWarning` naming both (both at once is
+    an :class:`InvalidArgumentError`), and an error naming argument ``'center'`` says ``(formerly
+    'theta')``. Put it under :func:`public`. The one helper for renamed arguments."""
+    def decorate(fn: F) -> F:
+        parameters = inspect.signature(fn).parameters
+        for old, new in names.items():
+            if new not in parameters or old in parameters:
+                raise TypeError(f"renamed(): {fn.__qualname__} must take '{new}' and not '{old}'")
+        who = getattr(fn, "__name__", "function")
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for old, new in names.items():
+                if old in kwargs:
+                    name = current_function(who)
+                    if new in kwargs:
+                        raise InvalidArgumentError(f"{name}(): argument '{old}' is the old name of '{new}'; "
+                                                   f"pass only '{new}'")
+                    warnings.warn(f"{name}(): argument '{old}' is now called '{new}'; '{old}=' will stop working "
+                                  "in the next release", DeprecationWarning, stacklevel=3)
+                    kwargs[new] = kwargs.pop(old)
+            try:
+                return fn(*args, **kwargs)
+            except LossAtlasError as exc:
+                if exc.args and isinstance(exc.args[0], str):
+                    text = exc.args[0]
+                    for old, new in names.items():
+                        mark = f"argument '{new}'"
+                        if mark in text and f"(formerly '{old}')" not in text:
+                            text = text.replace(mark, f"{mark} (formerly '{old}')", 1)
+                    exc.args = (text,) + tuple(exc.args[1:])
+                raise
+
+        call.__lossatlas_renamed__ = dict(names)  # type: ignore[attr-defined]
+        return call  # type: ignore[return-value]
+
+    return decorate
 
 
 def _name_the_boundary(exc: LossAtlasError, name: str, arguments: set[str]) -> None:
@@ -159,33 +226,27 @@ class MissingDependencyError(LossAtlasError, ImportError):
 
 def describe(value: Any) -> str:
     """A short, readable description of a received value for error messages."""
-    try:
-        import torch
-
-        if isinstance(value, torch.Tensor):
-            return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    try:
-        from torch import nn
-
-        if isinstance(value, nn.Module):
-            return f"a {type(value).__name__} module"
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
+    if isinstance(value, torch.nn.Module):
+        return f"a {type(value).__name__} module"
     text = " ".join(repr(value).split())
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} ({type(value).__name__})"
 
 
-def bad_value(func: str, arg: str, expected: str, received: Any) -> InvalidArgumentError:
-    """``InvalidArgumentError`` with the standard one-line message."""
+def bad_value(*args: Any) -> InvalidArgumentError:
+    """``InvalidArgumentError`` with the standard one-line message: ``bad_value(arg, expected, received)``
+    (named after the public function running, :func:`current_function`) or ``bad_value(func, arg,
+    expected, received)``."""
+    func, (arg, expected, received) = with_name(args, 3, "bad_value")
     return InvalidArgumentError(f"{func}(): argument '{arg}' must be {expected}; received {describe(received)}")
 
 
-def bad_type(func: str, arg: str, expected: str, received: Any) -> InvalidTypeError:
-    """``InvalidTypeError`` with the standard one-line message."""
+def bad_type(*args: Any) -> InvalidTypeError:
+    """``InvalidTypeError`` with the standard one-line message (the call forms of :func:`bad_value`)."""
+    func, (arg, expected, received) = with_name(args, 3, "bad_type")
     return InvalidTypeError(f"{func}(): argument '{arg}' must be {expected}; received {describe(received)}")
 
 
@@ -193,9 +254,10 @@ def bad_type(func: str, arg: str, expected: str, received: Any) -> InvalidTypeEr
 MAX_SEED = 2**63 - 1
 
 
-def check_seed(func: str, seed: Any, arg: str = "seed") -> int:
-    """``seed`` as an ``int`` in [0, 2**63), or the standard error naming ``arg`` (bools refused).
-    Every public ``seed=`` goes through this one check."""
+def check_seed(*args: Any, arg: str = "seed") -> int:
+    """``seed`` as an ``int`` in [0, 2**63), or the standard error naming ``arg`` (bools refused):
+    ``check_seed(seed)`` or ``check_seed(func, seed)``. Every public ``seed=`` goes through this one check."""
+    func, (seed,) = with_name(args, 1, "check_seed")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise bad_type(func, arg, "a non-negative integer (< 2**63)", seed)
     if not 0 <= int(seed) <= MAX_SEED:

@@ -30,7 +30,7 @@ from . import _bn_honesty
 from . import params as P
 from ._ncattrs import make_safe
 from .directions import between
-from .errors import bad_type, bad_value, public
+from .errors import bad_type, bad_value, current_function, public
 from .grid_job import run_grid
 from .problem import Problem
 from .surface import open_surface, surface_job
@@ -80,16 +80,16 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     """
     func = "interpolate"
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
-    a = _as_params(problem, a, "a", func)
-    b = _as_params(problem, b, "b", func)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
+    a = _as_params(problem, a, "a")
+    b = _as_params(problem, b, "b")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise bad_value(func, "steps", "an integer >= 2", steps)
-    lo, hi = _check_extend(extend, func)
+        raise bad_value("steps", "an integer >= 2", steps)
+    lo, hi = _check_extend(extend)
     if bn not in BN_CHOICES:
-        raise bad_value(func, "bn", f"one of {BN_CHOICES}", bn)
+        raise bad_value("bn", f"one of {BN_CHOICES}", bn)
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
-        raise bad_value(func, "tol", "a number >= 0 or None", tol)
+        raise bad_value("tol", "a number >= 0 or None", tol)
     if bn is None and problem.has_batchnorm and problem.bn == "eval":
         bn = "recalibrate"  # two networks' points: stored statistics describe one endpoint at most (cheap on a line)
     evaluated = with_bn(problem, bn)
@@ -165,7 +165,8 @@ def path_metrics(t: np.ndarray, loss: np.ndarray, *, dtype: torch.dtype = torch.
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _as_params(problem: Problem, x: Any, arg: str, func: str) -> dict[str, Tensor]:
+def _as_params(problem: Problem, x: Any, arg: str, func: str | None = None) -> dict[str, Tensor]:
+    func = func or current_function("interpolate", innermost=True)
     if isinstance(x, nn.Module):
         x = P.params_of(x, dtype=problem.dtype, device=problem.device)
     if not isinstance(x, Mapping):
@@ -174,7 +175,8 @@ def _as_params(problem: Problem, x: Any, arg: str, func: str) -> dict[str, Tenso
     return {k: v.detach() for k, v in x.items()}
 
 
-def _check_extend(extend: Any, func: str) -> tuple[float, float]:
+def _check_extend(extend: Any, func: str | None = None) -> tuple[float, float]:
+    func = func or current_function("interpolate", innermost=True)
     ok = (isinstance(extend, (list, tuple)) and len(extend) == 2
           and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in extend))
     if ok:

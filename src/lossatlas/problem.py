@@ -29,7 +29,7 @@ from ._fast_paths import fast_cross_entropy, patch_private_module
 from ._linear_fold import dispatchers_removed
 from .data import BatchSource, map_tensors
 from .errors import (public, DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
-                     LossFunctionError, ParameterMismatchError, bad_type, bad_value, describe)
+                     LossFunctionError, ParameterMismatchError, bad_type, bad_value, current_function, describe)
 
 __all__ = ["Problem"]
 
@@ -326,8 +326,10 @@ class Problem:
         """θ₀: a copy of the model's trainable parameters (as given) in the problem's dtype/device."""
         return P.clone(self._center)
 
-    def check_params(self, params: Mapping[str, Tensor], *, func: str = "Problem.loss", arg: str = "params") -> None:
-        """Raise a clear error unless ``params`` has exactly the problem's trainable parameters."""
+    def check_params(self, params: Mapping[str, Tensor], *, func: str | None = None, arg: str = "params") -> None:
+        """Raise a clear error unless ``params`` has exactly the problem's trainable parameters (messages
+        name ``func``, default: the public function running, else ``Problem.loss``)."""
+        func = func or current_function("Problem.loss", innermost=True)
         P.check_like(self._center, params, func=func, arg=arg, ref_arg="the problem's parameters")
 
     @contextlib.contextmanager
@@ -407,16 +409,20 @@ class Problem:
         with self.bound(params, buffers):
             return self._forward_bound(batch)
 
+    def weighted_loss(self, raw: Tensor, n: int) -> Tensor:
+        """A batch's loss as the loss function returned it (reduced by its ``reduction``) turned into
+        its share n_b ℓ_b / N of the dataset mean: the one place batches are weighted."""
+        if self.reduction == "sum":
+            return raw / self.n_samples
+        weight = n / self.n_samples
+        if self.reduction == "none":
+            return raw.mean() * weight
+        return raw * weight if weight != 1.0 else raw
+
     def _terms_bound(self, batch: Any, n: int, metrics: bool) -> dict[str, Tensor]:
         outputs, raw, extra = self._forward_bound(batch)
         weight = n / self.n_samples
-        if self.reduction == "sum":
-            loss = raw / self.n_samples
-        elif self.reduction == "none":
-            loss = raw.mean() * weight
-        else:
-            loss = raw * weight if weight != 1.0 else raw
-        terms = {"loss": loss}
+        terms = {"loss": self.weighted_loss(raw, n)}
         if metrics:
             for name, fn in self._metric_fns.items():
                 value = _metric_value(name, fn, outputs, batch[1])
@@ -431,6 +437,12 @@ class Problem:
         over batches is the dataset mean of the loss and of each metric."""
         with self.bound(params, buffers):
             return self._terms_bound(batch, n, metrics)
+
+    def batch_loss(self, params: Mapping[str, Tensor], batch: Any, n: int,
+                   buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+        """ℓ_b(θ), the mean loss over one batch of ``n`` samples (a differentiable 0-d tensor): the
+        batch's share of :meth:`batch_terms` rescaled by N / n_b (for stochastic steps over batches)."""
+        return self.batch_terms(params, batch, n, buffers, metrics=False)["loss"] * (self.n_samples / n)
 
     def evaluate_tensors(self, params: Mapping[str, Tensor], *, metrics: bool = True) -> dict[str, Tensor]:
         """Dataset means as float64 0-d tensors on the device (no host sync; ``vmap``-compatible
@@ -585,22 +597,40 @@ class Problem:
         return bool(self._bn_modules)
 
     def replace(self, *, bn: str | None = None, loss_dtype: torch.dtype | None = None,
-                dtype: torch.dtype | None = None) -> Problem:
+                dtype: torch.dtype | None = None, data: Any = None, n_samples: int | None = None) -> Problem:
         """The same problem with another BatchNorm policy (``"eval"`` / ``"recalibrate"``), loss
-        precision or evaluation dtype; ``None`` keeps the setting. Model snapshot, data and loss are
-        shared (nothing is copied for ``bn`` or ``loss_dtype``); ``dtype`` is :meth:`with_dtype`.
-        Returns ``self`` when nothing changes."""
+        precision, evaluation dtype or batch source; ``None`` keeps the setting. Model snapshot, data
+        and loss are shared (nothing is copied for ``bn``, ``loss_dtype`` or ``data``); ``dtype`` is
+        :meth:`with_dtype`. Returns ``self`` when nothing changes.
+
+        ``data`` is a batch source over data already on the problem's device and dtype: iterating it
+        yields ``(batch, n)`` pairs and ``first()`` returns the first (e.g. one fixed batch, or some of
+        this problem's batches); it is used as given, not checked again (for new user data, build a new
+        :class:`Problem`). Batches are then weighted n_b / ``n_samples`` (default: the source's own
+        ``n_samples``; give the full N for a shard of the batches, whose ranks' sums add up)."""
+        func = "Problem.replace"
+        if data is None and n_samples is not None:
+            raise bad_value(func, "n_samples", "None unless data= is given", n_samples)
+        if data is not None:
+            if not (callable(getattr(data, "first", None)) and hasattr(data, "__iter__")):
+                raise bad_type(func, "data", "a batch source (iterable of (batch, n) pairs with first())", data)
+            n_samples = getattr(data, "n_samples", None) if n_samples is None else n_samples
+            if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+                raise bad_value(func, "n_samples", "a positive integer (or a source that has n_samples)", n_samples)
         new = self if dtype is None or dtype == self.dtype else self.with_dtype(dtype)
         if bn is not None and bn != new.bn:
             if bn not in _BN_MODES:
-                raise bad_value("Problem.replace", "bn", f"one of {_BN_MODES}", bn)
+                raise bad_value(func, "bn", f"one of {_BN_MODES}", bn)
             new = copy.copy(new)
             new.bn = bn
         if loss_dtype is not None and loss_dtype != new.loss_dtype:
             if not isinstance(loss_dtype, torch.dtype) or not loss_dtype.is_floating_point:
-                raise bad_value("Problem.replace", "loss_dtype", "a floating torch.dtype or None", loss_dtype)
+                raise bad_value(func, "loss_dtype", "a floating torch.dtype or None", loss_dtype)
             new = copy.copy(new) if new is self else new
             new._loss_dtype_arg = loss_dtype
+        if data is not None:
+            new = copy.copy(new) if new is self else new
+            new.data, new.n_samples = data, int(n_samples)
         return new
 
     def with_dtype(self, dtype: torch.dtype) -> Problem:
@@ -651,10 +681,7 @@ class Problem:
                 hint = " (saved from a DataParallel/DDP wrapper? remove the 'module.' prefix of its keys)"
             raise ParameterMismatchError(f"{func}(): argument '{arg}' must hold exactly the model's state_dict "
                                          f"({len(expected)} entries); it {' and '.join(parts)}{hint}")
-        for k, v in expected.items():
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise ParameterMismatchError(f"{func}(): argument '{arg}' entry {k!r} must have shape "
-                                             f"{tuple(v.shape)} like the model's; received {tuple(state[k].shape)}")
+        P.check_shapes(expected, state, func=func, arg=arg, like="the model's")
         with torch.no_grad():
             module.load_state_dict(dict(state), strict=True)  # cast to the problem's dtype, as at construction
         new = copy.copy(self)

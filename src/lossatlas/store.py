@@ -75,7 +75,6 @@ import numpy as np
 
 from . import _faults
 from . import _behaviour as B
-from .distributed import context
 from .errors import ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning, bad_type
 from .grid import ChunkLayout, Grid
 
@@ -293,7 +292,6 @@ class GridStore:
             raise self._damaged(func, f"its metadata cannot be read: {exc}") from exc
         self.writes_empty_chunks = bool(attrs.get("write_empty_chunks", False))
         self._arrays: dict[str, Any] = {}
-        self._lock: StoreLock | None = None
         #: (chunks, values) checked by the last :meth:`repair` (None: nothing checked yet)
         self._trusted: tuple[set[tuple[int, ...]], dict[str, np.ndarray]] | None = None
         self._validate(func)
@@ -469,20 +467,9 @@ class GridStore:
         return removed
 
     @staticmethod
-    def remove(path: str | Path, *, func: str) -> None:
-        """Delete a lossatlas store (refuses directories that are not lossatlas stores).
-
-        Under torch.distributed this is collective (call it on every rank): rank 0 deletes, the
-        others wait, so a rank cannot delete a store another rank has just created."""
-        ctx = context()
-        if ctx.active:
-            ctx.run_on_main(lambda: GridStore.remove_here(path, func=func))
-        else:
-            GridStore.remove_here(path, func=func)
-
-    @staticmethod
     def remove_here(path: str | Path, *, func: str) -> None:
-        """:meth:`remove` in this process only (no coordination with other ranks).
+        """Delete a lossatlas store, in this process only (:func:`lossatlas.grid_job.run_grid` calls it
+        on rank 0, under the store's lock, for ``overwrite=True``).
 
         Deletes only a lossatlas store (one whose metadata names the format, or a damaged one that
         still has its done markers); a regular file, or a directory with anything else in it, is
@@ -701,35 +688,6 @@ class GridStore:
                 f"{func}(): argument 'store' at {str(self.path)!r} was made by a different computation "
                 f"({len(diffs)} field(s) differ: {'; '.join(shown[:4])}); pass overwrite=True to replace it, "
                 "or another path")
-
-    # -- locking ----------------------------------------------------------------------------------
-    def lock(self, *, func: str, job: str | None = None) -> None:
-        """Take the exclusive writer lock (released automatically if the process dies) and repair
-        what a crashed writer left behind.
-
-        Under torch.distributed this is collective (call it on every rank): rank 0 takes the lock
-        for the whole job and repairs, and every rank raises the same error if the store is busy.
-        :func:`lossatlas.grid_job.run_grid` does all of opening, locking and checking at once."""
-        ctx = context()
-
-        def take() -> None:
-            self._lock = StoreLock.acquire(self.path, func=func, job=job or ctx.job or None)
-            try:
-                self.repair(func=func)
-            except BaseException:
-                self.unlock()
-                raise
-        ctx.run_on_main(take)
-
-    @staticmethod
-    def lock_path(path: Path) -> Path:
-        """The lock file beside the store."""
-        return StoreLock.file_for(path)
-
-    def unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
 
     # -- chunks -----------------------------------------------------------------------------------
     def _array(self, name: str):

@@ -30,7 +30,7 @@ from ._version import __version__
 from .directions._base import Directions, _jsonable, check_independent
 from .distributed import DataParallelEvaluator
 from .distributed import context as _dist_context
-from .errors import LossAtlasError, StoreError, bad_type, bad_value, public
+from .errors import LossAtlasError, StoreError, bad_type, bad_value, current_function, public
 from .evaluator import STRATEGIES, PointEvaluator, probe_free_strategy
 from .grid import Grid
 from .grid_job import FORMAT, GridJob, open_grid, run_grid, store_provenance
@@ -42,8 +42,10 @@ CHUNK_SECONDS = 1.0  # target compute time of one chunk when the chunk size is c
 PARALLEL = ("grid", "data")
 
 
-def as_directions(directions: Any, *, func: str = "surface") -> Directions:
-    """Accept a :class:`Directions`, one parameter dict, or a list of parameter dicts."""
+def as_directions(directions: Any, *, func: str | None = None) -> Directions:
+    """Accept a :class:`Directions`, one parameter dict, or a list of parameter dicts (messages name
+    ``func``, default: the public function running, else ``surface``)."""
+    func = func or current_function("surface", innermost=True)
     if isinstance(directions, Directions):
         return directions
     if isinstance(directions, Mapping) and directions and all(isinstance(v, Tensor) for v in directions.values()):

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .errors import renamed
+
 #: relative tolerance of "equal up to rounding" comparisons, per evaluation dtype
 RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 #: absolute floor under which values count as zero (relative tolerance × typical loss scale)
@@ -103,21 +105,22 @@ EIGEN_RTOL = 1e-5
 EIGEN_TOL = 1e-9
 
 
-def exact_hessian(model: nn.Module, loss_fn, batches: Sequence, theta: Mapping[str, Tensor], *,
+@renamed(theta="center")
+def exact_hessian(model: nn.Module, loss_fn, batches: Sequence, center: Mapping[str, Tensor], *,
                   closure=None) -> Tensor:
-    """Reference Hessian of the dataset loss Σ_b n_b ℓ_b / N with respect to the flattened ``theta``
+    """Reference Hessian of the dataset loss Σ_b n_b ℓ_b / N with respect to the flattened ``center``
     (in its dict order), by reverse-over-reverse differentiation (``torch.autograd.functional.hessian``)
     in float64 on a fresh eval-mode copy of the model. Not ``torch.func.hessian``: its forward-over-reverse
     rule for ``F.layer_norm`` is wrong on torch 2.13 (0.7 off on a 4-feature example, see
     tests/test_curvature_honesty.py), so it is no oracle for models with LayerNorm.
-    Parameters of the model missing from ``theta`` stay at their values. ``batches``: a list of
+    Parameters of the model missing from ``center`` stay at their values. ``batches``: a list of
     ``(inputs, targets)`` pairs, or of any batch when ``closure(model_call, batch)`` is given (the
     number of samples of a batch is the leading size of its first tensor)."""
     m = copy.deepcopy(model).to(torch.float64).eval()
-    names = list(theta)
-    shapes = [tuple(theta[k].shape) for k in names]
-    sizes = [theta[k].numel() for k in names]
-    flat = torch.cat([theta[k].detach().to(torch.float64).reshape(-1) for k in names])
+    names = list(center)
+    shapes = [tuple(center[k].shape) for k in names]
+    sizes = [center[k].numel() for k in names]
+    flat = torch.cat([center[k].detach().to(torch.float64).reshape(-1) for k in names])
 
     def cast(t):
         return t.to(torch.float64) if isinstance(t, Tensor) and t.is_floating_point() else t

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from . import params as P
 from ._ncattrs import make_safe
-from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value, public
+from .errors import InvalidArgumentError, ParameterMismatchError, StoreError, bad_type, bad_value, current_function, public
 from .grid import DIM_NAMES
 from .problem import Problem
 
@@ -104,13 +104,12 @@ class TrajectoryRecorder:
             self._last_step = entries[-1]["step"] if entries else None
 
     def __enter__(self) -> TrajectoryRecorder:
+        """``with TrajectoryRecorder(...) as rec:`` scopes a recording; nothing is held open between
+        calls (each ``record`` writes and closes its files), so leaving the block has nothing to close."""
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Nothing is held open between calls; kept for symmetry with file objects."""
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def __len__(self) -> int:
         return self._count
@@ -462,7 +461,8 @@ def _why_unreadable(path: Path, exc: BaseException) -> str:
     return "it is neither a torch.save zip archive nor a pickle"
 
 
-def _as_trajectory(trajectory: Any, func: str) -> Trajectory:
+def _as_trajectory(trajectory: Any, func: str | None = None) -> Trajectory:
+    func = func or current_function("project", innermost=True)
     if isinstance(trajectory, Trajectory):
         return trajectory
     if isinstance(trajectory, TrajectoryRecorder):

@@ -252,7 +252,7 @@ def connect_cmd(
     out.mkdir(parents=True, exist_ok=True)
     if align_b:
         pb, _ = _aligned(tgt, a, b, out)
-    c = connect(problem, pa, pb, curve=curve, bends=bends, steps=train_steps, lr=lr,
+    c = connect(problem, pa, pb, curve=curve, bends=bends, iters=train_steps, lr=lr,
                 batch_size=batch_size or None, seed=seed, progress=progress)
     c.save(out / "curve.pt")
     eval_bn = bn if bn is not None else ("recalibrate" if problem.has_batchnorm else None)

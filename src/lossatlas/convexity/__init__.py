@@ -14,10 +14,10 @@ on that computation by Monte Carlo arithmetic (see :mod:`lossatlas.convexity._ce
 what that guarantees and assumes).
 """
 
-from ._audit import METHODS, NOT_FOUND, PROVEN, Audit, audit, verify
+from ._audit import METHODS, NOT_FOUND, PROVEN, Audit, Verdict, audit, verify
 from ._certificate import Certificate, Verification
 from ._compare import Comparison, compare
 from ._jensen import jensen_gap, rounding_bound
 
 __all__ = ["audit", "verify", "compare", "Audit", "Certificate", "Verification", "Comparison", "jensen_gap",
-           "rounding_bound", "METHODS", "PROVEN", "NOT_FOUND"]
+           "rounding_bound", "METHODS", "Verdict", "PROVEN", "NOT_FOUND"]

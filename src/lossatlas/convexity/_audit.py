@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from .._repr import num, table
 from .._repr import text as repr_text
-from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed, public
+from ..errors import DifferentiationError, EvaluationError, bad_type, bad_value, check_seed, public, renamed
 from ..problem import Problem
 from ._certificate import Certificate
 from ._methods import REGISTRY, AuditContext, method_names
@@ -35,16 +36,36 @@ def _skip_reason(method: str, exc: BaseException) -> str:
 
 #: the built-in audit methods' names (the registry, :mod:`._methods`, may hold more)
 METHODS = method_names()
-PROVEN = "non-convex (proven)"
-NOT_FOUND = "no violation found"
+
+
+class Verdict(str, Enum):
+    """What :func:`audit` concluded: a ``str`` (``Verdict.PROVEN == "non-convex (proven)"``), so it
+    compares, formats, prints and serialises (JSON, attrs, CSV) as its text; there is no "convex":
+    sampling cannot prove convexity."""
+
+    PROVEN = "non-convex (proven)"  # at least one certificate verified in float64
+    NOT_FOUND = "no violation found"  # nothing survived float64 verification (not a proof of convexity)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    __format__ = str.__format__
+
+
+PROVEN = Verdict.PROVEN
+NOT_FOUND = Verdict.NOT_FOUND
 
 
 @dataclass
 class Audit:
     """The result of :func:`audit`.
 
-    ``verdict`` is ``"non-convex (proven)"`` when at least one certificate verified in float64, and
-    ``"no violation found"`` otherwise — never "convex": sampling cannot prove convexity.
+    ``verdict`` (a :class:`Verdict`, a ``str``) is ``"non-convex (proven)"`` when at least one
+    certificate verified in float64, and ``"no violation found"`` otherwise — never "convex": sampling
+    cannot prove convexity.
 
     ``skipped`` maps each method that could not run to the reason (e.g. torch has no double backward
     for a fused kernel, so no Hessian); the other methods still ran. ``non_finite`` counts evaluated
@@ -52,7 +73,7 @@ class Audit:
     Hessian eigenvalue at θ did not become a certificate (then it is evidence, not a proof).
     """
 
-    verdict: str
+    verdict: Verdict
     certificates: list[Certificate]
     tried: dict[str, Any]
     best_jensen_gap: float | None
@@ -141,7 +162,8 @@ class Audit:
 
 
 @public("audit")
-def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget: int = 400, seed: int = 0,
+@renamed(theta="center")
+def audit(problem: Problem, center: Mapping[str, Tensor] | None = None, *, budget: int = 400, seed: int = 0,
           methods: Sequence[str] = METHODS, checkpoints: Sequence[Mapping[str, Tensor]] | None = None,
           max_certificates: int = 3, progress: bool = True, name: str = "") -> Audit:
     """Search for a proof that the loss is not convex, and verify every proof found in float64.
@@ -162,32 +184,31 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     >>> result.verdict, result.proven_nonconvex
     ('non-convex (proven)', True)
     """
-    func = "audit"
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
-    theta = problem.params() if theta is None else theta
-    problem.check_params(theta, func=func, arg="theta")
+        raise bad_type("problem", "a lossatlas.Problem", problem)
+    center = problem.params() if center is None else center
+    problem.check_params(center, arg="center")
     if isinstance(methods, str):
         methods = (methods,)
     unknown = [m for m in methods if not isinstance(m, str) or m not in REGISTRY]
     if unknown or not methods:
-        raise bad_value(func, "methods", f"a non-empty subset of {method_names()}", methods)
+        raise bad_value("methods", f"a non-empty subset of {method_names()}", methods)
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
-        raise bad_value(func, "budget", "an integer >= 20 (loss evaluations)", budget)
-    seed = check_seed(func, seed)
+        raise bad_value("budget", "an integer >= 20 (loss evaluations)", budget)
+    seed = check_seed(seed)
     if isinstance(max_certificates, bool) or not isinstance(max_certificates, int) or max_certificates < 1:
-        raise bad_value(func, "max_certificates", "an integer >= 1", max_certificates)
+        raise bad_value("max_certificates", "an integer >= 1", max_certificates)
     if not isinstance(progress, bool):
-        raise bad_type(func, "progress", "a bool", progress)
+        raise bad_type("progress", "a bool", progress)
     if checkpoints is not None:
         if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)):
-            raise bad_type(func, "checkpoints", "a list of parameter dicts or None", checkpoints)
+            raise bad_type("checkpoints", "a list of parameter dicts or None", checkpoints)
         if not checkpoints:
-            raise bad_value(func, "checkpoints", "a non-empty list of parameter dicts, or None", checkpoints)
+            raise bad_value("checkpoints", "a non-empty list of parameter dicts, or None", checkpoints)
         for i, c in enumerate(checkpoints):
             if not isinstance(c, Mapping):
-                raise bad_type(func, f"checkpoints[{i}]", "a parameter dict", c)
-            problem.check_params(c, func=func, arg=f"checkpoints[{i}]")
+                raise bad_type(f"checkpoints[{i}]", "a parameter dict", c)
+            problem.check_params(c, arg=f"checkpoints[{i}]")
     t0 = time.perf_counter()
     p64 = float64_problem(problem)
     reference = Reference(p64, snapshot=problem.module)  # the model as the problem took it
@@ -196,7 +217,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     notes: list[str] = []
     skipped: dict[str, str] = {}
     non_finite = 0
-    theta64 = {k: v.detach().to(device=p64.device, dtype=torch.float64) for k, v in theta.items()}
+    theta64 = {k: v.detach().to(device=p64.device, dtype=torch.float64) for k, v in center.items()}
     try:
         with torch.no_grad():
             f_theta = float(p64.evaluate_tensors(theta64, metrics=False)["loss"])
@@ -210,7 +231,7 @@ def audit(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, budget
     if not centre_finite:
         non_finite += 1
 
-    ctx = AuditContext(problem, p64, theta, reference, seed, budget, max_certificates, checkpoints, progress, f_theta,
+    ctx = AuditContext(problem, p64, center, reference, seed, budget, max_certificates, checkpoints, progress, f_theta,
                        certificates, tried, notes, skipped, {"non_finite": non_finite})
     for method in sorted((REGISTRY[m] for m in dict.fromkeys(methods)), key=lambda m: m.order):
         try:

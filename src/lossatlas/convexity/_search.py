@@ -95,21 +95,11 @@ class _Budget:
             self.non_finite += 1  # a NaN/Inf point: its candidates get gap −inf, never a violation
         return value
 
-    def grad(self, params: Mapping[str, Tensor]) -> tuple[float, P.Params]:
-        """(f, ∇f) — counted as three evaluations (forward + backward)."""
+    def grad(self, params: Mapping[str, Tensor]) -> P.Params:
+        """∇f (:meth:`Problem.grad`) — counted as three evaluations (forward + backward)."""
         self.used += 3
         self.advance(3)
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        total = None
-        grads = [torch.zeros_like(v) for v in leaves.values()]
-        for batch, n in self.problem.data:
-            term = self.problem.batch_terms(leaves, batch, n, metrics=False)["loss"]
-            gs = torch.autograd.grad(term, list(leaves.values()), allow_unused=True)
-            for acc, g in zip(grads, gs):
-                if g is not None:
-                    acc.add_(g)
-            total = term.detach().double() if total is None else total + term.detach().double()
-        return float(total), dict(zip(leaves.keys(), grads))
+        return self.problem.grad(params)
 
 
 def _unit(d: Mapping[str, Tensor]) -> P.Params:
@@ -229,9 +219,9 @@ def _refine(B: _Budget, starts: list[Candidate], found: list[Candidate], gaps: l
         step = 0.25 * max(P.norm(P.sub(c.b, c.a)), 1e-8 * norm_theta)
         while B.left >= 9 and step > 1e-6 * norm_theta:
             x = P.lincomb(best.a, [P.sub(best.b, best.a)], [best.t])
-            _, gx = B.grad(x)
-            _, ga = B.grad(best.a)
-            _, gb = B.grad(best.b)
+            gx = B.grad(x)
+            ga = B.grad(best.a)
+            gb = B.grad(best.b)
             da = P.scale(P.sub(gx, ga), 1.0 - best.t)        # ∂J/∂a
             db = P.scale(P.sub(gx, gb), best.t)              # ∂J/∂b
             g_norm = math.sqrt(P.norm(da) ** 2 + P.norm(db) ** 2)

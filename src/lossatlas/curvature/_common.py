@@ -3,39 +3,47 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, with_name
 from ..errors import check_seed as impl
 
 BASIS_BYTES = 1 << 30  # most bytes of a float64 Lanczos basis (and its products) chosen automatically
 
 
-def check_int(func: str, arg: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+def check_int(*args: Any, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """``check_int(arg, value)`` (or ``check_int(func, arg, value)``): an integer >= ``minimum``."""
+    func, (arg, value) = with_name(args, 2, "check_int")
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise bad_type(func, arg, f"an integer >= {minimum}" + (" or None" if allow_none else ""), value)
     if value < minimum:
         raise bad_value(func, arg, f"an integer >= {minimum}", value)
     return int(value)
 
 
-def check_seed(func: str, seed: Any) -> int:
-    return impl(func, seed)
+def check_seed(*args: Any) -> int:
+    """``check_seed(seed)`` (or ``check_seed(func, seed)``): :func:`lossatlas.errors.check_seed`."""
+    return impl(*args)
 
 
-def check_tol(func: str, tol: Any) -> float:
+def check_tol(*args: Any) -> float:
+    """``check_tol(tol)`` (or ``check_tol(func, tol)``): a number in (0, 1)."""
+    func, (tol,) = with_name(args, 1, "check_tol")
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not (0 < float(tol) < 1):
         raise bad_value(func, "tol", "a number in (0, 1) (residual relative to the largest |eigenvalue|)", tol)
     return float(tol)
 
 
-def check_flag(func: str, arg: str, value: Any) -> bool:
+def check_flag(*args: Any) -> bool:
+    """``check_flag(arg, value)`` (or ``check_flag(func, arg, value)``): a bool."""
+    func, (arg, value) = with_name(args, 2, "check_flag")
     if not isinstance(value, bool):
         raise bad_type(func, arg, "a bool", value)
     return value

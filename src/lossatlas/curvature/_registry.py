@@ -7,9 +7,9 @@ per-layer blocks). Adding one is one function and one :func:`register` call (the
 ``tests/test_method_registries.py`` iterate over :data:`REGISTRY`). To add an estimator:
 
 1. write the public function (``@public("curvature.<name>")``, ``seed=`` if random, family arguments
-   ``(problem, theta=None, *, ..., params=, dtype=)`` or an operator as ``problem``);
+   ``(problem, center=None, *, ..., params=, dtype=)`` or an operator as ``problem``);
 2. ``register(CurvatureEstimator("<name>", "<label>", function, kind="matrix"|"quantity", ...))``
-   — a matrix with ``cli=make(problem, theta, *, params, seed)`` is offered by ``lossatlas hessian
+   — a matrix with ``cli=make(problem, center, *, params, seed)`` is offered by ``lossatlas hessian
    --matrix``; a quantity with ``report=report(op, *, seed, progress) -> str`` is printed by it;
 3. export the function in ``lossatlas/curvature/__init__.py`` and add its case to ``CASES`` in
    ``tests/test_method_registries.py``.
@@ -45,7 +45,7 @@ class CurvatureEstimator:
     (``lossatlas.curvature.<function>``). ``kind``: ``"matrix"`` or ``"quantity"``. ``description``:
     one phrase for help texts and docs. ``cli_options``: the ``lossatlas hessian`` options it reads.
     ``matrices``: for a quantity, the matrix names it accepts (``()``: any curvature operator).
-    ``cli``: for a matrix, ``make(problem, theta, *, params, seed)`` giving the operator for ``lossatlas
+    ``cli``: for a matrix, ``make(problem, center, *, params, seed)`` giving the operator for ``lossatlas
     hessian --matrix NAME`` (``None``: not offered there). ``report``: for a quantity the command does not
     print itself, ``report(op, *, seed, progress) -> str``, one line it prints.
     """

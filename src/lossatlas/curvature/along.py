@@ -39,16 +39,15 @@ def along_trajectory(problem: Any, trajectory: Any, *, indices: Sequence[int] | 
     Returns a Dataset along ``step`` with ``lambda_max``, ``lambda_max_error``, ``lambda_min``,
     ``lambda_min_error``, ``converged``, ``trace``, ``trace_stderr`` and ``index`` (checkpoint).
     """
-    func = "curvature.along_trajectory"
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
     if isinstance(trajectory, (list, tuple)):
         traj = Trajectory.from_params(list(trajectory))
     else:
-        traj = _as_trajectory(trajectory, func)
+        traj = _as_trajectory(trajectory)
     n = len(traj)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise bad_value(func, "every", "an integer >= 1", every)
+        raise bad_value("every", "an integer >= 1", every)
     if indices is None:
         idx = list(range(0, n, every))
         if idx[-1] != n - 1:
@@ -56,11 +55,11 @@ def along_trajectory(problem: Any, trajectory: Any, *, indices: Sequence[int] | 
     else:
         idx = [int(i) % n if -n <= int(i) < n else None for i in indices]
         if not idx or any(i is None for i in idx):
-            raise bad_value(func, "indices", f"checkpoint indices in [-{n}, {n})", indices)
+            raise bad_value("indices", f"checkpoint indices in [-{n}, {n})", indices)
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise bad_value(func, "lr", "a positive step size or None", lr)
+        raise bad_value("lr", "a positive step size or None", lr)
     if isinstance(trace_probes, bool) or not isinstance(trace_probes, int) or trace_probes < 0:
-        raise bad_value(func, "trace_probes", "an integer >= 0", trace_probes)
+        raise bad_value("trace_probes", "an integer >= 0", trace_probes)
     names = list(problem.params())
     cols: dict[str, list[float]] = {k: [] for k in ("lambda_max", "lambda_max_error", "lambda_min",
                                                     "lambda_min_error", "converged", "trace", "trace_stderr")}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError, bad_value, public
+from ..errors import EvaluationError, bad_value, public, renamed
 from ..progress import progress_bar
 from . import _common as C
 from .lanczos import breakdown_tolerance, quadrature
@@ -31,11 +31,12 @@ MAX_POINTS = 200_001
 
 
 @public("curvature.density")
-def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = DEFAULT_ITERS,
+@renamed(theta="center")
+def density(problem, center: Mapping[str, Tensor] | None = None, *, iters: int = DEFAULT_ITERS,
             probes: int = DEFAULT_PROBES, seed: int = 0, sigma: float | None = None, points: int = 2001,
             params=None, dtype: torch.dtype | None = None, curvature: str = "hessian",
             zero_tol: float | None = None, progress: bool = True) -> Density:
-    """The smoothed eigenvalue density of the Hessian (``curvature="ggn"``: GGN) at ``theta``.
+    """The smoothed eigenvalue density of the Hessian (``curvature="ggn"``: GGN) at ``center``.
 
     ``iters`` Lanczos steps for each of ``probes`` random unit vectors (Rademacher/√n from
     ``seed``): ``iters × probes`` products. ``sigma``: width of the Gaussian kernel (default
@@ -57,19 +58,18 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
     >>> round(d.integral(), 6), d.negative_mass.value, round(d.trace.value, 6)
     (1.0, 0.0, 2.857143)
     """
-    func = "curvature.density"
-    iters = C.check_int(func, "iters", iters)
-    probes = C.check_int(func, "probes", probes)
-    seed = C.check_seed(func, seed)
-    points = C.check_int(func, "points", points, minimum=3)
+    iters = C.check_int("iters", iters)
+    probes = C.check_int("probes", probes)
+    seed = C.check_seed(seed)
+    points = C.check_int("points", points, minimum=3)
     if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating))
                               or not np.isfinite(sigma) or sigma <= 0):
-        raise bad_value(func, "sigma", "a positive number or None", sigma)
+        raise bad_value("sigma", "a positive number or None", sigma)
     if zero_tol is not None and (isinstance(zero_tol, bool) or not isinstance(zero_tol, (int, float, np.floating))
                                  or not np.isfinite(zero_tol) or zero_tol < 0):
-        raise bad_value(func, "zero_tol", "a non-negative number or None (automatic)", zero_tol)
-    C.check_flag(func, "progress", progress)
-    op = as_operator(problem, theta, func=func, curvature=curvature, params=params, dtype=dtype)
+        raise bad_value("zero_tol", "a non-negative number or None (automatic)", zero_tol)
+    C.check_flag("progress", progress)
+    op = as_operator(problem, center, curvature=curvature, params=params, dtype=dtype)
     n = op.shape[0]
     steps = min(iters, n)
     start = op.products
@@ -83,7 +83,7 @@ def density(problem, theta: Mapping[str, Tensor] | None = None, *, iters: int = 
         for p in range(probes):
             q = quadrature(op.mv, starts[:, p], steps=steps, breakdown=tiny, on_product=lambda: advance(1))
             if not q.finite:
-                raise EvaluationError(f"{func}(): the curvature products are not finite at θ (NaN or Inf in the "
+                raise EvaluationError(f"curvature.density(): the curvature products are not finite at θ (NaN or Inf in the "
                                       "loss or its derivatives); there is no spectrum to estimate")
             m = len(q.nodes)
             nodes[p, :m], weights[p, :m], exact[p] = q.nodes, q.weights, q.exact

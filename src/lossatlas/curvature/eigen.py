@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_value, public
+from ..errors import bad_value, public, renamed
 from ..progress import progress_bar
 from . import _common as C
 from .lanczos import breakdown_tolerance, extreme_pairs
@@ -78,12 +78,13 @@ def _priority(which: str):
 
 
 @public("curvature.eigenvalues")
-def eigenvalues(problem, theta: Mapping[str, Tensor] | None = None, *, k: int = 1, which: str = "largest",
+@renamed(theta="center")
+def eigenvalues(problem, center: Mapping[str, Tensor] | None = None, *, k: int = 1, which: str = "largest",
                 tol: float = DEFAULT_TOL, seed: int = 0, max_products: int | None = DEFAULT_MAX_PRODUCTS,
                 basis: int | None = None, params=None, dtype: torch.dtype | None = None, curvature: str = "hessian",
                 certify: bool = True, progress: bool = True) -> Eigen:
     """The ``k`` extreme eigenpairs of the Hessian (``curvature="ggn"``: the GGN) of the problem's loss
-    at ``theta`` (default θ₀), with explicit residuals and an honest convergence flag.
+    at ``center`` (default θ₀), with explicit residuals and an honest convergence flag.
 
     ``which``: ``"largest"`` (algebraic, λmax first), ``"smallest"`` (algebraic, most negative first),
     ``"both"`` (k from each end) or ``"magnitude"`` (largest |λ|). A pair has converged when
@@ -91,7 +92,7 @@ def eigenvalues(problem, theta: Mapping[str, Tensor] | None = None, *, k: int = 
     Hessian-vector products; ``basis`` the size of the Lanczos basis between restarts (default
     100, less when 1 GiB of float64 vectors and their products would not hold it). ``params``, ``dtype``: as
     :func:`hessian_operator`. ``problem`` may also be a :class:`CurvatureOperator` (then leave
-    ``theta``, ``params``, ``dtype`` out). The start vector is Gaussian from ``seed``: the same seed
+    ``center``, ``params``, ``dtype`` out). The start vector is Gaussian from ``seed``: the same seed
     gives the same result. ``certify``: check from fresh random starts that no eigenvalue beyond the
     returned ones was missed (see the module notes; ``False`` saves those products and leaves
     ``extremal_certified`` False). The result records how products were computed
@@ -107,21 +108,20 @@ def eigenvalues(problem, theta: Mapping[str, Tensor] | None = None, *, k: int = 
     >>> eig.min < 0 < eig.max, eig.all_converged     # negative curvature: this loss is not convex
     (True, True)
     """
-    func = "curvature.eigenvalues"
-    k = C.check_int(func, "k", k)
+    k = C.check_int("k", k)
     if which not in WHICH:
-        raise bad_value(func, "which", f"one of {WHICH}", which)
-    tol = C.check_tol(func, tol)
-    seed = C.check_seed(func, seed)
-    max_products = C.check_int(func, "max_products", max_products, allow_none=True)
-    basis = C.check_int(func, "basis", basis, minimum=2, allow_none=True)
-    C.check_flag(func, "progress", progress)
-    C.check_flag(func, "certify", certify)
-    op = as_operator(problem, theta, func=func, curvature=curvature, params=params, dtype=dtype)
+        raise bad_value("which", f"one of {WHICH}", which)
+    tol = C.check_tol(tol)
+    seed = C.check_seed(seed)
+    max_products = C.check_int("max_products", max_products, allow_none=True)
+    basis = C.check_int("basis", basis, minimum=2, allow_none=True)
+    C.check_flag("progress", progress)
+    C.check_flag("certify", certify)
+    op = as_operator(problem, center, curvature=curvature, params=params, dtype=dtype)
     n = op.shape[0]
     wanted = 2 * k if which == "both" else k
     if wanted > n:
-        raise bad_value(func, "k", f"at most {n // 2 if which == 'both' else n} (the operator has {n} rows)", k)
+        raise bad_value("k", f"at most {n // 2 if which == 'both' else n} (the operator has {n} rows)", k)
     return solve(op, k=k, which=which, tol=tol, seed=seed, max_products=max_products, basis=basis, progress=progress,
                  certify=certify)
 

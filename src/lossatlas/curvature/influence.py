@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value, public
+from ..errors import bad_type, bad_value, public, renamed
 from ..params.selection import ParamSelection
 from ..problem import Problem
 from .matrices import curvature_operator, kfac_operator
@@ -109,8 +109,7 @@ def _mean_gradient(op, batch: Any, closure=None) -> tuple[Tensor, float]:
             if not isinstance(value, Tensor) or value.ndim != 0:
                 raise bad_value("influence", "test_loss", "a closure returning a scalar tensor", value)
         else:
-            term = problem.batch_terms(point, batch, n, getattr(op, "_buffers", None), metrics=False)["loss"]
-            value = term * (problem.n_samples / n)  # n_b ℓ_b / N → the batch's per-sample mean
+            value = problem.batch_loss(point, batch, n, getattr(op, "_buffers", None))  # the batch's mean
         grads = torch.autograd.grad(value, leaves, allow_unused=True)
     flat = torch.cat([(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, leaves)])
     return flat.detach(), float(value.detach())
@@ -128,7 +127,8 @@ def _training_points(problem, indices: Sequence[int]) -> list[Any]:
 
 
 @public("curvature.influence")
-def influence(problem: Any, train: int | Sequence[int] | Any, test: Any, theta: Mapping[str, Tensor] | None = None,
+@renamed(theta="center")
+def influence(problem: Any, train: int | Sequence[int] | Any, test: Any, center: Mapping[str, Tensor] | None = None,
               *, damping: float = 0.0, curvature: str = "hessian", method: str = "cg", tol: float = 1e-10,
               maxiter: int | None = None, params: ParamSelection = None, dtype: torch.dtype | None = None,
               test_loss: Any = None) -> Influence:
@@ -144,16 +144,15 @@ def influence(problem: Any, train: int | Sequence[int] | Any, test: Any, theta: 
     θ must be a minimiser of the (regularised) training loss for the estimate to mean
     leave-one-out retraining; the result carries the solve's residual and iteration count.
     """
-    func = "influence"
 
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
     if curvature not in ("hessian", "ggn", "ef", "fisher"):
-        raise bad_value(func, "curvature", "'hessian', 'ggn', 'ef' or 'fisher'", curvature)
+        raise bad_value("curvature", "'hessian', 'ggn', 'ef' or 'fisher'", curvature)
     if method == "kfac":
-        op = kfac_operator(problem, theta, params=params, dtype=dtype)
+        op = kfac_operator(problem, center, params=params, dtype=dtype)
     else:
-        op = curvature_operator(problem, theta, curvature=curvature, params=params, dtype=dtype, func=func)
+        op = curvature_operator(problem, center, curvature=curvature, params=params, dtype=dtype)
     N = op.problem.n_samples
     indices: tuple[int, ...] | None = None
     if isinstance(train, (int, np.integer)) and not isinstance(train, bool):
@@ -162,18 +161,18 @@ def influence(problem: Any, train: int | Sequence[int] | Any, test: Any, theta: 
             isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in train):
         bad = [int(i) for i in train if not 0 <= int(i) < N]
         if bad or not len(train):
-            raise bad_value(func, "train", f"indices in [0, {N})", bad[:3] or train)
+            raise bad_value("train", f"indices in [0, {N})", bad[:3] or train)
         indices = tuple(int(i) for i in train)
         points = _training_points(op.problem, indices)
     elif isinstance(train, (tuple, list, Mapping, Tensor)):
         batch = _cast(op.problem, train)
         points = [_row(batch, i) for i in range(_size(batch))]
     else:
-        raise bad_type(func, "train", "an index, a list of indices or a batch of points", train)
+        raise bad_type("train", "an index, a list of indices or a batch of points", train)
     if not isinstance(test, (tuple, list, Mapping, Tensor)):
-        raise bad_type(func, "test", "a batch of test points, e.g. (x_test, y_test)", test)
+        raise bad_type("test", "a batch of test points, e.g. (x_test, y_test)", test)
     if test_loss is not None and not callable(test_loss):
-        raise bad_type(func, "test_loss", "a closure(model_call, batch) -> scalar or None", test_loss)
+        raise bad_type("test_loss", "a closure(model_call, batch) -> scalar or None", test_loss)
     g_test, value = _mean_gradient(op, _cast(op.problem, test), test_loss)
     s = inverse_product(op, g_test, damping=damping, method=method, tol=tol, maxiter=maxiter)
     sx = s.x.to(torch.float64)

@@ -49,11 +49,11 @@ import torch
 from torch import Tensor
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value, public
+from ..errors import InvalidArgumentError, bad_type, bad_value, public, renamed
 from ..problem import Problem
 from . import _common as C
 from ..params.selection import ParamSelection
-from .operators import CurvatureOperator, _loss_name, _make, _prepare, _weighted, as_operator
+from .operators import CurvatureOperator, _loss_name, _make, _prepare, as_operator
 
 __all__ = ["ef_operator", "fisher_operator", "diagonal", "kfac_operator", "FisherOperator", "Diagonal",
            "KFACOperator", "curvature_operator", "FISHER_LOSSES"]
@@ -152,7 +152,7 @@ class FisherOperator(CurvatureOperator):
         draws = [targets] if self.kind == "ef" else list(self._sample(outputs, index))
         rows = []
         for y in draws:
-            term = _weighted(problem, problem.loss_fn(out_leaf, y), n)
+            term = problem.weighted_loss(problem.loss_fn(out_leaf, y), n)
             if not term.requires_grad:
                 return ("outer", None, "no-grad")
             rows.append(torch.autograd.grad(term, out_leaf)[0].detach())
@@ -222,7 +222,8 @@ def _check_outputs_loss(problem: Any, func: str) -> None:
 
 
 @public("curvature.ef_operator")
-def ef_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
+@renamed(theta="center")
+def ef_operator(problem: Problem, center: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                 dtype: torch.dtype | None = None, retain: bool | str = "auto") -> FisherOperator:
     """The empirical Fisher EF = (1/N) Σᵢ ∇ℓᵢ ∇ℓᵢᵀ (gradients of each sample's loss at its label) as
     a :class:`FisherOperator`; arguments as :func:`~lossatlas.curvature.hessian_operator`. Needs
@@ -236,12 +237,13 @@ def ef_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, 
     tensor([[2.0247]], dtype=torch.float64)
     """
     _check_outputs_loss(problem, "ef_operator")
-    problem, theta, names = _prepare(problem, theta, params, dtype, retain, "ef_operator")
-    return FisherOperator(problem, theta, names, kind="ef", retain=retain)
+    problem, center, names = _prepare(problem, center, params, dtype, retain, "ef_operator")
+    return FisherOperator(problem, center, names, kind="ef", retain=retain)
 
 
 @public("curvature.fisher_operator")
-def fisher_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
+@renamed(theta="center")
+def fisher_operator(problem: Problem, center: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                     dtype: torch.dtype | None = None, retain: bool | str = "auto", mc_samples: int = 1,
                     seed: int = 0) -> FisherOperator:
     """The Fisher information F = (1/N) Σᵢ E_{y∼p(·|fᵢ)}[∇ℓ(fᵢ, y) ∇ℓ(fᵢ, y)ᵀ], with ``mc_samples``
@@ -276,24 +278,25 @@ def fisher_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None,
                                        f"{name} with {', '.join(odd)} (its Fisher is not the GGN of this loss)")
     mc_samples = C.check_int("fisher_operator", "mc_samples", mc_samples)
     seed = C.check_seed("fisher_operator", seed)
-    problem, theta, names = _prepare(problem, theta, params, dtype, retain, "fisher_operator")
-    return FisherOperator(problem, theta, names, kind="fisher", retain=retain, mc_samples=mc_samples, seed=seed)
+    problem, center, names = _prepare(problem, center, params, dtype, retain, "fisher_operator")
+    return FisherOperator(problem, center, names, kind="fisher", retain=retain, mc_samples=mc_samples, seed=seed)
 
 
 @public("curvature.curvature_operator")
-def curvature_operator(problem: Any, theta: Mapping[str, Tensor] | None = None, *, curvature: str = "hessian",
+@renamed(theta="center")
+def curvature_operator(problem: Any, center: Mapping[str, Tensor] | None = None, *, curvature: str = "hessian",
                        params: ParamSelection = None, dtype: torch.dtype | None = None,
                        func: str = "curvature_operator", **options) -> CurvatureOperator:
     """The operator of ``curvature`` (``"hessian"``, ``"ggn"``, ``"ef"``, ``"fisher"``) — or the
     operator itself when ``problem`` already is one (any :class:`CurvatureOperator`, including
     :class:`KFACOperator`)."""
     if isinstance(problem, (CurvatureOperator, KFACOperator)) or curvature in ("hessian", "ggn"):
-        return as_operator(problem, theta, func=func, curvature=curvature, params=params, dtype=dtype) \
+        return as_operator(problem, center, func=func, curvature=curvature, params=params, dtype=dtype) \
             if not isinstance(problem, KFACOperator) else problem
     if curvature == "ef":
-        return ef_operator(problem, theta, params=params, dtype=dtype)
+        return ef_operator(problem, center, params=params, dtype=dtype)
     if curvature == "fisher":
-        return fisher_operator(problem, theta, params=params, dtype=dtype, **options)
+        return fisher_operator(problem, center, params=params, dtype=dtype, **options)
     raise bad_value(func, "curvature", f"one of {ALL_KINDS}", curvature)
 
 
@@ -339,7 +342,8 @@ EXACT_DIAGONAL = 2048
 
 
 @public("curvature.diagonal")
-def diagonal(problem: Any, theta: Mapping[str, Tensor] | None = None, *, curvature: str = "hessian",
+@renamed(theta="center")
+def diagonal(problem: Any, center: Mapping[str, Tensor] | None = None, *, curvature: str = "hessian",
              params: ParamSelection = None, dtype: torch.dtype | None = None, method: str = "auto",
              samples: int = 100, seed: int = 0, chunk: int = 64) -> Diagonal:
     """The diagonal of the Hessian (or ``curvature="ggn"``/``"ef"``/``"fisher"``, or of a given operator).
@@ -361,7 +365,7 @@ def diagonal(problem: Any, theta: Mapping[str, Tensor] | None = None, *, curvatu
     samples = C.check_int(func, "samples", samples, minimum=2)
     chunk = C.check_int(func, "chunk", chunk)
     seed = C.check_seed(func, seed)
-    op = curvature_operator(problem, theta, curvature=curvature, params=params, dtype=dtype, func=func)
+    op = curvature_operator(problem, center, curvature=curvature, params=params, dtype=dtype, func=func)
     n = op.shape[0]
     if method == "auto":
         method = "exact" if n <= EXACT_DIAGONAL else "hutchinson"
@@ -484,7 +488,8 @@ def _module_at(problem: Problem, theta: Mapping[str, Tensor]) -> torch.nn.Module
 
 
 @public("curvature.kfac_operator")
-def kfac_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
+@renamed(theta="center")
+def kfac_operator(problem: Problem, center: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                   dtype: torch.dtype | None = None, fisher_type: str = "type-2", mc_samples: int = 1, seed: int = 0,
                   ekfac: bool = False) -> KFACOperator:
     """KFAC (Martens & Grosse 2015; ``ekfac=True``: EKFAC, George et al. 2018) of the GGN/Fisher at θ for
@@ -510,8 +515,8 @@ def kfac_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *
         import curvlinops  # noqa: F401
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise ImportError("kfac_operator() needs curvlinops: pip install curvlinops-for-pytorch") from exc
-    problem, theta, names = _prepare(problem, theta, params, dtype, "auto", func)
-    return KFACOperator(problem, theta, names, fisher_type=fisher_type, mc_samples=mc_samples, seed=seed,
+    problem, center, names = _prepare(problem, center, params, dtype, "auto", func)
+    return KFACOperator(problem, center, names, fisher_type=fisher_type, mc_samples=mc_samples, seed=seed,
                         ekfac=ekfac)
 
 

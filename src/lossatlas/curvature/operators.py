@@ -60,7 +60,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import params as P
-from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value, public
+from ..errors import DifferentiationError, InvalidArgumentError, bad_type, bad_value, current_function, public, renamed
 from ..params.selection import ParamSelection, layers, select
 from ..problem import Problem
 
@@ -249,7 +249,7 @@ class CurvatureOperator:
         if not outputs.requires_grad:
             return ("ggn", None, "unused")
         out_leaf = outputs.detach().requires_grad_(True)
-        term = _weighted(problem, problem.loss_fn(out_leaf, targets), n)
+        term = problem.weighted_loss(problem.loss_fn(out_leaf, targets), n)
         if not term.requires_grad:
             return ("ggn", None, "no-grad")
         (g_out,) = torch.autograd.grad(term, out_leaf, create_graph=True)
@@ -628,13 +628,6 @@ def _no_derivative(exc: BaseException) -> bool:
     return isinstance(exc, NotImplementedError) or bool(_NO_DERIVATIVE.search(str(exc)))
 
 
-def _weighted(problem: Problem, raw: Tensor, n: int) -> Tensor:
-    """A batch's loss as its share n_b ℓ_b / N of the dataset mean (as ``Problem.batch_terms``)."""
-    if problem.reduction == "sum":
-        return raw / problem.n_samples
-    if problem.reduction == "none":
-        return raw.mean() * (n / problem.n_samples)
-    return raw * (n / problem.n_samples)
 
 
 def _loss_name(loss: Any) -> str:
@@ -643,7 +636,8 @@ def _loss_name(loss: Any) -> str:
 
 
 def _prepare(problem: Any, theta: Mapping[str, Tensor] | None, params: ParamSelection, dtype: Any, retain: Any,
-             func: str) -> tuple[Problem, P.Params, tuple[str, ...]]:
+             func: str | None = None) -> tuple[Problem, P.Params, tuple[str, ...]]:
+    func = func or current_function("curvature_operator", innermost=True)
     if not isinstance(problem, Problem):
         raise bad_type(func, "problem", "a lossatlas.Problem", problem)
     if dtype is not None and dtype not in DTYPES:
@@ -653,24 +647,25 @@ def _prepare(problem: Any, theta: Mapping[str, Tensor] | None, params: ParamSele
     if theta is None:
         theta = problem.params()
     if not isinstance(theta, Mapping):
-        raise bad_type(func, "theta", "a dict of parameter tensors (or None for the problem's θ₀)", theta)
+        raise bad_type(func, "center", "a dict of parameter tensors (or None for the problem's θ₀)", theta)
     if dtype is not None and dtype != problem.dtype:
-        P.check_like(problem.params(), theta, func=func, arg="theta", ref_arg="the problem's parameters",
+        P.check_like(problem.params(), theta, func=func, arg="center", ref_arg="the problem's parameters",
                      check_dtype=False)
         problem = problem.with_dtype(dtype)
         theta = P.to(theta, dtype=dtype)
-    problem.check_params(theta, func=func, arg="theta")
+    problem.check_params(theta, func=func, arg="center")
     names = select(problem, params, func=func)
     return problem, dict(theta), names
 
 
 @public("curvature.hessian_operator")
-def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
+@renamed(theta="center")
+def hessian_operator(problem: Problem, center: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                      dtype: torch.dtype | None = None, retain: bool | str = "auto",
                      vectorize: bool | None = None, method: str | None = None) -> CurvatureOperator:
     """The Hessian ∇²L(θ) of the problem's dataset loss as a :class:`CurvatureOperator`.
 
-    ``theta``: the point (default: the problem's θ₀). ``params``: which parameters (``None``/``"all"``,
+    ``center``: the point (default: the problem's θ₀). ``params``: which parameters (``None``/``"all"``,
     ``"weights"`` to leave out biases and normalisation layers, a layer or parameter name, a glob
     pattern, a list of those, or a callable ``(name, tensor) -> bool``); the others are held at θ.
     ``dtype``: ``torch.float32`` or ``torch.float64`` (default: the problem's). ``retain``: keep the
@@ -688,12 +683,13 @@ def hessian_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None
     tensor([[0.8571, 0.0000],
             [0.0000, 2.0000]], dtype=torch.float64)
     """
-    return _make("hessian", problem, theta, params=params, dtype=dtype, retain=retain, vectorize=vectorize,
+    return _make("hessian", problem, center, params=params, dtype=dtype, retain=retain, vectorize=vectorize,
                  func="hessian_operator", method=method)
 
 
 @public("curvature.ggn_operator")
-def ggn_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
+@renamed(theta="center")
+def ggn_operator(problem: Problem, center: Mapping[str, Tensor] | None = None, *, params: ParamSelection = None,
                  dtype: torch.dtype | None = None, retain: bool | str = "auto",
                  convex_loss: bool = False) -> CurvatureOperator:
     """The generalised Gauss–Newton matrix G = Σ_b Jᵀ ∇²_f(n_b ℓ_b / N) J at θ (J: Jacobian of the
@@ -713,13 +709,14 @@ def ggn_operator(problem: Problem, theta: Mapping[str, Tensor] | None = None, *,
     >>> bool(torch.linalg.eigvalsh(G.dense()).min() > -1e-12)  # positive semi-definite
     True
     """
-    return _make("ggn", problem, theta, params=params, dtype=dtype, retain=retain, convex_loss=convex_loss,
+    return _make("ggn", problem, center, params=params, dtype=dtype, retain=retain, convex_loss=convex_loss,
                  func="ggn_operator")
 
 
 def _make(kind: str, problem: Any, theta: Mapping[str, Tensor] | None, *, params: ParamSelection, dtype: Any,
-          retain: Any, func: str, convex_loss: bool = False, vectorize: bool | None = None,
+          retain: Any, func: str | None = None, convex_loss: bool = False, vectorize: bool | None = None,
           method: str | None = None) -> CurvatureOperator:
+    func = func or current_function("curvature_operator", innermost=True)
     if kind == "ggn" and isinstance(problem, Problem):
         if problem.closure is not None or problem.loss_fn is None:
             raise InvalidArgumentError(f"{func}(): argument 'problem' must have a loss(outputs, targets), not a "
@@ -739,12 +736,14 @@ def _make(kind: str, problem: Any, theta: Mapping[str, Tensor] | None, *, params
     return CurvatureOperator(problem, theta, names, kind=kind, retain=retain, vectorize=vectorize, method=method)
 
 
-def as_operator(problem: Any, theta: Mapping[str, Tensor] | None, *, func: str, curvature: str = "hessian",
+def as_operator(problem: Any, theta: Mapping[str, Tensor] | None, *, func: str | None = None, curvature: str = "hessian",
                 params: ParamSelection = None, dtype: torch.dtype | None = None) -> CurvatureOperator:
     """An operator from the family arguments ``(problem, theta, curvature=, params=, dtype=)``, or the
-    operator itself when ``problem`` already is one."""
+    operator itself when ``problem`` already is one. Messages name ``func`` (default: the public
+    function running)."""
+    func = func or current_function("curvature_operator", innermost=True)
     if isinstance(problem, CurvatureOperator):
-        for arg, value in (("theta", theta), ("params", params), ("dtype", dtype)):
+        for arg, value in (("center", theta), ("params", params), ("dtype", dtype)):
             if value is not None:
                 raise bad_value(func, arg, "None when 'problem' is already a CurvatureOperator", value)
         return problem

@@ -30,7 +30,7 @@ import xarray as xr
 from torch import Tensor
 
 from .._ncattrs import make_safe
-from ..errors import EvaluationError, bad_type, bad_value, public
+from ..errors import EvaluationError, bad_type, bad_value, public, renamed
 from . import _common as C
 from ..params.selection import layers, select
 from .eigen import DEFAULT_TOL, solve
@@ -130,28 +130,29 @@ class LayerCurvature:
                 f"trace_method={self.trace_method!r}, probes={self.probes}, blocks=[\n{rows}\n])")
 
 
-def _blocks(problem, names: tuple[str, ...], blocks: Any, func: str) -> dict[str, tuple[str, ...]]:
+def _blocks(problem, names: tuple[str, ...], blocks: Any) -> dict[str, tuple[str, ...]]:
     if blocks is None:
         sizes = {n: 1 for n in names}
         return {layer: tuple(names[s] for s, _ in slices) for layer, slices in layers(names, sizes).items()}
     if not isinstance(blocks, Mapping) or not blocks:
-        raise bad_type(func, "blocks", "None (one block per module) or a non-empty dict name -> parameter selection",
+        raise bad_type("blocks", "None (one block per module) or a non-empty dict name -> parameter selection",
                        blocks)
     out: dict[str, tuple[str, ...]] = {}
     for key, selection in blocks.items():
         if not isinstance(key, str):
-            raise bad_type(func, "blocks", "a dict with string keys (block names)", key)
-        chosen = select(problem, selection, func=func)
+            raise bad_type("blocks", "a dict with string keys (block names)", key)
+        chosen = select(problem, selection)
         picked = tuple(n for n in chosen if n in names)
         if not picked:
-            raise bad_value(func, f"blocks[{key!r}]", "a selection of at least one of the selected parameters",
+            raise bad_value(f"blocks[{key!r}]", "a selection of at least one of the selected parameters",
                             selection)
         out[key] = picked
     return out
 
 
 @public("curvature.per_layer")
-def per_layer(problem, theta: Mapping[str, Tensor] | None = None, *, blocks: Mapping[str, Any] | None = None,
+@renamed(theta="center")
+def per_layer(problem, center: Mapping[str, Tensor] | None = None, *, blocks: Mapping[str, Any] | None = None,
               probes: int = DEFAULT_PROBES, trace_method: str = "hutchinson", tol: float = DEFAULT_TOL,
               seed: int = 0, max_products: int | None = 1000, params=None, dtype: torch.dtype | None = None,
               curvature: str = "hessian", method: str | None = None, progress: bool = True) -> LayerCurvature:
@@ -173,23 +174,22 @@ def per_layer(problem, theta: Mapping[str, Tensor] | None = None, *, blocks: Map
     >>> [(b.name, round(b.lambda_max, 4), round(b.trace.value, 4)) for b in r]   # 2·mean(x²) and 2
     [('w', 0.8571, 0.8571), ('b', 2.0, 2.0)]
     """
-    func = "curvature.per_layer"
     if trace_method not in TRACE_METHODS:
-        raise bad_value(func, "trace_method", f"one of {TRACE_METHODS}", trace_method)
-    probes = C.check_int(func, "probes", probes, minimum=3 if trace_method == "hutch++" else 2)
-    tol = C.check_tol(func, tol)
-    seed = C.check_seed(func, seed)
-    max_products = C.check_int(func, "max_products", max_products, allow_none=True)
-    C.check_flag(func, "progress", progress)
+        raise bad_value("trace_method", f"one of {TRACE_METHODS}", trace_method)
+    probes = C.check_int("probes", probes, minimum=3 if trace_method == "hutch++" else 2)
+    tol = C.check_tol(tol)
+    seed = C.check_seed(seed)
+    max_products = C.check_int("max_products", max_products, allow_none=True)
+    C.check_flag("progress", progress)
     if curvature not in ("hessian", "ggn"):
-        raise bad_value(func, "curvature", "'hessian' or 'ggn'", curvature)
+        raise bad_value("curvature", "'hessian' or 'ggn'", curvature)
 
     if method is not None and method not in PRODUCT_METHODS:
-        raise bad_value(func, "method", f"None (automatic) or one of {PRODUCT_METHODS}", method)
-    # validates problem, theta, dtype, params and (for the GGN) the loss, before any product
-    full = _make(curvature, problem, theta, params=params, dtype=dtype, retain=False, func=func, method=method)
+        raise bad_value("method", f"None (automatic) or one of {PRODUCT_METHODS}", method)
+    # validates problem, center, dtype, params and (for the GGN) the loss, before any product
+    full = _make(curvature, problem, center, params=params, dtype=dtype, retain=False, method=method)
     problem, theta_d, names = full.problem, full.theta, full.names
-    groups = _blocks(problem, names, blocks, func)
+    groups = _blocks(problem, names, blocks)
     chosen = method
     out: list[BlockCurvature] = []
     notes: list[str] = []
@@ -199,7 +199,7 @@ def per_layer(problem, theta: Mapping[str, Tensor] | None = None, *, blocks: Map
         if op.shape[0] <= probes:  # as few products as probes give the exact trace: e_iᵀ H_bb e_i
             diag = op.mm(torch.eye(op.shape[0], dtype=op.dtype, device=op.device)).diagonal()
             if not bool(torch.isfinite(diag).all()):
-                raise EvaluationError(f"{func}(): the curvature products of block {name!r} are not finite at θ "
+                raise EvaluationError(f"curvature.per_layer(): the curvature products of block {name!r} are not finite at θ "
                                       "(NaN or Inf in the loss or its derivatives)")
             tr = Estimate(float(diag.to(torch.float64).sum()), 0.0, 0, "exact", op.shape[0], product_method=op.method)
         else:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import bad_type, bad_value, public
+from ..errors import bad_type, bad_value, public, renamed
 from . import _common as C
 from ..params.selection import ParamSelection
 from .matrices import KFACOperator, curvature_operator, kfac_operator
@@ -86,7 +86,8 @@ def _cg(apply, b: Tensor, damping: float, tol: float, maxiter: int) -> tuple[Ten
 
 
 @public("curvature.inverse_product")
-def inverse_product(problem: Any, b: Tensor | Mapping[str, Tensor], theta: Mapping[str, Tensor] | None = None, *,
+@renamed(theta="center")
+def inverse_product(problem: Any, b: Tensor | Mapping[str, Tensor], center: Mapping[str, Tensor] | None = None, *,
                     curvature: str = "hessian", damping: float = 0.0, method: str = "cg", tol: float = 1e-10,
                     maxiter: int | None = None, params: ParamSelection = None, dtype: torch.dtype | None = None,
                     **options) -> Solve:
@@ -104,27 +105,26 @@ def inverse_product(problem: Any, b: Tensor | Mapping[str, Tensor], theta: Mappi
     >>> s.x.round(decimals=4).tolist(), s.iterations, s.converged   # 1/(0.8571+0.1), 1/(2+0.1)
     ([1.0448, 0.4762], 2, True)
     """
-    func = "inverse_product"
     if method not in ("cg", "kfac"):
-        raise bad_value(func, "method", "'cg' or 'kfac'", method)
+        raise bad_value("method", "'cg' or 'kfac'", method)
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not (damping >= 0 and
                                                                                   math.isfinite(damping)):
-        raise bad_value(func, "damping", "a finite number >= 0", damping)
+        raise bad_value("damping", "a finite number >= 0", damping)
     damping = float(damping)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise bad_value(func, "tol", "a number in (0, 1) (relative residual)", tol)
-    maxiter = C.check_int(func, "maxiter", maxiter, allow_none=True)
+        raise bad_value("tol", "a number in (0, 1) (relative residual)", tol)
+    maxiter = C.check_int("maxiter", maxiter, allow_none=True)
     if method == "kfac" and not isinstance(problem, KFACOperator):
-        op = kfac_operator(problem, theta, params=params, dtype=dtype, **options)
+        op = kfac_operator(problem, center, params=params, dtype=dtype, **options)
     else:
-        op = curvature_operator(problem, theta, curvature=curvature, params=params, dtype=dtype, func=func,
+        op = curvature_operator(problem, center, curvature=curvature, params=params, dtype=dtype,
                                 **options)
     if method == "kfac" and not isinstance(op, KFACOperator):
-        raise bad_type(func, "problem", "a Problem or a KFACOperator for method='kfac'", op)
+        raise bad_type("problem", "a Problem or a KFACOperator for method='kfac'", op)
     if isinstance(b, Mapping):
         b = torch.cat([b[k].detach().reshape(-1) for k in op.names])
     if not isinstance(b, Tensor) or b.ndim != 1 or b.numel() != op.shape[0]:
-        raise bad_value(func, "b", f"a 1-D tensor of {op.shape[0]} entries or a parameter dict", b)
+        raise bad_value("b", f"a 1-D tensor of {op.shape[0]} entries or a parameter dict", b)
     start = op.products
     b64 = b.detach().to(device=op.device, dtype=torch.float64)
 
@@ -135,7 +135,7 @@ def inverse_product(problem: Any, b: Tensor | Mapping[str, Tensor], theta: Mappi
     notes: list[str] = []
     if method == "kfac":
         if damping <= 0:
-            raise bad_value(func, "damping", "a number > 0 for method='kfac'", damping)
+            raise bad_value("damping", "a number > 0 for method='kfac'", damping)
         x = op.solve(b64.to(op.dtype), damping).to(torch.float64)
         iterations = 0
     else:

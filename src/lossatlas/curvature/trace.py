@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError, bad_value, public
+from ..errors import EvaluationError, bad_value, public, renamed
 from ..progress import progress_bar
 from . import _common as C
 from .operators import CurvatureOperator, as_operator
@@ -35,10 +35,11 @@ BLOCK = 16  # products per vectorised backward pass
 
 
 @public("curvature.trace")
-def trace(problem, theta: Mapping[str, Tensor] | None = None, *, method: str = "hutch++",
+@renamed(theta="center")
+def trace(problem, center: Mapping[str, Tensor] | None = None, *, method: str = "hutch++",
           probes: int = DEFAULT_PROBES, seed: int = 0, params=None, dtype: torch.dtype | None = None,
           curvature: str = "hessian", progress: bool = True) -> Estimate:
-    """Estimate tr H (``curvature="ggn"``: tr G) at ``theta`` with ``probes`` matrix-vector products.
+    """Estimate tr H (``curvature="ggn"``: tr G) at ``center`` with ``probes`` matrix-vector products.
 
     ``method``: ``"hutch++"`` (default; ``probes`` ≥ 3, split in thirds) or ``"hutchinson"``
     (``probes`` ≥ 2). Returns an :class:`Estimate` whose ``layers`` maps each layer (module) to
@@ -55,13 +56,12 @@ def trace(problem, theta: Mapping[str, Tensor] | None = None, *, method: str = "
     >>> round(t.value, 6), t.stderr                    # 2·mean(x²) + 2
     (2.857143, 0.0)
     """
-    func = "curvature.trace"
     if method not in METHODS:
-        raise bad_value(func, "method", f"one of {METHODS}", method)
-    probes = C.check_int(func, "probes", probes, minimum=3 if method == "hutch++" else 2)
-    seed = C.check_seed(func, seed)
-    C.check_flag(func, "progress", progress)
-    op = as_operator(problem, theta, func=func, curvature=curvature, params=params, dtype=dtype)
+        raise bad_value("method", f"one of {METHODS}", method)
+    probes = C.check_int("probes", probes, minimum=3 if method == "hutch++" else 2)
+    seed = C.check_seed(seed)
+    C.check_flag("progress", progress)
+    op = as_operator(problem, center, curvature=curvature, params=params, dtype=dtype)
     start = op.products
     with progress_bar(probes, f"trace ({method})", enabled=progress, unit="products") as advance:
         product = _blocked(op, advance)
@@ -71,7 +71,7 @@ def trace(problem, theta: Mapping[str, Tensor] | None = None, *, method: str = "
             exact, samples = _hutchpp(op, product, probes, seed)
     for part in (exact, samples):
         if part is not None and not np.all(np.isfinite(part)):
-            raise EvaluationError(f"{func}(): the curvature products are not finite at θ (NaN or Inf in the loss or "
+            raise EvaluationError(f"curvature.trace(): the curvature products are not finite at θ (NaN or Inf in the loss or "
                                   "its derivatives); there is no trace to estimate")
     est = _assemble(op, exact, samples, method, op.products - start)
     notes = tuple(op.method_notes)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .. import params as P
 from .._param_io import read_params, write_params
-from ..errors import ParameterMismatchError, StoreError, bad_type, bad_value
+from ..errors import ParameterMismatchError, StoreError, bad_type, bad_value, current_function
 from ..problem import Problem
 
 __all__ = ["Directions", "check_independent"]
@@ -149,7 +149,7 @@ def _short_list(items: Sequence[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
 
 
-def _resolve_source(source: Any, model: nn.Module | None, func: str):
+def _resolve_source(source: Any, model: nn.Module | None, func: str | None = None):
     """(params, model) from a dict of parameters, an ``nn.Module`` or a ``Problem``."""
     if isinstance(source, Problem):
         return source.params(), source.model
@@ -158,7 +158,8 @@ def _resolve_source(source: Any, model: nn.Module | None, func: str):
     return source, model
 
 
-def _check_params(params: Any, func: str, arg: str = "params") -> None:
+def _check_params(params: Any, func: str | None = None, arg: str = "params") -> None:
+    func = func or current_function("directions", innermost=True)
     if isinstance(params, nn.Module):
         raise bad_type(func, arg, "a dict of parameter tensors (use lossatlas.params_of(model))", params)
     if not isinstance(params, Mapping) or not params:
@@ -170,13 +171,11 @@ def _check_params(params: Any, func: str, arg: str = "params") -> None:
             raise bad_value(func, f"{arg}[{k!r}]", "a floating-point tensor", v)
 
 
-def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: str) -> None:
+def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: str | None = None) -> None:
+    func = func or current_function("directions", innermost=True)
     names = dict(model.named_parameters())
     unknown = [k for k in params if k not in names]
     if unknown:
         raise ParameterMismatchError(f"{func}(): argument 'params' must be parameters of 'model'; received "
                                      f"unknown names {unknown[:4]}")
-    for k, v in params.items():
-        if tuple(names[k].shape) != tuple(v.shape):
-            raise ParameterMismatchError(f"{func}(): argument 'params[{k!r}]' must have the shape of the "
-                                         f"model's parameter {tuple(names[k].shape)}; received {tuple(v.shape)}")
+    P.check_shapes(names, params, func=func, arg="params", like="the model's parameter")

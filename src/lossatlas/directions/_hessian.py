@@ -16,7 +16,7 @@ from .. import params as P
 from ..curvature import _common as C
 from ..curvature.eigen import DEFAULT_TOL, eigenvalues
 from ..curvature.operators import as_operator
-from ..errors import EvaluationError, bad_value, public
+from ..errors import EvaluationError, bad_value, public, renamed
 from ._base import Directions
 from ._registry import DirectionKind, register
 
@@ -27,10 +27,11 @@ NORMS = ("unit", "model")
 
 
 @public("directions.hessian")
-def hessian(problem, theta: Mapping[str, Tensor] | None = None, n: int = 2, which: str = "extremes", *,
+@renamed(theta="center")
+def hessian(problem, center: Mapping[str, Tensor] | None = None, *, n: int = 2, which: str = "extremes",
             seed: int = 0, tol: float = DEFAULT_TOL, max_products: int | None = 1000,
             norm: str = "unit", params=None, progress: bool = False) -> Directions:
-    """``n`` Hessian eigenvectors at ``theta`` as :class:`~lossatlas.Directions`.
+    """``n`` Hessian eigenvectors at ``center`` as :class:`~lossatlas.Directions`.
 
     ``which="extremes"``: the eigenvectors of the ⌈n/2⌉ largest and ⌊n/2⌋ smallest eigenvalues (for
     n = 2: λmax and λmin); ``"top"``: the n largest. ``norm="unit"``: unit vectors (coordinates are
@@ -50,13 +51,12 @@ def hessian(problem, theta: Mapping[str, Tensor] | None = None, n: int = 2, whic
     >>> d.spec["kind"], len(d), d.labels[1].startswith("Hessian eigenvector (λmin = -")
     ('hessian', 2, True)
     """
-    func = "directions.hessian"
-    n = C.check_int(func, "n", n)
+    n = C.check_int("n", n)
     if which not in WHICH_DIRECTIONS:
-        raise bad_value(func, "which", f"one of {WHICH_DIRECTIONS}", which)
+        raise bad_value("which", f"one of {WHICH_DIRECTIONS}", which)
     if norm not in NORMS:
-        raise bad_value(func, "norm", f"one of {NORMS}", norm)
-    op = as_operator(problem, theta, func=func, params=params)
+        raise bad_value("norm", f"one of {NORMS}", norm)
+    op = as_operator(problem, center, params=params)
     if which == "top" or n == 1:
         eig = eigenvalues(op, k=n, which="largest", tol=tol, seed=seed, max_products=max_products, progress=progress)
         picks = list(range(n))
@@ -68,7 +68,7 @@ def hessian(problem, theta: Mapping[str, Tensor] | None = None, n: int = 2, whic
         tags = (["λmax" if i == 0 else f"λ{i + 1}" for i in range(top)]
                 + ["λmin" if i == 0 else f"λmin+{i}" for i in range(bottom)])
     if not np.all(np.isfinite(eig.values)):
-        raise EvaluationError(f"{func}(): the Hessian is not finite at θ (NaN or Inf in the loss or its derivatives); "
+        raise EvaluationError(f"directions.hessian(): the Hessian is not finite at θ (NaN or Inf in the loss or its derivatives); "
                               "it has no eigenvectors to use as directions")
     vectors = [eig.vectors[i] for i in picks]
     if norm == "model":

@@ -56,8 +56,8 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
     """
     func = "directions.plane"
     _check_params(a, func, "a")
-    P.check_like(a, b, func=func, arg="b", ref_arg="a")
-    P.check_like(a, c, func=func, arg="c", ref_arg="a")
+    P.check_like(a, b, arg="b", ref_arg="a")
+    P.check_like(a, c, arg="c", ref_arg="a")
     d1, d2 = P.sub(b, a), P.sub(c, a)
     n1, n2 = P.norm(d1), P.norm(d2)
     _check_offset(func, "b", n1)
@@ -96,12 +96,12 @@ def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -
     params, _ = _resolve_source(params, None, func)
     _check_params(params, func)
     if isinstance(names, str) or not names:
-        raise bad_value(func, "names", "a non-empty list of parameter names", names)
+        raise bad_value("names", "a non-empty list of parameter names", names)
     vectors = []
     for spec in names:
         base, _, rest = str(spec).partition("[")
         if base not in params:
-            raise bad_value(func, "names", f"names of parameters ({_short_list(list(params))})", spec)
+            raise bad_value("names", f"names of parameters ({_short_list(list(params))})", spec)
         t = params[base]
         index: tuple[int, ...] = ()
         if rest:
@@ -109,10 +109,10 @@ def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -
                 index = tuple(int(i) for i in rest.rstrip("]").split(","))
                 torch.zeros(t.shape)[index]
             except (ValueError, IndexError) as exc:
-                raise bad_value(func, "names", f"a valid element index of {base!r} with shape {tuple(t.shape)}",
+                raise bad_value("names", f"a valid element index of {base!r} with shape {tuple(t.shape)}",
                                 spec) from exc
         if len(index) != t.ndim:
-            raise bad_value(func, "names", f"a full element index of {base!r} (shape {tuple(t.shape)})", spec)
+            raise bad_value("names", f"a full element index of {base!r} (shape {tuple(t.shape)})", spec)
         d = {k: torch.zeros_like(v) for k, v in params.items()}
         d[base][index] = 1.0
         vectors.append(d)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value, public
+from ..errors import InvalidArgumentError, bad_type, bad_value, current_function, public
 from ..params._layout import filter_layout, ignored
 from ..problem import Problem
 from ..trajectory import Trajectory, _as_trajectory, _flat
@@ -22,7 +22,8 @@ from ._registry import DirectionKind, register
 __all__ = ["pca"]
 
 
-def _target_layout(traj: Trajectory, like: Any, func: str) -> tuple[list[str], torch.dtype | None, Any, Any]:
+def _target_layout(traj: Trajectory, like: Any, func: str | None = None) -> tuple[list[str], torch.dtype | None, Any, Any]:
+    func = func or current_function("directions.pca", innermost=True)
     """(names, dtype, device, reference params) the directions must match."""
     if like is None:
         names = traj.param_names
@@ -43,7 +44,7 @@ def _target_layout(traj: Trajectory, like: Any, func: str) -> tuple[list[str], t
 
 
 @public("directions.pca")
-def pca(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]], n: int = 2, *, like: Any = None,
+def pca(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]], *, n: int = 2, like: Any = None,
         ignore: Any = None, max_bytes: int = 2**30) -> Directions:
     """The first ``n`` principal directions of θ_i − θ_final (Li et al. 2018), as :class:`Directions`.
 
@@ -59,25 +60,24 @@ def pca(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]], n:
     :func:`lossatlas.directions.random` (``"biasbn"``, a callable or name patterns) — ignored
     parameters get a zero direction; default ``None`` uses every parameter.
     """
-    func = "directions.pca"
-    traj = _as_trajectory(trajectory, func)
+    traj = _as_trajectory(trajectory)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise bad_value(func, "n", "an integer >= 1", n)
+        raise bad_value("n", "an integer >= 1", n)
     if len(traj) < 2:
-        raise bad_value(func, "trajectory", "at least 2 checkpoints", traj)
+        raise bad_value("trajectory", "at least 2 checkpoints", traj)
     if n > len(traj) - 1:
-        raise bad_value(func, "n", f"at most {len(traj) - 1} (the number of checkpoints minus one)", n)
+        raise bad_value("n", f"at most {len(traj) - 1} (the number of checkpoints minus one)", n)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise bad_value(func, "max_bytes", "a positive integer (bytes)", max_bytes)
-    names, dtype, device, ref = _target_layout(traj, like, func)
+        raise bad_value("max_bytes", "a positive integer (bytes)", max_bytes)
+    names, dtype, device, ref = _target_layout(traj, like)
     final = traj.final(names, device=device)
     if ref is not None:
-        P.check_like(ref, final, func=func, arg="trajectory", ref_arg="like", check_dtype=False)
+        P.check_like(ref, final, arg="trajectory", ref_arg="like", check_dtype=False)
     layout = filter_layout(like if isinstance(like, nn.Module) else getattr(like, "model", None), final)
     skip = ignored(ignore, layout, final) if ignore is not None else set()
     moving = [k for k in names if k not in skip]
     if not moving:
-        raise InvalidArgumentError(f"{func}(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
+        raise InvalidArgumentError(f"directions.pca(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
     final_flat = _flat(final, moving)
     gram = _gram(traj, moving, final_flat, max_bytes)
     m = len(traj)
@@ -88,7 +88,7 @@ def pca(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]], n:
     order = np.argsort(evals)[::-1]
     evals, evecs = np.clip(evals[order], 0.0, None), evecs[:, order]
     if evals[n - 1] <= 1e-14 * max(evals[0], 1e-300):
-        raise InvalidArgumentError(f"{func}(): argument 'trajectory' spans fewer than {n} dimension"
+        raise InvalidArgumentError(f"directions.pca(): argument 'trajectory' spans fewer than {n} dimension"
                                    f"{'s' if n > 1 else ''} (the checkpoints barely move); received {m} checkpoints")
     weights = evecs[:, :n] / np.sqrt(evals[:n])
     comps = _combine(traj, moving, final_flat, torch.from_numpy(weights.copy()), max_bytes)

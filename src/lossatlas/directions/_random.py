@@ -33,8 +33,8 @@ def _seeds(seed: int, n: int) -> list[int]:
 @public("directions.random")
 def random(
     params: Mapping[str, Tensor] | nn.Module | Any,
-    n: int = 2,
     *,
+    n: int = 2,
     norm: str | None = "filter",
     ignore: IgnoreRule = "biasbn",
     orthogonal: bool = True,
@@ -68,19 +68,18 @@ def random(
     >>> float(d[0]["0.bias"].abs().sum())  # biases ignored by default
     0.0
     """
-    func = "directions.random"
-    params, model, seed = _check_arguments(func, params, model, n, norm, seed)
+    params, model, seed = _check_arguments(params, model, n, norm, seed)
     theta = {k: v.detach() for k, v in params.items()}
     layout = filter_layout(model, theta)
     skip = ignored(ignore, layout, theta)
     if len(skip) == len(theta):
-        raise InvalidArgumentError(f"{func}(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
+        raise InvalidArgumentError(f"directions.random(): argument 'ignore' leaves no parameter to move; received {ignore!r}")
     movable = sum(t.numel() for k, t in theta.items() if k not in skip)
     if orthogonal and n > movable:
-        raise bad_value(func, "n", f"at most {movable} (the number of parameter entries that move; more "
+        raise bad_value("n", f"at most {movable} (the number of parameter entries that move; more "
                         "directions cannot be independent)", n)
     if not isinstance(orthogonal, bool):
-        raise bad_type(func, "orthogonal", "a bool", orthogonal)
+        raise bad_type("orthogonal", "a bool", orthogonal)
     seeds = _seeds(int(seed), n)
     theta64 = {k: v.double().cpu() for k, v in theta.items()}
     vectors = [_normalise(_draw(theta, s, skip), theta64, layout, norm, skip) for s in seeds]
@@ -110,19 +109,19 @@ def random(
     return Directions(out, spec)
 
 
-def _check_arguments(func: str, params: Any, model: Any, n: Any, norm: Any, seed: Any) -> tuple[Any, Any, int]:
+def _check_arguments(params: Any, model: Any, n: Any, norm: Any, seed: Any) -> tuple[Any, Any, int]:
     """(params, model, seed) of a valid call, in the order the checks were always made."""
-    params, model = _resolve_source(params, model, func)
-    _check_params(params, func)
+    params, model = _resolve_source(params, model)
+    _check_params(params)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise bad_value(func, "n", "an integer >= 1", n)
+        raise bad_value("n", "an integer >= 1", n)
     if norm not in NORMS:
-        raise bad_value(func, "norm", f"one of {NORMS}", norm)
-    seed = check_seed(func, seed)
+        raise bad_value("norm", f"one of {NORMS}", norm)
+    seed = check_seed(seed)
     if model is not None and not isinstance(model, nn.Module):
-        raise bad_type(func, "model", "an nn.Module or None", model)
+        raise bad_type("model", "an nn.Module or None", model)
     if model is not None:
-        _check_model_params(model, params, func)
+        _check_model_params(model, params)
     return params, model, seed
 
 

@@ -12,16 +12,19 @@ import numpy as np
 import xarray as xr
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value
+from ..curvature._common import check_flag, check_int
+from ..errors import InvalidArgumentError, bad_type, bad_value, current_function, with_name
 from ..surface import as_directions, open_directions
 
 #: unit roundoff of the precision a surface's values were computed in (attrs["dtype"])
 UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}
 
 
-def check_surface(func: str, surface: Any, *, dims: tuple[int, ...] = (1, 2), var: str = "loss"
+def check_surface(*args: Any, dims: tuple[int, ...] = (1, 2), var: str = "loss"
                   ) -> tuple[np.ndarray, list[np.ndarray], tuple[str, ...]]:
-    """(values, axes, dim names) of a surface Dataset's ``var`` (float64), or the library's error."""
+    """(values, axes, dim names) of a surface Dataset's ``var`` (float64), or the library's error:
+    ``check_surface(surface)`` (or with the function's name first)."""
+    func, (surface,) = with_name(args, 1, "check_surface")
     if not isinstance(surface, (xr.Dataset, xr.DataArray)):
         raise bad_type(func, "surface", "an xarray.Dataset made by lossatlas.surface (dims x, y; variable 'loss')",
                        surface)
@@ -53,8 +56,9 @@ def check_surface(func: str, surface: Any, *, dims: tuple[int, ...] = (1, 2), va
     return values, axes, tuple(arr.dims)
 
 
-def spacing(func: str, axis: np.ndarray, name: str) -> float:
+def spacing(axis: np.ndarray, name: str, func: str | None = None) -> float:
     """The step of a uniform axis (finite differences need one), or the library's error."""
+    func = func or current_function("lossatlas", innermost=True)
     steps = np.diff(axis)
     h = float(steps.mean())
     if np.max(np.abs(steps - h)) > 1e-9 * max(abs(h), float(np.max(np.abs(axis)))):
@@ -68,9 +72,11 @@ def roundoff(surface: Any) -> float:
     return UNIT_ROUNDOFF.get(str(attrs.get("dtype", "float64")).replace("torch.", ""), 2.0 ** -53)
 
 
-def check_number(func: str, arg: str, value: Any, *, minimum: float | None = None, strict: bool = False,
+def check_number(*args: Any, minimum: float | None = None, strict: bool = False,
                  allow_none: bool = False) -> float | None:
-    """A finite real number (optionally ≥ / > ``minimum``)."""
+    """A finite real number (optionally ≥ / > ``minimum``): ``check_number(arg, value)`` (or with the
+    function's name first)."""
+    func, (arg, value) = with_name(args, 2, "check_number")
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -83,22 +89,9 @@ def check_number(func: str, arg: str, value: Any, *, minimum: float | None = Non
     return v
 
 
-def check_int(func: str, arg: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise bad_type(func, arg, f"an integer >= {minimum}", value)
-    if int(value) < minimum:
-        raise bad_value(func, arg, f"an integer >= {minimum}", value)
-    return int(value)
-
-
-def check_flag(func: str, arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise bad_type(func, arg, "a bool", value)
-    return value
-
-
-def basis(func: str, surface: Any, problem: Any, center: Mapping | None, directions: Any):
+def basis(surface: Any, problem: Any, center: Mapping | None, directions: Any):
     """(centre, list of direction dicts) of the slice: given, or read back from the surface's store."""
+    func = current_function("lossatlas", innermost=True)
     if center is None or directions is None:
         store = (getattr(surface, "attrs", {}) or {}).get("store")
         if not store:  # in memory: "" (see lossatlas.grid_job)
@@ -112,13 +105,13 @@ def basis(func: str, surface: Any, problem: Any, center: Mapping | None, directi
         directions = saved_dirs if directions is None else directions
         center = {k: v.to(dtype=problem.dtype, device=problem.device) for k, v in center.items()}
         dirs = [{k: v.to(dtype=problem.dtype, device=problem.device) for k, v in d.items()}
-                for d in as_directions(directions, func=func)]
+                for d in as_directions(directions)]
     else:
-        dirs = list(as_directions(directions, func=func))
-    problem.check_params(center, func=func, arg="center")
+        dirs = list(as_directions(directions))
+    problem.check_params(center, arg="center")
 
     for i, d in enumerate(dirs):
-        P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
+        P.check_like(center, d, arg=f"directions[{i}]", ref_arg="center")
     return dict(center), [dict(d) for d in dirs]
 
 

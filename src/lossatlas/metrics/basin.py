@@ -71,9 +71,8 @@ def basin_width(surface: Any, delta: float) -> BasinWidth:
     >>> round(w.widths[0], 3), float(2 * np.sqrt(2 * 0.5 / 4.0))   # 2·√(2δ/a)
     (1.0, 1.0)
     """
-    func = "metrics.basin_width"
-    values, axes, dims = C.check_surface(func, surface)
-    delta = C.check_number(func, "delta", delta, minimum=0.0, strict=True)
+    values, axes, dims = C.check_surface(surface)
+    delta = C.check_number("delta", delta, minimum=0.0, strict=True)
     imin = np.unravel_index(int(np.argmin(values)), values.shape)
     lmin = float(values[imin])
     level = lmin + delta

@@ -118,17 +118,17 @@ def jensen_rate(problem: Problem, center: Mapping[str, torch.Tensor] | None = No
     """
     func = "metrics.jensen_rate"
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
     if center is None:
         center = problem.params()
-    problem.check_params(center, func=func, arg="center")
+    problem.check_params(center, arg="center")
     if isinstance(radii, (str, bytes)) or not isinstance(radii, Sequence) or not radii:
-        raise bad_value(func, "radii", "a non-empty sequence of positive numbers", radii)
-    radii = [C.check_number(func, "radii", r, minimum=0.0, strict=True) for r in radii]
-    segments = C.check_int(func, "segments", segments)
-    C.check_flag(func, "relative", relative)
-    tol = C.check_number(func, "tol", tol, minimum=0.0, allow_none=True)
-    seed = check_seed(func, seed)
+        raise bad_value("radii", "a non-empty sequence of positive numbers", radii)
+    radii = [C.check_number("radii", r, minimum=0.0, strict=True) for r in radii]
+    segments = C.check_int("segments", segments)
+    C.check_flag("relative", relative)
+    tol = C.check_number("tol", tol, minimum=0.0, allow_none=True)
+    seed = check_seed(seed)
     theta = {k: v.detach() for k, v in center.items()}
     scale = P.norm(theta) if relative else 1.0
     if relative and not scale > 0:

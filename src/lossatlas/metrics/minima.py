@@ -179,18 +179,17 @@ def local_minima(surface: Any, problem: Problem | None = None, *, center: Mappin
     >>> [mm.coords for mm in m], m.count_half
     ([(-1.0,), (1.0,)], 2)
     """
-    func = "metrics.local_minima"
-    values, axes, dims = C.check_surface(func, surface)
-    C.check_flag(func, "check", check)
-    C.check_flag(func, "refine", refine)
-    C.check_flag(func, "boundary", boundary)
-    grad_tol = C.check_number(func, "grad_tol", grad_tol, minimum=0.0)
-    exact_limit = C.check_int(func, "exact_limit", exact_limit, minimum=0)
-    max_minima = C.check_int(func, "max_minima", max_minima)
+    values, axes, dims = C.check_surface(surface)
+    C.check_flag("check", check)
+    C.check_flag("refine", refine)
+    C.check_flag("boundary", boundary)
+    grad_tol = C.check_number("grad_tol", grad_tol, minimum=0.0)
+    exact_limit = C.check_int("exact_limit", exact_limit, minimum=0)
+    max_minima = C.check_int("max_minima", max_minima)
 
-    seed = check_seed(func, seed)
+    seed = check_seed(seed)
     if problem is not None and not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem or None", problem)
+        raise bad_type("problem", "a lossatlas.Problem or None", problem)
     found = strict_minima(values, boundary=boundary)
     half = C.half_grid(values)
     count_half = len(strict_minima(half, boundary=boundary)) if min(half.shape) >= 3 else 0
@@ -200,9 +199,9 @@ def local_minima(surface: Any, problem: Problem | None = None, *, center: Mappin
     do_check = check and problem is not None
     basis = None
     if do_check:
-        center, dirs = C.basis(func, surface, problem, center, directions)
+        center, dirs = C.basis(surface, problem, center, directions)
         if len(dirs) != len(dims):
-            raise C.bad_value(func, "directions", f"{len(dims)} direction(s), one per dimension of the surface",
+            raise C.bad_value("directions", f"{len(dims)} direction(s), one per dimension of the surface",
                               f"{len(dirs)}")
         basis = (center, dirs)
     steps = [float(np.diff(a).mean()) for a in axes]

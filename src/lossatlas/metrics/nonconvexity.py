@@ -95,10 +95,9 @@ def nonconvexity_fraction(surface: Any, *, tol: float | None = None) -> NonConve
     >>> nonconvexity_fraction(saddle).fraction, nonconvexity_fraction(bowl).fraction
     (1.0, 0.0)
     """
-    func = "metrics.nonconvexity_fraction"
-    values, axes, dims = C.check_surface(func, surface)
-    h = tuple(C.spacing(func, a, d) for a, d in zip(axes, dims))
-    tol = C.check_number(func, "tol", tol, minimum=0.0, allow_none=True)
+    values, axes, dims = C.check_surface(surface)
+    h = tuple(C.spacing(a, d) for a, d in zip(axes, dims))
+    tol = C.check_number("tol", tol, minimum=0.0, allow_none=True)
     if tol is None:
         u = C.roundoff(surface)
         tol = 16.0 * u * float(np.max(np.abs(values))) / min(h) ** 2

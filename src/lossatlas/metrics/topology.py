@@ -176,10 +176,10 @@ def sublevel_persistence(surface: Any, *, tau: float | None = None, backend: str
     (2, [inf, 1.0])
     """
     func = "metrics.sublevel_persistence"
-    values, axes, dims = C.check_surface(func, surface)
+    values, axes, dims = C.check_surface(surface)
     if backend not in BACKENDS:
-        raise bad_value(func, "backend", f"one of {BACKENDS}", backend)
-    tau = C.check_number(func, "tau", tau, minimum=0.0, allow_none=True)
+        raise bad_value("backend", f"one of {BACKENDS}", backend)
+    tau = C.check_number("tau", tau, minimum=0.0, allow_none=True)
     if tau is None:
         tau = 16.0 * C.roundoff(surface) * float(np.max(np.abs(values)))
     if backend == "auto":

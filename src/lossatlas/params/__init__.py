@@ -14,13 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ParameterMismatchError, bad_type, bad_value
+from ..errors import ParameterMismatchError, bad_type, bad_value, current_function
 from ._layout import filter_layout
 
 __all__ = [
     "Params",
     "params_of",
     "check_like",
+    "check_shapes",
     "zeros_like",
     "clone",
     "add",
@@ -60,23 +61,15 @@ def params_of(
         raise bad_type("params_of", "model", "a torch.nn.Module", model)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise bad_value("params_of", "dtype", "a floating torch.dtype or None", dtype)
-    out: Params = {}
-    for name, p in model.named_parameters():
-        if trainable_only and not p.requires_grad:
-            continue
-        t = p.detach().clone()
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        if device is not None:
-            t = t.to(device)
-        out[name] = t
-    return out
+    copies = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad or not trainable_only}
+    return to(copies, dtype=dtype, device=device)
 
 
-def check_like(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, func: str, arg: str,
+def check_like(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, func: str | None = None, arg: str,
                ref_arg: str = "center", check_dtype: bool = True) -> None:
     """Raise :class:`ParameterMismatchError` unless ``other`` has the same names, shapes, dtypes
-    and devices as ``reference``."""
+    and devices as ``reference`` (messages name ``func``, default: the public function running)."""
+    func = func or current_function("lossatlas", innermost=True)
     if not isinstance(other, Mapping):
         raise bad_type(func, arg, "a dict of parameter tensors", other)
     missing = [k for k in reference if k not in other]
@@ -110,6 +103,17 @@ def check_like(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, 
                 f"{func}(): argument '{arg}[{k!r}]' must be on device {r.device} like '{ref_arg}'; "
                 f"received {o.device} (move with lossatlas.params.to(p, device=...))"
             )
+
+
+def check_shapes(reference: Mapping[str, Tensor], other: Mapping[str, Tensor], *, func: str, arg: str,
+                 like: str) -> None:
+    """Raise :class:`ParameterMismatchError` naming the first entry of ``other`` whose shape is not
+    that of the same entry of ``reference`` (``like`` says what ``reference`` is, e.g. "the model's");
+    entries of ``reference`` that ``other`` lacks are not checked here."""
+    for k, v in other.items():
+        if k in reference and tuple(v.shape) != tuple(reference[k].shape):
+            raise ParameterMismatchError(f"{func}(): argument '{arg}[{k!r}]' must have shape "
+                                         f"{tuple(reference[k].shape)} like {like}; received {tuple(v.shape)}")
 
 
 def _names(names: Sequence[str], limit: int = 4) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import bad_type, bad_value
+from ..errors import bad_type, bad_value, current_function
 from ._layout import filter_layout
 
 __all__ = ["ParamSelection", "select", "layer_of", "layers"]
@@ -20,12 +20,14 @@ _EXPECTED = ("None or 'all', 'weights' (biases and normalisation-layer parameter
              "parameter name, a glob pattern, a list of those, or a callable (name, tensor) -> bool")
 
 
-def select(problem: Any, params: ParamSelection, *, func: str) -> tuple[str, ...]:
+def select(problem: Any, params: ParamSelection, *, func: str | None = None) -> tuple[str, ...]:
     """The names of the problem's trainable parameters picked by ``params``, in the problem's order.
 
     A string names a parameter (``"net.0.weight"``), a layer (every parameter under the module
-    ``"net.0"``) or a glob pattern (``"*.weight"``).
+    ``"net.0"``) or a glob pattern (``"*.weight"``). Messages name ``func`` (default: the public
+    function running).
     """
+    func = func or current_function("select", innermost=True)
     names = list(problem.param_names)
     if params is None or params == "all":
         return tuple(names)

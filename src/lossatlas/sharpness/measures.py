@@ -20,7 +20,7 @@ from .. import params as P
 from ..curvature import eigenvalues
 from ..curvature import trace as trace_fn
 from ..directions import random
-from ..errors import bad_type, check_seed, public
+from ..errors import bad_type, check_seed, public, renamed
 from ..metrics import _common as C
 from ..metrics import basin_width
 from ..problem import Problem
@@ -31,17 +31,18 @@ from ._result import Sharpness
 __all__ = ["lambda_max", "trace", "epsilon_sharpness", "sam_sharpness", "adaptive_sharpness", "filter_width"]
 
 
-def _start(func: str, problem: Any, theta: Mapping[str, Tensor] | None) -> dict:
+def _start(problem: Any, theta: Mapping[str, Tensor] | None) -> dict:
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
     if theta is None:
         return problem.params()
-    problem.check_params(theta, func=func, arg="theta")
+    problem.check_params(theta, arg="center")
     return {k: v.detach() for k, v in theta.items()}
 
 
 @public("sharpness.lambda_max")
-def lambda_max(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, tol: float = 1e-6, seed: int = 0,
+@renamed(theta="center")
+def lambda_max(problem: Problem, center: Mapping[str, Tensor] | None = None, *, tol: float = 1e-6, seed: int = 0,
                dtype: torch.dtype | None = torch.float64, max_products: int | None = 1000) -> Sharpness:
     """λmax(∇²L(θ)), the largest Hessian eigenvalue, by thick-restart Lanczos
     (:func:`lossatlas.curvature.eigenvalues`), ± its error bound. Used as sharpness by Keskar et al.
@@ -54,10 +55,9 @@ def lambda_max(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, t
     >>> round(s.value, 6), s.scale_invariant
     (2.0, False)
     """
-    func = "sharpness.lambda_max"
-    theta = _start(func, problem, theta)
+    center = _start(problem, center)
 
-    eig = eigenvalues(problem, theta, k=1, which="largest", tol=tol, seed=seed, dtype=dtype,
+    eig = eigenvalues(problem, center, k=1, which="largest", tol=tol, seed=seed, dtype=dtype,
                       max_products=max_products, progress=False)
     return Sharpness("lambda_max", float(eig.values[0]), float(eig.errors[0]), "estimate", False,
                      "Keskar et al. 2017 (arXiv:1609.04836); Dinh et al. 2017",
@@ -65,7 +65,8 @@ def lambda_max(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, t
 
 
 @public("sharpness.trace")
-def trace(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, probes: int = 99, seed: int = 0,
+@renamed(theta="center")
+def trace(problem: Problem, center: Mapping[str, Tensor] | None = None, *, probes: int = 99, seed: int = 0,
           dtype: torch.dtype | None = torch.float64) -> Sharpness:
     """tr ∇²L(θ) by Hutch++ (:func:`lossatlas.curvature.trace`, Meyer et al. 2021) ± its standard error
     (exact, error 0, when the probes span the space); not scale-invariant.
@@ -77,25 +78,25 @@ def trace(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, probes
     >>> round(s.value, 6), s.error
     (2.857143, 0.0)
     """
-    func = "sharpness.trace"
-    theta = _start(func, problem, theta)
+    center = _start(problem, center)
 
-    est = trace_fn(problem, theta, probes=probes, seed=seed, dtype=dtype, progress=False)
+    est = trace_fn(problem, center, probes=probes, seed=seed, dtype=dtype, progress=False)
     return Sharpness("trace", float(est.value), float(est.stderr), "estimate", False,
                      "Hutchinson 1989; Meyer, Musco, Musco & Woodruff 2021", details={"estimate": est})
 
 
-def _worst_case_args(func, steps, lr, restarts, seed):
-    steps = C.check_int(func, "steps", steps, minimum=0)
-    lr = C.check_number(func, "lr", lr, minimum=0.0, strict=True)
-    restarts = C.check_int(func, "restarts", restarts, minimum=0)
-    seed = check_seed(func, seed)
-    return steps, lr, restarts, seed
+def _worst_case_args(iters, lr, restarts, seed):
+    iters = C.check_int("iters", iters, minimum=0)
+    lr = C.check_number("lr", lr, minimum=0.0, strict=True)
+    restarts = C.check_int("restarts", restarts, minimum=0)
+    seed = check_seed(seed)
+    return iters, lr, restarts, seed
 
 
 @public("sharpness.epsilon_sharpness")
-def epsilon_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, epsilon: float = 1e-3,
-                      steps: int = 20, lr: float = 0.5, restarts: int = 0, seed: int = 0) -> Sharpness:
+@renamed(theta="center", steps="iters")
+def epsilon_sharpness(problem: Problem, center: Mapping[str, Tensor] | None = None, *, epsilon: float = 1e-3,
+                      iters: int = 20, lr: float = 0.5, restarts: int = 0, seed: int = 0) -> Sharpness:
     """Keskar et al. 2017 (arXiv:1609.04836, Metric 2.1) ε-sharpness in the full space (A = I):
 
         φ(θ, ε) = 100 · (max_{y ∈ C_ε} L(θ + y) − L(θ)) / (1 + L(θ)),   C_ε = {|yᵢ| ≤ ε(|θᵢ| + 1)}.
@@ -112,12 +113,11 @@ def epsilon_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = Non
     >>> s.kind, s.value > 0, s.scale_invariant
     ('lower bound', True, False)
     """
-    func = "sharpness.epsilon_sharpness"
-    theta = _start(func, problem, theta)
-    epsilon = C.check_number(func, "epsilon", epsilon, minimum=0.0, strict=True)
-    steps, lr, restarts, seed = _worst_case_args(func, steps, lr, restarts, seed)
-    box = epsilon * (P.flatten(P.to(theta, dtype=torch.float64)).abs().cpu() + 1.0)
-    r = ascent(problem, theta, box, norm="linf", radius=1.0, steps=steps, lr=lr, restarts=restarts, seed=seed)
+    center = _start(problem, center)
+    epsilon = C.check_number("epsilon", epsilon, minimum=0.0, strict=True)
+    iters, lr, restarts, seed = _worst_case_args(iters, lr, restarts, seed)
+    box = epsilon * (P.flatten(P.to(center, dtype=torch.float64)).abs().cpu() + 1.0)
+    r = ascent(problem, center, box, norm="linf", radius=1.0, steps=iters, lr=lr, restarts=restarts, seed=seed)
     value = 100.0 * r.increase / (1.0 + r.loss_center)
     return Sharpness("epsilon_sharpness", value, 0.0, "lower bound", False, "Keskar et al. 2017 (arXiv:1609.04836)",
                      r.witness, {"epsilon": epsilon, "increase": r.increase, "loss_center": r.loss_center,
@@ -125,7 +125,8 @@ def epsilon_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = Non
 
 
 @public("sharpness.sam_sharpness")
-def sam_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, rho: float = 0.05, steps: int = 20,
+@renamed(theta="center", steps="iters")
+def sam_sharpness(problem: Problem, center: Mapping[str, Tensor] | None = None, *, rho: float = 0.05, iters: int = 20,
                   lr: float = 0.5, restarts: int = 0, seed: int = 0) -> Sharpness:
     """SAM sharpness (Foret et al. 2021, arXiv:2010.01412): max_{‖ε‖₂ ≤ ρ} L(θ + ε) − L(θ), by
     projected normalised gradient ascent from SAM's own first step ρ·∇L/‖∇L‖. The value is a
@@ -139,12 +140,11 @@ def sam_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *
     >>> s.kind, s.value > 0
     ('lower bound', True)
     """
-    func = "sharpness.sam_sharpness"
-    theta = _start(func, problem, theta)
-    rho = C.check_number(func, "rho", rho, minimum=0.0, strict=True)
-    steps, lr, restarts, seed = _worst_case_args(func, steps, lr, restarts, seed)
-    n = sum(v.numel() for v in theta.values())
-    r = ascent(problem, theta, torch.ones(n, dtype=torch.float64), norm="l2", radius=rho, steps=steps, lr=lr,
+    center = _start(problem, center)
+    rho = C.check_number("rho", rho, minimum=0.0, strict=True)
+    iters, lr, restarts, seed = _worst_case_args(iters, lr, restarts, seed)
+    n = sum(v.numel() for v in center.values())
+    r = ascent(problem, center, torch.ones(n, dtype=torch.float64), norm="l2", radius=rho, steps=iters, lr=lr,
                restarts=restarts, seed=seed)
     return Sharpness("sam_sharpness", r.increase, 0.0, "lower bound", False, "Foret et al. 2021 (arXiv:2010.01412)",
                      r.witness, {"rho": rho, "loss_center": r.loss_center, "loss_witness": r.loss_witness,
@@ -152,8 +152,9 @@ def sam_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *
 
 
 @public("sharpness.adaptive_sharpness")
-def adaptive_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, rho: float = 0.5,
-                       eta: float = 0.0, steps: int = 20, lr: float = 0.5, restarts: int = 0,
+@renamed(theta="center", steps="iters")
+def adaptive_sharpness(problem: Problem, center: Mapping[str, Tensor] | None = None, *, rho: float = 0.5,
+                       eta: float = 0.0, iters: int = 20, lr: float = 0.5, restarts: int = 0,
                        seed: int = 0) -> Sharpness:
     """Adaptive sharpness (Kwon et al. 2021, ASAM, arXiv:2102.11600):
     max_{‖T_θ⁻¹ε‖₂ ≤ ρ} L(θ + ε) − L(θ) with T_θ = diag(|θ| + η), sought in u = T_θ⁻¹ε by projected
@@ -170,13 +171,12 @@ def adaptive_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = No
     >>> s.kind, s.scale_invariant
     ('lower bound', True)
     """
-    func = "sharpness.adaptive_sharpness"
-    theta = _start(func, problem, theta)
-    rho = C.check_number(func, "rho", rho, minimum=0.0, strict=True)
-    eta = C.check_number(func, "eta", eta, minimum=0.0)
-    steps, lr, restarts, seed = _worst_case_args(func, steps, lr, restarts, seed)
-    T = P.flatten(P.to(theta, dtype=torch.float64)).abs().cpu() + eta
-    r = ascent(problem, theta, T, norm="l2", radius=rho, steps=steps, lr=lr, restarts=restarts, seed=seed)
+    center = _start(problem, center)
+    rho = C.check_number("rho", rho, minimum=0.0, strict=True)
+    eta = C.check_number("eta", eta, minimum=0.0)
+    iters, lr, restarts, seed = _worst_case_args(iters, lr, restarts, seed)
+    T = P.flatten(P.to(center, dtype=torch.float64)).abs().cpu() + eta
+    r = ascent(problem, center, T, norm="l2", radius=rho, steps=iters, lr=lr, restarts=restarts, seed=seed)
     return Sharpness("adaptive_sharpness", r.increase, 0.0, "lower bound", eta == 0.0,
                      "Kwon, Kim, Park & Choi 2021 (arXiv:2102.11600)", r.witness,
                      {"rho": rho, "eta": eta, "loss_center": r.loss_center, "loss_witness": r.loss_witness,
@@ -184,7 +184,8 @@ def adaptive_sharpness(problem: Problem, theta: Mapping[str, Tensor] | None = No
 
 
 @public("sharpness.filter_width")
-def filter_width(problem: Problem, theta: Mapping[str, Tensor] | None = None, *, delta: float = 0.1,
+@renamed(theta="center")
+def filter_width(problem: Problem, center: Mapping[str, Tensor] | None = None, *, delta: float = 0.1,
                  span: float = 1.0, steps: int = 41, seed: int = 0) -> Sharpness:
     """The width of the basin around θ along one filter-normalised random direction (Li et al. 2018,
     arXiv:1712.09913): the 1D slice L(θ + t·d), t ∈ [−span, span] on ``steps`` points, and the
@@ -202,15 +203,14 @@ def filter_width(problem: Problem, theta: Mapping[str, Tensor] | None = None, *,
     >>> s.scale_invariant, round(s.error, 12)              # ± the grid spacing
     (True, 0.1)
     """
-    func = "sharpness.filter_width"
-    theta = _start(func, problem, theta)
-    delta = C.check_number(func, "delta", delta, minimum=0.0, strict=True)
-    span = C.check_number(func, "span", span, minimum=0.0, strict=True)
-    steps = C.check_int(func, "steps", steps, minimum=3)
-    seed = check_seed(func, seed)
+    center = _start(problem, center)
+    delta = C.check_number("delta", delta, minimum=0.0, strict=True)
+    span = C.check_number("span", span, minimum=0.0, strict=True)
+    steps = C.check_int("steps", steps, minimum=3)
+    seed = check_seed(seed)
 
-    d = random(theta, n=1, seed=seed, model=problem.model)
-    ds = surface(problem, theta, d, steps=steps, span=span, progress=False, metrics=False, strategy="loop")
+    d = random(center, n=1, seed=seed, model=problem.model)
+    ds = surface(problem, center, d, steps=steps, span=span, progress=False, metrics=False, strategy="loop")
     w = basin_width(ds, delta)
     return Sharpness("filter_width", float(w.widths[0]), float(w.errors[0]), "width", True,
                      "Li, Xu, Taylor, Studer & Goldstein 2018 (arXiv:1712.09913)",
