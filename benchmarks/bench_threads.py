@@ -11,7 +11,8 @@ with ``OMP_NUM_THREADS``/``LOSSATLAS_THREADS`` unset, so the thread count is the
 "busy": a ``python -c "while True: pass"`` subprocess runs during the demo. Repetitions are
 interleaved (each runs every variant once). The machine is shared, so "idle" is approximate: the
 load of *other* processes during each run (busy core-seconds from /proc/stat, minus the demo's and
-the spinner's own CPU time, per wall second) is printed beside each median. Target:
+the spinner's own CPU time, per wall second; near the core count when other processes take all
+they are given) and the 1-minute load average are printed beside each run. Target:
 ``demo busy / idle`` (new default, medians) ≤ 1.3. Usage::
 
     python benchmarks/bench_threads.py [--reps 3] [--full] [--json out.json]
@@ -91,7 +92,9 @@ def run_demo(variant: str, busy: bool, full: bool) -> dict:
             spinner.kill()
             spinner.wait()
     other = max(0.0, (b1 - b0) - (c1 - c0) - (s1 - s0)) / wall
-    return {"seconds": wall, "other_load": other, "mlp_threads": prov.get("threads")}
+    with open("/proc/loadavg") as f:
+        loadavg = float(f.read().split()[0])
+    return {"seconds": wall, "other_load": other, "loadavg": loadavg, "mlp_threads": prov.get("threads")}
 
 
 def main() -> None:
