@@ -113,11 +113,13 @@ def main() -> None:
     theta = P.lincomb(pr.params(), list(d.vectors), [0.5, 0.5])
     blocks = block_products(pr, theta)
     for k, b in blocks.items():
-        print(f"  block of {k}: {b['block'] * 1e3:6.2f} ms per product vmap-ed ({'used' if b['vectorized'] else 'fell back'})"
+        used = "used" if b["vectorized"] else "fell back"
+        print(f"  block of {k}: {b['block'] * 1e3:6.2f} ms per product vmap-ed ({used})"
               f" vs {b['loop'] * 1e3:6.2f} ms one at a time: {b['block'] / b['loop']:.2f}×")
+    err_new, err_old = errors["new"]["max_rel_err_vs_lambda_max"], errors["old"]["max_rel_err_vs_lambda_max"]
     verdict("ratio map products per point new/old", products["new"] / products["old"], 0.3,
             detail=f"{products['new']:.1f} / {products['old']:.1f}; max |Δλ|/|λmax| vs a tight reference "
-                   f"new {errors['new']['max_rel_err_vs_lambda_max']:.1e}, old {errors['old']['max_rel_err_vs_lambda_max']:.1e}")
+                   f"new {err_new:.1e}, old {err_old:.1e}")
     if a.json:
         a.json.write_text(json.dumps({"products": products, "seconds": med, "errors": errors,
                                       "blocks": {str(k): v for k, v in blocks.items()}}, indent=2))

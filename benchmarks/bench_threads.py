@@ -79,8 +79,10 @@ def run_demo(variant: str, busy: bool, full: bool) -> dict:
         if spinner is not None:
             time.sleep(0.3)  # the spinner is running before the demo measures the load
         with tempfile.TemporaryDirectory() as out:
-            args = [sys.executable, "-m", "lossatlas", "demo", "--out", out, "--no-progress"] + ([] if full else ["--quick"])
-            b0, c0, s0, t0 = _cpu_busy(), _children_cpu(), _proc_cpu(spinner.pid) if spinner else 0.0, time.perf_counter()
+            args = [sys.executable, "-m", "lossatlas", "demo", "--out", out, "--no-progress"]
+            args += [] if full else ["--quick"]
+            s0 = _proc_cpu(spinner.pid) if spinner else 0.0
+            b0, c0, t0 = _cpu_busy(), _children_cpu(), time.perf_counter()
             done = subprocess.run(args, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             b1, c1, s1 = _cpu_busy(), _children_cpu(), _proc_cpu(spinner.pid) if spinner else 0.0

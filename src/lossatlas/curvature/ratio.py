@@ -6,7 +6,8 @@ from the sum of the two Ritz vectors (λmin's and λmax's) of its nearest point 
 *in the same chunk* (a warm start, in the chunk's fixed row-major order; the first point of a chunk
 starts from the seeded Gaussian vector, so a result never depends on ranks or resumes) and stops on
 the same residual rule with :data:`WARM_MIN_STEPS` as its floor: the floor of a cold start guards
-against Ritz values still in the bulk, which a start already close to both eigenvectors is not. ``ratio = |λmin/λmax|`` is near 0 where the loss is locally nearly convex
+against Ritz values still in the bulk, which a start already close to both eigenvectors is not.
+``ratio = |λmin/λmax|`` is near 0 where the loss is locally nearly convex
 (λmin ≥ 0 or tiny negative curvature relative to the positive curvature) and large where
 negative curvature is significant. The map is a :class:`~lossatlas.grid_job.GridJob`, run chunk by
 chunk by :func:`~lossatlas.grid_job.run_grid` into memory or a resumable store, as :func:`lossatlas.surface`.
@@ -54,14 +55,15 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
               steps: int | Sequence[int] = 11, span: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
               tol: float = 1e-3, seed: int = 0, max_products: int = 500, basis: int | None = None, params=None,
               dtype: torch.dtype | None = None, curvature: str = "hessian", chunk: int | None = None,
-              store: str | Path | None = None, overwrite: bool = False, progress: bool = True, allow_large: bool = False,
-              warm_start: bool = True) -> xr.Dataset:
+              store: str | Path | None = None, overwrite: bool = False, progress: bool = True,
+              allow_large: bool = False, warm_start: bool = True) -> xr.Dataset:
     """λmin, λmax and ``ratio = |λmin/λmax|`` of the Hessian at every point of a grid.
 
     Grid arguments (``center``, ``directions``, ``steps``, ``span``, ``store``, ``overwrite``,
     ``progress``, ``allow_large``) are those of :func:`lossatlas.surface`; ``chunk`` is the number of points per
     chunk of work (default 16). ``warm_start``: start each point but a chunk's first from its neighbour's
-    Ritz vectors (see the module notes; ``False``: every point from the seeded Gaussian vector). At each point the Lanczos run of :func:`eigenvalues` (``which="both"``,
+    Ritz vectors (see the module notes; ``False``: every point from the seeded Gaussian vector). At each
+    point the Lanczos run of :func:`eigenvalues` (``which="both"``,
     ``tol``, ``seed``, ``max_products``, ``basis``) gives the variables ``lambda_min``,
     ``lambda_max``, ``ratio``, their residuals ``residual_min``/``residual_max``, ``converged``
     (1 when both pairs converged, else 0), ``products`` (Hessian-vector products used) and the
