@@ -146,7 +146,8 @@ def test_a_resume_keeps_the_pinned_count_bit_identical(policy, monkeypatch, tmp_
 @pytest.mark.slow
 def test_a_tiny_problem_starts_no_thread_pool(tmp_path):
     """On an idle 2-core machine (as the policy sees it), a surface of a tiny problem runs on one thread:
-    the process has as many threads after it as before."""
+    the process has as many threads after the surface as before it (what loading the example starts
+    before is not counted here)."""
     script = textwrap.dedent("""
         import os, torch, lossatlas
         from lossatlas import _threads as T, examples
