@@ -46,11 +46,11 @@ def test_ratio_map_resumes_after_interruption(small, tmp_path, monkeypatch):
     original = ratio_module._PointCurvature.point
     calls = []
 
-    def failing(self, c):
+    def failing(self, c, *args):
         if len(calls) == 5:
             raise KeyboardInterrupt  # a kill at the start of the fourth chunk (chunks of 2, 1, 2, 1, … points)
         calls.append(tuple(c))
-        return original(self, c)
+        return original(self, c, *args)
 
     monkeypatch.setattr(ratio_module._PointCurvature, "point", failing)
     with pytest.raises(KeyboardInterrupt):
@@ -58,7 +58,7 @@ def test_ratio_map_resumes_after_interruption(small, tmp_path, monkeypatch):
     partial = lossatlas.open_surface(store)
     assert partial.attrs["points_done"] == 5 and partial.attrs["complete"] == 0
     monkeypatch.setattr(ratio_module._PointCurvature, "point",
-                        lambda self, c: calls.append(tuple(c)) or original(self, c))
+                        lambda self, c, *a: calls.append(tuple(c)) or original(self, c, *a))
     calls.clear()
     done = C.ratio_map(problem, None, d, **kw)
     assert len(calls) == 4  # only the 4 missing points were computed

@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from . import _faults
+from . import _faults, _threads
 from . import params as P
 from ._behaviour import agree
 from ._cost import check_grid_cost
@@ -183,7 +183,7 @@ def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, direction
             if shape is None:
                 world = 1 if parallel == "data" else ctx.world
                 shape = list(grid.chunk_shape_for(_auto_chunk(getattr(evaluator, "local", evaluator), grid, world)))
-            threads = torch.get_num_threads() if problem.device.type == "cpu" else None
+            threads = _threads.choose(_threads.problem_flops(problem)).threads if problem.device.type == "cpu" else None
         except BaseException:
             evaluator.close()
             raise

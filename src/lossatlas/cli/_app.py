@@ -18,6 +18,7 @@ import typer
 from typer._click import exceptions as click_exc
 from typer.core import TyperGroup
 
+from .. import _threads
 from .._version import __version__
 from ..errors import BatchNormStatsWarning, InvalidArgumentError, LossAtlasError
 from ..runner import interrupt_progress
@@ -53,8 +54,8 @@ def _show_version(value: bool) -> None:
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (anywhere on the "
                                      "command line)."),
           threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for the computation (anywhere on "
-                                      "the command line; default: LOSSATLAS_THREADS, else torch's default). A store "
-                                      "records the count it was made with."),
+                                      "the command line; default: LOSSATLAS_THREADS, else the cores idle now, one "
+                                      "for a tiny problem). A store records the count it was made with."),
           version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
                                        help="Print the version and exit.")) -> None:
     """Map loss landscapes of neural networks and prove (or fail to prove) non-convexity."""
@@ -71,6 +72,7 @@ def set_threads(threads, option: str) -> int:
     if n < 1:
         raise InvalidArgumentError(f"{option} must be an integer >= 1; received {threads!r}")
     torch.set_num_threads(n)
+    _threads.mark_explicit(n)
     return n
 
 
@@ -166,13 +168,27 @@ def main(argv: list[str] | None = None) -> None:
     if debug:  # anywhere on the command line, as the help says: typer only knows it before the command
         args = ["--debug"] + [a for a in args if a != "--debug"]
     args = _threads_first(args)
+    threads_before, policy_before = torch.get_num_threads(), _threads.state()
+    try:  # restored on exit: main() may run inside a user's process
+        _main(args, debug)
+    finally:
+        torch.set_num_threads(threads_before)
+        _threads.restore(policy_before)
 
+
+def _main(args: list[str], debug: bool) -> None:
     if os.environ.get("LOSSATLAS_THREADS") and not any(a.startswith("--threads") for a in args):
         try:
             set_threads(os.environ["LOSSATLAS_THREADS"], "LOSSATLAS_THREADS")
         except LossAtlasError as exc:
             typer.secho(f"error: {exc}", err=True, fg="red")
             raise SystemExit(2) from None
+    elif not any(a.startswith("--threads") for a in args):
+        # the default for the whole command (the cores idle now: lossatlas._threads); a grid job may still
+        # pin fewer for a tiny problem, and records what it used
+        default = _threads.choose().threads
+        torch.set_num_threads(default)
+        _threads.note_default(default)
 
     shown_before = warnings.showwarning
 

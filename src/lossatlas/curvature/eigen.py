@@ -127,21 +127,25 @@ def eigenvalues(problem, center: Mapping[str, Tensor] | None = None, *, k: int =
 
 
 def solve(op: CurvatureOperator, *, k: int, which: str, tol: float, seed: int, max_products: int | None,
-          basis: int | None, progress: bool, certify: bool = True) -> Eigen:
-    """:func:`eigenvalues` on an operator, arguments already checked."""
+          basis: int | None, progress: bool, certify: bool = True, start_vector: Tensor | None = None,
+          min_steps: int | None = None) -> Eigen:
+    """:func:`eigenvalues` on an operator, arguments already checked. ``start_vector``: the first Lanczos vector
+    (default: Gaussian from ``seed``; e.g. a warm start from a neighbouring point's Ritz vectors);
+    ``min_steps``: fewest products before convergence may be declared (default :data:`MIN_STEPS`)."""
     n = op.shape[0]
     wanted = 2 * k if which == "both" else k
     limit = max_products if max_products is not None else max(DEFAULT_MAX_PRODUCTS, 10 * wanted)
     basis = C.default_basis(n, wanted, basis)
     start = op.products
-    v0 = C.gaussian(n, seed, device=op.device)
+    v0 = C.gaussian(n, seed, device=op.device) if start_vector is None else start_vector.to(device=op.device)
     priority = _priority(which)
     breakdown = breakdown_tolerance(op.dtype)
     label = {"largest": "λmax", "smallest": "λmin", "both": "λmin, λmax", "magnitude": "max |λ|"}[which]
     notes: list[str] = []
     with progress_bar(limit, f"Lanczos {label}", enabled=progress, unit="products") as advance:
         found = extreme_pairs(op.mv, v0, priority=priority, k=wanted, tol=tol, max_products=limit, basis=basis,
-                              breakdown=breakdown, min_steps=MIN_STEPS[which], on_product=lambda: advance(1))
+                              breakdown=breakdown, min_steps=MIN_STEPS[which] if min_steps is None else min_steps,
+                              on_product=lambda: advance(1))
         if not found.finite:
             return _nonfinite(op, which, wanted, tol, seed, start)
         norms = torch.linalg.vector_norm(found.vectors, dim=0, keepdim=True)

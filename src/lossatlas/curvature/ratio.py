@@ -1,7 +1,13 @@
 """Maps of |λmin/λmax| over a plane of parameter space (Li et al. 2018, Fig. 7).
 
 At every grid point θ + Σᵢ aᵢdᵢ the extreme Hessian eigenvalues are computed by Lanczos (both ends
-from one Krylov space). ``ratio = |λmin/λmax|`` is near 0 where the loss is locally nearly convex
+from one Krylov space). Neighbouring points have similar Hessians, so each point's Lanczos run starts
+from the sum of the two Ritz vectors (λmin's and λmax's) of its nearest point computed before it
+*in the same chunk* (a warm start, in the chunk's fixed row-major order; the first point of a chunk
+starts from the seeded Gaussian vector, so a result never depends on ranks or resumes) and stops on
+the same residual rule with :data:`WARM_MIN_STEPS` as its floor: the floor of a cold start guards
+against Ritz values still in the bulk, which a start already close to both eigenvectors is not.
+``ratio = |λmin/λmax|`` is near 0 where the loss is locally nearly convex
 (λmin ≥ 0 or tiny negative curvature relative to the positive curvature) and large where
 negative curvature is significant. The map is a :class:`~lossatlas.grid_job.GridJob`, run chunk by
 chunk by :func:`~lossatlas.grid_job.run_grid` into memory or a resumable store, as :func:`lossatlas.surface`.
@@ -17,6 +23,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from .. import _threads
 from .. import params as P
 from .._bn_honesty import warn_if_stale
 from .._cost import check_grid_cost
@@ -36,7 +43,10 @@ __all__ = ["ratio_map", "VARIABLES"]
 
 #: variables of a ratio map, one value per grid point
 VARIABLES = ("loss", "lambda_min", "lambda_max", "ratio", "residual_min", "residual_max", "converged", "products")
-DEFAULT_CHUNK = 4
+#: points per chunk by default: whole rows, so that most points start warm from a neighbour
+DEFAULT_CHUNK = 16
+#: fewest products of a warm-started point before convergence may be declared (cold: eigen.MIN_STEPS)
+WARM_MIN_STEPS = 6
 
 
 @public("curvature.ratio_map")
@@ -45,12 +55,15 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
               steps: int | Sequence[int] = 11, span: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
               tol: float = 1e-3, seed: int = 0, max_products: int = 500, basis: int | None = None, params=None,
               dtype: torch.dtype | None = None, curvature: str = "hessian", chunk: int | None = None,
-              store: str | Path | None = None, overwrite: bool = False, progress: bool = True, allow_large: bool = False) -> xr.Dataset:
+              store: str | Path | None = None, overwrite: bool = False, progress: bool = True,
+              allow_large: bool = False, warm_start: bool = True) -> xr.Dataset:
     """λmin, λmax and ``ratio = |λmin/λmax|`` of the Hessian at every point of a grid.
 
     Grid arguments (``center``, ``directions``, ``steps``, ``span``, ``store``, ``overwrite``,
     ``progress``, ``allow_large``) are those of :func:`lossatlas.surface`; ``chunk`` is the number of points per
-    chunk of work (default 4). At each point the Lanczos run of :func:`eigenvalues` (``which="both"``,
+    chunk of work (default 16). ``warm_start``: start each point but a chunk's first from its neighbour's
+    Ritz vectors (see the module notes; ``False``: every point from the seeded Gaussian vector). At each
+    point the Lanczos run of :func:`eigenvalues` (``which="both"``,
     ``tol``, ``seed``, ``max_products``, ``basis``) gives the variables ``lambda_min``,
     ``lambda_max``, ``ratio``, their residuals ``residual_min``/``residual_max``, ``converged``
     (1 when both pairs converged, else 0), ``products`` (Hessian-vector products used) and the
@@ -105,6 +118,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     basis = C.check_int(func, "basis", basis, minimum=2, allow_none=True)
     chunk = C.check_int(func, "chunk", chunk, allow_none=True)
     C.check_flag(func, "progress", progress)
+    C.check_flag(func, "warm_start", warm_start)
     # each point is a Lanczos run: up to max_products Hessian-vector products (≈ 2.5 evaluations each)
     check_grid_cost(func, grid, problem, center, variables=8, allow_large=allow_large,
                     evaluations_per_point=2.5 * max_products, max_points=10**6)
@@ -115,7 +129,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
 
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
-                "params": list(names)}
+                "params": list(names), "start": "warm" if warm_start else "cold"}
     base = dict(_provenance(problem, center, dirs, grid, False, False, func=func), kind="ratio_map", strategy="lanczos",
                 eigen=settings)
 
@@ -127,7 +141,8 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
 
     def build(pinned: dict) -> _PointCurvature:
         evaluate = _PointCurvature(problem, center, dirs, names, kind=curvature, tol=tol, seed=seed,
-                                   max_products=max_products, basis=basis)
+                                   max_products=max_products, basis=basis, warm_start=warm_start,
+                                   unit=_steps_of(grid))
         made.append(evaluate)
         return evaluate
 
@@ -140,8 +155,10 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
 
     job = GridJob(
         kind="ratio_map", func=func, grid=grid, variables=VARIABLES, provenance=base,
-        requested={"chunk_shape": None if chunk is None else list(chunk_shape)},
-        plan=lambda req: ({"chunk_shape": req["chunk_shape"] or list(chunk_shape)}, None),
+        requested={"chunk_shape": None if chunk is None else list(chunk_shape), "threads": None},
+        plan=lambda req: ({"chunk_shape": req["chunk_shape"] or list(chunk_shape),
+                           "threads": _threads.choose(_threads.problem_flops(problem)).threads
+                           if problem.device.type == "cpu" else None}, None),
         evaluator=build, attrs=attrs_for, labels=tuple(dirs.labels), write_extra=lambda tmp: _save_basis(tmp, center, dirs),
         description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", finish=finish)
     return run_grid(job, store=store, overwrite=overwrite, progress=progress)
@@ -154,28 +171,58 @@ def _count_nan(ds: xr.Dataset) -> dict:
             "extremal_certified": 0}
 
 
+def _steps_of(grid: Grid) -> np.ndarray:
+    """The grid's step along each axis (1 for an axis of one point): the unit of neighbour distances."""
+    return np.array([float(a[1] - a[0]) if len(a) > 1 else 1.0 for a in grid.axes])
+
+
 class _PointCurvature:
-    """``evaluate(coefficients) -> {variable: values}`` for the chunk runner."""
+    """``evaluate(coefficients) -> {variable: values}`` for the chunk runner (one chunk per call; the
+    points of a chunk in their given order, each warm-started from its nearest predecessor)."""
 
     def __init__(self, problem: Problem, center, dirs: Directions, names, *, kind: str, tol: float, seed: int,
-                 max_products: int, basis: int | None):
+                 max_products: int, basis: int | None, warm_start: bool = False, unit: np.ndarray | None = None):
         self.problem, self.center, self.dirs, self.names = problem, dict(center), list(dirs.vectors), names
         self.kind, self.tol, self.seed, self.max_products, self.basis = kind, tol, seed, max_products, basis
+        self.warm_start, self.unit = warm_start, unit
         self.method: str | None = None  # the product method found at the first point, kept for the others
 
-    def point(self, coefficients: np.ndarray) -> dict[str, float]:
+    def point(self, coefficients: np.ndarray, start: Tensor | None = None) -> dict[str, float]:
+        """The variables at one point (``start``: a warm start vector in the operator's coordinates),
+        with the point's two Ritz vectors under ``"_vectors"`` (None where not finite)."""
         theta = P.lincomb(self.center, self.dirs, [float(c) for c in coefficients])
         op = CurvatureOperator(self.problem, theta, self.names, kind=self.kind, method=self.method)
         eig = solve(op, k=1, which="both", tol=self.tol, seed=self.seed, max_products=self.max_products,
-                    basis=self.basis, progress=False, certify=False)
+                    basis=self.basis, progress=False, certify=False, start_vector=start,
+                    min_steps=None if start is None else WARM_MIN_STEPS)
         self.method = self.method or op._method
         lmax, lmin = float(eig.values[0]), float(eig.values[-1])
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = float(np.abs(np.float64(lmin) / np.float64(lmax)))
+        vectors = None
+        if self.warm_start and np.isfinite(lmin) and np.isfinite(lmax):
+            vectors = (op.flatten(eig.vectors[0]).to(torch.float64), op.flatten(eig.vectors[-1]).to(torch.float64))
         return {"loss": self.problem.loss(theta), "lambda_min": lmin, "lambda_max": lmax, "ratio": ratio,
                 "residual_min": float(eig.residuals[-1]), "residual_max": float(eig.residuals[0]),
-                "converged": float(bool(np.all(eig.converged))), "products": float(op.products)}
+                "converged": float(bool(np.all(eig.converged))), "products": float(op.products), "_vectors": vectors}
 
     def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
-        rows = [self.point(c) for c in np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.dirs))]
+        points = np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.dirs))
+        unit = self.unit if self.unit is not None else np.ones(points.shape[1])
+        # the nearest point may be the one before in the row or the one above: keep a row and one more
+        keep = len(np.unique(points[:, -1])) + 1
+        done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]] = []
+        rows = []
+        for c in points:
+            start = None
+            if self.warm_start and done:
+                distance = [float(np.linalg.norm((c - q) / unit)) for q, _ in done]
+                nearest = min(range(len(done)), key=lambda i: (distance[i], -i))  # ties: the latest
+                ymax, ymin = done[nearest][1]
+                start = ymax + ymin
+            row = self.point(c, start) if start is not None else self.point(c)
+            vectors = row.pop("_vectors", None)
+            if vectors is not None:
+                done = (done + [(c, vectors)])[-keep:]
+            rows.append(row)
         return {v: np.array([r[v] for r in rows]) for v in VARIABLES}

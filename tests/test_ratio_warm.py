@@ -1,0 +1,79 @@
+"""Warm-started |λmin/λmax| maps (issue 17): each point but a chunk's first starts from its nearest
+predecessor's Ritz vectors; a chunk's result depends on the chunk alone (ranks, resumes)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lossatlas
+from lossatlas import curvature as C
+from lossatlas.curvature import ratio as ratio_module
+
+
+@pytest.fixture
+def small():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 3, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    problem = lossatlas.Problem(net, torch.nn.MSELoss(), (x, x[:, :1] * x[:, 1:2] - x[:, 2:]))
+    return problem, lossatlas.directions.random(problem, n=2, seed=0)
+
+
+@pytest.mark.slow
+def test_warm_map_matches_the_exact_spectrum_with_fewer_products(small):
+    problem, d = small
+    kw = dict(steps=4, span=0.3, tol=1e-6, progress=False)
+    warm = C.ratio_map(problem, None, d, **kw)
+    cold = C.ratio_map(problem, None, d, **kw, warm_start=False)
+    assert json.loads(warm.attrs["provenance"])["eigen"]["start"] == "warm"
+    assert json.loads(cold.attrs["provenance"])["eigen"]["start"] == "cold"
+    assert warm.products.values.sum() < cold.products.values.sum()
+    for i, a in enumerate(warm.x.values):
+        for j, b in enumerate(warm.y.values):
+            theta = lossatlas.params.lincomb(problem.params(), d.vectors, [a, b])
+            exact = torch.linalg.eigvalsh(C.hessian_operator(problem, theta).dense()).numpy()
+            point = warm.isel(x=i, y=j)
+            assert float(point.converged) == 1.0
+            assert abs(float(point.lambda_max) - exact[-1]) <= 1e-5 * exact[-1]
+            assert abs(float(point.lambda_min) - exact[0]) <= 1e-5 * exact[-1]
+
+
+@pytest.mark.slow
+def test_cold_points_are_the_eigenvalues_call_and_each_chunk_starts_cold(small):
+    problem, d = small
+    kw = dict(steps=4, span=0.3, tol=1e-4, progress=False)
+    cold = C.ratio_map(problem, None, d, **kw, warm_start=False)
+    theta = lossatlas.params.lincomb(problem.params(), d.vectors, [float(cold.x[1]), float(cold.y[2])])
+    e = C.eigenvalues(problem, theta, which="both", tol=1e-4, max_products=500, certify=False, progress=False)
+    assert float(cold.lambda_max[1, 2]) == e.values[0] and float(cold.lambda_min[1, 2]) == e.values[-1]
+    warm = C.ratio_map(problem, None, d, **kw, chunk=4)  # chunks: the rows (1, 4)
+    assert list(json.loads(warm.attrs["provenance"])["chunk_shape"]) == [1, 4]
+    for v in ("lambda_min", "lambda_max", "products"):  # the first point of each row: a cold start
+        np.testing.assert_array_equal(warm[v].values[:, 0], cold[v].values[:, 0])
+    assert (warm.products.values[:, 1:] < cold.products.values[:, 1:]).mean() > 0.5
+
+
+def test_a_chunk_evaluated_alone_gives_the_same_bits(small):
+    """What a rank or a resume does: a chunk computed by itself equals the same chunk in a whole run."""
+    problem, d = small
+    whole = C.ratio_map(problem, None, d, steps=4, span=0.3, tol=1e-4, chunk=8, progress=False)
+    names = tuple(problem.params())
+    grid = lossatlas.grid.Grid.make(2, 4, 0.3)
+    evaluate = ratio_module._PointCurvature(problem, problem.params(), d, names, kind="hessian", tol=1e-4, seed=0,
+                                            max_products=500, basis=None, warm_start=True,
+                                            unit=ratio_module._steps_of(grid))
+    xs, ys = whole.x.values, whole.y.values
+    second = np.array([[xs[i], ys[j]] for i in (2, 3) for j in range(4)])  # the second chunk (2, 4)
+    out = evaluate(second)
+    for v in ratio_module.VARIABLES:
+        np.testing.assert_array_equal(out[v], whole[v].values[2:].reshape(-1))
+
+
+def test_ratio_map_pins_threads_and_checks_warm_start(small):
+    problem, d = small
+    ds = C.ratio_map(problem, None, d, steps=2, span=0.3, progress=False)
+    assert json.loads(ds.attrs["provenance"])["threads"] == torch.get_num_threads()
+    with pytest.raises(TypeError, match="warm_start"):
+        C.ratio_map(problem, None, d, steps=2, progress=False, warm_start="yes")
