@@ -305,6 +305,12 @@ def test_a_section_is_one_function_and_one_registration(tmp_path):
         assert 'data-section="extra"' in page.read_text()
     finally:
         SECTIONS.pop("extra")
+    # a section says which stored results it draws: only those are computed
+    assert SECTIONS["provenance"].needs == () and SECTIONS["plane"].needs == ("plane",)
+    lossatlas.report("logreg-mse", out=tmp_path / "p.html", sections=["provenance"], settings=SMALL)
+    assert sorted(p.name for p in (tmp_path / "p_files" / "logreg-mse").iterdir()) == ["provenance.json"]
+    with pytest.raises(lossatlas.InvalidArgumentError, match="needs"):
+        section("bad", "Bad", needs=("plane", "nope"))
 
 
 # --- plot.grid: several results on shared scales ---------------------------------------------------------

@@ -38,7 +38,7 @@ def report(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while computing."),
 ) -> None:
     """Write one self-contained offline HTML page: the convexity verdict and its certificate, why (the
-    Gauss–Newton split), 1-D slices, a 2-D plane (contours, rotatable 3-D), Hessian extremes, trace
+    Gauss–Newton split), 1-D slices, a 2-D plane (contours; 3-D, static and rotatable), Hessian extremes, trace
     and density, and provenance. Every number is read from the stored results beside the page."""
     if section:
         unknown = [s for s in section if s not in SECTIONS]

@@ -2,11 +2,14 @@
 does it look like?* for one or several targets, side by side on shared scales.
 
 The page is made of registered sections (:data:`SECTIONS`, in page order; add one with
-:func:`section`): the convexity audit's verdict and certificate, the Gauss–Newton explanation of
-why, 1-D slices, a 2-D plane (contours and a rotatable 3-D view with θ marked), the Hessian's
-extremes, trace and density, and provenance. Every number is read from the stored results in a
-folder beside the page (``report_files/<target>/``: zarr stores, ``audit.json`` with
-``certificate.npz``, ``curvature.json``, ``provenance.json``); running the report again reuses them.
+:func:`section`, saying which stored results it ``needs``: only those are computed): the convexity
+audit's verdict and certificate, the Gauss–Newton explanation of why, 1-D slices, a 2-D plane
+(contours, and a 3-D view with θ marked: a static picture, replaced by a rotatable one where
+JavaScript runs), the Hessian's extremes, trace and density, and provenance. Every number is read
+from the stored results in a folder beside the page (``report_files/<target>/``: zarr stores,
+``audit.json`` with ``certificate.npz``, ``curvature.json``, ``provenance.json``); running the
+report again reuses them. A target's θ may come from a checkpoint (``checkpoints=``, the CLI's
+``--checkpoint``), loaded with its buffers (BatchNorm statistics) as every command loads it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ._compute import DEFAULTS, TargetResult, compute, slug
 from ._page import RESULTS, SECTIONS, Page, Section, assemble, section
 from . import _sections  # noqa: F401,E402  (registers the built-in sections)
 
-__all__ = ["report", "SECTIONS", "Section", "section", "DEFAULTS", "TargetResult"]
+__all__ = ["report", "SECTIONS", "RESULTS", "Section", "section", "DEFAULTS", "TargetResult"]
 
 
 @public("report")

@@ -258,10 +258,11 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
                                     progress=progress)
         ggn_min, ggn_conv, ggn_note = float(ggn.values[0]), bool(ggn.converged[0]), ""
     except Exception as exc:  # a loss without a GGN (custom closure): said so on the page
+        gauss = None
         ggn_min, ggn_conv, ggn_note = None, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     seconds["ggn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    split = _split(hess, gauss, eig.vectors[-1], lam_min)
+    split = _split(hess, gauss, eig.vectors[-1], lam_min, ggn_note)
     seconds["split"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tr = curvature.trace(hess, probes=s["trace_probes"], seed=s["seed"], progress=progress)
@@ -291,11 +292,11 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
     return read_json(path)
 
 
-def _split(hess, gauss, v, lam: float) -> dict[str, Any]:
+def _split(hess, gauss, v, lam: float, note: str = "") -> dict[str, Any]:
     """The Gauss–Newton split along v in the problem's dtype: vᵀHv = vᵀGv + vᵀ(Σ ∂ℓ/∂f ∇²f)v (one product with
     each operator; the audit's float64 version is :func:`lossatlas.convexity._curvature.explain`)."""
     if gauss is None:
-        return {"available": False, "text": "No Gauss–Newton split: the loss has no Gauss–Newton matrix"}
+        return {"available": False, "text": f"No Gauss–Newton split: {note or 'the loss has no Gauss–Newton matrix'}"}
     try:
         hv = hess.apply(v)
         gv = gauss.apply(v)
