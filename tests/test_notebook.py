@@ -1,5 +1,7 @@
 """Results in a notebook: short reprs, each figure shown once, no progress noise (executed by nbclient)."""
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +25,8 @@ CELLS = [
     "lossatlas.curvature.eigenvalues(ex.problem, ex.center, k=2, progress=False)",
     "lossatlas.curvature.density(ex.problem, ex.center, iters=10, probes=2, progress=False)",
     "%matplotlib inline\nlossatlas.plot.contour(ds)",
+    "ds",
+    "ds.lossatlas",
 ]
 
 
@@ -64,3 +68,39 @@ def test_notebook_reprs_figures_and_progress(tmp_path):
     images = [o for o in outs[6] if "image/png" in o.get("data", {})]
     assert len(images) == 1, [o.get("output_type") for o in outs[6]]
     assert all("ipywidgets" not in str(o) for cell in outs for o in cell)
+    # a Dataset: xarray's own repr, its 29 attrs collapsed (HTML) or cut at 12 rows (text), never a tensor;
+    # ds.lossatlas: the few lines about it
+    (shown,) = [o for o in outs[7] if o.output_type == "execute_result"]
+    plain, page = shown["data"]["text/plain"], shown["data"]["text/html"]
+    assert len(plain) < 1200 and len(plain.splitlines()) <= 24 and "tensor(" not in plain, plain
+    attrs_box = re.search(r"<input id='section-[^']+' class='xr-section-summary-in' type='checkbox'[^>]*>"
+                          r"<label[^>]*>Attributes: <span>\((\d+)\)", page)
+    assert attrs_box and int(attrs_box.group(1)) > 10 and "checked" not in attrs_box.group(0), page[-3000:]
+    (short,) = [o for o in outs[8] if o.output_type == "execute_result"]
+    assert len(short["data"]["text/plain"]) < 600 and len(short["data"]["text/plain"].splitlines()) <= 10
+    assert len(short["data"]["text/html"]) < 2000 and "lossatlas surface" in short["data"]["text/html"]
+
+
+def test_dataset_summary_is_short_and_attrs_decode_everything(tmp_path):
+    """``ds.lossatlas`` of an in-memory, a stored and a netCDF-reopened result: a few lines; nothing lost."""
+    import xarray as xr
+
+    import lossatlas
+
+    ex = lossatlas.examples.load("seed-relu")
+    d = ex.default_directions(n=2, seed=0)
+    mem = lossatlas.surface(ex.problem, ex.center, d, steps=5, span=0.5, progress=False)
+    lossatlas.surface(ex.problem, ex.center, d, steps=5, span=0.5, progress=False, store=tmp_path / "p.zarr")
+    stored = lossatlas.open_surface(tmp_path / "p.zarr")
+    mem.to_netcdf(tmp_path / "p.nc")
+    with xr.open_dataset(tmp_path / "p.nc") as nc:
+        nc_attrs, nc_text = nc.lossatlas.attrs, repr(nc.lossatlas)
+    for ds, where in ((mem, "in memory"), (stored, str(tmp_path / "p.zarr"))):
+        text, page = repr(ds.lossatlas), ds.lossatlas._repr_html_()
+        assert text.startswith("lossatlas surface") and len(text) < 600 and len(text.splitlines()) <= 10, text
+        assert len(page) < 2000 and "tensor(" not in text + page
+        assert f"store: {where}" in text and "points: 25/25 points" in text
+        assert ds.lossatlas.attrs == lossatlas.attrs(ds)  # every attribute, decoded
+        assert ds.lossatlas.provenance == json.loads(ds.attrs["provenance"])
+    assert nc_attrs == lossatlas.attrs(mem) and "store: in memory" in nc_text
+    assert lossatlas.attrs(mem)["direction_labels"] == ["w0", "w1"]

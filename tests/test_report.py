@@ -1,6 +1,8 @@
 """``lossatlas report``: the page renders offline in headless Chromium with every section, its
 numbers are the stored results, it is resumable, says when a store is still being computed; and
 ``plot.grid`` puts several results on shared scales."""
+import base64
+import io
 import json
 import math
 import os
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import lossatlas
@@ -117,6 +120,17 @@ def test_every_section_and_number_comes_from_the_stored_results(made):
         assert float(value) == float(stored), (key, value, stored)  # the exact stored value
         assert parser.data["numbers"][key] == float(stored)
         assert abs(float(shown) - float(stored)) <= 0.05 * abs(float(stored)) + 0.051, (key, shown, stored)
+    # a static 3-D picture of each plane (readable without JavaScript), θ marked by a red star
+    stills = re.findall(r'<div class="static3d" id="[^"]+"><img class="static" alt="([^"]+)" '
+                        r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(stills) == 3 and all("θ marked" in alt for alt, _ in stills)
+    from PIL import Image
+
+    for _, data in stills:
+        rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=int)
+        assert rgb.shape[0] > 200 and rgb.std() > 20
+        red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+        assert red.sum() >= 5  # the star at θ
     # the verdicts: seed-relu is proven non-convex, with a certificate file that `lossatlas verify` accepts
     audit = json.loads((files / "seed-relu" / "audit.json").read_text())
     assert audit["proven_nonconvex"] and (files / "seed-relu" / "certificate.npz").exists()
@@ -141,8 +155,10 @@ def test_page_is_self_contained_and_small(made):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_renders_in_headless_chromium_without_errors(made, tmp_path):
     page, _, _ = made
-    base = [CHROMIUM, *FLAGS, "--enable-logging=stderr", "--v=0"]
-    dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", page.as_uri()],
+    shot = tmp_path / "shot.png"
+    # one launch: the DOM after the scripts ran (stdout) and a screenshot
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'p'}",
+                          "--window-size=1400,2200", f"--screenshot={shot}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=180, check=False)
     root = re.search(r"<html[^>]*>", dom.stdout)
     assert root and 'data-js-done="1"' in root.group(0), (dom.stdout[:300], dom.stderr[-2000:])
@@ -150,9 +166,7 @@ def test_renders_in_headless_chromium_without_errors(made, tmp_path):
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not [c for c in console if "rror" in c or "Uncaught" in c], console
     assert dom.stdout.count('class="js-plotly-plot"') >= 3 or dom.stdout.count("plot-container") >= 3
-    shot = tmp_path / "shot.png"
-    subprocess.run([*base, f"--user-data-dir={tmp_path / 'p2'}", "--window-size=1400,2200", f"--screenshot={shot}",
-                    page.as_uri()], capture_output=True, timeout=180, check=False)
+    assert dom.stdout.count('class="static3d drawn"') == 3  # each static picture gives way to its drawn 3-D view
     from PIL import Image
 
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
@@ -161,10 +175,12 @@ def test_renders_in_headless_chromium_without_errors(made, tmp_path):
 
 def test_report_is_resumable(made):
     page, _, targets = made
+    again = page.parent / "again"  # the user target's results, copied: the module's page stays as it is
+    shutil.copytree(page.with_name("report_files") / "nets.py-make", again / "report_files" / "nets.py-make")
     t0 = time.perf_counter()
-    lossatlas.report(targets, out=page, settings=SMALL)
+    lossatlas.report(targets[-1:], out=again / "report.html", settings=SMALL)
     assert time.perf_counter() - t0 < 30
-    prov = json.loads((page.with_name("report_files") / "nets.py-make" / "provenance.json").read_text())
+    prov = json.loads((again / "report_files" / "nets.py-make" / "provenance.json").read_text())
     assert {"plane.zarr", "slice-x.zarr", "slice-y.zarr", "audit.json", "curvature.json"} <= set(prov["reused"])
 
 
@@ -219,6 +235,52 @@ def test_report_cli(tmp_path, monkeypatch):
         assert exc.value.code == 0
 
 
+def test_report_checkpoint_keeps_batchnorm_statistics(tmp_path, monkeypatch, capsys):
+    """``--checkpoint`` per target, loaded as every command loads it: BatchNorm statistics and frozen
+    entries included; a count that does not match the targets is a one-line error."""
+    from test_cli_checkpoint import TARGET, _load_target, _python_loss, _train
+
+    from lossatlas.cli import main
+    from lossatlas.testing import assert_close
+
+    (tmp_path / "target.py").write_text(TARGET)
+    module = _load_target(tmp_path / "target.py")
+    trained = _train(module)
+    torch.save(trained.state_dict(), tmp_path / "sd.pt")
+    expected, _ = _python_loss(module, trained.state_dict())
+    without = module.make()  # the checkpoint's trainable entries with the TARGET's own buffers: far off
+    stale = without.loss({k: v for k, v in trained.state_dict().items() if k in without.param_names})
+    assert abs(stale - expected) > 0.5 * expected
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "target.py:make", "seed-relu", "--checkpoint", "sd.pt", "--checkpoint", "-", "--out", "r.html",
+              "--steps", "3", "--section", "plane", "--section", "provenance"])
+    assert exc.value.code == 0
+    folder = tmp_path / "r_files" / "target.py-make-sd.pt"
+    ds = lossatlas.open_surface(folder / "plane.zarr")
+    assert_close(float(ds.loss.sel(x=0.0, y=0.0)), expected, torch.float32, what="loss at θ", factor=10)
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert {k: prov["checkpoint"][k] for k in ("file", "entries", "trainable", "frozen", "buffers")} == \
+        {"file": "sd.pt", "entries": 11, "trainable": 6, "frozen": 2, "buffers": 3}
+    assert json.loads((tmp_path / "r_files" / "seed-relu" / "provenance.json").read_text())["checkpoint"] is None
+    parser = _Numbers()
+    parser.feed((tmp_path / "r.html").read_text())
+    keys = {k for k, _, _ in parser.numbers}
+    assert {"target.py-make-sd.pt/provenance.json#checkpoint.buffers",
+            "target.py-make-sd.pt/plane.zarr#loss@0,0"} <= keys, keys
+    for key, value, _ in parser.numbers:  # the page says what the files hold
+        target, _, where = key.partition("/")
+        stored = _stored(tmp_path / "r_files" / target, where)
+        assert (value == "null") if stored is None else float(value) == float(stored), key
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "target.py:make", "seed-relu", "--checkpoint", "sd.pt", "--out", "r2.html"])
+    err = capsys.readouterr().err
+    assert exc.value.code != 0 and "--checkpoint must be given once per TARGET" in err and "received 1" in err, err
+    with pytest.raises(lossatlas.InvalidArgumentError, match="checkpoints"):
+        lossatlas.report(["seed-relu", "logreg-mse"], out=tmp_path / "x.html", checkpoints=["sd.pt"])
+
+
 def test_report_rejects_bad_arguments(tmp_path):
     with pytest.raises(lossatlas.InvalidArgumentError, match="out"):
         lossatlas.report("seed-relu", out=tmp_path / "r.txt")
@@ -243,6 +305,12 @@ def test_a_section_is_one_function_and_one_registration(tmp_path):
         assert 'data-section="extra"' in page.read_text()
     finally:
         SECTIONS.pop("extra")
+    # a section says which stored results it draws: only those are computed
+    assert SECTIONS["provenance"].needs == () and SECTIONS["plane"].needs == ("plane",)
+    lossatlas.report("logreg-mse", out=tmp_path / "p.html", sections=["provenance"], settings=SMALL)
+    assert sorted(p.name for p in (tmp_path / "p_files" / "logreg-mse").iterdir()) == ["provenance.json"]
+    with pytest.raises(lossatlas.InvalidArgumentError, match="needs"):
+        section("bad", "Bad", needs=("plane", "nope"))
 
 
 # --- plot.grid: several results on shared scales ---------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import StoreError
+from ..errors import InvalidArgumentError, StoreError
 from ..report import SECTIONS
 from ..report import report as make_report
 from ._app import app
@@ -32,10 +32,13 @@ def report(
     hessian_audit: bool = typer.Option(None, "--hessian-audit/--no-hessian-audit", help="Let the audit search "
                                        "for a float64 negative-curvature certificate (default: only below 1,000 "
                                        "parameters, where it is quick)."),
+    checkpoint: list[str] = typer.Option(None, "--checkpoint", help="A state_dict file giving a target's θ (its "
+                                         "whole state: BatchNorm statistics too). Repeat it once per TARGET, in "
+                                         "order; '-' for a target without one."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars while computing."),
 ) -> None:
     """Write one self-contained offline HTML page: the convexity verdict and its certificate, why (the
-    Gauss–Newton split), 1-D slices, a 2-D plane (contours, rotatable 3-D), Hessian extremes, trace
+    Gauss–Newton split), 1-D slices, a 2-D plane (contours; 3-D, static and rotatable), Hessian extremes, trace
     and density, and provenance. Every number is read from the stored results beside the page."""
     if section:
         unknown = [s for s in section if s not in SECTIONS]
@@ -45,8 +48,19 @@ def report(
                 if v is not None}
     if hessian_audit is not None:
         settings["audit_hessian_max_params"] = 10**12 if hessian_audit else 0
+    checkpoints = None
+    if checkpoint:
+        if len(checkpoint) != len(targets):
+            raise InvalidArgumentError(f"--checkpoint must be given once per TARGET, in order ({len(targets)} "
+                                       f"target{'s' if len(targets) != 1 else ''}; '-' for one without); received "
+                                       f"{len(checkpoint)}: {', '.join(checkpoint)}")
+        checkpoints = [None if c == "-" else Path(c) for c in checkpoint]
+        for c in checkpoints:
+            if c is not None and not c.is_file():
+                raise InvalidArgumentError(f"--checkpoint {str(c)!r} does not exist")
     t0 = time.perf_counter()
-    path = make_report(targets, out=out, sections=section or None, settings=settings, progress=progress)
+    path = make_report(targets, out=out, sections=section or None, settings=settings, progress=progress,
+                       checkpoints=checkpoints)
     size = path.stat().st_size / 1e6
     typer.echo(f"wrote {path} ({size:.1f} MB) in {time.perf_counter() - t0:.1f} s; results in "
                f"{path.with_name(path.stem + '_files')}/")

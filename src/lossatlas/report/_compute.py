@@ -15,7 +15,7 @@ import math
 import platform
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import torch
 
 from .. import convexity, curvature
 from .. import params as P
+from .._ncattrs import get as get_attr
 from .._version import __version__
 from ..curvature import ggn_operator, hessian_operator
 from ..errors import LossAtlasError, ProvenanceMismatchError, StoreLockedError
@@ -84,6 +85,7 @@ class TargetResult:
     folder: Path
     description: str = ""
     spec: str = ""                         # the TARGET as given (for command lines: lossatlas verify … TARGET)
+    checkpoint: str = ""                   # the --checkpoint file giving θ ("" when none)
     plane: Any = None                      # xarray Dataset (open_surface of plane.zarr)
     slices: list[Any] = field(default_factory=list)
     audit: dict[str, Any] | None = None
@@ -132,36 +134,44 @@ def _store(folder: Path, name: str, problem, center, dirs, steps: int, span: flo
     return ds
 
 
-def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = "",
-            progress: bool = False) -> TargetResult:
-    """Compute (or reuse) every stored result of one resolved target (``lossatlas._targets.Target``)."""
+def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = "", checkpoint: str | None = None,
+            needs: Collection[str] = ("plane", "slices", "audit", "curvature"), progress: bool = False) -> TargetResult:
+    """Compute (or reuse) the stored results ``needs`` of one resolved target (``lossatlas._targets.Target``;
+    ``checkpoint``: the file its θ and buffers were loaded from, for the page's command lines)."""
     s = {**DEFAULTS, **settings}
     folder.mkdir(parents=True, exist_ok=True)
     problem, center = target.problem, target.center
-    res = TargetResult(target.name, folder, target.description, spec or target.name)
+    res = TargetResult(target.name, folder, target.description, spec or target.name, checkpoint or "")
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
     dirs = target.default_directions(n=2, seed=s["seed"])
     times["directions"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    res.plane = _store(folder, "plane.zarr", problem, center, dirs, s["steps"], s["span"], res, progress,
-                       chunk=s["chunk"])
-    times["plane"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i, axis in enumerate("xy"):
-        res.slices.append(_store(folder, f"slice-{axis}.zarr", problem, center, dirs.select(i), s["slice_steps"],
-                                 s["span"], res, False, strategy="loop", chunk=s["chunk"]))
-    times["slices"] = time.perf_counter() - t0
+    if "plane" in needs:
+        t0 = time.perf_counter()
+        res.plane = _store(folder, "plane.zarr", problem, center, dirs, s["steps"], s["span"], res, progress,
+                           chunk=s["chunk"])
+        times["plane"] = time.perf_counter() - t0
+    if "slices" in needs:
+        t0 = time.perf_counter()
+        for i, axis in enumerate("xy"):
+            res.slices.append(_store(folder, f"slice-{axis}.zarr", problem, center, dirs.select(i),
+                                     s["slice_steps"], s["span"], res, False, strategy="loop", chunk=s["chunk"]))
+        times["slices"] = time.perf_counter() - t0
 
     n_params = sum(int(v.numel()) for v in center.values())
-    t0 = time.perf_counter()
-    res.audit = _audit(problem, center, folder, s, n_params, target.name, res, progress)
-    times["audit"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res.curvature = _curvature(problem, center, folder, s, res, progress)
-    times["curvature"] = time.perf_counter() - t0
+    if "audit" in needs:
+        t0 = time.perf_counter()
+        res.audit = _audit(problem, center, folder, s, n_params, target.name, res, progress)
+        times["audit"] = time.perf_counter() - t0
+    if "curvature" in needs:
+        t0 = time.perf_counter()
+        res.curvature = _curvature(problem, center, folder, s, res, progress)
+        times["curvature"] = time.perf_counter() - t0
+    drawn = res.plane if res.plane is not None else (res.slices[0] if res.slices else None)
+    d_attrs = drawn.attrs if drawn is not None else {"direction_kind": dirs.spec.get("kind"),
+                                                    "direction_norm": dirs.spec.get("norm")}
 
     prov_path = folder / "provenance.json"
     old = read_json(prov_path) or {}
@@ -171,11 +181,13 @@ def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = ""
         "parameters": n_params, "samples": int(problem.n_samples), "dtype": str(problem.dtype).replace("torch.", ""),
         "device": str(problem.device), "fingerprints": {k: fp[k] for k in ("model", "data", "loss")},
         "center_fingerprint": P.fingerprint(center),
+        "checkpoint": ({"file": checkpoint, **{k: v for k, v in target.info.get("checkpoint", {}).items()
+                                               if k != "source"}} if checkpoint else None),
         "versions": {"lossatlas": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         "seeds": {"directions": s["seed"], "audit": s["seed"], "curvature": s["seed"]},
-        "directions": {"kind": res.plane.attrs.get("direction_kind"), "norm": res.plane.attrs.get("direction_norm"),
-                       "labels": list(res.plane.attrs.get("direction_labels", []))},
+        "directions": {"kind": d_attrs.get("direction_kind"), "norm": d_attrs.get("direction_norm"),
+                       "labels": list(get_attr(d_attrs, "direction_labels") or [])},
         "settings": s, "threads": torch.get_num_threads(),
         # seconds of the run that computed each result (a reused result keeps the time it took then)
         "seconds": {**(old.get("seconds") or {}), **{k: v for k, v in times.items() if v > 0.5 or k not in
@@ -221,6 +233,8 @@ def _audit(problem, center, folder: Path, s, n_params: int, name: str, res: Targ
 
 def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bool):
     settings = {k: s[k] for k in ("eigen_tol", "trace_probes", "density_iters", "density_probes", "seed")}
+    settings["format"] = 2  # 2: one operator for every estimate (the split of format 1 could use a fresh operator's
+    #                          finite-difference product); results of format 1 are recomputed
     path = folder / "curvature.json"
     key = _key(problem, center, settings, "curvature")
     cached = _cached(path, key)
@@ -228,28 +242,34 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
         res.reused.append("curvature.json")
         return cached
     seconds = {}
+    # one Hessian operator (and one GGN operator) for every estimate: its graph is built, and its first
+    # product checked against finite differences of gradients, once instead of once per estimate
     t0 = time.perf_counter()
-    eig = curvature.eigenvalues(problem, center, k=1, which="both", tol=s["eigen_tol"], seed=s["seed"],
-                                certify=False, progress=progress)
+    hess = hessian_operator(problem, center)
+    eig = curvature.eigenvalues(hess, k=1, which="both", tol=s["eigen_tol"], seed=s["seed"], certify=False,
+                                progress=progress)
     seconds["eigen"] = time.perf_counter() - t0
     lam_max, lam_min = float(eig.values[0]), float(eig.values[-1])
     t0 = time.perf_counter()
+    gauss = None
     try:
-        ggn = curvature.eigenvalues(problem, center, k=1, which="smallest", tol=s["eigen_tol"], seed=s["seed"],
-                                    curvature="ggn", certify=False, progress=progress)
+        gauss = ggn_operator(problem, center)
+        ggn = curvature.eigenvalues(gauss, k=1, which="smallest", tol=s["eigen_tol"], seed=s["seed"], certify=False,
+                                    progress=progress)
         ggn_min, ggn_conv, ggn_note = float(ggn.values[0]), bool(ggn.converged[0]), ""
     except Exception as exc:  # a loss without a GGN (custom closure): said so on the page
+        gauss = None
         ggn_min, ggn_conv, ggn_note = None, False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     seconds["ggn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    split = _split(problem, center, eig.vectors[-1], lam_min)
+    split = _split(hess, gauss, eig.vectors[-1], lam_min, ggn_note)
     seconds["split"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tr = curvature.trace(problem, center, probes=s["trace_probes"], seed=s["seed"], progress=progress)
+    tr = curvature.trace(hess, probes=s["trace_probes"], seed=s["seed"], progress=progress)
     seconds["trace"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    dens = curvature.density(problem, center, iters=s["density_iters"], probes=s["density_probes"], seed=s["seed"],
-                             points=401, progress=progress)
+    dens = curvature.density(hess, iters=s["density_iters"], probes=s["density_probes"], seed=s["seed"], points=401,
+                             progress=progress)
     seconds["density"] = time.perf_counter() - t0
     out = {
         "key": key,
@@ -272,12 +292,14 @@ def _curvature(problem, center, folder: Path, s, res: TargetResult, progress: bo
     return read_json(path)
 
 
-def _split(problem, center, v, lam: float) -> dict[str, Any]:
-    """The Gauss–Newton split along v in the problem's dtype: vᵀHv = vᵀGv + vᵀ(Σ ∂ℓ/∂f ∇²f)v (two
-    products; the audit's float64 version is :func:`lossatlas.convexity._curvature.explain`)."""
+def _split(hess, gauss, v, lam: float, note: str = "") -> dict[str, Any]:
+    """The Gauss–Newton split along v in the problem's dtype: vᵀHv = vᵀGv + vᵀ(Σ ∂ℓ/∂f ∇²f)v (one product with
+    each operator; the audit's float64 version is :func:`lossatlas.convexity._curvature.explain`)."""
+    if gauss is None:
+        return {"available": False, "text": f"No Gauss–Newton split: {note or 'the loss has no Gauss–Newton matrix'}"}
     try:
-        hv = hessian_operator(problem, center).apply(v)
-        gv = ggn_operator(problem, center).apply(v)
+        hv = hess.apply(v)
+        gv = gauss.apply(v)
     except LossAtlasError as exc:
         return {"available": False, "text": f"No Gauss–Newton split: {exc}"}
     vv = P.dot(v, v)

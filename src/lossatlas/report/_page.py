@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import bad_value
 from ._compute import TargetResult, slug
+
+
+#: the stored results a section can draw from (``compute`` makes only those the page's sections need)
+RESULTS = ("plane", "slices", "audit", "curvature")
 
 
 @dataclass(frozen=True)
@@ -29,16 +34,22 @@ class Section:
     title: str
     render: Callable[[Page], str]
     doc: str = ""
+    needs: tuple[str, ...] = RESULTS
 
 
 #: the report's sections in page order (``section()`` adds one)
 SECTIONS: dict[str, Section] = {}
 
 
-def section(name: str, title: str):
-    """Register ``render(page) -> html`` as the report section ``name`` (shown under ``title``)."""
+def section(name: str, title: str, *, needs: Sequence[str] = RESULTS):
+    """Register ``render(page) -> html`` as the report section ``name`` (shown under ``title``), drawing from
+    the stored results ``needs`` (a subset of :data:`RESULTS`; default all)."""
+    unknown = [n for n in needs if n not in RESULTS]
+    if unknown:
+        raise bad_value("report.section", "needs", f"a subset of {RESULTS}", list(needs))
+
     def deco(fn: Callable[[Page], str]) -> Callable[[Page], str]:
-        SECTIONS[name] = Section(name, title, fn, (fn.__doc__ or "").strip().split("\n")[0])
+        SECTIONS[name] = Section(name, title, fn, (fn.__doc__ or "").strip().split("\n")[0], tuple(needs))
         return fn
     return deco
 
@@ -86,18 +97,23 @@ class Page:
         data = base64.b64encode(buf.getvalue()).decode()
         return f'<img class="static" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
-    def plotly(self, fig, *, height: int = 420) -> str:
-        """A plotly figure as a div; plotly.js itself is inlined once in the page's head."""
+    def plotly(self, fig, *, height: int = 420, static: str = "") -> str:
+        """A plotly figure as a div (plotly.js itself is inlined once in the page's head). ``static``: the
+        same picture as an inline image (:meth:`png`), shown until the interactive one is drawn, and in its
+        place without JavaScript, when plotly fails (no WebGL) and in print."""
         self._figures += 1
         div = f"lossatlas-fig-{self._figures}"
         spec = fig.to_plotly_json()
         payload = json.dumps({"data": spec.get("data", []), "layout": spec.get("layout", {})},
                              default=_plotly_default)
+        hide = (f".then(function(){{var s=document.getElementById({json.dumps(div + '-static')});"
+                f"if(s){{s.classList.add('drawn');}}}})" if static else "")
         self.scripts.append(f"Plotly.newPlot({json.dumps(div)}, ...(function(s){{return [s.data, s.layout, "
-                            f"{{responsive: true, displaylogo: false}}]}})({payload}));")
-        return (f'<div class="plotly" id="{div}" style="height:{height}px"></div><noscript><p class="muted">The '
-                f"rotatable 3-D view needs JavaScript; the static figure above shows the same stored values."
-                f"</p></noscript>")
+                            f"{{responsive: true, displaylogo: false}}]}})({payload})){hide};")
+        still = f'<div class="static3d" id="{div}-static">{static}</div>' if static else ""
+        return (f'{still}<div class="plotly" id="{div}" style="height:{height}px"></div><noscript><p class="muted">'
+                f"The rotatable 3-D view needs JavaScript; the static 3-D picture above shows the same stored "
+                f"values.</p><style>.plotly{{display:none}}</style></noscript>")
 
 
 def _plotly_default(obj: Any) -> Any:
@@ -126,6 +142,7 @@ table{border-collapse:collapse;font-size:.92em}td,th{padding:.15em .6em;border-b
 vertical-align:top}th{font-weight:600}code,pre{background:#eef2f6;border-radius:3px;padding:.05em .3em;font-size:.9em}
 pre{padding:.5em;white-space:pre-wrap;word-break:break-all}img.static{max-width:100%;height:auto}
 .muted{color:#5a6675;font-size:.9em}nav a{margin-right:1em}
+.static3d.drawn{display:none}@media print{.static3d.drawn{display:block}.plotly{display:none}}
 """
 
 # errors of the page's scripts are written into the DOM (data-js-errors) so a headless browser's

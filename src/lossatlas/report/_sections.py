@@ -7,6 +7,7 @@ import shlex
 import numpy as np
 
 from .. import plot
+from .._ncattrs import get as get_attr
 from ..demo import second_difference_check
 from ..plot._common import _mpl
 from ..plot.grid import shared_range, use_log
@@ -28,7 +29,7 @@ def _table(rows) -> str:
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
-@section("verdict", "Is the loss convex? The audit's verdict and its certificate")
+@section("verdict", "Is the loss convex? The audit's verdict and its certificate", needs=("audit", "curvature"))
 def verdict(page: Page) -> str:
     """The convexity audit's verdict, the certificate in plain words and how to re-check it."""
     cells = []
@@ -55,7 +56,8 @@ def verdict(page: Page) -> str:
                  + " (the gap must beat this and the measured rounding error)"),
             ]))
             cert_file = f"{page.files}/{slug(t.name)}/certificate.npz"
-            cmd = f"lossatlas verify {shlex.quote(cert_file)} {shlex.quote(t.spec)}"
+            cmd = f"lossatlas verify {shlex.quote(cert_file)} {shlex.quote(t.spec)}" + (
+                f" --checkpoint {shlex.quote(t.checkpoint)}" if t.checkpoint else "")
             out.append(f"<p>Re-check it yourself (float64, independent of the fast paths):</p><pre>{esc(cmd)}</pre>")
         else:
             gap = a.get("best_jensen_gap")
@@ -85,7 +87,7 @@ def verdict(page: Page) -> str:
     return page.columns(cells)
 
 
-@section("why", "Why: the Gauss–Newton split of the Hessian")
+@section("why", "Why: the Gauss–Newton split of the Hessian", needs=("curvature",))
 def why(page: Page) -> str:
     """Which term of H = JᵀH_ℓJ + Σ (∂ℓ/∂f)∇²f produced the negative curvature, or why there is none."""
     head = ("<p>For a loss ℓ(f(x; θ), y) the Hessian in the parameters splits into "
@@ -135,7 +137,7 @@ def _pooled_log(datasets) -> bool:
     return use_log(datasets)
 
 
-@section("slices", "1-D slices through θ")
+@section("slices", "1-D slices through θ", needs=("slices",))
 def slices(page: Page) -> str:
     """The loss along each of the two directions, all panels on one loss axis."""
     datasets, titles = [], []
@@ -168,7 +170,7 @@ def slices(page: Page) -> str:
             + page.columns(cells))
 
 
-@section("plane", "The loss over a 2-D plane through θ")
+@section("plane", "The loss over a 2-D plane through θ", needs=("plane",))
 def plane(page: Page) -> str:
     """Contours on shared levels (log when the data span more than 100×), and rotatable 3-D views with θ marked."""
     planes = [t.plane for t in page.targets]
@@ -189,22 +191,34 @@ def plane(page: Page) -> str:
             f.add_trace(go.Scatter3d(x=[0.0], y=[0.0], z=[np.log10(centre) if log else centre], mode="markers",
                                      marker={"size": 6, "color": "red", "symbol": "diamond"}, name="θ"))
         f.update_layout(showlegend=False, scene_camera={"eye": {"x": 1.5, "y": 1.5, "z": 1.0}})
+        still = page.png(_static3d(ds, log, cmin, cmax, t.name), f"3-D view of the loss of {t.name} over the plane, "
+                         f"θ marked by a red star")
         half = page.num(t, "plane.zarr#x.max", float(ds.x.max()), "g")
         rows = [("grid", f"{ds.sizes['x']}×{ds.sizes['y']} points, ± {half} "
-                         f"along {esc(', '.join(ds.attrs.get('direction_labels', [])) or 'two directions')}"),
+                         f"along {esc(', '.join(get_attr(ds, 'direction_labels') or []) or 'two directions')}"),
                 ("loss at θ", page.num(t, "plane.zarr#loss@0,0", centre)),
                 ("lowest / highest", page.num(t, "plane.zarr#loss.min", float(np.nanmin(ds.loss.values))) + " / "
                  + page.num(t, "plane.zarr#loss.max", float(np.nanmax(ds.loss.values))))]
         if "accuracy" in ds:
             acc = float(ds.accuracy.sel(x=0.0, y=0.0)) if centre is not None else None
             rows.append(("accuracy at θ", page.num(t, "plane.zarr#accuracy@0,0", acc)))
-        cells.append(_table(rows) + page.plotly(f, height=430))
+        cells.append(_table(rows) + page.plotly(f, height=430, static=still))
     scale = "a log colour scale (the loss spans more than a factor 100)" if log else "a linear colour scale"
-    return (f"<p>All panels share one colour range and contour levels ({scale}); θ is the red star (static) or "
-            f'diamond (3-D).</p><div class="wide">{img}</div>' + page.columns(cells))
+    return (f"<p>All panels share one colour range and contour levels ({scale}); θ is the red star (static "
+            f'pictures) or diamond (rotatable 3-D).</p><div class="wide">{img}</div>' + page.columns(cells))
 
 
-@section("hessian", "Hessian: extremes, trace and spectral density at θ")
+def _static3d(ds, log: bool, cmin: float, cmax: float, name: str):
+    """The plane as a matplotlib 3-D surface on the page's shared colour range, θ drawn on top (a red star)."""
+    plt = _mpl()
+    fig = plt.figure(figsize=(5.0, 3.9))
+    ax = fig.add_subplot(projection="3d", computed_zorder=False)  # θ's star in front of the surface
+    plot.surface3d(ds, log=log, ax=ax, title=f"{name}: {'log10 ' if log else ''}loss, θ ★", elev=30, azim=-55)
+    ax.collections[0].set_clim(float(cmin), float(cmax))
+    return fig
+
+
+@section("hessian", "Hessian: extremes, trace and spectral density at θ", needs=("curvature",))
 def hessian(page: Page) -> str:
     """λmax and λmin (Lanczos, residuals), tr H ± stderr (Hutch++), the eigenvalue density (SLQ)."""
     import matplotlib.pyplot as plt
@@ -240,7 +254,7 @@ def hessian(page: Page) -> str:
     return page.columns(cells) + f'<div class="wide">{img}</div>'
 
 
-@section("provenance", "Provenance: model, data, versions, seeds, times")
+@section("provenance", "Provenance: model, data, versions, seeds, times", needs=())
 def provenance(page: Page) -> str:
     """Where every result came from and where it is stored."""
     cells = []
@@ -249,7 +263,17 @@ def provenance(page: Page) -> str:
         folder = f"{page.files}/{slug(t.name)}"
         secs = p.get("seconds") or {}
         dirs = p.get("directions") or {}
+        ck = p.get("checkpoint") or {}
         rows = [("target", f"<code>{esc(t.spec)}</code>"), ("description", esc(p.get("description") or "–")),
+                *([("checkpoint", f"<code>{esc(ck.get('file'))}</code>: all "
+                    + page.num(t, "provenance.json#checkpoint.entries", ck.get("entries"), "d") + " entries loaded ("
+                    + page.num(t, "provenance.json#checkpoint.trainable", ck.get("trainable"), "d") + " trainable, "
+                    + (page.num(t, "provenance.json#checkpoint.frozen", ck.get("frozen"), "d") + " frozen, "
+                       if ck.get("frozen") else "")
+                    + page.num(t, "provenance.json#checkpoint.buffers", ck.get("buffers"), "d")
+                    + " buffers such as BatchNorm statistics); its loss by plain torch "
+                    + page.num(t, "provenance.json#checkpoint.plain_loss", ck.get("plain_loss"), ".6g"))]
+                  if ck else []),
                 ("model", esc(p.get("model"))),
                 ("parameters / samples", page.num(t, "provenance.json#parameters", p.get("parameters"), "d") + " / "
                  + page.num(t, "provenance.json#samples", p.get("samples"), "d")),
