@@ -224,7 +224,7 @@ def test_grid_chunking_covers_every_point_once():
 
 
 def test_auto_strategy_skips_timing_on_small_grids(classification, monkeypatch):
-    """Below 64 points "auto" means "loop": timing both strategies would cost more than the grid."""
+    """Below AUTO_MIN_POINTS (256) points "auto" means "loop": timing both strategies would cost more than the grid."""
     from lossatlas.evaluator import AUTO_MIN_POINTS, PointEvaluator
 
     pr, d, *_ = setup(classification)

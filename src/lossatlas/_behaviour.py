@@ -25,7 +25,7 @@ problem's private module under its lock, with the linear fold's dispatchers remo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -73,21 +73,26 @@ def _number(v: Any) -> float | str:
     return x if math.isfinite(x) else repr(x)  # 'nan', 'inf', '-inf': JSON without NaN literals
 
 
-def _probe_points(problem) -> list[dict[str, Tensor]]:
+def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
+    """θ₀, then the probe points one at a time (each made when it is evaluated: one point's memory at
+    a time, not ``len(PROBES)`` copies of θ; each tensor formed in place, base + r·k, in float64)."""
     center = problem._center
     gen = torch.Generator(device="cpu").manual_seed(SEED)
-    points = [center]
+    yield center
     for eps in PROBES:
         point = {}
         for name in problem.param_names:
             t = center[name]
-            r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
             base = t.detach().to("cpu", torch.float64)
             scale = float(base.norm()) or 1.0
+            del base  # (the generator is not used for it: the same draws follow)
+            r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
             rn = float(r.norm()) or 1.0
-            point[name] = (base + r * (eps * scale / rn)).to(device=t.device, dtype=t.dtype)
-        points.append(point)
-    return points
+            # = base + r·(ε‖θ‖/‖r‖) in float64 (θ's entries promoted exactly), the same rounding
+            r.mul_(eps * scale / rn).add_(t.detach().to("cpu"))
+            point[name] = r.to(device=t.device, dtype=t.dtype)
+            del r
+        yield point
 
 
 def _digest(outputs: Any) -> dict[str, Any] | None:
@@ -114,14 +119,16 @@ def _fixed_batch(problem) -> list[tuple[Any, int, bool]]:
 
 def behaviour(problem) -> dict[str, Any]:
     """The behaviour entry of ``problem`` (JSON-able): see the module docstring."""
-    points = _probe_points(problem)
     guard = problem._guard
     error: Exception | None = None
     with torch.no_grad(), guard.lock, dispatchers_removed(guard):
         for batch, k, sliced in _fixed_batch(problem):
             view = problem.replace(data=_OneBatch(batch, k))  # same module, lock and settings; one batch
             try:
-                records = [_evaluate(view, batch, point) for point in points]
+                records = []
+                for point in _probe_points(problem):
+                    records.append(_evaluate(view, batch, point))
+                    del point  # the next point is made with this one freed
             except Exception as exc:  # e.g. a closure that cannot take a sliced batch: use the whole one
                 error = exc
                 continue

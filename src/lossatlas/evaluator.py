@@ -4,8 +4,9 @@
   θ + Σ aᵢdᵢ (fused ``_foreach`` kernels), never by accumulating steps.
 * ``"vmap"``: ``torch.vmap`` over a batch of points (fast for tiny models or small batches, and on
   GPUs; slower than the loop on CPU for large batches, see DESIGN.md).
-* ``"auto"``: times both on the problem and keeps the faster (always ``"loop"`` with
-  ``bn="recalibrate"``, where BatchNorm runs in train mode and cannot be vmapped).
+* ``"auto"``: times both on the problem and keeps the faster (vmap only when clearly faster; always
+  ``"loop"`` with ``bn="recalibrate"``, where BatchNorm runs in train mode and cannot be vmapped, and
+  for models too large for more than one vmapped point, see :meth:`PointEvaluator._default_vmap_batch`).
 
 Both use :class:`~lossatlas._linear_fold.LinearFold` when ``exact_linear=True``.
 Results are float64 numpy arrays per metric; there is one host transfer per call (a chunk of
@@ -29,7 +30,9 @@ from ._linear_fold import LinearFold
 from .errors import EvaluationError, LossAtlasError, bad_value
 
 STRATEGIES = ("auto", "loop", "vmap")
-VMAP_MEMORY = 512 * 2**20  # bytes of activations a vmapped batch of points may use
+VMAP_MEMORY = 512 * 2**20  # bytes of activations and parameter copies a vmapped batch of points may use
+VMAP_PARAM_MEMORY = 64 * 2**20  # bytes of parameter copies a vmapped batch may hold beyond one model's
+VMAP_MARGIN = 0.9  # "auto" keeps vmap only when it is at least 10 % faster per point: ties go to the loop
 VMAP_PROBE_STEP = 8  # points of the first vmap timing in the automatic choice (the full probe only if promising)
 
 
@@ -54,12 +57,15 @@ def sum_batches(terms: Tensor) -> Tensor:
     return total
 
 
-AUTO_MIN_POINTS = 64  # below this many points "auto" means "loop": timing both costs more than the work
+# below this many points "auto" means "loop": timing both costs more than the work (the first vmapped
+# call alone, ~0.1 s on a CPU, was 40 % of an 11×11 plane of the digits MLP: docs/benchmarks.md)
+AUTO_MIN_POINTS = 256
 
 
 def probe_free_strategy(strategy: str, points: int) -> str:
     """``"loop"`` instead of ``"auto"`` for fewer than ``AUTO_MIN_POINTS`` points: the automatic
-    choice times up to 64 vmapped points, more work than a short path or a small grid itself."""
+    choice times up to 74 vmapped points (and vmap's first call), more work than a short path or a
+    small grid saves."""
     return "loop" if strategy == "auto" and points < AUTO_MIN_POINTS else strategy
 
 
@@ -97,7 +103,8 @@ class PointEvaluator:
         if problem.bn == "recalibrate" and problem.has_batchnorm and strategy == "vmap":
             raise bad_value("surface", "strategy", "'loop' or 'auto' with bn='recalibrate' (train-mode "
                             "BatchNorm cannot be vmapped)", strategy)
-        self.vmap_batch = vmap_batch or self._default_vmap_batch()
+        # the vmap batch is measured (one forward pass) only where vmap may run; None for the loop
+        self.vmap_batch = vmap_batch or (self._default_vmap_batch() if strategy != "loop" else None)
         self.strategy = strategy if strategy != "auto" else self._choose()
         self.seconds_per_point: float | None = getattr(self, "_measured", None)
 
@@ -218,9 +225,13 @@ class PointEvaluator:
         low = self.point_dtype != dtype
 
         def point(c: Tensor):
-            vals = [t.clone() for t in centers]
-            for j, d in enumerate(dirs):
-                vals = [v + c[j] * dj for v, dj in zip(vals, d)]
+            # ((θ + c₀d₀) + c₁d₁) + …, products rounded separately (the loop's arithmetic); the batch of
+            # points is formed once and updated in place, one tensor's product at a time: B·|θ| plus
+            # one tensor's B products, never a second batch of parameter copies
+            vals = [t + c[0] * d0 for t, d0 in zip(centers, dirs[0])]
+            for j in range(1, len(dirs)):
+                for v, dj in zip(vals, dirs[j]):
+                    v.add_(c[j] * dj)
             if low:
                 vals = [v.to(dtype) for v in vals]
             if fold is not None:
@@ -263,14 +274,26 @@ class PointEvaluator:
         return max(total[0], 1)
 
     def _default_vmap_batch(self) -> int:
-        per_point = self._activation_bytes() + sum(v.numel() * v.element_size() for v in self.center.values())
-        return int(max(1, min(16384, VMAP_MEMORY // per_point)))
+        """Points per vmapped call B: B·(activations + parameters) ≤ ``VMAP_MEMORY`` and the B parameter
+        copies B·|θ| ≤ max(|θ|, ``VMAP_PARAM_MEMORY``) — a model of more than 64 MiB gets B = 1 (its
+        points are never materialised side by side: memory stays within a few model sizes)."""
+        params = sum(v.numel() * v.element_size() for v in self._point_center.values())
+        params = max(params, sum(v.numel() * v.element_size() for v in self.center.values()), 1)
+        by_params = max(params, VMAP_PARAM_MEMORY) // params
+        if by_params <= 1:
+            return 1  # no forward pass needed to know it
+        per_point = self._activation_bytes() + params
+        return int(max(1, min(16384, VMAP_MEMORY // per_point, by_params)))
 
     def _choose(self) -> str:
-        """Time a few points with each strategy; keep the faster per point. vmap is timed on 2 and
+        """Time a few points with each strategy; keep the faster per point (vmap only when faster by more
+        than ``1 − VMAP_MARGIN``: it costs B parameter copies, and a tie within the timing noise of a
+        shared machine should not decide for it). vmap is timed on 2 and
         then 8 points first; only when its marginal cost per point is competitive is it timed on the
         full probe (up to 64 points, enough for its per-call overhead to amortise)."""
         if self.problem.bn == "recalibrate" and self.problem.has_batchnorm:
+            return "loop"
+        if self.vmap_batch < 2:  # one point per vmapped call: vmap's overhead without its batching
             return "loop"
         n = len(self.directions)
         rng = np.random.default_rng(0)
@@ -305,5 +328,6 @@ class PointEvaluator:
                 vm = (time.perf_counter() - t) / len(probe)
         except EvaluationError:
             vm = float("inf")
-        self._measured = min(loop, vm)
-        return "vmap" if vm < loop else "loop"
+        chosen = "vmap" if vm < VMAP_MARGIN * loop else "loop"
+        self._measured = vm if chosen == "vmap" else loop
+        return chosen

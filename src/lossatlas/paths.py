@@ -64,7 +64,7 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     problem's setting. ``tol``: the rise tolerated by the MLI
     test (default 10·ε·max|f|, ε the problem's machine epsilon). ``strategy``, ``chunk``,
     ``store``, ``overwrite``, ``progress``, ``metrics``: as in :func:`lossatlas.surface` (a store is
-    reopened by :func:`open_interpolation`); ``"auto"`` means ``"loop"`` below 64 points, where
+    reopened by :func:`open_interpolation`); ``"auto"`` means ``"loop"`` below 256 points, where
     timing the alternatives would cost more than the path.
 
     >>> import torch, lossatlas

@@ -198,7 +198,7 @@ class Problem:
         # values of frozen parameters and buffers) is all that is ever evaluated or re-derived
         self._module = self._private_copy(model)
         self._originals = _inexact_originals(model, self.dtype, self.param_names)
-        self._center = P.params_of(model, dtype=self.dtype, device=self.device)
+        self._center = _center_of(self._module, self.param_names)
         self._param_slots = _slots(self._module, self.param_names, buffers=False)
         kind = _class_index_loss(loss) if closure is None else None
         summarise = functools.partial(_batch_label_summary, ignore_index=kind[1]) if kind is not None else None
@@ -650,7 +650,7 @@ class Problem:
         new.dtype = dtype
         new._module, new._originals = self._variant_module(dtype)
         new.data = self.data.recast(dtype)
-        new._center = P.to(self._center, dtype=dtype)
+        new._center = _center_of(new._module, new.param_names)  # θ₀ cast, as P.to(self._center, dtype)
         new._param_slots = _slots(new._module, new.param_names, buffers=False)
         new._bn_modules = _bn_modules(new._module)
         new.__dict__.pop("_buffer_slot_cache", None)
@@ -693,7 +693,7 @@ class Problem:
         new._originals = {k: v.detach().to("cpu", copy=True) for k, v in state.items()
                           if k in expected and v.is_floating_point() and k not in self.param_names
                           and not _exact_cast(v.dtype, self.dtype)}
-        new._center = {n: state[n].detach().to(device=self.device, dtype=self.dtype).clone() for n in self.param_names}
+        new._center = _center_of(new._module, new.param_names)  # the state's values, cast as loaded
         new._param_slots = _slots(new._module, new.param_names, buffers=False)
         new._bn_modules = _bn_modules(new._module)
         new.__dict__.pop("_buffer_slot_cache", None)
@@ -743,6 +743,16 @@ def _as_device(device: Any) -> torch.device:
         raise bad_value("Problem", "device", f"an existing CUDA device (this machine has "
                         f"{torch.cuda.device_count()})", device)
     return out
+
+
+def _center_of(module: nn.Module, names) -> dict[str, Tensor]:
+    """θ₀: the private module's own trainable parameter tensors (detached), not a copy. The private
+    module's trainable slots only ever hold θ₀ between evaluations (points are bound in with
+    :meth:`Problem.bound`, never written into it), so θ₀ needs no memory of its own — one model's
+    worth less for a large model. Same values as ``P.params_of(model, dtype=, device=)``: one
+    rounding of the user's values to the problem's dtype."""
+    table = dict(module.named_parameters())
+    return {n: table[n].detach() for n in names}
 
 
 def _slots(module: nn.Module, names, *, buffers: bool) -> dict[str, list[tuple[nn.Module, str]]]:

@@ -84,7 +84,7 @@ def surface(
     are in units of the directions. Each point is evaluated at exactly θ + Σ aᵢdᵢ. NaN/Inf results are kept and counted
     in ``attrs["nan_points"]``/``attrs["inf_points"]``.
 
-    ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem, or ``"loop"`` below 64
+    ``strategy``: ``"loop"``, ``"vmap"`` or ``"auto"`` (timed on the problem, or ``"loop"`` below 256
     points where timing would cost more than the grid; the two agree to
     rounding, so pass one explicitly for bit-identical results across runs without a store — a store
     pins the strategy it was made with). ``chunk``: points per

@@ -1,0 +1,218 @@
+"""Time per grid point of ``lossatlas.surface`` ÷ one bare forward pass, for a zoo of model families.
+
+Target (issue 17): for every model, a point of a plane costs at most 1.10 × ``model(x)`` over the same
+data under ``torch.no_grad()`` in eval mode (below 1.0 where the exact linear fold applies).
+
+The zoo: the 64-128-128-10 digits MLP, the CNN with BatchNorm and the small ResNet of
+``lossatlas.examples`` (cnn-digits, resnet-skip, trained weights from the example cache), a 2-layer
+``nn.TransformerEncoder`` (d=64, 4 heads) classifying token sequences, and an embedding model
+(``nn.Embedding`` + mean pooling + ``nn.Linear``).
+
+Per repetition (interleaved: each repetition runs every contender once, in the same process):
+
+* **forward**: the median of ``--fwd`` calls of the *user's* model (eval mode, ``torch.no_grad()``)
+  over the problem's batches (the same tensors the surface evaluates; no loss, no metric);
+* **plane**: ``lossatlas.surface(problem, None, d, steps=S, progress=False)`` (no store, default
+  strategy "auto", loss + accuracy) — wall time ÷ S² points is the *point* time;
+* **pinned** and **small**: the same call with the strategy the plane chose, ``steps=S`` and
+  ``steps=3``: the marginal cost of a point is ``(pinned − small) / (S² − 9)`` and the fixed
+  overhead of the plane ``plane − S²·marginal`` (fingerprints, the automatic strategy choice, the
+  chunk-size timing, assembling the Dataset).
+
+Printed: medians over repetitions, the median of per-repetition ratios point / forward and marginal /
+forward, and one ``verdict`` line per model. ``python benchmarks/bench_zoo.py [--reps 5] [--only mlp,cnn]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lossatlas  # noqa: E402
+from _verdict import verdict  # noqa: E402
+
+
+class TokenEncoder(nn.Module):
+    """Token embedding + learned positions + 2-layer TransformerEncoder (d=64, 4 heads) + mean pool + Linear."""
+
+    def __init__(self, vocab: int = 32, length: int = 16, d: int = 64, classes: int = 4):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(0.02 * torch.randn(length, d))
+        layer = nn.TransformerEncoderLayer(d, 4, dim_feedforward=128, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.tok(x) + self.pos).mean(dim=1))
+
+
+class BagOfEmbeddings(nn.Module):
+    """nn.Embedding + mean pooling over the sequence + Linear (a fastText-like classifier)."""
+
+    def __init__(self, vocab: int = 2000, d: int = 64, classes: int = 10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.fc = nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.fc(self.emb(x).mean(dim=1))
+
+
+def _tokens(n, length, vocab, classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (n, length), generator=g)
+    y = (x[:, : length // 2].sum(1) % classes)  # a label the tokens determine
+    return x, y
+
+
+def zoo(only):
+    """name -> (user model, Problem, description); models in eval mode."""
+    out = {}
+    if "mlp" in only:
+        ex = lossatlas.examples.load("mlp-digits")
+        out["mlp"] = (ex.model, ex.problem, "MLP 64-128-128-10, digits 1797")
+    if "cnn" in only:
+        ex = lossatlas.examples.load("cnn-digits")
+        out["cnn"] = (ex.model, ex.problem, "CNN+BN (cnn-digits), 1797 8x8")
+    if "resnet" in only:
+        ex = lossatlas.examples.load("resnet-skip")
+        out["resnet"] = (ex.model, ex.problem, "ResNet (resnet-skip), 1024 28x28 in 2 batches")
+    if "transformer" in only:
+        torch.manual_seed(0)
+        model = TokenEncoder().eval()
+        x, y = _tokens(512, 16, 32, 4, 1)
+        out["transformer"] = (model, lossatlas.Problem(model, nn.CrossEntropyLoss(), (x, y)),
+                              "TransformerEncoder 2x(d=64,h=4), 512x16 tokens")
+    if "embedding" in only:
+        torch.manual_seed(0)
+        model = BagOfEmbeddings().eval()
+        x, y = _tokens(4096, 32, 2000, 10, 2)
+        out["embedding"] = (model, lossatlas.Problem(model, nn.CrossEntropyLoss(), (x, y)),
+                            "Embedding(2000,64)+mean+Linear, 4096x32 tokens")
+    for model, _, _ in out.values():
+        model.eval()  # the examples' models come back in the mode training left them in
+    return out
+
+
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process; 1 thread)
+
+
+def forward_times(model, inputs, calls):
+    """``calls`` timings of the bare forward pass over every batch (after one warm-up call)."""
+    with torch.no_grad():
+        for x in inputs:
+            model(x)
+        samples = []
+        for _ in range(calls):
+            t = CLOCK()
+            for x in inputs:
+                model(x)
+            samples.append(CLOCK() - t)
+    return samples
+
+
+def naive_losses(model, problem, d, coords):
+    """Reference: functional_call of the user's model at θ + a·d1 + b·d2 formed afresh per point,
+    dataset loss Σ_b n_b·ℓ_b / N (float32, as the problem)."""
+    center = problem.params()
+    batches = list(problem.data)
+    out = np.empty((len(coords), len(coords)))
+    with torch.no_grad():
+        for i, a in enumerate(coords):
+            for j, b in enumerate(coords):
+                p = {k: center[k] + float(a) * d[0][k] + float(b) * d[1][k] for k in center}
+                out[i, j] = sum(float(problem.loss_fn(torch.func.functional_call(model, p, (batch[0],)), batch[1])) * n
+                                for batch, n in batches) / problem.n_samples
+    return out
+
+
+def timed(fn):
+    t = CLOCK()
+    out = fn()
+    return CLOCK() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--fwd", type=int, default=5, help="forward calls per repetition (median)")
+    ap.add_argument("--only", default="mlp,cnn,resnet,transformer,embedding")
+    ap.add_argument("--steps", default="mlp=11,cnn=11,resnet=5,transformer=11,embedding=11")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (meaningful with OMP_NUM_THREADS=1; robust on a shared machine)")
+    args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
+        if torch.get_num_threads() != 1:
+            print("warning: --clock cpu sums the CPU time of all threads; run with OMP_NUM_THREADS=1")
+    only = args.only.split(",")
+    steps = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(","))}
+    warnings.filterwarnings("ignore", category=lossatlas.errors.BatchNormStatsWarning)
+    warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap of the fused encoder layer
+    models = zoo(only)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, clock {args.clock}")
+    setup = {}
+    for name, (model, problem, desc) in models.items():
+        d = lossatlas.directions.random(problem, n=2, seed=0)
+        inputs = [batch[0] for batch, _ in problem.data]
+        n = sum(p.numel() for p in model.parameters())
+        setup[name] = (d, inputs)
+        print(f"  {name:12s} {desc}; {n:,} parameters; plane {steps[name]}x{steps[name]}")
+
+    rows: dict[str, dict[str, list[float]]] = {k: {"forward": [], "plane": [], "pinned": [], "small": []}
+                                               for k in models}
+    chosen, err = {}, {}
+    for rep in range(args.reps):
+        for name, (model, problem, _) in models.items():
+            d, inputs = setup[name]
+            s = steps[name]
+            r = rows[name]
+            before = forward_times(model, inputs, args.fwd)
+            t, ds = timed(lambda: lossatlas.surface(problem, None, d, steps=s, span=1.0, progress=False))
+            r["plane"].append(t)
+            # the forward pass timed just before and just after the plane: the median of both brackets
+            r["forward"].append(statistics.median(before + forward_times(model, inputs, args.fwd)))
+            chosen[name] = ds.attrs["strategy"]
+            t, _ = timed(lambda: lossatlas.surface(problem, None, d, steps=s, span=1.0, progress=False,
+                                                   strategy=chosen[name]))
+            r["pinned"].append(t)
+            t, small = timed(lambda: lossatlas.surface(problem, None, d, steps=3, span=1.0, progress=False,
+                                                       strategy=chosen[name]))
+            r["small"].append(t)
+            if rep == 0:
+                ref = naive_losses(model, problem, d, small.x.values)
+                err[name] = float(np.max(np.abs(small.loss.values - ref) / np.abs(ref)))
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v['plane'][-1]:.2f}s" for k, v in rows.items()), flush=True)
+
+    print(f"\n{'model':12s} {'strategy':8s} {'forward ms':>10s} {'point ms':>9s} {'marginal':>9s} "
+          f"{'overhead s':>10s} {'point/fwd':>9s} {'marg/fwd':>8s} {'rel.err':>8s}")
+    results = {}
+    for name, r in rows.items():
+        pts = steps[name] ** 2
+        point = [p / pts for p in r["plane"]]
+        marg = [(p - sm) / (pts - 9) for p, sm in zip(r["pinned"], r["small"])]
+        over = [p - pts * m for p, m in zip(r["plane"], marg)]
+        ratio = statistics.median(a / f for a, f in zip(point, r["forward"]))
+        mratio = statistics.median(m / f for m, f in zip(marg, r["forward"]))
+        results[name] = (ratio, mratio)
+        print(f"{name:12s} {chosen[name]:8s} {1e3 * statistics.median(r['forward']):10.2f} "
+              f"{1e3 * statistics.median(point):9.2f} {1e3 * statistics.median(marg):9.2f} "
+              f"{statistics.median(over):10.3f} {ratio:9.3f} {mratio:8.3f} {err[name]:8.1e}")
+    print()
+    for name, (ratio, mratio) in results.items():
+        verdict(f"{name}: point / forward", ratio, 1.10, detail=f"marginal point / forward {mratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
