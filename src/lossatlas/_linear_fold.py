@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._fast_paths import has_forward_hooks
+from ._fast_paths import RELU_FORWARD, has_forward_hooks
 from .data import tensors_in
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -274,8 +274,9 @@ class LinearFold:
         return torch.stack(stack)
 
     # -- use ------------------------------------------------------------------------------------
-    def _lookup(self, mod: nn.Module, x: Any, guard) -> Tensor | None:
-        """The folded output of ``mod`` on ``x``, or None when it must run for real."""
+    def _lookup(self, mod: nn.Module, x: Any, guard, relu: bool = False) -> Tensor | None:
+        """The folded output of ``mod`` on ``x`` (with ``relu``: relu of it, the last sum and the
+        ReLU in one pass), or None when it must run for real."""
         c = self.coefficients
         b = guard.batch
         table = self.tables.get(id(mod))
@@ -286,7 +287,10 @@ class LinearFold:
         entry = table.get((b, j))
         if entry is None or not entry.matches(x):
             return None
-        return self._combine(entry.products, c, entry.scratch).to(x.dtype)
+        if relu and entry.products.dtype == x.dtype and not isinstance(c, Tensor) and len(c) > 0:
+            return entry.scratch.combine(entry.products, c, relu=True)
+        out = self._combine(entry.products, c, entry.scratch).to(x.dtype)
+        return torch.relu_(out) if relu else out
 
     def __enter__(self) -> LinearFold:
         guard = self.problem._guard
@@ -347,24 +351,45 @@ class _Scratch:
         self.out = self.product = self.first = None
         self.first_key: str | None = None
 
-    def combine(self, entry: Tensor, c: Sequence[float]) -> Tensor:
+    def combine(self, entry: Tensor, c: Sequence[float], relu: bool = False) -> Tensor:
+        """entry₀ + c₁entry₁ + … (see :meth:`LinearFold._combine`); with ``relu``, relu of it, the last
+        sum and the ReLU in one pass (``torch._add_relu_``: max(a + b, 0) per element, the same
+        values as the sum followed by ``relu_``)."""
+        # each product is written into the buffer that the sum then updates in place (out = cⱼeⱼ;
+        # out += partial): the same bits as partial + cⱼeⱼ (addition commutes exactly), one buffer and
+        # one stream of memory traffic fewer per pass
         if self.out is None:
-            self.out, self.product, self.first = (torch.empty_like(entry[0]) for _ in range(3))
-        out, product = self.out, self.product
+            self.out, self.first = torch.empty_like(entry[0]), torch.empty_like(entry[0])
+        out = self.out
+        last = _add_relu_ if relu else Tensor.add_
         if len(c) == 1:
-            torch.mul(entry[1], c[0], out=product)
-            return torch.add(entry[0], product, out=out)
+            torch.mul(entry[1], c[0], out=out)
+            return last(out, entry[0])
         key = float(c[0]).hex()  # exact, and tells -0.0 from 0.0
         if key != self.first_key:
-            torch.mul(entry[1], c[0], out=product)
-            torch.add(entry[0], product, out=self.first)
+            torch.mul(entry[1], c[0], out=self.first)
+            self.first.add_(entry[0])
             self.first_key = key
-        torch.mul(entry[2], c[1], out=product)
-        torch.add(self.first, product, out=out)
+        torch.mul(entry[2], c[1], out=out)
+        if len(c) == 2:
+            return last(out, self.first)
+        out.add_(self.first)
+        if self.product is None:
+            self.product = torch.empty_like(entry[0])
         for j in range(2, len(c)):
-            torch.mul(entry[j + 1], c[j], out=product)
-            out.add_(product)
+            torch.mul(entry[j + 1], c[j], out=self.product)
+            (last if j == len(c) - 1 else Tensor.add_)(out, self.product)
         return out
+
+
+def _add_relu_(a: Tensor, b: Tensor) -> Tensor:
+    """a ← relu(a + b) in one pass where ATen has the fused kernel, else the two steps."""
+    if _ADD_RELU is not None:
+        return _ADD_RELU(a, b)
+    return torch.relu_(a.add_(b))
+
+
+_ADD_RELU = getattr(torch, "_add_relu_", None)
 
 
 def _batch_tensors(batch: Any) -> list[Tensor]:
@@ -379,12 +404,7 @@ def _install(guard, m: nn.Module) -> None:
         return
     own = m.__dict__.get("forward")
 
-    def forward(mod, x, *args, **kwargs):
-        fold = guard.fold
-        if fold is not None and not args and not kwargs:
-            out = fold._lookup(mod, x, guard)
-            if out is not None:
-                return out
+    def own_forward(mod, x, *args, **kwargs):
         # the layer's own forward, found through the module itself (a deep copy of the module,
         # which carries this method along, never calls back into the original module)
         slot = guard.patches.get(id(mod))
@@ -392,7 +412,28 @@ def _install(guard, m: nn.Module) -> None:
             return slot[1](x, *args, **kwargs)
         return type(mod).forward(mod, x, *args, **kwargs)
 
+    def forward(mod, x, *args, **kwargs):
+        fold = guard.fold
+        if fold is not None and not args and not kwargs:
+            out = fold._lookup(mod, x, guard)
+            if out is not None:
+                return out
+        return own_forward(mod, x, *args, **kwargs)
+
+    def forward_relu(mod, x):
+        """relu(mod(x)), for a container that would apply an exact ReLU in place to the layer's fresh
+        output (lossatlas._fast_paths): folded, the ReLU joins the last pass of the combination."""
+        fold = guard.fold
+        if fold is not None:
+            out = fold._lookup(mod, x, guard, relu=True)
+            if out is not None:
+                return out
+        return torch.relu_(own_forward(mod, x))  # a fresh output of the layer's own forward
+
     m.forward = types.MethodType(forward, m)
+    # a plain function, not a bound method: a deep copy of the module shares it, and for the copy
+    # (another id, no table) it computes relu of the copy's own forward
+    m.__dict__[RELU_FORWARD] = forward_relu
     guard.patches[id(m)] = [m, own, 1]
 
 
@@ -404,6 +445,7 @@ def _uninstall(guard, m: nn.Module) -> None:
     if slot[2] > 0:
         return
     del guard.patches[id(m)]
+    m.__dict__.pop(RELU_FORWARD, None)
     own = slot[1]
     if own is None:
         m.__dict__.pop("forward", None)  # back to the class's forward
@@ -415,8 +457,10 @@ def _uninstall(guard, m: nn.Module) -> None:
 def dispatchers_removed(guard):
     """The private module without fold dispatchers for the block (e.g. to deep-copy it)."""
     with guard.lock:
-        saved = [(m, own, m.__dict__.get("forward")) for m, own, _ in guard.patches.values()]
-        for m, own, _ in saved:
+        saved = [(m, own, m.__dict__.get("forward"), m.__dict__.get(RELU_FORWARD))
+                 for m, own, _ in guard.patches.values()]
+        for m, own, _, _ in saved:
+            m.__dict__.pop(RELU_FORWARD, None)
             if own is None:
                 m.__dict__.pop("forward", None)
             else:
@@ -424,5 +468,7 @@ def dispatchers_removed(guard):
         try:
             yield
         finally:
-            for m, _, current in saved:
+            for m, _, current, relu_forward in saved:
                 m.forward = current
+                if relu_forward is not None:
+                    m.__dict__[RELU_FORWARD] = relu_forward

@@ -191,6 +191,8 @@ class PointEvaluator:
         flat_dirs = [torch.cat([d[k].reshape(-1) for k in keys]) for d in self._point_dirs]
         flat = torch.empty_like(flat_base)
         product = torch.empty_like(flat_base)
+        # θ + a₁d₁ is kept while a₁ repeats (along a grid row): the same bits, two calls a point fewer
+        first, first_key = torch.empty_like(flat_base), None
         work, start = [], 0
         for t in base:
             work.append(flat[start:start + t.numel()].view(t.shape))
@@ -203,11 +205,26 @@ class PointEvaluator:
                 stack.enter_context(problem.bound(params))
             for c in coefficients:
                 c = tuple(float(v) for v in c)  # host numbers: no device sync
-                flat.copy_(flat_base)
-                for a, d in zip(c, flat_dirs):
-                    if a != 0.0:
-                        torch.mul(d, a, out=product)  # the product rounded, then added
-                        flat.add_(product)
+                if not c:
+                    flat.copy_(flat_base)
+                else:
+                    key = c[0].hex()  # exact, and tells -0.0 from 0.0
+                    if key != first_key:
+                        if c[0] != 0.0:
+                            torch.mul(flat_dirs[0], c[0], out=product)  # the product rounded, then added
+                            torch.add(flat_base, product, out=first)
+                        else:
+                            first.copy_(flat_base)
+                        first_key = key
+                    pending = [(a, d) for a, d in zip(c[1:], flat_dirs[1:]) if a != 0.0]
+                    if not pending:
+                        flat.copy_(first)
+                    for j, (a, d) in enumerate(pending):
+                        torch.mul(d, a, out=product)
+                        if j == 0:
+                            torch.add(first, product, out=flat)
+                        else:
+                            flat.add_(product)
                 if low:
                     torch._foreach_copy_(bound, work)  # one rounding to the problem's dtype
                 if self.fold is not None:
