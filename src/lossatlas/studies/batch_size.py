@@ -7,7 +7,7 @@ import numpy as np
 from .. import directions, metrics
 from ..surface import surface
 from ._core import Study, _problem, register
-from ._figures import _mpl
+from ._figures import _mpl, save_png
 from ._sizes import FULL, QUICK, TINY, member
 
 
@@ -50,7 +50,7 @@ def extra(ctx):
     fig.suptitle("batch size × weight decay: the same minimisers along two kinds of direction (shared y axis)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(ctx["out"] / "directions.png", dpi=110)
+    save_png(fig, ctx["out"] / "directions.png")
     plt.close(fig)
     return {"figures": ["directions.png"]}
 

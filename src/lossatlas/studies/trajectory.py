@@ -9,7 +9,7 @@ from ..plot import edge_of_stability
 from ..surface import surface
 from ..trajectory import Trajectory, project
 from ._core import Study, _problem, register
-from ._figures import _mpl
+from ._figures import _mpl, save_png
 from ._sizes import FULL, QUICK, TINY, member
 
 
@@ -59,9 +59,9 @@ def extra(ctx):
         ax.set_ylabel(f"PC2 ({100 * row['pc2_variance']:.1f} %)")
         ax.set_title(m["name"], fontsize=9)
     fig.colorbar(cs, ax=axes, label="training loss (shared scale)")
-    fig.savefig(out / "pca-paths.png", dpi=110)
+    save_png(fig, out / "pca-paths.png")
     fig2.tight_layout()
-    fig2.savefig(out / "edge-of-stability.png", dpi=110)
+    save_png(fig2, out / "edge-of-stability.png")
     plt.close(fig)
     plt.close(fig2)
     return {"figures": ["pca-paths.png", "edge-of-stability.png"]}
