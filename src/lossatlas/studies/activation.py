@@ -5,7 +5,8 @@ linear function.
 A sigmoid's slope is at most 1/4 (tanh's and ReLU's is 1), so the gradient reaching the first layer
 of a sigmoid MLP is ~4^-(depth-1) times smaller at the same weights: with the others' learning rate
 it stays undertrained (quick size: 54 % training accuracy after 20 epochs). ``lr_by_activation``
-sets a larger step for it; the learning rate actually used is the table's ``lr`` column.
+sets a larger step for it; the learning rate actually used is the table's ``lr`` column. The 4× step
+suffices at depth 3 (two sigmoid layers: 99.9 % training accuracy); at depth 4 it does not (54 %).
 """
 
 from ._core import Study, register
@@ -30,7 +31,7 @@ STUDY = register(Study(
     {"tiny": {"activations": ["linear", "tanh"], "depth": 2, "width": 8,
               "data": {"name": "digits", "n_train": 200, "n_test": 100},
               "train": {"epochs": 2, "lr": 0.05, "batch_size": 50}, "metrics": TINY},
-     "quick": {"activations": ACTS, "depth": 3, "width": 32, "data": {"name": "digits", "n_train": 1200},
+     "quick": {"activations": ACTS, "depth": 3, "width": 64, "data": {"name": "digits", "n_train": 1200},
                "train": {"epochs": 60, "lr": 0.05, "batch_size": 64}, "lr_by_activation": {"sigmoid": 0.2},
                "metrics": QUICK, "clip": 3.0},
      "full": {"activations": ACTS, "depth": 5, "width": 64,

@@ -62,7 +62,7 @@ STUDY = register(Study(
     {"tiny": {"batch_sizes": [16, 100], "weight_decays": [0.0, 5e-3], "hidden": [8],
               "data": {"name": "digits", "n_train": 200, "n_test": 100}, "train": {"epochs": 2, "lr": 0.05},
               "raw_span": 0.5, "metrics": TINY},
-     "quick": {"batch_sizes": [16, 256], "weight_decays": [0.0, 5e-3], "hidden": [32, 32],
+     "quick": {"batch_sizes": [16, 256], "weight_decays": [0.0, 5e-3], "hidden": [64, 64],
                "data": {"name": "digits", "n_train": 1200}, "train": {"epochs": 60, "lr": 0.05},
                "raw_span": 0.5, "metrics": QUICK, "clip": 3.0},
      "full": {"batch_sizes": [32, 4096], "weight_decays": [0.0, 5e-4], "hidden": [128, 128],

@@ -74,7 +74,7 @@ STUDY = register(Study(
     {"tiny": {"lrs": [0.1], "hidden": [8], "data": {"name": "digits", "n_train": 200, "n_test": 100},
               "train": {"epochs": 10, "batch_size": 200}, "record_every": 2, "curvature_every": 2,
               "metrics": TINY},
-     "quick": {"lrs": [0.05, 0.2], "hidden": [32], "data": {"name": "digits", "n_train": 1200},
+     "quick": {"lrs": [0.05, 0.2], "hidden": [64], "data": {"name": "digits", "n_train": 1200},
                "train": {"epochs": 1000, "batch_size": 1200}, "record_every": 20, "curvature_every": 2,
                "metrics": QUICK, "clip": 3.0},
      "full": {"lrs": [0.02, 0.05, 0.1, 0.2], "hidden": [64, 64],
