@@ -115,6 +115,25 @@ def test_interrupted_study_reruns_only_what_is_missing(tiny, tmp_path):
     assert len(r.trained) == 1 and len(r.cached) == len(r.rows) - 1
 
 
+def test_gallery_page_from_the_tables(tiny, tmp_path):
+    from lossatlas.studies.gallery import ORDER, findings, write_gallery
+
+    results, root = tiny
+    page = write_gallery(root, tmp_path / "docs", run=False).read_text()
+    assert "## What reproduces at this scale" in page and "## Time of each quick study" in page
+    for name in ORDER:
+        assert f"## `{name}`" in page and f"| {name} |" in page
+        for fig in results[name].figures:
+            assert (tmp_path / "docs" / "images" / "studies" / f"{name}-{fig}").exists()
+    claims = []
+    lines = findings("skip", results["skip"].rows, {}, claims)
+    assert lines[0].startswith("Training: lowest training accuracy")
+    s, n = sorted(results["skip"].rows, key=lambda r: not r["shortcuts"])[:2]
+    assert claims[0][2] == (n["nonconvexity"] > s["nonconvexity"])      # the flag is the numbers' comparison
+    assert f"{s['nonconvexity']:.3f} with vs {n['nonconvexity']:.3f} without" == claims[0][3]
+    assert claims[1][2] == (n["minima"] > s["minima"])
+
+
 def test_config_hash_is_canonical():
     assert studies.config_hash({"a": 1, "b": [1, 2]}) == studies.config_hash({"b": [1, 2], "a": 1})
     assert studies.config_hash({"a": 1}) != studies.config_hash({"a": 2})
@@ -252,6 +271,7 @@ def test_stderr_rejects_bad_input():
 # ------------------------------------------------------------------------------------ full quick runs
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)                # a quick study is ~1–3 min of CPU; wall on a shared machine is several ×
 @pytest.mark.parametrize("name", NAMES)
 def test_quick_study(tmp_path, name):
     r = run_study(name, tmp_path / name, size="quick")

@@ -199,6 +199,13 @@ def trained_model(member: Mapping[str, Any], root: Path, data_cache: dict,
 
 # ------------------------------------------------------------------------------------------------ metrics
 
+def _full_loss(model: torch.nn.Module, data, loss: str) -> float:
+    """The loss over the whole of ``data`` (one forward pass, eval mode)."""
+    x, y = data
+    with torch.no_grad():
+        return float(LOSSES[loss]()(model(x), y))
+
+
 def _accuracy(model: torch.nn.Module, data, loss: str) -> float:
     x, y = data
     with torch.no_grad():
@@ -214,6 +221,11 @@ def _problem(model, member, data, n: int | None):
     if n is not None and n < len(x):
         x, y = x[:n], y[:n]
     return Problem(model, LOSSES[member["loss"]](), (x, y), metrics=None)
+
+
+def _metric_n(data, n: int | None) -> int:
+    """How many training samples the metrics use: ``n`` (at most all of them), or all when ``None``."""
+    return len(data[0]) if n is None else min(int(n), len(data[0]))
 
 
 def _f(v: Any) -> float:
@@ -239,7 +251,9 @@ def member_metrics(model, member: Mapping[str, Any], data, mcfg: Mapping[str, An
     row: dict[str, Any] = {"model": member["name"], "params": int(sum(v.numel() for v in theta.values()))}
     row["train_acc"] = _accuracy(model, train_data, member["loss"])
     row["test_acc"] = _accuracy(model, test_data, member["loss"])
-    row["train_loss"] = _f(problem.loss(theta))
+    row["train_loss"] = _full_loss(model, train_data, member["loss"])   # the whole training set, like train_acc
+    row["metric_loss"] = _f(problem.loss(theta))   # on the metric_n samples every landscape metric uses
+    row["metric_n"] = int(_metric_n(train_data, mcfg.get("metric_n")))
     d = directions.random(problem, n=2, seed=seed)
     steps, span = int(mcfg["steps"]), float(mcfg.get("span", 1.0))
     ds = surface(problem, None, d, steps=steps, span=span, progress=False, metrics=False)
@@ -288,11 +302,11 @@ def member_metrics(model, member: Mapping[str, Any], data, mcfg: Mapping[str, An
     return {"row": row, "plane": plane}
 
 
-COLUMNS = ["model", "params", "train_acc", "test_acc", "train_loss", "verdict", "certificates", "nonconvexity",
-           "nonconvexity_half", "negative_curvature", "minima", "minima_half", "minima_checked", "minima_real",
-           "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max", "lambda_min", "ratio",
-           "eig_converged", "trace", "trace_err", "sam", "asam", "eps_sharpness", "filter_width", "filter_width_err",
-           "train_seconds", "metric_seconds", "cached"]
+COLUMNS = ["model", "params", "train_acc", "test_acc", "train_loss", "metric_loss", "metric_n", "verdict",
+           "certificates", "nonconvexity", "nonconvexity_half", "negative_curvature", "minima", "minima_half",
+           "minima_checked", "minima_real", "minima_saddle", "minima_not_critical", "minima_unresolved", "lambda_max",
+           "lambda_min", "ratio", "eig_converged", "trace", "trace_err", "sam", "asam", "eps_sharpness",
+           "filter_width", "filter_width_err", "train_seconds", "metric_seconds", "cached"]
 
 
 def plane_dataset(plane: Mapping[str, Any]) -> xr.Dataset:

@@ -19,6 +19,20 @@ def _mpl():
     return plt
 
 
+def save_png(fig, path: Path, dpi: int = 100) -> None:
+    """Write ``fig`` as a small PNG: rendered at ``dpi``, then reduced to an adaptive 256-colour palette
+    (plots have few colours; this keeps the gallery's images a fraction of their RGBA size)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
 def shared_limits(planes, clip: float | None) -> tuple[float, float]:
     """(vmin, vmax) over every plane: the lowest loss of the family, and the highest one clipped at
     vmin + ``clip`` (so one exploding member does not wash out the others)."""
@@ -55,7 +69,7 @@ def family_figures(study, rows, planes, out: Path, cfg) -> tuple[dict[str, Any],
         fig.colorbar(mesh, ax=axes, shrink=0.8, label="training loss (shared scale)")
     fig.suptitle(f"{study.name}: filter-normalised random planes, one colour scale", fontsize=10)
     figs = []
-    fig.savefig(out / "planes.png", dpi=110)
+    save_png(fig, out / "planes.png")
     plt.close(fig)
     figs.append("planes.png")
 
@@ -72,7 +86,7 @@ def family_figures(study, rows, planes, out: Path, cfg) -> tuple[dict[str, Any],
     ax.set_title(f"{study.name}: 1D slices through θ (shared axis)", fontsize=10)
     ylim = ax.get_ylim()
     fig.tight_layout()
-    fig.savefig(out / "slices.png", dpi=110)
+    save_png(fig, out / "slices.png")
     plt.close(fig)
     figs.append("slices.png")
 
@@ -89,7 +103,7 @@ def family_figures(study, rows, planes, out: Path, cfg) -> tuple[dict[str, Any],
         ax.set_xticks(xs, names, rotation=60, fontsize=7, ha="right")
         ax.set_title(label, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "metrics.png", dpi=110)
+    save_png(fig, out / "metrics.png")
     plt.close(fig)
     figs.append("metrics.png")
     return {"planes": {"vmin": vmin, "vmax": vmax, "drawn": drawn}, "slices": {"ylim": list(ylim)}}, figs

@@ -7,7 +7,7 @@ import numpy as np
 from .. import directions, metrics
 from ..surface import surface
 from ._core import Study, _problem, register
-from ._figures import _mpl
+from ._figures import _mpl, save_png
 from ._sizes import FULL, QUICK, TINY, member
 
 
@@ -50,7 +50,7 @@ def extra(ctx):
     fig.suptitle("batch size × weight decay: the same minimisers along two kinds of direction (shared y axis)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(ctx["out"] / "directions.png", dpi=110)
+    save_png(fig, ctx["out"] / "directions.png")
     plt.close(fig)
     return {"figures": ["directions.png"]}
 
@@ -62,7 +62,7 @@ STUDY = register(Study(
     {"tiny": {"batch_sizes": [16, 100], "weight_decays": [0.0, 5e-3], "hidden": [8],
               "data": {"name": "digits", "n_train": 200, "n_test": 100}, "train": {"epochs": 2, "lr": 0.05},
               "raw_span": 0.5, "metrics": TINY},
-     "quick": {"batch_sizes": [16, 256], "weight_decays": [0.0, 5e-3], "hidden": [32, 32],
+     "quick": {"batch_sizes": [16, 256], "weight_decays": [0.0, 5e-3], "hidden": [64, 64],
                "data": {"name": "digits", "n_train": 1200}, "train": {"epochs": 60, "lr": 0.05},
                "raw_span": 0.5, "metrics": QUICK, "clip": 3.0},
      "full": {"batch_sizes": [32, 4096], "weight_decays": [0.0, 5e-4], "hidden": [128, 128],

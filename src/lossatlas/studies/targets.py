@@ -28,7 +28,7 @@ STUDY = register(Study(
     "does convexity depend on the targets? (no: it depends on the model and the loss)",
     {"tiny": {"n": 64, "hidden": 4, "train": {"epochs": 3, "lr": 0.1, "batch_size": 32},
               "metrics": {**TINY, "audit_budget": 200}},
-     "quick": {"n": 400, "hidden": 8, "train": {"epochs": 40, "lr": 0.1, "batch_size": 50},
+     "quick": {"n": 1000, "hidden": 16, "train": {"epochs": 40, "lr": 0.1, "batch_size": 50},
                "metrics": {**QUICK, "audit_budget": 200}, "clip": 2.0},
      "full": {"n": 4000, "hidden": 32, "train": {"epochs": 100, "lr": 0.1, "batch_size": 100},
               "metrics": {**FULL}, "clip": 2.0}},

@@ -9,7 +9,7 @@ from ..plot import edge_of_stability
 from ..surface import surface
 from ..trajectory import Trajectory, project
 from ._core import Study, _problem, register
-from ._figures import _mpl
+from ._figures import _mpl, save_png
 from ._sizes import FULL, QUICK, TINY, member
 
 
@@ -59,9 +59,9 @@ def extra(ctx):
         ax.set_ylabel(f"PC2 ({100 * row['pc2_variance']:.1f} %)")
         ax.set_title(m["name"], fontsize=9)
     fig.colorbar(cs, ax=axes, label="training loss (shared scale)")
-    fig.savefig(out / "pca-paths.png", dpi=110)
+    save_png(fig, out / "pca-paths.png")
     fig2.tight_layout()
-    fig2.savefig(out / "edge-of-stability.png", dpi=110)
+    save_png(fig2, out / "edge-of-stability.png")
     plt.close(fig)
     plt.close(fig2)
     return {"figures": ["pca-paths.png", "edge-of-stability.png"]}
@@ -74,8 +74,8 @@ STUDY = register(Study(
     {"tiny": {"lrs": [0.1], "hidden": [8], "data": {"name": "digits", "n_train": 200, "n_test": 100},
               "train": {"epochs": 10, "batch_size": 200}, "record_every": 2, "curvature_every": 2,
               "metrics": TINY},
-     "quick": {"lrs": [0.05, 0.2], "hidden": [32], "data": {"name": "digits", "n_train": 1200},
-               "train": {"epochs": 150, "batch_size": 1200}, "record_every": 5, "curvature_every": 3,
+     "quick": {"lrs": [0.05, 0.2], "hidden": [64], "data": {"name": "digits", "n_train": 1200},
+               "train": {"epochs": 1000, "batch_size": 1200}, "record_every": 20, "curvature_every": 2,
                "metrics": QUICK, "clip": 3.0},
      "full": {"lrs": [0.02, 0.05, 0.1, 0.2], "hidden": [64, 64],
               "data": {"name": "fashion", "n_train": 5000, "n_test": 2000},
