@@ -83,7 +83,7 @@ def main() -> None:
             after = lossatlas.interpolate(problem, a, result.params, steps=101, progress=False)
             print(f"barrier {line.attrs['barrier']:.4f} -> {after.attrs['barrier']:.4f} after alignment "
                   f"({result.iterations} sweeps)")
-        dt, curve = timed(lambda: lossatlas.connect(problem, a, b, steps=50, lr=0.03, batch_size=128, seed=rep,
+        dt, curve = timed(lambda: lossatlas.connect(problem, a, b, iters=50, lr=0.03, batch_size=128, seed=rep,
                                                     progress=False))
         times["connect step"].append(dt / 50)
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -278,9 +278,9 @@ def member_metrics(model, member: Mapping[str, Any], data, mcfg: Mapping[str, An
     lap("trace")
     row.update(trace=tr.value, trace_err=tr.error)
     ss = int(mcfg.get("sharp_steps", 10))
-    row["sam"] = sharpness.sam_sharpness(problem, rho=float(mcfg.get("rho", 0.05)), steps=ss, seed=seed).value
-    row["asam"] = sharpness.adaptive_sharpness(problem, rho=float(mcfg.get("asam_rho", 0.5)), steps=ss, seed=seed).value
-    row["eps_sharpness"] = sharpness.epsilon_sharpness(problem, epsilon=float(mcfg.get("epsilon", 1e-3)), steps=ss,
+    row["sam"] = sharpness.sam_sharpness(problem, rho=float(mcfg.get("rho", 0.05)), iters=ss, seed=seed).value
+    row["asam"] = sharpness.adaptive_sharpness(problem, rho=float(mcfg.get("asam_rho", 0.5)), iters=ss, seed=seed).value
+    row["eps_sharpness"] = sharpness.epsilon_sharpness(problem, epsilon=float(mcfg.get("epsilon", 1e-3)), iters=ss,
                                                        seed=seed).value
     fw = sharpness.filter_width(problem, delta=float(mcfg.get("width_delta", 0.1)), span=span,
                                 steps=int(mcfg.get("width_steps", 21)), seed=seed)
