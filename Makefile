@@ -34,10 +34,7 @@ test-all: $(STAMP)
 # benchmark's exact spectrum takes about an hour the first time (then cached); drop --no-exact for it.
 bench: $(STAMP)
 	$(PIP) install --no-deps loss-landscapes pyhessian
-	$(BIN)/python benchmarks/bench_surface.py
-	$(BIN)/python benchmarks/bench_curvature.py --no-exact
-	$(BIN)/python benchmarks/bench_paths.py
-	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/run_all.py  # every benchmark, then one PASS/MISS table (log: build/bench.log)
 
 images: $(STAMP)
 	$(BIN)/lossatlas demo --out build/demo --no-progress

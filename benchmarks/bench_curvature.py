@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lossatlas  # noqa: E402
 from lossatlas import curvature, examples  # noqa: E402
+from _verdict import verdict  # noqa: E402
 
 
 def timed(fn):
@@ -320,15 +321,21 @@ def main() -> None:
         print(f"   λmax ≤ 1e-5 rel. error, no slower than pyhessian at that accuracy (its error "
               f"{ref['error']:.1e}): {ours['seconds']:.3f} s vs {ref['seconds']:.3f} s, error {ours['error']:.1e}"
               f" → {'met' if ok else 'NOT met'}")
+        verdict("λmax (rel. error ≤ 1e-5) time / pyhessian's", ours["seconds"] / ref["seconds"], 1.0,
+                detail=f"error {ours['error']:.1e}")
     small = results["lambda_min"]["lossatlas Lanczos smallest (tol 1e-3)"]
     ok = small["converged"] and small["residual"] <= 1e-3 and small["seconds"] < 1.0
     print(f"   λmin converged, residual ≤ 1e-3·λmax, < 1 s: {small['seconds']:.3f} s, residual/λmax "
           f"{small['residual']:.1e} → {'met' if ok else 'NOT met'}")
+    verdict("λmin converged, residual ≤ 1e-3·λmax: seconds", small["seconds"] if small["converged"] and
+            small["residual"] <= 1e-3 else float("inf"), 1.0, unit=" s")
     tr = results["trace"]["lossatlas Hutch++ (99 products)"]
     if exact:
         ok = tr["rel_error"] <= 0.01 and tr["seconds"] < 1.0
         print(f"   trace within 1 % in < 1 s: {tr['seconds']:.3f} s, error {tr['rel_error']:.2%} → "
               f"{'met' if ok else 'NOT met'}")
+        verdict("trace within 1 %: seconds", tr["seconds"] if tr["rel_error"] <= 0.01 else float("inf"), 1.0,
+                unit=" s", detail=f"error {tr['rel_error']:.2%}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
 

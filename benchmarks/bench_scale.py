@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _verdict import verdict  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
@@ -186,6 +189,7 @@ def section_speedup(args, tmp: Path) -> None:
     print(f"speed-up 2 ranks / 1 process: median of per-repetition ratios {med:.2f}x "
           f"(ratio of medians {statistics.median(rows['1 process']) / statistics.median(rows['torchrun 2 ranks']):.2f}x)"
           f"; target >= 1.6x: {'OK' if med >= 1.6 else 'MISSED'}")
+    verdict("torchrun 2 ranks / 1 process speed-up", med, 1.6, ">=", unit="x")
     ceil = statistics.median(ceilings)
     print(f"machine ceiling (two one-thread GEMM processes / one, measured between runs): {ceil:.2f}x; "
           f"the 2-rank run reached {med / ceil:.0%} of it (other jobs on a shared machine lower the ceiling)")
