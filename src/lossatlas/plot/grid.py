@@ -131,31 +131,9 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
         ax = axs[i // ncols][i % ncols]
         da = ds[variable]
         if one_d:
-            dim = da.dims[0]
-            y, _ = _masked(da.values, log)
-            ax.plot(ds[dim].values, y, linewidth=1.6)
-            if log:
-                ax.set_yscale("log")
-            ax.set_ylim(lo, hi)
-            x = ds[dim].values
-            if x.min() <= 0 <= x.max():
-                ax.axvline(0.0, color="red", linestyle=":", linewidth=1)
-            ax.set_xlabel(str(ds[dim].attrs.get("long_name", dim)))
-            ax.grid(alpha=0.3)
+            _line_panel(ax, ds, da, log, lo, hi)
         else:
-            dx, dy = da.dims
-            z, _ = _masked(da.transpose(dy, dx).values, log)
-            xs, ys = ds[dx].values, ds[dy].values
-            if kind == "contour":
-                mappable = ax.contour(xs, ys, z, levels=lv, cmap=cmap, norm=norm, linewidths=1.0)
-            elif kind == "filled":
-                mappable = ax.contourf(xs, ys, np.ma.clip(z, lv[0], lv[-1]), levels=lv, cmap=cmap, norm=norm,
-                                       extend="both")
-            else:
-                mappable = ax.pcolormesh(xs, ys, z, cmap=cmap, norm=norm, shading="nearest")
-            _mark_center(ax, ds, (dx, dy), True)
-            ax.set_xlabel(str(ds[dx].attrs.get("long_name", dx)), fontsize=8)
-            ax.set_ylabel(str(ds[dy].attrs.get("long_name", dy)), fontsize=8)
+            mappable = _plane_panel(ax, ds, da, kind, lv, cmap, norm, log)
         ax.set_title(_title(ds, i, titles), fontsize=10)
     for j in range(n, nrows * ncols):
         axs[j // ncols][j % ncols].set_visible(False)
@@ -172,6 +150,40 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
     fig.lossatlas_range = (lo, hi)
     fig.lossatlas_log = bool(log)
     return fig
+
+
+def _line_panel(ax, ds: xr.Dataset, da: xr.DataArray, log: bool, lo: float, hi: float) -> None:
+    """One 1-D panel of :func:`grid`: the line on the shared range, θ's coordinate 0 dotted."""
+    dim = da.dims[0]
+    y, _ = _masked(da.values, log)
+    ax.plot(ds[dim].values, y, linewidth=1.6)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    x = ds[dim].values
+    if x.min() <= 0 <= x.max():
+        ax.axvline(0.0, color="red", linestyle=":", linewidth=1)
+    ax.set_xlabel(str(ds[dim].attrs.get("long_name", dim)))
+    ax.grid(alpha=0.3)
+
+
+def _plane_panel(ax, ds: xr.Dataset, da: xr.DataArray, kind: str, lv, cmap, norm, log: bool):
+    """One 2-D panel of :func:`grid` (contour, filled or heatmap, on the shared levels and norm),
+    θ marked; returns the mappable."""
+    dx, dy = da.dims
+    z, _ = _masked(da.transpose(dy, dx).values, log)
+    xs, ys = ds[dx].values, ds[dy].values
+    if kind == "contour":
+        mappable = ax.contour(xs, ys, z, levels=lv, cmap=cmap, norm=norm, linewidths=1.0)
+    elif kind == "filled":
+        mappable = ax.contourf(xs, ys, np.ma.clip(z, lv[0], lv[-1]), levels=lv, cmap=cmap, norm=norm,
+                               extend="both")
+    else:
+        mappable = ax.pcolormesh(xs, ys, z, cmap=cmap, norm=norm, shading="nearest")
+    _mark_center(ax, ds, (dx, dy), True)
+    ax.set_xlabel(str(ds[dx].attrs.get("long_name", dx)), fontsize=8)
+    ax.set_ylabel(str(ds[dy].attrs.get("long_name", dy)), fontsize=8)
+    return mappable
 
 
 @public("plot.lines")
