@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from . import params as P
 from ._permspec import PermutationSpec, permutation_spec
-from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed, current_function, public
+from .errors import EvaluationError, ParameterMismatchError, bad_type, bad_value, check_seed, public
 from .problem import Problem
 
 __all__ = ["align", "Alignment", "permute"]
@@ -108,6 +108,33 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
     module = problem.model if problem is not None else model
     if not isinstance(module, nn.Module):
         raise bad_type("model", "an nn.Module or a lossatlas.Problem", model)
+    a, b = _check_states(a, b, module)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise bad_value("max_iter", "an integer >= 1", max_iter)
+    seed = check_seed(seed)
+
+    spec = permutation_spec(module)
+    param_names = {n for n, _ in module.named_parameters()}
+    weights = [k for k in a if k in param_names and any(ax is not None for ax in spec.axes.get(k, ()))]
+    wa = {k: a[k].detach().to("cpu", torch.float64) for k in weights}
+    wb = {k: b[k].detach().to("cpu", torch.float64) for k in weights}
+    before = _objective(wa, wb, spec, {g: torch.arange(n) for g, n in spec.groups.items()})
+    perms, iterations, converged = _weight_matching(wa, wb, spec, np.random.default_rng(int(seed)), max_iter)
+    after = _objective(wa, wb, spec, perms)
+    aligned = permute(b, spec, perms)
+    param_keys = [k for k in a if k in param_names]
+    dist_before = P.norm({k: a[k].double() - b[k].double() for k in param_keys})
+    dist_after = P.norm({k: a[k].double() - aligned[k].double() for k in param_keys})
+    result = Alignment(aligned, perms, spec, iterations, converged, before, after, dist_before, dist_after,
+                       info={"method": "weight matching (Ainsworth et al. 2023)", "seed": int(seed),
+                             "groups": dict(spec.groups)})
+    if check:
+        result.max_output_difference = _check_function(module, problem, example, b, spec, perms)
+    return result
+
+
+def _check_states(a: Any, b: Any, module: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``a`` and ``b`` as state dicts of ``module``: the same entries, each of the model's shape."""
     a = _as_state(a, "a")
     b = _as_state(b, "b")
     P.check_like(a, b, arg="b", ref_arg="a", check_dtype=False)
@@ -120,18 +147,13 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
         if tuple(t.shape) != tuple(known[k].shape):
             raise ParameterMismatchError(f"align(): argument 'a[{k!r}]' must have the model's shape "
                                          f"{tuple(known[k].shape)}; received {tuple(t.shape)}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise bad_value("max_iter", "an integer >= 1", max_iter)
-    seed = check_seed(seed)
+    return a, b
 
-    spec = permutation_spec(module)
-    param_names = {n for n, _ in module.named_parameters()}
-    weights = [k for k in a if k in param_names and any(ax is not None for ax in spec.axes.get(k, ()))]
-    wa = {k: a[k].detach().to("cpu", torch.float64) for k in weights}
-    wb = {k: b[k].detach().to("cpu", torch.float64) for k in weights}
+
+def _weight_matching(wa, wb, spec, rng: np.random.Generator, max_iter: int):
+    """Coordinate ascent of Σ ⟨W_a, P W_b Pᵀ⟩ over one permutation group at a time (a linear
+    assignment each, groups in random order), from the identity: (perms, iterations, converged)."""
     perms = {g: torch.arange(n) for g, n in spec.groups.items()}
-    before = _objective(wa, wb, spec, perms)
-    rng = np.random.default_rng(int(seed))
     names = sorted(spec.groups)
     converged, iterations = not names, 0
     for iterations in range(1, max_iter + 1):
@@ -149,28 +171,17 @@ def align(a: Mapping[str, Tensor] | nn.Module, b: Mapping[str, Tensor] | nn.Modu
         if not improved:
             converged = True
             break
-    after = _objective(wa, wb, spec, perms)
-    aligned = permute(b, spec, perms)
-    param_keys = [k for k in a if k in param_names]
-    dist_before = P.norm({k: a[k].double() - b[k].double() for k in param_keys})
-    dist_after = P.norm({k: a[k].double() - aligned[k].double() for k in param_keys})
-    result = Alignment(aligned, perms, spec, iterations, converged, before, after, dist_before, dist_after,
-                       info={"method": "weight matching (Ainsworth et al. 2023)", "seed": int(seed),
-                             "groups": dict(spec.groups)})
-    if check:
-        result.max_output_difference = _check_function(module, problem, example, b, spec, perms)
-    return result
+    return perms, iterations, converged
 
 
-def _as_state(x: Any, arg: str, func: str | None = None) -> dict[str, Tensor]:
-    func = func or current_function("align", innermost=True)
+def _as_state(x: Any, arg: str) -> dict[str, Tensor]:
     if isinstance(x, nn.Module):
         return {k: v.detach() for k, v in x.state_dict().items()}
     if not isinstance(x, Mapping) or not x:
-        raise bad_type(func, arg, "a non-empty dict of tensors (parameters or a state_dict) or an nn.Module", x)
+        raise bad_type(arg, "a non-empty dict of tensors (parameters or a state_dict) or an nn.Module", x)
     for k, v in x.items():
         if not isinstance(v, Tensor):
-            raise bad_type(func, f"{arg}[{k!r}]", "a tensor", v)
+            raise bad_type(f"{arg}[{k!r}]", "a tensor", v)
     return dict(x)
 
 

@@ -295,6 +295,24 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
 
     k = int(bends)
     init = [P.axpy(j / (k + 1), P.sub(b, a), a) for j in range(1, k + 1)]
+    t0 = time.perf_counter()
+    leaves, history = _train_bends(problem, a, b, init, curve=curve, iters=int(iters), lr=float(lr),
+                                   weight_decay=float(weight_decay), batch_size=batch_size, seed=int(seed),
+                                   progress=progress)
+    seconds = time.perf_counter() - t0
+    points = [a, *({n: v.detach() for n, v in p.items()} for p in leaves), b]
+    info = {"curve": curve, "bends": k, "steps": int(iters), "lr": float(lr), "batch_size": batch_size,
+            "seed": int(seed), "weight_decay": float(weight_decay), "seconds": seconds,
+            "objective": "E_t~U[0,1] L(phi(t)) (Garipov et al. 2018)"}
+    return Curve(curve, points, problem, info, history)
+
+
+def _train_bends(problem: Problem, a, b, init, *, curve: str, iters: int, lr: float, weight_decay: float,
+                 batch_size: int | None, seed: int, progress: bool) -> tuple[list[dict[str, Tensor]], list[float]]:
+    """Adam with a cosine schedule on the bends (starting at ``init``) of the curve a → b, one
+    t ~ U[0, 1] and one batch per step (the objective E_t L(φ(t)); BatchNorm in train mode under the
+    problem's lock): (the trained bends as leaves, the loss of every step)."""
+    k = len(init)
     leaves = [{n: v.detach().clone().requires_grad_(True) for n, v in p.items()} for p in init]
     opt = torch.optim.Adam([v for p in leaves for v in p.values()], lr=float(lr), weight_decay=float(weight_decay))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / iters)))
@@ -302,7 +320,6 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
     history: list[float] = []
     batches = list(problem.data)
     bn_buffers = _bn_buffer_names(problem)
-    t0 = time.perf_counter()
     lock = problem._guard.lock  # BatchNorm of the shared private module in train mode: no other thread meanwhile
     lock.acquire()
     try:
@@ -333,12 +350,7 @@ def connect(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mapping[st
         for m in problem.batchnorm_modules:
             m.eval()
         lock.release()
-    seconds = time.perf_counter() - t0
-    points = [a, *({n: v.detach() for n, v in p.items()} for p in leaves), b]
-    info = {"curve": curve, "bends": k, "steps": int(iters), "lr": float(lr), "batch_size": batch_size,
-            "seed": int(seed), "weight_decay": float(weight_decay), "seconds": seconds,
-            "objective": "E_t~U[0,1] L(phi(t)) (Garipov et al. 2018)"}
-    return Curve(curve, points, problem, info, history)
+    return leaves, history
 
 
 def _combine(points: Sequence[Mapping[str, Tensor]], coeffs: Sequence[float]) -> dict[str, Tensor]:

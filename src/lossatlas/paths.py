@@ -30,7 +30,7 @@ from . import _bn_honesty
 from . import params as P
 from ._ncattrs import make_safe
 from .directions import between
-from .errors import bad_type, bad_value, current_function, public
+from .errors import bad_type, bad_value, public
 from .grid_job import run_grid
 from .problem import Problem
 from .surface import open_surface, surface_job
@@ -78,7 +78,6 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     >>> ds.loss.dims, ds.attrs["mli"] in (0, 1), ds.attrs["barrier"] >= 0
     (('t',), True, True)
     """
-    func = "interpolate"
     if not isinstance(problem, Problem):
         raise bad_type("problem", "a lossatlas.Problem", problem)
     a = _as_params(problem, a, "a")
@@ -93,11 +92,10 @@ def interpolate(problem: Problem, a: Mapping[str, Tensor] | nn.Module, b: Mappin
     if bn is None and problem.has_batchnorm and problem.bn == "eval":
         bn = "recalibrate"  # two networks' points: stored statistics describe one endpoint at most (cheap on a line)
     evaluated = with_bn(problem, bn)
-    _bn_honesty.warn_if_stale(evaluated, func, [P.sub(b, a)], "the path from a to b")
+    _bn_honesty.warn_if_stale(evaluated, "interpolate", [P.sub(b, a)], "the path from a to b")
     with _bn_honesty.quiet():
         job, store = surface_job(evaluated, a, between(a, b), steps=int(steps), span=(lo, hi), strategy=strategy,
-                                 chunk=chunk, store=store, overwrite=overwrite, progress=progress, metrics=metrics,
-                                 func=func)
+                                 chunk=chunk, store=store, overwrite=overwrite, progress=progress, metrics=metrics)
     distance = P.norm(P.sub(b, a))
 
     def finish(ds: xr.Dataset) -> dict[str, Any]:  # the path metrics: part of the job's attrs (and its store's)
@@ -165,25 +163,23 @@ def path_metrics(t: np.ndarray, loss: np.ndarray, *, dtype: torch.dtype = torch.
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _as_params(problem: Problem, x: Any, arg: str, func: str | None = None) -> dict[str, Tensor]:
-    func = func or current_function("interpolate", innermost=True)
+def _as_params(problem: Problem, x: Any, arg: str) -> dict[str, Tensor]:
     if isinstance(x, nn.Module):
         x = P.params_of(x, dtype=problem.dtype, device=problem.device)
     if not isinstance(x, Mapping):
-        raise bad_type(func, arg, "a parameter dict (like problem.params()) or an nn.Module", x)
-    problem.check_params(x, func=func, arg=arg)
+        raise bad_type(arg, "a parameter dict (like problem.params()) or an nn.Module", x)
+    problem.check_params(x, arg=arg)
     return {k: v.detach() for k, v in x.items()}
 
 
-def _check_extend(extend: Any, func: str | None = None) -> tuple[float, float]:
-    func = func or current_function("interpolate", innermost=True)
+def _check_extend(extend: Any) -> tuple[float, float]:
     ok = (isinstance(extend, (list, tuple)) and len(extend) == 2
           and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in extend))
     if ok:
         lo, hi = float(extend[0]), float(extend[1])
         ok = math.isfinite(lo) and math.isfinite(hi) and lo <= 0.0 and hi >= 1.0
     if not ok:
-        raise bad_value(func, "extend", "a pair (lo, hi) of finite numbers with lo <= 0 and hi >= 1", extend)
+        raise bad_value("extend", "a pair (lo, hi) of finite numbers with lo <= 0 and hi >= 1", extend)
     return lo, hi
 
 

@@ -275,26 +275,26 @@ class GridStore:
         attrs = dict(group.attrs)
         missing = [k for k in ("dims", "chunk_shape", "variables", "provenance") if k not in attrs]
         if missing:
-            raise self._damaged(func, f"its metadata lacks {', '.join(missing)}")
+            raise self._damaged(f"its metadata lacks {', '.join(missing)}")
         self.integrity: dict[str, Any] | None = attrs.get(INTEGRITY) if isinstance(attrs.get(INTEGRITY), dict) else None
         #: whether the store carries checksums (False: made before checksums, "unverified")
         self.verified = self.integrity is not None
         #: what was edited in the attributes or coordinates since creation (empty when intact)
         self.metadata_problems: list[str] = self._metadata_problems(attrs)
         if verify and self.metadata_problems:
-            raise self._damaged(func, "; ".join(self.metadata_problems))
+            raise self._damaged("; ".join(self.metadata_problems))
         try:
             self.provenance: dict[str, Any] = json.loads(attrs["provenance"])
             self.variables: list[str] = list(attrs["variables"])
             self.grid = Grid(tuple(np.asarray(group[d][...], dtype=np.float64) for d in attrs["dims"]))
             self.layout: ChunkLayout = self.grid.chunks(attrs["chunk_shape"])
         except Exception as exc:
-            raise self._damaged(func, f"its metadata cannot be read: {exc}") from exc
+            raise self._damaged(f"its metadata cannot be read: {exc}") from exc
         self.writes_empty_chunks = bool(attrs.get("write_empty_chunks", False))
         self._arrays: dict[str, Any] = {}
         #: (chunks, values) checked by the last :meth:`repair` (None: nothing checked yet)
         self._trusted: tuple[set[tuple[int, ...]], dict[str, np.ndarray]] | None = None
-        self._validate(func)
+        self._validate()
 
     def _metadata_problems(self, attrs: Mapping[str, Any]) -> list[str]:
         """Attributes and coordinate arrays that differ from their digests taken at creation."""
@@ -507,12 +507,14 @@ class GridStore:
             return False
 
     # -- validation and repair ------------------------------------------------------------------
-    def _damaged(self, func: str, why: str) -> StoreError:
+    def _damaged(self, why: str) -> StoreError:
+        """The error naming this store as damaged (``why``), from the function that opened it."""
+        func = self.func
         arg = "path" if func.startswith("open") else "store"
         return StoreError(f"{func}(): argument '{arg}' points to a damaged lossatlas store at {str(self.path)!r} "
                           f"({why}); delete it or pass overwrite=True to recompute it")
 
-    def _validate(self, func: str) -> None:
+    def _validate(self) -> None:
         """Refuse a store whose arrays do not match its own metadata (never use it silently)."""
         expected = {name: (self.grid.shape, tuple(self.layout.chunk_shape), "float64") for name in self.variables}
         expected[DONE] = (self.layout.counts, (1,) * self.grid.ndim, "uint64" if self.verified else "uint8")
@@ -520,27 +522,37 @@ class GridStore:
             try:
                 arr = self.group[name]
             except Exception:
-                raise self._damaged(func, f"array {name!r} is missing") from None
+                raise self._damaged(f"array {name!r} is missing") from None
             if tuple(arr.shape) != tuple(shape) or tuple(arr.chunks) != tuple(chunks) or str(arr.dtype) != dtype:
-                raise self._damaged(func, f"array {name!r} has shape {tuple(arr.shape)}, chunks "
+                raise self._damaged(f"array {name!r} has shape {tuple(arr.shape)}, chunks "
                                           f"{tuple(arr.chunks)}, dtype {arr.dtype}; expected {tuple(shape)}, "
                                           f"{tuple(chunks)}, {dtype}")
 
     def _chunk_file(self, name: str, chunk: tuple[int, ...]) -> Path:
         return self.path.joinpath(name, "c", *map(str, chunk))
 
-    def repair(self, *, func: str) -> list[str]:
+    def repair(self, *, func: str | None = None) -> list[str]:
         """Clean up after a crashed run or damage (call while holding the lock, before writing).
 
         Removes ``*.partial`` files of interrupted writes, deletes chunk files that cannot be
         decoded, and un-marks done chunks that are damaged (values missing, unreadable, or not
         matching their checksum) so that they are computed again. Returns what was repaired (also
-        issued as a :class:`StoreRepairWarning` naming the chunks to recompute).
+        issued as a :class:`StoreRepairWarning` naming the chunks to recompute; ``func``: the function
+        it names, default: the one that opened the store).
         """
+        func = func or self.func
         with store_io(self.path, func=func, what="repair"):
-            return self._repair(func)
+            notes, redo = self._repair()
+        if notes:
+            again = (f"; chunk(s) {', '.join(map(str, sorted(redo)))} will be computed again" if redo else "")
+            warnings.warn(StoreRepairWarning(
+                f"{func}(): the store at {str(self.path)!r} was damaged or left half-written by an interrupted run "
+                f"and has been repaired: {'; '.join(notes[:5])}{' …' if len(notes) > 5 else ''}{again}"),
+                stacklevel=3)
+        return notes
 
-    def _repair(self, func: str) -> list[str]:
+    def _repair(self) -> tuple[list[str], set[tuple[int, ...]]]:
+        """What :meth:`repair` does: (notes, chunks to compute again)."""
         notes = []
         self._trusted = None
         partial = list(self.path.rglob("*.partial"))
@@ -570,13 +582,7 @@ class GridStore:
         # the done chunks just checked hold trusted values: kept, so that assembling the result of the run
         # that follows (under the same lock: nobody else writes them) reads each of them once, not twice
         self._trusted = ({c for c in self.layout if done[c] and c not in redo}, values)
-        if notes:
-            again = (f"; chunk(s) {', '.join(map(str, sorted(redo)))} will be computed again" if redo else "")
-            warnings.warn(StoreRepairWarning(
-                f"{func}(): the store at {str(self.path)!r} was damaged or left half-written by an interrupted run "
-                f"and has been repaired: {'; '.join(notes[:5])}{' …' if len(notes) > 5 else ''}{again}"),
-                stacklevel=4)
-        return notes
+        return notes, redo
 
     def _read_done(self) -> tuple[np.ndarray, list[tuple[int, ...]]]:
         """The done markers (0: not done; the chunk's digest, or 1 before checksums), and the chunks

@@ -123,48 +123,49 @@ def surface(
 def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, directions: Any, *,
                 steps: Any = 51, span: Any = 1.0, strategy: str = "auto", chunk: int | None = None,
                 store: Any = None, overwrite: Any = False, progress: Any = True, exact_linear: Any = True,
-                metrics: Any = True, parallel: str = "grid", allow_large: bool = False,
-                func: str = "surface") -> tuple[GridJob, Path | None]:
+                metrics: Any = True, parallel: str = "grid", allow_large: bool = False) -> tuple[GridJob, Path | None]:
     """The :class:`~lossatlas.grid_job.GridJob` of :func:`surface` (arguments validated, in the order
-    :func:`surface` documents) and the validated store path."""
+    :func:`surface` documents) and the validated store path. Messages (and the job) name the public
+    function building it (:func:`surface`, :func:`~lossatlas.interpolate`)."""
+    func = current_function("surface", innermost=True)
     if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+        raise bad_type("problem", "a lossatlas.Problem", problem)
     span_auto = None
     if isinstance(span, str):  # "auto" / "auto:F": spans found from the loss, recorded in attrs["span_auto"]
         factor = _auto_span.parse(span, func)
         start = problem.params() if center is None else center
-        problem.check_params(start, func=func, arg="center")
-        span_auto = json.loads(json.dumps(_auto_span.auto_span(problem, start, as_directions(directions, func=func)
-                                                               .vectors, factor), sort_keys=True))
+        problem.check_params(start, arg="center")
+        span_auto = json.loads(json.dumps(_auto_span.auto_span(problem, start, as_directions(directions).vectors,
+                                                               factor), sort_keys=True))
         span = [(-s, s) for s in span_auto["spans"]]
     if center is None:
         center = problem.params()
-    problem.check_params(center, func=func, arg="center")
-    dirs = as_directions(directions, func=func)
+    problem.check_params(center, arg="center")
+    dirs = as_directions(directions)
     for i, d in enumerate(dirs):
-        P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
-    worst = check_independent(dirs, func)
+        P.check_like(center, d, arg=f"directions[{i}]", ref_arg="center")
+    worst = check_independent(dirs)
     warn_if_stale(problem, func, dirs.vectors, "a direction")
     if "max_abs_cosine" not in dirs.spec:  # user directions: the measured value, not a default 0
         dirs = Directions(dirs.vectors, {**dirs.spec, "max_abs_cosine": worst})
     grid = Grid.make(len(dirs), steps, span, func=func)
     if strategy not in STRATEGIES:
-        raise bad_value(func, "strategy", f"one of {STRATEGIES}", strategy)
+        raise bad_value("strategy", f"one of {STRATEGIES}", strategy)
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise bad_value(func, "chunk", "a positive integer (points per chunk) or None", chunk)
+        raise bad_value("chunk", "a positive integer (points per chunk) or None", chunk)
     if parallel not in PARALLEL:
-        raise bad_value(func, "parallel", f"one of {PARALLEL}", parallel)
+        raise bad_value("parallel", f"one of {PARALLEL}", parallel)
     for flag, value in (("overwrite", overwrite), ("progress", progress), ("exact_linear", exact_linear),
                         ("metrics", metrics)):
         if not isinstance(value, bool):
-            raise bad_type(func, flag, "a bool", value)
+            raise bad_type(flag, "a bool", value)
     names = _names(problem, metrics)
     check_grid_cost(func, grid, problem, center, variables=len(names), allow_large=allow_large)
     store = check_store_args(func, store, overwrite)
     _faults.checkpoint("start")
 
     ctx = _dist_context()
-    base = _provenance(problem, center, dirs, grid, metrics, exact_linear, func=func)
+    base = _provenance(problem, center, dirs, grid, metrics, exact_linear)
     requested = {"strategy": None if strategy == "auto" else strategy,
                  "chunk_shape": None if chunk is None else list(grid.chunk_shape_for(chunk)),
                  "vmap_batch": None, "threads": None}
@@ -218,7 +219,10 @@ def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
 
 
 def _provenance(problem: Problem, center, dirs: Directions, grid: Grid, metrics: bool,
-                exact_linear: bool, *, func: str = "surface") -> dict[str, Any]:
+                exact_linear: bool, *, func: str | None = None) -> dict[str, Any]:
+    """The surface's provenance (``func`` names the ranks' agreement check, default: the public
+    function running)."""
+    func = func or current_function("surface", innermost=True)
     fp = problem.fingerprint()
     return {
         "format": FORMAT,

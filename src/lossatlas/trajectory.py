@@ -118,25 +118,24 @@ class TrajectoryRecorder:
     def record(self, model: nn.Module | Mapping[str, Tensor], step: int | None = None, **scalars: float) -> bool:
         """Save a checkpoint of ``model`` (a module or a dict of tensors) at ``step``; return whether
         this step was recorded (see ``every``). Steps must increase."""
-        func = "TrajectoryRecorder.record"
         if step is None:
             step = self._calls
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise bad_value(func, "step", "an integer >= 0", step)
+            raise bad_value("step", "an integer >= 0", step)
         step = int(step)
         self._calls += 1
         if step % self.every:
             return False
         if self._last_step is not None and step <= self._last_step:
-            raise bad_value(func, "step", f"larger than the last recorded step {self._last_step}", step)
-        state, params = _state_of(model, self.buffers, func)
+            raise bad_value("step", f"larger than the last recorded step {self._last_step}", step)
+        state, params = _state_of(model, self.buffers)
         values = {}
         for k, v in scalars.items():
             try:
                 values[k] = float(v.detach()) if isinstance(v, Tensor) else float(v)
             except (TypeError, ValueError):
-                raise bad_type(func, k, "a number (scalars are stored in the index)", v) from None
-        self._check_meta(state, params, func)
+                raise bad_type(k, "a number (scalars are stored in the index)", v) from None
+        self._check_meta(state, params)
         name = f"ckpt-{self._count:06d}.pt"
         target = self.path / name
         tmp = self.path / f".{name}.{os.getpid()}.tmp"
@@ -149,7 +148,9 @@ class TrajectoryRecorder:
         self._last_step = step
         return True
 
-    def _check_meta(self, state: Mapping[str, Tensor], params: Sequence[str], func: str) -> None:
+    def _check_meta(self, state: Mapping[str, Tensor], params: Sequence[str]) -> None:
+        """Write the recording's layout at the first checkpoint; refuse a later one that differs (the
+        message names the public function running)."""
         layout = {k: [list(v.shape), str(v.dtype if self.dtype is None or not v.is_floating_point() else self.dtype)]
                   for k, v in state.items()}
         if self._meta is None:
@@ -160,6 +161,7 @@ class TrajectoryRecorder:
         if self._meta["layout"] != layout:
             known = self._meta["layout"]
             diff = sorted(set(known) ^ set(layout)) or [k for k in layout if known[k] != layout[k]]
+            func = current_function("TrajectoryRecorder.record", innermost=True)
             raise ParameterMismatchError(f"{func}(): argument 'model' must have the entries, shapes and dtypes of "
                                          f"the recording's first checkpoint; they differ at {diff[:4]}")
 
@@ -168,11 +170,11 @@ class TrajectoryRecorder:
         return Trajectory.open(self.path)
 
 
-def _state_of(model: Any, buffers: bool, func: str) -> tuple[dict[str, Tensor], list[str]]:
+def _state_of(model: Any, buffers: bool) -> tuple[dict[str, Tensor], list[str]]:
     if isinstance(model, nn.Module):
         params = [k for k, v in model.named_parameters() if v.requires_grad]
         if not params:
-            raise bad_value(func, "model", "a module with trainable parameters", model)
+            raise bad_value("model", "a module with trainable parameters", model)
         if buffers:  # the full state_dict: frozen parameters and persistent buffers too
             state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
         else:
@@ -180,7 +182,7 @@ def _state_of(model: Any, buffers: bool, func: str) -> tuple[dict[str, Tensor], 
         return state, params
     if isinstance(model, Mapping) and model and all(isinstance(v, Tensor) for v in model.values()):
         return {k: v.detach() for k, v in model.items()}, [k for k, v in model.items() if v.is_floating_point()]
-    raise bad_type(func, "model", "an nn.Module or a non-empty dict of tensors", model)
+    raise bad_type("model", "an nn.Module or a non-empty dict of tensors", model)
 
 
 def _compact(t: Tensor, dtype: torch.dtype | None) -> Tensor:
@@ -461,8 +463,9 @@ def _why_unreadable(path: Path, exc: BaseException) -> str:
     return "it is neither a torch.save zip archive nor a pickle"
 
 
-def _as_trajectory(trajectory: Any, func: str | None = None) -> Trajectory:
-    func = func or current_function("project", innermost=True)
+def _as_trajectory(trajectory: Any) -> Trajectory:
+    """A :class:`Trajectory` from what ``project``-like functions accept (messages name the public
+    function running)."""
     if isinstance(trajectory, Trajectory):
         return trajectory
     if isinstance(trajectory, TrajectoryRecorder):
@@ -471,7 +474,7 @@ def _as_trajectory(trajectory: Any, func: str | None = None) -> Trajectory:
         return Trajectory.open(trajectory)
     if isinstance(trajectory, Sequence) and trajectory and all(isinstance(c, Mapping) for c in trajectory):
         return Trajectory.from_params(trajectory)
-    raise bad_type(func, "trajectory", "a Trajectory, a recording directory or a list of parameter dicts", trajectory)
+    raise bad_type("trajectory", "a Trajectory, a recording directory or a list of parameter dicts", trajectory)
 
 
 def _flat(params: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
@@ -521,18 +524,17 @@ def project(trajectory: Trajectory | str | Path | Sequence[Mapping[str, Tensor]]
     >>> ds.x.values.round(6).tolist(), ds.residual.values.round(6).tolist()
     ([0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 0.0, 1.0])
     """
-    func = "project"
-    traj = _as_trajectory(trajectory, func)
+    traj = _as_trajectory(trajectory)
     typed = _is_directions(directions)
     vectors = directions.vectors if typed else list(directions)
     if not vectors or len(vectors) > len(DIM_NAMES) or not all(isinstance(v, Mapping) for v in vectors):
-        raise bad_type(func, "directions", f"a Directions object or 1 to {len(DIM_NAMES)} parameter dicts", directions)
+        raise bad_type("directions", f"a Directions object or 1 to {len(DIM_NAMES)} parameter dicts", directions)
     names = list(vectors[0])
     if center is None:
         center = traj.final(names, device=next(iter(vectors[0].values())).device)
-    P.check_like(vectors[0], center, func=func, arg="center", ref_arg="directions", check_dtype=False)
+    P.check_like(vectors[0], center, arg="center", ref_arg="directions", check_dtype=False)
     for i, v in enumerate(vectors[1:], start=1):
-        P.check_like(vectors[0], v, func=func, arg=f"directions[{i}]", ref_arg="directions[0]", check_dtype=False)
+        P.check_like(vectors[0], v, arg=f"directions[{i}]", ref_arg="directions[0]", check_dtype=False)
     points = (traj.load(i, names) for i in range(len(traj)))
     coords, residual, distance = project_points(points, vectors, center)
     data = {DIM_NAMES[k]: ("step", coords[:, k]) for k in range(len(vectors))}

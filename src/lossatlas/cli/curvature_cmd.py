@@ -76,7 +76,6 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     """Extreme Hessian eigenvalues (with errors), trace and eigenvalue density at the target's centre
     (or of another curvature matrix: --matrix); with --per-layer, the trace and λmax of each layer's block."""
     from rich.console import Console
-    from rich.table import Table
 
     _checks.positive(tol, "--tol")
     _checks.out_file(density_plot, "--density-plot", _checks.FIGURE_SUFFIXES, what="figure file")
@@ -95,52 +94,15 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
     tr = curvature.trace(op, probes=trace_probes, seed=seed, progress=progress)
     dens = curvature.density(op, iters=density_iters, probes=density_probes, seed=seed, progress=progress)
     name = record.label
-    table = Table(title=f"{name} of {tgt.name} at its centre ({size:,} parameters, {op.dtype})".replace(
-        "torch.", ""))
-    table.add_column("", overflow="fold")
-    table.add_column("eigenvalue", justify="right", overflow="fold")
-    table.add_column("± error", justify="right", overflow="fold")
-    table.add_column("residual / max|λ|", justify="right", overflow="fold")
-    table.add_column("status", justify="left", overflow="fold")
-    half = len(eig) // 2 if len(eig) > 1 else len(eig)
-    labels = [f"λ{i + 1}" if i else "λmax" for i in range(half)]
-    labels += [f"λmin+{len(eig) - 1 - i}" if i < len(eig) - 1 else "λmin" for i in range(half, len(eig))]
-    for label, row in zip(labels, eig.summary()):
-        status = row["status"] if row["converged"] and row["extremal_certified"] else f"[red]{row['status']}[/red]"
-        table.add_row(label, f"{row['value']:.6g}", f"{row['error']:.1e}", f"{row['relative_residual']:.1e}", status)
-    console.print(table)
+    console.print(_eigen_table(eig, f"{name} of {tgt.name} at its centre ({size:,} parameters, {op.dtype})"))
     exactness = "exact" if op.exact else "approximate: finite differences"
     console.print(f"products: {op.method} ({exactness}); zero band τ = {eig.zero_tol:.1e} (|λ| ≤ τ cannot be told "
                   "from 0 by these "
                   "products)", highlight=False)
     for note in dict.fromkeys((*op.method_notes, *eig.notes, *tr.notes, *dens.notes)):
         console.print(f"note: {note}", highlight=False)
-    lo, hi = dens.negative_bounds
-    console.print(f"trace ({tr.method}, {tr.products} products): {tr}")
-    console.print(f"negative eigenvalue mass below −τ (SLQ, {dens.nodes.shape[0]} probes × {dens.iters} steps): "
-                  f"{dens.negative_mass} (bracket {lo:.3f}–{hi:.3f})")
-    eps = 1e-3 * eig.scale
-    lo, hi = dens.mass_bounds(-eps)
-    console.print(f"mass below −10⁻³·max|λ| = {-eps:.3g}: {dens.mass_below(-eps)} (bracket {lo:.3f}–{hi:.3f})")
-    if max(hi - lo, dens.negative_bounds[1] - dens.negative_bounds[0]) > 0.1:
-        console.print("(a wide bracket: many eigenvalues sit too close to the threshold for this many Lanczos "
-                      "steps to tell their signs apart; raise --density-iters to narrow it)")
-    negative = [(v, e) for v, e, neg in zip(eig.values, eig.errors, eig.negative) if neg]
-    if negative:
-        v, e = min(negative)
-        console.print(f"[bold]negative eigenvalue[/bold] λ = {v:.4g} ± {e:.1e} (converged): the Hessian here is "
-                      "not positive semi-definite. This is evidence of non-convexity, not a proof: "
-                      f"`lossatlas audit {target}` turns it into a certificate (a Jensen triple θ ∓ h·v that beats "
-                      "measured rounding) or says why it cannot (e.g. ReLU kinks closer than the step that beats "
-                      "rounding).", highlight=False)
-    elif eig.min < 0:
-        i = int(np.argmin(eig.values))
-        console.print(f"λmin = {eig.values[i]:.3g} lies within its error ± {eig.errors[i]:.1e} of zero "
-                      f"({eig.status[i]}): indistinguishable from 0 with these products — not evidence of negative "
-                      "curvature.", highlight=False)
-    elif eig.all_converged:
-        console.print("no negative curvature found: every extreme eigenvalue converged, was checked to be extreme, "
-                      "and is ≥ 0 (locally convex here; this says nothing about other points).")
+    _print_density(console, tr, dens, eig)
+    _print_curvature_verdict(console, eig, target)
     for extra in estimators.quantities():
         if extra.report is not None and extra.accepts(kind):
             console.print(f"{extra.label}: {extra.report(op, seed=seed, progress=progress)}", highlight=False)
@@ -164,6 +126,61 @@ def hessian(target: str = typer.Argument(..., help="Example name or path/to/file
             _figure_out(plot_per_layer(layers, title=tgt.name), per_layer_plot)
             console.print(f"wrote {per_layer_plot}")
     console.print(f"{products} products in {time.perf_counter() - t0:.1f} s")
+
+
+def _eigen_table(eig, title: str):
+    """The table of the extreme eigenvalues: value, error, relative residual, status (red unless
+    converged and certified extreme)."""
+    from rich.table import Table
+
+    table = Table(title=title.replace("torch.", ""))
+    table.add_column("", overflow="fold")
+    table.add_column("eigenvalue", justify="right", overflow="fold")
+    table.add_column("± error", justify="right", overflow="fold")
+    table.add_column("residual / max|λ|", justify="right", overflow="fold")
+    table.add_column("status", justify="left", overflow="fold")
+    half = len(eig) // 2 if len(eig) > 1 else len(eig)
+    labels = [f"λ{i + 1}" if i else "λmax" for i in range(half)]
+    labels += [f"λmin+{len(eig) - 1 - i}" if i < len(eig) - 1 else "λmin" for i in range(half, len(eig))]
+    for label, row in zip(labels, eig.summary()):
+        status = row["status"] if row["converged"] and row["extremal_certified"] else f"[red]{row['status']}[/red]"
+        table.add_row(label, f"{row['value']:.6g}", f"{row['error']:.1e}", f"{row['relative_residual']:.1e}", status)
+    return table
+
+
+def _print_density(console, tr, dens, eig) -> None:
+    """The trace, and the negative eigenvalue mass of the density with its bracket."""
+    lo, hi = dens.negative_bounds
+    console.print(f"trace ({tr.method}, {tr.products} products): {tr}")
+    console.print(f"negative eigenvalue mass below −τ (SLQ, {dens.nodes.shape[0]} probes × {dens.iters} steps): "
+                  f"{dens.negative_mass} (bracket {lo:.3f}–{hi:.3f})")
+    eps = 1e-3 * eig.scale
+    lo, hi = dens.mass_bounds(-eps)
+    console.print(f"mass below −10⁻³·max|λ| = {-eps:.3g}: {dens.mass_below(-eps)} (bracket {lo:.3f}–{hi:.3f})")
+    if max(hi - lo, dens.negative_bounds[1] - dens.negative_bounds[0]) > 0.1:
+        console.print("(a wide bracket: many eigenvalues sit too close to the threshold for this many Lanczos "
+                      "steps to tell their signs apart; raise --density-iters to narrow it)")
+
+
+def _print_curvature_verdict(console, eig, target: str) -> None:
+    """What the extreme eigenvalues say: a converged negative one (evidence of non-convexity), one
+    within its error of zero, or none."""
+    negative = [(v, e) for v, e, neg in zip(eig.values, eig.errors, eig.negative) if neg]
+    if negative:
+        v, e = min(negative)
+        console.print(f"[bold]negative eigenvalue[/bold] λ = {v:.4g} ± {e:.1e} (converged): the Hessian here is "
+                      "not positive semi-definite. This is evidence of non-convexity, not a proof: "
+                      f"`lossatlas audit {target}` turns it into a certificate (a Jensen triple θ ∓ h·v that beats "
+                      "measured rounding) or says why it cannot (e.g. ReLU kinks closer than the step that beats "
+                      "rounding).", highlight=False)
+    elif eig.min < 0:
+        i = int(np.argmin(eig.values))
+        console.print(f"λmin = {eig.values[i]:.3g} lies within its error ± {eig.errors[i]:.1e} of zero "
+                      f"({eig.status[i]}): indistinguishable from 0 with these products — not evidence of negative "
+                      "curvature.", highlight=False)
+    elif eig.all_converged:
+        console.print("no negative curvature found: every extreme eigenvalue converged, was checked to be extreme, "
+                      "and is ≥ 0 (locally convex here; this says nothing about other points).")
 
 
 def _print_layers(console, layers, title: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +154,57 @@ def _span(span: str, dims: int):
     raise InvalidArgumentError(f"--span must be S, LO,HI or {dims} LO,HI pairs; received {span!r}")
 
 
+def _check_surface_options(dims, steps, span, directions, norm, ignore, store, strategy, parallel, bn,
+                           plot_file) -> tuple[Any, Grid]:
+    """Check the options of ``surface`` (before the target is loaded): the --span value and the grid."""
+    if dims not in (1, 2, 3, 4):
+        raise InvalidArgumentError(f"--dims must be 1, 2, 3 or 4; received {dims}")
+    if plot_file is not None and dims > 2:
+        raise InvalidArgumentError(f"--plot draws a line (--dims 1) or a plane (--dims 2); received --dims {dims} "
+                                   "(save it with --store and slice it: lossatlas plot STORE --at z=0,w=0)")
+    span_value = _span(span, dims)
+    grid = Grid.make(dims, steps, 1.0 if isinstance(span_value, str) else span_value,  # --steps and --span,
+                     func="surface")  # as surface() checks them ("auto": the spans are found later)
+    _checks.choice(strategy, "--strategy", STRATEGIES)
+    _checks.choice(parallel, "--parallel", PARALLEL)
+    _checks.choice(norm, "--norm", _NORMS)
+    _checks.choice(ignore, "--ignore", ("biasbn", "none", "auto"))
+    _direction_kind(directions)
+    _checks.store_path(store, "--store")
+    _check_figure_path(plot_file, "--plot")
+    if bn is not None:
+        _checks.choice(bn, "--bn", ("eval", "recalibrate"))
+    return span_value, grid
+
+
+def _surface_table(ds, tgt, seconds: float, store) -> tuple[Any, bool]:
+    """The summary table of a surface, and whether θ's values were evaluated apart from the grid."""
+    from rich.table import Table
+
+    loss = ds.loss.values
+    table = Table(title=f"surface of {tgt.name}")
+    table.add_column("quantity", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    at_center, where = centre_values(ds, tgt.problem, tgt.center)
+    rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
+            ("directions", ", ".join(_attr(ds, "direction_labels", []))),
+            ("loss at centre θ" + "*" * bool(where), f"{at_center['loss']:.6g}"),
+            ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
+            ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
+            ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
+    if "accuracy" in at_center:
+        rows.insert(4, ("accuracy at centre θ" + "*" * bool(where), f"{at_center['accuracy']:.4f}"))
+    found = _attr(ds, "span_auto")
+    if found:
+        rows.insert(2, ("span (auto)", ", ".join(f"±{v:.3g}" for v in found["spans"])
+                        + f" (loss ×{found['factor']:g}, {found['evaluations']} evaluations)"))
+    if store is not None:
+        rows.append(("store", str(store)))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table, where
+
+
 @app.command()
 def surface(
     target: str = typer.Argument(..., help="Example name, or path/to/file.py:function returning a Problem."),
@@ -184,26 +236,9 @@ def surface(
                                      "otherwise, with its estimated memory and time)."),
 ) -> None:
     """Compute a 1-D or 2-D loss surface around a model and print a summary."""
-    from rich.table import Table
-
     # every option is checked before the target is loaded and the directions are made
-    if dims not in (1, 2, 3, 4):
-        raise InvalidArgumentError(f"--dims must be 1, 2, 3 or 4; received {dims}")
-    if plot_file is not None and dims > 2:
-        raise InvalidArgumentError(f"--plot draws a line (--dims 1) or a plane (--dims 2); received --dims {dims} "
-                                   "(save it with --store and slice it: lossatlas plot STORE --at z=0,w=0)")
-    span_value = _span(span, dims)
-    grid = Grid.make(dims, steps, 1.0 if isinstance(span_value, str) else span_value,  # --steps and --span,
-                     func="surface")  # as surface() checks them ("auto": the spans are found later)
-    _checks.choice(strategy, "--strategy", STRATEGIES)
-    _checks.choice(parallel, "--parallel", PARALLEL)
-    _checks.choice(norm, "--norm", _NORMS)
-    _checks.choice(ignore, "--ignore", ("biasbn", "none", "auto"))
-    _direction_kind(directions)
-    _checks.store_path(store, "--store")
-    _check_figure_path(plot_file, "--plot")
-    if bn is not None:
-        _checks.choice(bn, "--bn", ("eval", "recalibrate"))
+    span_value, grid = _check_surface_options(dims, steps, span, directions, norm, ignore, store, strategy, parallel,
+                                              bn, plot_file)
     if device == "rank":
         device = str(distributed.device_for_rank())
     tgt = resolve(target, checkpoint=checkpoint, dtype=dtype, device=device)
@@ -224,27 +259,7 @@ def surface(
     ds.attrs["name"] = tgt.name
     if store is not None:
         _record_name(store, tgt.name)
-    loss = ds.loss.values
-    table = Table(title=f"surface of {tgt.name}")
-    table.add_column("quantity", overflow="fold")
-    table.add_column("value", justify="right", overflow="fold")
-    at_center, where = centre_values(ds, tgt.problem, tgt.center)
-    rows = [("grid", " × ".join(map(str, loss.shape)) + f" ({ds.attrs['points_done']}/{ds.attrs['points_total']} done)"),
-            ("directions", ", ".join(_attr(ds, "direction_labels", []))),
-            ("loss at centre θ" + "*" * bool(where), f"{at_center['loss']:.6g}"),
-            ("loss min / max", f"{np.nanmin(loss):.6g} / {np.nanmax(loss):.6g}"),
-            ("NaN / Inf points", f"{ds.attrs['nan_points']} / {ds.attrs['inf_points']}"),
-            ("strategy", str(ds.attrs.get("strategy"))), ("time", f"{seconds:.2f} s")]
-    if "accuracy" in at_center:
-        rows.insert(4, ("accuracy at centre θ" + "*" * bool(where), f"{at_center['accuracy']:.4f}"))
-    found = _attr(ds, "span_auto")
-    if found:
-        rows.insert(2, ("span (auto)", ", ".join(f"±{v:.3g}" for v in found["spans"])
-                        + f" (loss ×{found['factor']:g}, {found['evaluations']} evaluations)"))
-    if store is not None:
-        rows.append(("store", str(store)))
-    for k, v in rows:
-        table.add_row(k, v)
+    table, where = _surface_table(ds, tgt, seconds, store)
     console = _console()
     console.print(table)
     if "checkpoint" in tgt.info:

@@ -188,27 +188,7 @@ def audit(problem: Problem, center: Mapping[str, Tensor] | None = None, *, budge
         raise bad_type("problem", "a lossatlas.Problem", problem)
     center = problem.params() if center is None else center
     problem.check_params(center, arg="center")
-    if isinstance(methods, str):
-        methods = (methods,)
-    unknown = [m for m in methods if not isinstance(m, str) or m not in REGISTRY]
-    if unknown or not methods:
-        raise bad_value("methods", f"a non-empty subset of {method_names()}", methods)
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
-        raise bad_value("budget", "an integer >= 20 (loss evaluations)", budget)
-    seed = check_seed(seed)
-    if isinstance(max_certificates, bool) or not isinstance(max_certificates, int) or max_certificates < 1:
-        raise bad_value("max_certificates", "an integer >= 1", max_certificates)
-    if not isinstance(progress, bool):
-        raise bad_type("progress", "a bool", progress)
-    if checkpoints is not None:
-        if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)):
-            raise bad_type("checkpoints", "a list of parameter dicts or None", checkpoints)
-        if not checkpoints:
-            raise bad_value("checkpoints", "a non-empty list of parameter dicts, or None", checkpoints)
-        for i, c in enumerate(checkpoints):
-            if not isinstance(c, Mapping):
-                raise bad_type(f"checkpoints[{i}]", "a parameter dict", c)
-            problem.check_params(c, arg=f"checkpoints[{i}]")
+    methods, seed = _check_audit_options(problem, methods, budget, seed, max_certificates, progress, checkpoints)
     t0 = time.perf_counter()
     p64 = float64_problem(problem)
     reference = Reference(p64, snapshot=problem.module)  # the model as the problem took it
@@ -247,6 +227,33 @@ def audit(problem: Problem, center: Mapping[str, Tensor] | None = None, *, budge
     verdict = PROVEN if certificates else NOT_FOUND
     return Audit(verdict, certificates, tried, best_gap, lam_min, lam_max, time.perf_counter() - t0, why, notes,
                  gaps, name, skipped, non_finite, not_certified)
+
+
+def _check_audit_options(problem: Problem, methods: Any, budget: Any, seed: Any, max_certificates: Any,
+                         progress: Any, checkpoints: Any) -> tuple[Sequence[str], int]:
+    """Check the options of :func:`audit` (in its documented order): (methods as a sequence, seed)."""
+    if isinstance(methods, str):
+        methods = (methods,)
+    unknown = [m for m in methods if not isinstance(m, str) or m not in REGISTRY]
+    if unknown or not methods:
+        raise bad_value("methods", f"a non-empty subset of {method_names()}", methods)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 20:
+        raise bad_value("budget", "an integer >= 20 (loss evaluations)", budget)
+    seed = check_seed(seed)
+    if isinstance(max_certificates, bool) or not isinstance(max_certificates, int) or max_certificates < 1:
+        raise bad_value("max_certificates", "an integer >= 1", max_certificates)
+    if not isinstance(progress, bool):
+        raise bad_type("progress", "a bool", progress)
+    if checkpoints is not None:
+        if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)):
+            raise bad_type("checkpoints", "a list of parameter dicts or None", checkpoints)
+        if not checkpoints:
+            raise bad_value("checkpoints", "a non-empty list of parameter dicts, or None", checkpoints)
+        for i, c in enumerate(checkpoints):
+            if not isinstance(c, Mapping):
+                raise bad_type(f"checkpoints[{i}]", "a parameter dict", c)
+            problem.check_params(c, arg=f"checkpoints[{i}]")
+    return methods, seed
 
 
 @public("verify")

@@ -156,43 +156,10 @@ def jensen_search(problem, theta: Mapping[str, Tensor], *, budget: int = 400, se
                 x = P.lincomb(a2, [P.sub(b2, a2)], [t])
                 record(Candidate(a2, b2, t, B.loss(a2), B.loss(b2), B.loss(x), "segment", r))
 
-        # long segments from θ to far points, scanning t
-        for kind, r in [("relative_to_norm", R) for R in FAR] + [("filter", R) for R in FAR]:
-            if B.left < len(T_SCAN) + 2 + int(0.3 * budget):
-                break
-            radii_used["far"].append(r)
-            far = P.add(theta, gaussian(kind, r, 2))
-            f_far = B.loss(far)
-            for t in T_SCAN:
-                x = P.lincomb(theta, [P.sub(far, theta)], [t])
-                record(Candidate(theta, far, float(t), f0, f_far, B.loss(x), "far", r))
-
-        # between checkpoints
+        _far_segments(B, theta, f0, gaussian, record, radii_used["far"], budget)
         if checkpoints:
-            pts = [dict(c) for c in checkpoints]
-            values = [B.loss(c) for c in pts]
-            for i in range(len(pts)):
-                for j in range(i + 1, len(pts)):
-                    if B.left < 3 + int(0.25 * budget):
-                        break
-                    t = 0.5
-                    x = P.lincomb(pts[i], [P.sub(pts[j], pts[i])], [t])
-                    record(Candidate(pts[i], pts[j], t, values[i], values[j], B.loss(x), "checkpoints", 0.0))
-
-        # 1-D slices through θ: discrete second differences
-        m = 6
-        while B.left > 2 * m + int(0.25 * budget):
-            kind = "filter" if rng.random() < 0.5 else "relative_to_norm"
-            r = float(rng.choice(FILTER_RADII if kind == "filter" else RADII[2:]))
-            d = gaussian(kind, r / m, 3)
-            values = {0: f0}
-            for k in range(-m, m + 1):
-                if k:
-                    values[k] = B.loss(P.lincomb(theta, [d], [float(k)]))
-            for k in range(-m + 1, m):
-                a = P.lincomb(theta, [d], [float(k - 1)])
-                b = P.lincomb(theta, [d], [float(k + 1)])
-                record(Candidate(a, b, 0.5, values[k - 1], values[k + 1], values[k], "slice", r))
+            _between_checkpoints(B, checkpoints, record, budget)
+        _slices(B, theta, f0, gaussian, record, rng, budget)
 
         # refinement: normalised gradient ascent on J(a, b, t) from the best candidates (skipped, and said
         # so, when torch cannot differentiate the loss: a 0–1 loss, a kernel without backward)
@@ -209,6 +176,49 @@ def jensen_search(problem, theta: Mapping[str, Tensor], *, budget: int = 400, se
     found.sort(key=lambda x: x.relative_gap, reverse=True)
     return SearchResult(found[:keep], np.asarray(gaps, dtype=float), tried, radii_used, B.used,
                         time.perf_counter() - t0, B.non_finite, refinement_skipped)
+
+
+def _far_segments(B: _Budget, theta: P.Params, f0: float, gaussian, record, radii: list[float], budget: int) -> None:
+    """Long segments from θ to far points, scanning t (the far radii used are appended to ``radii``)."""
+    for kind, r in [("relative_to_norm", R) for R in FAR] + [("filter", R) for R in FAR]:
+        if B.left < len(T_SCAN) + 2 + int(0.3 * budget):
+            break
+        radii.append(r)
+        far = P.add(theta, gaussian(kind, r, 2))
+        f_far = B.loss(far)
+        for t in T_SCAN:
+            x = P.lincomb(theta, [P.sub(far, theta)], [t])
+            record(Candidate(theta, far, float(t), f0, f_far, B.loss(x), "far", r))
+
+
+def _between_checkpoints(B: _Budget, checkpoints, record, budget: int) -> None:
+    """Midpoints of the segments between every pair of checkpoints."""
+    pts = [dict(c) for c in checkpoints]
+    values = [B.loss(c) for c in pts]
+    for i in range(len(pts)):
+        for j in range(i + 1, len(pts)):
+            if B.left < 3 + int(0.25 * budget):
+                break
+            t = 0.5
+            x = P.lincomb(pts[i], [P.sub(pts[j], pts[i])], [t])
+            record(Candidate(pts[i], pts[j], t, values[i], values[j], B.loss(x), "checkpoints", 0.0))
+
+
+def _slices(B: _Budget, theta: P.Params, f0: float, gaussian, record, rng: np.random.Generator, budget: int) -> None:
+    """1-D slices through θ: discrete second differences f(k−1) + f(k+1) − 2 f(k) along random directions."""
+    m = 6
+    while B.left > 2 * m + int(0.25 * budget):
+        kind = "filter" if rng.random() < 0.5 else "relative_to_norm"
+        r = float(rng.choice(FILTER_RADII if kind == "filter" else RADII[2:]))
+        d = gaussian(kind, r / m, 3)
+        values = {0: f0}
+        for k in range(-m, m + 1):
+            if k:
+                values[k] = B.loss(P.lincomb(theta, [d], [float(k)]))
+        for k in range(-m + 1, m):
+            a = P.lincomb(theta, [d], [float(k - 1)])
+            b = P.lincomb(theta, [d], [float(k + 1)])
+            record(Candidate(a, b, 0.5, values[k - 1], values[k + 1], values[k], "slice", r))
 
 
 def _refine(B: _Budget, starts: list[Candidate], found: list[Candidate], gaps: list[float], tried: dict[str, int],

@@ -125,14 +125,15 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
-def check_independent(dirs: Directions, func: str, arg: str = "directions") -> float:
+def check_independent(dirs: Directions, arg: str = "directions") -> float:
     """Refuse zero, non-finite or linearly dependent directions (a plane spanned by two parallel
-    vectors is a line drawn twice); return the largest |cos| between two of them."""
+    vectors is a line drawn twice); return the largest |cos| between two of them. Messages name the
+    public function running."""
     n = len(dirs)
     norms = [P.norm(d) for d in dirs]
     for i, v in enumerate(norms):
         if not math.isfinite(v) or v == 0.0:
-            raise bad_value(func, f"{arg}[{i}]", "a non-zero direction with finite entries",
+            raise bad_value(f"{arg}[{i}]", "a non-zero direction with finite entries",
                             f"a direction of norm {v}")
     gram = np.array([[P.dot(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
     off = [abs(gram[i, j]) for i in range(n) for j in range(n) if i != j]
@@ -140,7 +141,7 @@ def check_independent(dirs: Directions, func: str, arg: str = "directions") -> f
     if n > 1:
         smallest = float(np.linalg.eigvalsh((gram + gram.T) / 2)[0])
         if not smallest > 1e-10:
-            raise bad_value(func, arg, "linearly independent directions", f"{n} directions spanning fewer than "
+            raise bad_value(arg, "linearly independent directions", f"{n} directions spanning fewer than "
                             f"{n} dimensions (largest |cos| between two of them {worst:.6g})")
     return worst
 
@@ -149,7 +150,7 @@ def _short_list(items: Sequence[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
 
 
-def _resolve_source(source: Any, model: nn.Module | None, func: str | None = None):
+def _resolve_source(source: Any, model: nn.Module | None):
     """(params, model) from a dict of parameters, an ``nn.Module`` or a ``Problem``."""
     if isinstance(source, Problem):
         return source.params(), source.model
@@ -158,21 +159,21 @@ def _resolve_source(source: Any, model: nn.Module | None, func: str | None = Non
     return source, model
 
 
-def _check_params(params: Any, func: str | None = None, arg: str = "params") -> None:
-    func = func or current_function("directions", innermost=True)
+def _check_params(params: Any, arg: str = "params") -> None:
+    """A non-empty dict of floating-point tensors (messages name the public function running)."""
     if isinstance(params, nn.Module):
-        raise bad_type(func, arg, "a dict of parameter tensors (use lossatlas.params_of(model))", params)
+        raise bad_type(arg, "a dict of parameter tensors (use lossatlas.params_of(model))", params)
     if not isinstance(params, Mapping) or not params:
-        raise bad_type(func, arg, "a non-empty dict of parameter tensors", params)
+        raise bad_type(arg, "a non-empty dict of parameter tensors", params)
     for k, v in params.items():
         if not isinstance(v, Tensor):
-            raise bad_type(func, f"{arg}[{k!r}]", "a tensor", v)
+            raise bad_type(f"{arg}[{k!r}]", "a tensor", v)
         if not v.is_floating_point():
-            raise bad_value(func, f"{arg}[{k!r}]", "a floating-point tensor", v)
+            raise bad_value(f"{arg}[{k!r}]", "a floating-point tensor", v)
 
 
-def _check_model_params(model: nn.Module, params: Mapping[str, Tensor], func: str | None = None) -> None:
-    func = func or current_function("directions", innermost=True)
+def _check_model_params(model: nn.Module, params: Mapping[str, Tensor]) -> None:
+    func = current_function("directions", innermost=True)
     names = dict(model.named_parameters())
     unknown = [k for k in params if k not in names]
     if unknown:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_value, public
+from ..errors import InvalidArgumentError, bad_value, current_function, public
 from ._base import Directions, _check_params, _resolve_source, _short_list
 from ._registry import DirectionKind, register
 
@@ -27,16 +27,17 @@ def between(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Directions:
     >>> d[0]["w"].tolist(), d.spec["kind"]
     ([1.0, 1.0], 'between')
     """
-    _check_params(a, "directions.between", "a")
-    P.check_like(a, b, func="directions.between", arg="b", ref_arg="a")
+    _check_params(a, arg="a")
+    P.check_like(a, b, arg="b", ref_arg="a")
     d = P.sub(b, a)
-    _check_offset("directions.between", "b", P.norm(d))
+    _check_offset("b", P.norm(d))
     return Directions([d], {"kind": "between", "n": 1, "norm": None, "labels": ["interpolation a → b"],
                             "anchors": {"a": [0.0], "b": [1.0]}, "distance": P.norm(d)})
 
 
-def _check_offset(func: str, arg: str, distance: float) -> None:
-    """``arg`` − a must be a non-zero, finite direction."""
+def _check_offset(arg: str, distance: float) -> None:
+    """``arg`` − a must be a non-zero, finite direction (messages name the public function running)."""
+    func = current_function("directions", innermost=True)
     if not math.isfinite(distance):
         raise InvalidArgumentError(f"{func}(): argument '{arg}' must be parameters with finite entries, at a finite "
                                    f"distance from 'a'; received parameters at distance {distance}")
@@ -54,17 +55,16 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
     ``orthogonal=True``: d₂ is c − a minus its projection on d₁ and rescaled to ‖d₁‖, so the axes
     have equal units; ``c`` then sits at the coordinates recorded in ``spec["anchors"]``.
     """
-    func = "directions.plane"
-    _check_params(a, func, "a")
+    _check_params(a, arg="a")
     P.check_like(a, b, arg="b", ref_arg="a")
     P.check_like(a, c, arg="c", ref_arg="a")
     d1, d2 = P.sub(b, a), P.sub(c, a)
     n1, n2 = P.norm(d1), P.norm(d2)
-    _check_offset(func, "b", n1)
-    _check_offset(func, "c", n2)
+    _check_offset("b", n1)
+    _check_offset("c", n2)
     cos = P.dot(d1, d2) / (n1 * n2)
     if not 1.0 - abs(cos) > 1e-10:  # the smallest eigenvalue of the directions' 2×2 Gram matrix of cosines
-        raise InvalidArgumentError(f"{func}(): argument 'c' must be a model off the line through 'a' and 'b' "
+        raise InvalidArgumentError("directions.plane(): argument 'c' must be a model off the line through 'a' and 'b' "
                                    "(three collinear models span no plane); received parameters with c − a "
                                    f"parallel to b − a (|cos| = {abs(cos):.12g})")
     anchors = {"a": [0.0, 0.0], "b": [1.0, 0.0], "c": [0.0, 1.0]}
@@ -73,7 +73,7 @@ def plane(a: Mapping[str, Tensor], b: Mapping[str, Tensor], c: Mapping[str, Tens
         r = P.axpy(-t, d1, d2)
         nr = P.norm(r)
         if nr == 0:
-            raise InvalidArgumentError(f"{func}(): arguments 'a', 'b', 'c' must not be collinear")
+            raise InvalidArgumentError("directions.plane(): arguments 'a', 'b', 'c' must not be collinear")
         d2 = P.scale(r, n1 / nr)
         anchors["c"] = [t, nr / n1]
     return Directions([d1, d2], {"kind": "plane", "n": 2, "norm": None, "orthogonal": orthogonal,
@@ -92,9 +92,8 @@ def axes(params: Mapping[str, Tensor] | nn.Module | Any, names: Sequence[str]) -
     >>> [float(v["w0"]) for v in d], d.labels
     ([1.0, 0.0], ['w0', 'w1'])
     """
-    func = "directions.axes"
-    params, _ = _resolve_source(params, None, func)
-    _check_params(params, func)
+    params, _ = _resolve_source(params, None)
+    _check_params(params)
     if isinstance(names, str) or not names:
         raise bad_value("names", "a non-empty list of parameter names", names)
     vectors = []

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
-from ..errors import InvalidArgumentError, bad_type, bad_value, current_function, public
+from ..errors import InvalidArgumentError, bad_type, bad_value, public
 from ..params._layout import filter_layout, ignored
 from ..problem import Problem
 from ..trajectory import Trajectory, _as_trajectory, _flat
@@ -22,8 +22,7 @@ from ._registry import DirectionKind, register
 __all__ = ["pca"]
 
 
-def _target_layout(traj: Trajectory, like: Any, func: str | None = None) -> tuple[list[str], torch.dtype | None, Any, Any]:
-    func = func or current_function("directions.pca", innermost=True)
+def _target_layout(traj: Trajectory, like: Any) -> tuple[list[str], torch.dtype | None, Any, Any]:
     """(names, dtype, device, reference params) the directions must match."""
     if like is None:
         names = traj.param_names
@@ -38,7 +37,7 @@ def _target_layout(traj: Trajectory, like: Any, func: str | None = None) -> tupl
     elif isinstance(like, Mapping):
         ref = dict(like)
     else:
-        raise bad_type(func, "like", "a Problem, a module or a parameter dict (or None)", like)
+        raise bad_type("like", "a Problem, a module or a parameter dict (or None)", like)
     first = next(iter(ref.values()))
     return list(ref), first.dtype, first.device, ref
 

@@ -14,15 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError, bad_type, bad_value
+from ..errors import StoreError, bad_type, bad_value, with_name
 
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_limit(func: str, arg: str, value: Any) -> float | None:
-    """``value`` (``vmin``/``vmax``) as a finite float, or None."""
+def check_limit(*args: Any) -> float | None:
+    """``check_limit(arg, value)``: ``value`` (``vmin``/``vmax``) as a finite float, or None. Every
+    check here names the public function running, or the name given first (``check_limit(func, arg,
+    value)``)."""
+    func, (arg, value) = with_name(args, 2, "check_limit")
     if value is None:
         return None
     if not _is_real(value):
@@ -32,17 +35,20 @@ def check_limit(func: str, arg: str, value: Any) -> float | None:
     return float(value)
 
 
-def check_limits(func: str, vmin: Any, vmax: Any) -> tuple[float | None, float | None]:
-    """``(vmin, vmax)`` as finite floats (or None) with ``vmin < vmax`` when both are given."""
+def check_limits(*args: Any) -> tuple[float | None, float | None]:
+    """``check_limits(vmin, vmax)``: both as finite floats (or None) with ``vmin < vmax`` when both
+    are given."""
+    func, (vmin, vmax) = with_name(args, 2, "check_limits")
     lo, hi = check_limit(func, "vmin", vmin), check_limit(func, "vmax", vmax)
     if lo is not None and hi is not None and not lo < hi:
         raise bad_value(func, "vmin", f"smaller than vmax={hi:g}", vmin)
     return lo, hi
 
 
-def check_levels(func: str, levels: Any, arg: str = "levels", *, sequence: bool = True) -> Any:
-    """``levels``: a positive integer (how many), or (if ``sequence``) a non-empty increasing
-    sequence of finite numbers (where)."""
+def check_levels(*args: Any, arg: str = "levels", sequence: bool = True) -> Any:
+    """``check_levels(levels)``: a positive integer (how many), or (if ``sequence``) a non-empty
+    increasing sequence of finite numbers (where)."""
+    func, (levels,) = with_name(args, 1, "check_levels")
     expected = "a positive integer" + (" or an increasing sequence of finite numbers" if sequence else "")
     if isinstance(levels, (numbers.Integral, np.integer)) and not isinstance(levels, (bool, np.bool_)):
         if int(levels) < 1:
@@ -59,9 +65,10 @@ def check_levels(func: str, levels: Any, arg: str = "levels", *, sequence: bool 
     return arr
 
 
-def check_out_path(func: str, path: Any, formats: Sequence[str], arg: str = "path") -> Path:
-    """An output file path with one of ``formats`` as suffix, its parent folder created (a folder
+def check_out_path(*args: Any, arg: str = "path") -> Path:
+    """``check_out_path(path, formats)``: an output file path with one of ``formats`` as suffix, its parent folder created (a folder
     that cannot be created, or a path that is a directory, is a ``StoreError`` naming it)."""
+    func, (path, formats) = with_name(args, 2, "check_out_path")
     if not isinstance(path, (str, Path)):
         raise bad_type(func, arg, "a file path (str or pathlib.Path)", path)
     path = Path(path)

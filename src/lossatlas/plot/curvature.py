@@ -96,9 +96,9 @@ def ratio_map(ds: Any, *, ax: Any = None, variable: str = "ratio", title: str | 
                         variable)
     if ds[variable].dims != ("x", "y"):
         raise bad_value("plot.ratio_map", "ds", "a map over two directions (dims ('x', 'y'))", ds[variable].dims)
-    vmin, vmax = check_limits("plot.ratio_map", vmin, vmax)
+    vmin, vmax = check_limits(vmin, vmax)
     if loss_contours:  # 0 (or None) draws no loss contours
-        loss_contours = check_levels("plot.ratio_map", loss_contours, "loss_contours", sequence=False)
+        loss_contours = check_levels(loss_contours, arg="loss_contours", sequence=False)
     fig, ax = _figure(ax, (5.4, 4.6))
     x, y = ds.x.values, ds.y.values
     z = ds[variable].values.T

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import bad_type, bad_value, public
+from ..errors import bad_type, bad_value, current_function, public
 from ._checks import check_limits
 from ._common import _mark_center, _masked, _mpl
 
@@ -29,14 +29,17 @@ __all__ = ["grid", "lines", "shared_range", "use_log", "KINDS"]
 KINDS = ("contour", "filled", "heatmap", "ratio", "line")
 
 
-def _check_list(func: str, datasets: Any, variable: str) -> list[xr.Dataset]:
+def _check_list(datasets: Any, variable: str, *, func: str | None = None) -> list[xr.Dataset]:
+    """A non-empty list of Datasets holding ``variable`` (messages name the public function running,
+    or ``func`` when given)."""
+    func = func or current_function("plot", innermost=True)
     if isinstance(datasets, xr.Dataset) or not isinstance(datasets, (list, tuple)) or not datasets:
-        raise bad_type(f"plot.{func}", "datasets", "a non-empty list of xarray Datasets", datasets)
+        raise bad_type(func, "datasets", "a non-empty list of xarray Datasets", datasets)
     for i, ds in enumerate(datasets):
         if not isinstance(ds, xr.Dataset):
-            raise bad_type(f"plot.{func}", f"datasets[{i}]", "an xarray.Dataset", ds)
+            raise bad_type(func, f"datasets[{i}]", "an xarray.Dataset", ds)
         if variable not in ds.data_vars:
-            raise bad_value(f"plot.{func}", "variable", f"a variable of datasets[{i}] ({', '.join(ds.data_vars)})",
+            raise bad_value(func, "variable", f"a variable of datasets[{i}] ({', '.join(ds.data_vars)})",
                             variable)
     return list(datasets)
 
@@ -89,7 +92,7 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
         isinstance(datasets[0], xr.Dataset) else {}
     if variable is None:
         variable = "ratio" if kind == "ratio" or (kind is None and "ratio" in first_vars) else "loss"
-    datasets = _check_list("grid", datasets, variable)
+    datasets = _check_list(datasets, variable)
     ndims = {ds[variable].ndim for ds in datasets}
     if len(ndims) != 1 or ndims.pop() not in (1, 2):
         raise bad_value("plot.grid", "datasets", "results of the same dimension, 1-D or 2-D",
@@ -103,7 +106,7 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
         raise bad_value("plot.grid", "kind", "'line' for 1-D results, a 2-D kind for 2-D results", kind)
     if titles is not None and len(titles) != len(datasets):
         raise bad_value("plot.grid", "titles", f"{len(datasets)} titles (one per result)", titles)
-    vmin, vmax = check_limits("plot.grid", vmin, vmax)
+    vmin, vmax = check_limits(vmin, vmax)
     if log is None:
         log = kind != "ratio" and use_log(datasets, variable)
     lo, hi = shared_range(datasets, variable, log=log)
@@ -128,31 +131,9 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
         ax = axs[i // ncols][i % ncols]
         da = ds[variable]
         if one_d:
-            dim = da.dims[0]
-            y, _ = _masked(da.values, log)
-            ax.plot(ds[dim].values, y, linewidth=1.6)
-            if log:
-                ax.set_yscale("log")
-            ax.set_ylim(lo, hi)
-            x = ds[dim].values
-            if x.min() <= 0 <= x.max():
-                ax.axvline(0.0, color="red", linestyle=":", linewidth=1)
-            ax.set_xlabel(str(ds[dim].attrs.get("long_name", dim)))
-            ax.grid(alpha=0.3)
+            _line_panel(ax, ds, da, log, lo, hi)
         else:
-            dx, dy = da.dims
-            z, _ = _masked(da.transpose(dy, dx).values, log)
-            xs, ys = ds[dx].values, ds[dy].values
-            if kind == "contour":
-                mappable = ax.contour(xs, ys, z, levels=lv, cmap=cmap, norm=norm, linewidths=1.0)
-            elif kind == "filled":
-                mappable = ax.contourf(xs, ys, np.ma.clip(z, lv[0], lv[-1]), levels=lv, cmap=cmap, norm=norm,
-                                       extend="both")
-            else:
-                mappable = ax.pcolormesh(xs, ys, z, cmap=cmap, norm=norm, shading="nearest")
-            _mark_center(ax, ds, (dx, dy), True)
-            ax.set_xlabel(str(ds[dx].attrs.get("long_name", dx)), fontsize=8)
-            ax.set_ylabel(str(ds[dy].attrs.get("long_name", dy)), fontsize=8)
+            mappable = _plane_panel(ax, ds, da, kind, lv, cmap, norm, log)
         ax.set_title(_title(ds, i, titles), fontsize=10)
     for j in range(n, nrows * ncols):
         axs[j // ncols][j % ncols].set_visible(False)
@@ -171,6 +152,40 @@ def grid(datasets: Sequence[xr.Dataset], variable: str | None = None, *, kind: s
     return fig
 
 
+def _line_panel(ax, ds: xr.Dataset, da: xr.DataArray, log: bool, lo: float, hi: float) -> None:
+    """One 1-D panel of :func:`grid`: the line on the shared range, θ's coordinate 0 dotted."""
+    dim = da.dims[0]
+    y, _ = _masked(da.values, log)
+    ax.plot(ds[dim].values, y, linewidth=1.6)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    x = ds[dim].values
+    if x.min() <= 0 <= x.max():
+        ax.axvline(0.0, color="red", linestyle=":", linewidth=1)
+    ax.set_xlabel(str(ds[dim].attrs.get("long_name", dim)))
+    ax.grid(alpha=0.3)
+
+
+def _plane_panel(ax, ds: xr.Dataset, da: xr.DataArray, kind: str, lv, cmap, norm, log: bool):
+    """One 2-D panel of :func:`grid` (contour, filled or heatmap, on the shared levels and norm),
+    θ marked; returns the mappable."""
+    dx, dy = da.dims
+    z, _ = _masked(da.transpose(dy, dx).values, log)
+    xs, ys = ds[dx].values, ds[dy].values
+    if kind == "contour":
+        mappable = ax.contour(xs, ys, z, levels=lv, cmap=cmap, norm=norm, linewidths=1.0)
+    elif kind == "filled":
+        mappable = ax.contourf(xs, ys, np.ma.clip(z, lv[0], lv[-1]), levels=lv, cmap=cmap, norm=norm,
+                               extend="both")
+    else:
+        mappable = ax.pcolormesh(xs, ys, z, cmap=cmap, norm=norm, shading="nearest")
+    _mark_center(ax, ds, (dx, dy), True)
+    ax.set_xlabel(str(ds[dx].attrs.get("long_name", dx)), fontsize=8)
+    ax.set_ylabel(str(ds[dy].attrs.get("long_name", dy)), fontsize=8)
+    return mappable
+
+
 @public("plot.lines")
 def lines(datasets: Sequence[xr.Dataset], variable: str = "loss", *, labels: Sequence[str] | None = None,
           log: bool = False, vmin: float | None = None, vmax: float | None = None, title: str | None = None,
@@ -178,7 +193,7 @@ def lines(datasets: Sequence[xr.Dataset], variable: str = "loss", *, labels: Seq
     """Several 1-D slices on one axes, one line each, labelled by ``labels`` or each result's
     ``attrs["name"]`` (and its direction label when the names repeat)."""
 
-    datasets = _check_list("line", datasets, variable)
+    datasets = _check_list(datasets, variable, func="plot.line")  # plot.lines' messages say plot.line
     for i, ds in enumerate(datasets):
         if ds[variable].ndim != 1:
             raise bad_value("plot.line", f"datasets[{i}]", "a 1-D slice", ds[variable].dims)

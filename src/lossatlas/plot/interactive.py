@@ -37,7 +37,7 @@ def interactive(ds: xr.Dataset, variable: str = "loss", *, vmax: float | None = 
         raise bad_type("plot.interactive", "ds", "an xarray.Dataset from lossatlas.surface", ds)
     if variable not in ds.data_vars:
         raise bad_value("plot.interactive", "variable", f"one of {sorted(ds.data_vars)}", variable)
-    vmax = check_limit("plot.interactive", "vmax", vmax)
+    vmax = check_limit("vmax", vmax)
     da = ds[variable]
     z = np.asarray(da.values, dtype=float)
     z = np.where(np.isfinite(z), z, np.nan)
@@ -66,7 +66,7 @@ def interactive(ds: xr.Dataset, variable: str = "loss", *, vmax: float | None = 
 @public("plot.save_html")
 def save_html(fig, path: str | Path) -> Path:
     """Write a self-contained HTML file (plotly.js embedded, works offline)."""
-    path = check_out_path("plot.save_html", path, (".html", ".htm"))
+    path = check_out_path(path, (".html", ".htm"))
     try:
         fig.write_html(str(path), include_plotlyjs=True, full_html=True)
     except OSError as exc:

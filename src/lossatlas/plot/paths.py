@@ -33,17 +33,16 @@ def interpolation(*datasets: xr.Dataset, labels: Sequence[str] | None = None, me
     """``metric`` along t for one or more datasets of :func:`lossatlas.interpolate` or
     ``Curve.evaluate``; the barrier of each (max f − max(f(0), f(1)), from its attrs) is drawn as
     an arrow at ``barrier_t``, and t outside [0, 1] is shaded."""
-    func = "plot.interpolation"
     if not datasets:
-        raise bad_value(func, "datasets", "at least one Dataset along 't'", datasets)
+        raise bad_value("datasets", "at least one Dataset along 't'", datasets)
     for i, ds in enumerate(datasets):
         if not isinstance(ds, xr.Dataset) or "t" not in ds.dims:
-            raise bad_type(func, f"datasets[{i}]", "an xarray.Dataset along 't' (from interpolate or Curve.evaluate)",
+            raise bad_type(f"datasets[{i}]", "an xarray.Dataset along 't' (from interpolate or Curve.evaluate)",
                            ds)
         if metric not in ds:
-            raise bad_value(func, "metric", f"a variable of the dataset ({', '.join(map(str, ds.data_vars))})", metric)
+            raise bad_value("metric", f"a variable of the dataset ({', '.join(map(str, ds.data_vars))})", metric)
     if labels is not None and len(labels) != len(datasets):
-        raise bad_value(func, "labels", f"{len(datasets)} labels (one per dataset)", labels)
+        raise bad_value("labels", f"{len(datasets)} labels (one per dataset)", labels)
     fig, ax = _axes(ax, (6.0, 4.0))
     lo = min(float(ds.t.min()) for ds in datasets)
     hi = max(float(ds.t.max()) for ds in datasets)
@@ -110,10 +109,9 @@ def path_on_plane(surface: xr.Dataset, path: Any = None, *, anchors: Mapping[str
     (n, 2) array, in the surface's coordinates. ``anchors`` marks named points, e.g.
     ``{"a": (0, 0), "b": (1, 0)}``. Levels are spaced geometrically above the minimum, so the
     low-loss valleys stay readable."""
-    func = "plot.path_on_plane"
     if not isinstance(surface, xr.Dataset) or tuple(surface[metric].dims) != ("x", "y"):
-        raise bad_type(func, "surface", "a 2-D surface Dataset with dims ('x', 'y')", surface)
-    levels = check_levels(func, levels, sequence=False)
+        raise bad_type("surface", "a 2-D surface Dataset with dims ('x', 'y')", surface)
+    levels = check_levels(levels, sequence=False)
     fig, ax = _axes(ax, (5.6, 4.8))
     z = surface[metric].values.T
     finite = z[np.isfinite(z)]

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ..directions._registry import describe as describe_directions
-from ..errors import InvalidArgumentError, bad_type, bad_value, public
+from ..errors import InvalidArgumentError, bad_type, bad_value, current_function, public
 from .._ncattrs import get as _get
 from ._checks import check_levels, check_limits, check_out_path, write_failed
 from ._common import _mark_center, _masked, _mpl  # noqa: F401 (also used by other plot modules)
@@ -31,16 +31,18 @@ FORMATS = (".png", ".pdf", ".svg")
 
 
 
-def _check(ds: Any, func: str, ndim: int | None, variable: str | None = None) -> xr.DataArray | None:
+def _check(ds: Any, ndim: int | None, variable: str | None = None) -> xr.DataArray | None:
+    """The surface's variable to draw, checked (messages name the public function running)."""
     if not isinstance(ds, xr.Dataset):
-        raise bad_type(f"plot.{func}", "ds", "an xarray.Dataset from lossatlas.surface/open_surface", ds)
+        raise bad_type("ds", "an xarray.Dataset from lossatlas.surface/open_surface", ds)
     if variable is not None and variable not in ds.data_vars:
-        raise bad_value(f"plot.{func}", "variable", f"one of {sorted(ds.data_vars)}", variable)
+        raise bad_value("variable", f"one of {sorted(ds.data_vars)}", variable)
     if ndim is not None:
         da = ds[variable or "loss"]
         if da.ndim != ndim:
             hint = " (select a slice first, e.g. ds.sel(y=0.0))" if da.ndim > ndim else ""
-            raise InvalidArgumentError(f"plot.{func}(): argument 'ds' must hold a {ndim}-D surface; received "
+            func = current_function("plot", innermost=True)
+            raise InvalidArgumentError(f"{func}(): argument 'ds' must hold a {ndim}-D surface; received "
                                        f"{da.ndim}-D {da.dims}{hint}")
         return da
     return None
@@ -116,8 +118,8 @@ def line(ds: xr.Dataset, variables: str | Sequence[str] = "loss", *, log: bool =
                      title=title, ax=ax)
     names = [variables] if isinstance(variables, str) else list(variables)
     for v in names:
-        _check(ds, "line", 1, v)
-    vmin, vmax = check_limits("plot.line", vmin, vmax)
+        _check(ds, 1, v)
+    vmin, vmax = check_limits(vmin, vmax)
     plt = _mpl()
     dim = ds[names[0]].dims[0]
     if ax is None:
@@ -165,9 +167,9 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
     ``path``: an optional trajectory projection (a Dataset with ``x``/``y`` per step, or an (n, 2)
     array) drawn over the contours in the surface's coordinates.
     """
-    da = _check(ds, "contour", 2, variable)
-    levels = check_levels("plot.contour", levels)
-    vmin, vmax = check_limits("plot.contour", vmin, vmax)
+    da = _check(ds, 2, variable)
+    levels = check_levels(levels)
+    vmin, vmax = check_limits(vmin, vmax)
     plt = _mpl()
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, log)
@@ -215,8 +217,8 @@ def contour(ds: xr.Dataset, variable: str = "loss", *, filled: bool = False, lev
 def heatmap(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = None, vmax: float | None = None,
             log: bool = False, mark_center: bool = True, title: str | None = None, cmap: str = "magma", ax=None):
     """A colour map of a 2-D surface (one cell per grid point), NaN/Inf shown in grey."""
-    da = _check(ds, "heatmap", 2, variable)
-    vmin, vmax = check_limits("plot.heatmap", vmin, vmax)
+    da = _check(ds, 2, variable)
+    vmin, vmax = check_limits(vmin, vmax)
     plt = _mpl()
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, log)
@@ -247,8 +249,8 @@ def surface3d(ds: xr.Dataset, variable: str = "loss", *, vmin: float | None = No
               log: bool = False, mark_center: bool = True, title: str | None = None, cmap: str = "viridis",
               elev: float = 35, azim: float = -60, ax=None):
     """A 3-D surface plot; values above ``vmax`` are clipped (as in Li et al.'s 3D figures)."""
-    da = _check(ds, "surface3d", 2, variable)
-    vmin, vmax = check_limits("plot.surface3d", vmin, vmax)
+    da = _check(ds, 2, variable)
+    vmin, vmax = check_limits(vmin, vmax)
     plt = _mpl()
     dx, dy = da.dims
     z, n_bad = _masked(da.transpose(dy, dx).values, False)
@@ -303,7 +305,7 @@ def _value_at_origin(da, dx: str, dy: str) -> float:
 @public("plot.save")
 def save(fig, path: str | Path, *, dpi: int = 130) -> Path:
     """Save a figure as PNG, PDF or SVG (by the file's suffix); creates parent folders."""
-    path = check_out_path("plot.save", path, FORMATS)
+    path = check_out_path(path, FORMATS)
     try:
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
     except OSError as exc:
