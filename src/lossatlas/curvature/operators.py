@@ -20,12 +20,15 @@ Product methods (:data:`PRODUCT_METHODS`, chosen at the first product and kept i
 with the reason in ``op.method_notes``; results repeat it as ``product_method``/``notes``):
 
 1. ``"double-backward"``: ``torch.autograd.grad`` twice (exact; the fastest on CPU). When chosen
-   automatically, its first product is checked against finite differences of exact gradients (four
-   gradients, once): a product off by more than 10× their error estimate plus 5 % comes from a
-   backward that is not itself differentiable (a custom ``autograd.Function`` computing its gradient
-   in NumPy, without ``@once_differentiable``), for which torch silently returns a partial Hessian;
-   products are then taken by finite differences (4.), with a note. Kinks (ReLU) stay inside that
-   allowance.
+   automatically and the loss graph holds a custom ``autograd.Function`` (the only operations whose
+   backward may not itself be differentiable, e.g. a gradient computed in NumPy without
+   ``@once_differentiable``, for which torch silently returns a partial Hessian), its first product is
+   checked once: confirmed by an equal forward-over-reverse product, or else compared with finite
+   differences of exact gradients (four gradients); off by more than 10× their error estimate plus
+   5 %, products are taken by finite differences (4.), with a note. Graphs of torch's own operations
+   are not checked: across ReLU / max-pool kinks finite differences measure a smoothed curvature
+   (kinks crossed ∝ h, so their jump term does not shrink with h), while double backward gives the
+   Hessian a.e., which is this library's Hessian.
 2. ``"double-backward-math-sdpa"``: the same with ``scaled_dot_product_attention`` forced to its
    math kernel (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``), tried when a fused kernel has
    no double backward (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` on CPU). Exact: the
@@ -122,6 +125,8 @@ class CurvatureOperator:
         self.products = 0
         self.product_error = 0.0
         self.method_notes: list[str] = []
+        #: custom autograd.Functions met in the loss graphs before the first product (``_opaque_functions``)
+        self._opaque: set[str] = set()
         self._method = method
         self._checked = False  # the first product of the method has been taken
         self._math_sdpa = method not in (None, "double-backward")
@@ -230,6 +235,8 @@ class CurvatureOperator:
         term = self.problem.batch_terms(self._point, batch, n, self._buffers, metrics=False)["loss"]
         if not term.requires_grad:
             return ("hessian", [], "no-grad" if self._output_depends_on_leaves(batch) else "unused")
+        if not self._checked:  # before the first product only: one walk of the forward graph
+            self._opaque.update(_opaque_functions(term))
         grads = torch.autograd.grad(term, self._leaves, create_graph=True, allow_unused=True)
         pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         status = "ok"
@@ -407,6 +414,16 @@ class CurvatureOperator:
             self.product_error = max(self.product_error, error)
         return ((4.0 * d1 - d2) / 3.0 * size).to(self.dtype)
 
+    def _confirmed(self, out: Tensor, v: Tensor) -> bool:
+        """Whether a double-backward product equals the forward-over-reverse product of the same vector
+        up to rounding: two exact methods agreeing (kinks do not matter to either). False when forward
+        mode fails, as it does for custom autograd.Functions without a ``jvp``/``setup_context``."""
+        try:
+            other = self._forward_over_reverse(v)
+        except Exception:  # noqa: BLE001 - any failure: fall back to the finite-difference check
+            return False
+        return self._agrees(out, other)
+
     def _agrees(self, a: Tensor, b: Tensor) -> bool:
         """Whether two products of the same vector agree up to rounding (1000 ε of their size)."""
         eps = torch.finfo(self.dtype).eps
@@ -449,17 +466,22 @@ class CurvatureOperator:
                     raise
                 tried.append((method, exc))
                 continue
-            if method in ("double-backward", "double-backward-math-sdpa") and self.kind == "hessian":
+            if method in ("double-backward", "double-backward-math-sdpa") and self.kind == "hessian" and \
+                    self._opaque and not self._confirmed(out, v):
                 # a backward that is not itself differentiable (a custom autograd.Function computing its
-                # gradient outside autograd, without @once_differentiable) gives a silently partial Hessian
+                # gradient outside autograd, without @once_differentiable) gives a silently partial Hessian.
+                # Only custom Functions can: torch's own operations (ReLU, max-pool included) have exact
+                # second derivatives (a.e.), and finite differences across their kinks measure a smoothed
+                # curvature instead, so the check runs only when the graph holds custom Functions.
                 fd = self._finite_difference(v)
                 gap, size = _gap(out, fd)
                 if gap > 10 * self.product_error * float(torch.linalg.vector_norm(v)) + 0.05 * size:
+                    estimate = self.product_error * float(torch.linalg.vector_norm(v)) / size
                     tried.append((method, RuntimeError(
                         f"its product disagreed with finite differences of exact gradients by {gap / size:.0%} "
-                        f"(their error estimate: {self.product_error * float(torch.linalg.vector_norm(v)) / size:.1e})"
-                        ": part of the model's backward is not differentiable (e.g. a custom autograd.Function "
-                        "computing its gradient outside autograd)")))
+                        f"(custom autograd.Function {', '.join(sorted(self._opaque))[:60]}: part of the model's "
+                        f"backward is not differentiable, e.g. computed outside autograd; error estimate of the "
+                        f"differences: {estimate:.1e})")))
                     method, out = "finite-difference", fd
                 else:
                     self.product_error = 0.0
@@ -628,6 +650,23 @@ def _no_derivative(exc: BaseException) -> bool:
     return isinstance(exc, NotImplementedError) or bool(_NO_DERIVATIVE.search(str(exc)))
 
 
+
+
+def _opaque_functions(term: Tensor) -> set[str]:
+    """Names of the custom ``torch.autograd.Function`` s in the autograd graph of ``term``: the only
+    operations whose backward may silently not be differentiable (torch's own have exact rules)."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack = [term.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.add(getattr(getattr(node, "_forward_cls", None), "__name__", type(node).__name__))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return found
 
 
 def _loss_name(loss: Any) -> str:
