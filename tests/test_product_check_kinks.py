@@ -116,3 +116,67 @@ def test_a_non_differentiable_custom_backward_is_still_caught():
     op = C.hessian_operator(problem)
     assert op.method == "finite-difference" and not op.exact
     assert any("disagreed with finite differences" in n and "NumpyTanh" in n for n in op.method_notes)
+    assert op._cut == {"NumpyTanh"}  # found structurally (the backward's result is cut from the graph)
+
+
+class TorchTanh(torch.autograd.Function):
+    """tanh with a backward of torch operations: differentiable, so double backward is exact."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1.0 - torch.tanh(x) ** 2)
+
+
+class CustomTanhNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 1)
+
+    def forward(self, x):
+        return self.b(TorchTanh.apply(self.a(x)))
+
+
+def test_a_differentiable_custom_backward_keeps_double_backward():
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(32, 3, generator=g, dtype=F64), torch.randn(32, 1, generator=g, dtype=F64)
+    torch.manual_seed(6)
+    problem = lossatlas.Problem(CustomTanhNet().double(), nn.MSELoss(), (x, y), dtype=F64)
+    op = C.hessian_operator(problem)
+    assert op.method == "double-backward" and op._opaque == {"TorchTanh"} and not op._cut
+    p = problem.params()
+
+    def by_hand(flat):
+        q = lossatlas.params.unflatten(flat, p)
+        h = torch.tanh(x @ q["a.weight"].T + q["a.bias"])
+        return nn.functional.mse_loss(h @ q["b.weight"].T + q["b.bias"], y)
+
+    reference = torch.func.hessian(by_hand)(lossatlas.params.flatten(p))
+    assert_close(op.dense().numpy(), reference.numpy(), F64, what="Hessian through a custom Function")
+
+
+@pytest.mark.parametrize("build", [relu_mlp, maxpool_cnn], ids=["relu-mlp", "maxpool-cnn"])
+def test_forward_over_reverse_across_kinks_is_confirmed_without_finite_differences(build, monkeypatch):
+    """When double backward is unavailable, forward-over-reverse is confirmed by reverse-over-forward,
+    not by finite differences across kinks (here made deterministic: a smoothed "product")."""
+    model, (x, y), problem = kink_case(build, F64)
+    op = C.hessian_operator(problem, retain=False)
+
+    def no_double_backward(v, check):
+        raise NotImplementedError("the derivative for 'fused_op_backward' is not implemented.")
+
+    def smoothed(v):
+        op.product_error = 1e-12
+        return 0.5 * op._forward_over_reverse(v)
+
+    monkeypatch.setattr(op, "_double_backward", no_double_backward)
+    monkeypatch.setattr(op, "_finite_difference", smoothed)
+    assert op.method == "forward-over-reverse" and op.exact and op.product_error == 0.0
+    reference = exact_hessian(model, nn.CrossEntropyLoss(), [(x, y)], problem.params())
+    assert_close(op.dense().numpy(), reference.numpy(), F64, what="Hessian by forward-over-reverse")
