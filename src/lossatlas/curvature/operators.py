@@ -20,18 +20,23 @@ Product methods (:data:`PRODUCT_METHODS`, chosen at the first product and kept i
 with the reason in ``op.method_notes``; results repeat it as ``product_method``/``notes``):
 
 1. ``"double-backward"``: ``torch.autograd.grad`` twice (exact; the fastest on CPU). When chosen
-   automatically, its first product is checked against finite differences of exact gradients (four
-   gradients, once): a product off by more than 10× their error estimate plus 5 % comes from a
-   backward that is not itself differentiable (a custom ``autograd.Function`` computing its gradient
-   in NumPy, without ``@once_differentiable``), for which torch silently returns a partial Hessian;
-   products are then taken by finite differences (4.), with a note. Kinks (ReLU) stay inside that
-   allowance.
+   automatically and the loss graph holds a custom ``autograd.Function`` (the only operations whose
+   backward may not itself be differentiable, e.g. a gradient computed in NumPy without
+   ``@once_differentiable``, for which torch silently returns a partial Hessian), its first product is
+   checked once: confirmed by an equal forward-over-reverse product, or else compared with finite
+   differences of exact gradients (four gradients); off by more than 10× their error estimate plus
+   5 %, products are taken by finite differences (4.), with a note. Graphs of torch's own operations
+   are not checked: across ReLU / max-pool kinks finite differences measure a smoothed curvature
+   (kinks crossed ∝ h, so their jump term does not shrink with h), while double backward gives the
+   Hessian a.e., which is this library's Hessian.
 2. ``"double-backward-math-sdpa"``: the same with ``scaled_dot_product_attention`` forced to its
    math kernel (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``), tried when a fused kernel has
    no double backward (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` on CPU). Exact: the
    math kernel is composed of ordinary differentiable operations.
 3. ``"forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad``, per batch (exact), for
-   operations with a forward-mode rule but no double backward.
+   operations with a forward-mode rule but no double backward. Its first product is checked once
+   (forward-mode rules can be wrong): confirmed by an equal reverse-over-forward product
+   (``torch.func.grad`` of the ``jvp``), or else by finite differences as in 1.
 4. ``"finite-difference"``: Richardson-extrapolated central differences of exact gradients,
    (4·D(h) − D(2h))/3 with D(h) = (∇L(θ + h·u) − ∇L(θ − h·u))/(2h) along the unit vector u and
    h = ε^(1/3)·max(1, ‖θ‖) (ε: the dtype's machine epsilon). Approximate: each product estimates its
@@ -122,6 +127,9 @@ class CurvatureOperator:
         self.products = 0
         self.product_error = 0.0
         self.method_notes: list[str] = []
+        #: custom autograd.Functions met in the loss graphs before the first product (``_opaque_functions``)
+        self._opaque: set[str] = set()
+        self._cut: set[str] = set()  # those of them whose backward is cut from the graph (``_watch``)
         self._method = method
         self._checked = False  # the first product of the method has been taken
         self._math_sdpa = method not in (None, "double-backward")
@@ -230,13 +238,31 @@ class CurvatureOperator:
         term = self.problem.batch_terms(self._point, batch, n, self._buffers, metrics=False)["loss"]
         if not term.requires_grad:
             return ("hessian", [], "no-grad" if self._output_depends_on_leaves(batch) else "unused")
-        grads = torch.autograd.grad(term, self._leaves, create_graph=True, allow_unused=True)
+        handles = []
+        if not self._checked:  # before the first product only: one walk of the forward graph
+            for name, node in _opaque_functions(term):
+                self._opaque.add(name)
+                handles.append(node.register_hook(functools.partial(self._watch, name)))
+        try:
+            grads = torch.autograd.grad(term, self._leaves, create_graph=True, allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
         pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         status = "ok"
         if not pairs:
             present = [g for g in grads if g is not None]
             status = "zero-grad" if present and all(not bool(g.any()) for g in present) else "constant-grad"
         return ("hessian", pairs, status)
+
+    def _watch(self, name: str, grad_inputs: tuple, grad_outputs: tuple) -> None:
+        """Hook on a custom autograd.Function's node during ``create_graph=True``: a backward whose
+        incoming gradient is in the graph but whose nonzero result is not (computed outside autograd)
+        is not differentiable, and double backward through it gives a partial Hessian."""
+        if not any(isinstance(g, Tensor) and g.requires_grad for g in grad_outputs):
+            return
+        if any(isinstance(g, Tensor) and not g.requires_grad and bool(g.detach().any()) for g in grad_inputs):
+            self._cut.add(name)
 
     def _ggn_graph(self, batch: Any, n: int) -> tuple:
         problem = self.problem
@@ -372,6 +398,30 @@ class CurvatureOperator:
                     total[i] = out[k] if total[i] is None else total[i] + out[k]
         return self._flat(total)
 
+    def _agrees_reverse_over_forward(self, out: Tensor, v: Tensor) -> bool:
+        """Whether a forward-over-reverse product equals ``torch.func.grad`` of the directional
+        derivative ``jvp(L)(θ; v)`` (reverse-over-forward: other rules, the same exact Hessian a.e.) up to
+        rounding. False when that fails."""
+        problem, names, buffers = self.problem, self.names, self._buffers
+        fixed = {k: t for k, t in self.theta.items() if k not in names}
+        order = list(self.theta)
+        point = {k: self.theta[k] for k in names}
+        tangent = dict(zip(names, self._split(v)))
+        total: list[Tensor | None] = [None] * len(names)
+        try:
+            with self._kernels():
+                for batch, n in problem.data:
+                    def term(selected: dict[str, Tensor], batch=batch, n=n) -> Tensor:
+                        params = {k: selected[k] if k in selected else fixed[k] for k in order}
+                        return problem.batch_terms(params, batch, n, buffers, metrics=False)["loss"]
+
+                    other = torch.func.grad(lambda p, term=term: torch.func.jvp(term, (p,), (tangent,))[1])(point)
+                    for i, k in enumerate(names):
+                        total[i] = other[k] if total[i] is None else total[i] + other[k]
+        except Exception:  # noqa: BLE001 - any failure: fall back to the finite-difference check
+            return False
+        return self._agrees(out, self._flat(total))
+
     def _gradient(self, flat: Tensor) -> Tensor:
         """∇L at θ + (flat on the selected parameters), exact first-order autograd, batch by batch."""
         leaves = [t.detach().requires_grad_(True) for t in self._split(flat)]
@@ -406,6 +456,16 @@ class CurvatureOperator:
         if math.isfinite(error):
             self.product_error = max(self.product_error, error)
         return ((4.0 * d1 - d2) / 3.0 * size).to(self.dtype)
+
+    def _confirmed(self, out: Tensor, v: Tensor) -> bool:
+        """Whether a double-backward product equals the forward-over-reverse product of the same vector
+        up to rounding: two exact methods agreeing (kinks do not matter to either). False when forward
+        mode fails, as it does for custom autograd.Functions without a ``jvp``/``setup_context``."""
+        try:
+            other = self._forward_over_reverse(v)
+        except Exception:  # noqa: BLE001 - any failure: fall back to the finite-difference check
+            return False
+        return self._agrees(out, other)
 
     def _agrees(self, a: Tensor, b: Tensor) -> bool:
         """Whether two products of the same vector agree up to rounding (1000 ε of their size)."""
@@ -449,22 +509,31 @@ class CurvatureOperator:
                     raise
                 tried.append((method, exc))
                 continue
-            if method in ("double-backward", "double-backward-math-sdpa") and self.kind == "hessian":
+            if method in ("double-backward", "double-backward-math-sdpa") and self.kind == "hessian" and \
+                    self._opaque and (self._cut or not self._confirmed(out, v)):
                 # a backward that is not itself differentiable (a custom autograd.Function computing its
-                # gradient outside autograd, without @once_differentiable) gives a silently partial Hessian
+                # gradient outside autograd, without @once_differentiable) gives a silently partial Hessian.
+                # Only custom Functions can: torch's own operations (ReLU, max-pool included) have exact
+                # second derivatives (a.e.), and finite differences across their kinks measure a smoothed
+                # curvature instead, so the check runs only when the graph holds custom Functions.
                 fd = self._finite_difference(v)
                 gap, size = _gap(out, fd)
-                if gap > 10 * self.product_error * float(torch.linalg.vector_norm(v)) + 0.05 * size:
+                if self._cut or gap > 10 * self.product_error * float(torch.linalg.vector_norm(v)) + 0.05 * size:
+                    estimate = self.product_error * float(torch.linalg.vector_norm(v)) / size
+                    why = (f"custom autograd.Function {', '.join(sorted(self._cut))[:60]}: its backward returns "
+                           "gradients cut from the autograd graph (computed outside autograd), not differentiable"
+                           if self._cut else
+                           f"custom autograd.Function {', '.join(sorted(self._opaque))[:60]}: part of the model's "
+                           "backward is not differentiable, e.g. computed outside autograd")
                     tried.append((method, RuntimeError(
                         f"its product disagreed with finite differences of exact gradients by {gap / size:.0%} "
-                        f"(their error estimate: {self.product_error * float(torch.linalg.vector_norm(v)) / size:.1e})"
-                        ": part of the model's backward is not differentiable (e.g. a custom autograd.Function "
-                        "computing its gradient outside autograd)")))
+                        f"({why}; error estimate of the differences: {estimate:.1e})")))
                     method, out = "finite-difference", fd
                 else:
                     self.product_error = 0.0
-            if method == "forward-over-reverse":
+            if method == "forward-over-reverse" and not self._agrees_reverse_over_forward(out, v):
                 # forward-mode rules are not all right (F.layer_norm on torch 2.13): check against differences
+                # (only when reverse-over-forward cannot confirm it: differences across kinks are no oracle)
                 fd = self._finite_difference(v)
                 slack = 10 * self.product_error * float(torch.linalg.vector_norm(v))
                 if float(torch.linalg.vector_norm(out.to(torch.float64) - fd.to(torch.float64))) > slack + \
@@ -628,6 +697,23 @@ def _no_derivative(exc: BaseException) -> bool:
     return isinstance(exc, NotImplementedError) or bool(_NO_DERIVATIVE.search(str(exc)))
 
 
+
+
+def _opaque_functions(term: Tensor) -> list[tuple[str, Any]]:
+    """(name, node) of the custom ``torch.autograd.Function`` s in the autograd graph of ``term``: the only
+    operations whose backward may silently not be differentiable (torch's own have exact rules)."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    stack = [term.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.append((getattr(getattr(node, "_forward_cls", None), "__name__", type(node).__name__), node))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return found
 
 
 def _loss_name(loss: Any) -> str:
