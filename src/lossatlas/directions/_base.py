@@ -129,12 +129,12 @@ def check_independent(dirs: Directions, func: str, arg: str = "directions") -> f
     """Refuse zero, non-finite or linearly dependent directions (a plane spanned by two parallel
     vectors is a line drawn twice); return the largest |cos| between two of them."""
     n = len(dirs)
-    norms = [P.norm(d) for d in dirs]
+    norms = [_norm64(d) for d in dirs]
     for i, v in enumerate(norms):
         if not math.isfinite(v) or v == 0.0:
             raise bad_value(func, f"{arg}[{i}]", "a non-zero direction with finite entries",
                             f"a direction of norm {v}")
-    gram = np.array([[P.dot(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
+    gram = np.array([[_dot64(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
     off = [abs(gram[i, j]) for i in range(n) for j in range(n) if i != j]
     worst = float(max(off, default=0.0))
     if n > 1:
@@ -145,14 +145,45 @@ def check_independent(dirs: Directions, func: str, arg: str = "directions") -> f
     return worst
 
 
+def _on_cpu(tensors) -> bool:
+    return all(t.device.type == "cpu" for t in tensors)
+
+
+def _norm64(d: P.Params) -> float:
+    """:func:`lossatlas.params.norm` (the same bits) with one float64 copy alive at a time, not one of
+    every tensor (on the CPU, where ``_foreach_norm`` is a loop over the tensors)."""
+    if not d or not _on_cpu(d.values()):
+        return P.norm(d)
+    return float(torch.linalg.vector_norm(torch.stack([torch._foreach_norm([v.double()])[0] for v in d.values()])))
+
+
+def _dot64(a: P.Params, b: P.Params) -> float:
+    """:func:`lossatlas.params.dot` (the same bits: each tensor's float64 products summed, the sums
+    added left to right) with one float64 temporary per tensor: a's tensor promoted, then multiplied by
+    b's in place (promoted exactly on the fly), instead of two promoted copies and their product."""
+    if not a:
+        return 0.0
+    total = None
+    for k, v in a.items():
+        w = b[k]
+        if not (v.is_contiguous() and w.is_contiguous()) or v.dtype == w.dtype == torch.float64:
+            part = torch.sum(v.double() * w.double())  # P.dot's own expression
+        else:  # a fresh float64 copy of the one not in float64 (a·b = b·a exactly), times the other
+            t, other = (v.double(), w) if v.dtype != torch.float64 else (w.double(), v)
+            part = torch.sum(t.mul_(other))
+            del t
+        total = part if total is None else total + part
+    return float(total)
+
+
 def _short_list(items: Sequence[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
 
 
 def _resolve_source(source: Any, model: nn.Module | None, func: str | None = None):
     """(params, model) from a dict of parameters, an ``nn.Module`` or a ``Problem``."""
-    if isinstance(source, Problem):
-        return source.params(), source.model
+    if isinstance(source, Problem):  # θ₀ itself, read-only (the factories only read it): no copy
+        return dict(source._center), source.model
     if isinstance(source, nn.Module):
         return P.params_of(source), source
     return source, model
