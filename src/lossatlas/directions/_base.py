@@ -159,8 +159,9 @@ def _norm64(d: P.Params) -> float:
 
 def _dot64(a: P.Params, b: P.Params) -> float:
     """:func:`lossatlas.params.dot` (the same bits: each tensor's float64 products summed, the sums
-    added left to right) with one float64 temporary per tensor: a's tensor promoted, then multiplied by
-    b's in place (promoted exactly on the fly), instead of two promoted copies and their product."""
+    added left to right) with one float64 tensor less per tensor: the one not in float64 promoted, times
+    the other in place (a·b = b·a exactly), not two promoted copies and their product (on the CPU
+    the in-place product still casts the other to a temporary)."""
     if not a:
         return 0.0
     total = None
