@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import params as P
 from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed, public
-from ..params._layout import IgnoreRule, filter_layout, filter_norms, ignored, rescale_filters
+from ..params._layout import IgnoreRule, filter_layout, filter_norms, filters, ignored, rescale_filters
 from ._base import Directions, _check_model_params, _check_params, _resolve_source
 from ._registry import NORM_WORDS, NORMS, DirectionKind, register
 
@@ -136,11 +136,12 @@ def _direction(theta: Mapping[str, Tensor], seed: int, layout: Mapping[str, str]
     gen = torch.Generator().manual_seed(seed)
     d: P.Params = {}
     for k, t in theta.items():
+        if norm == "filter" and k not in skip:
+            d[k] = _filter_draw(t, gen, layout[k])
+            continue
         draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
         if k in skip:
             d[k] = torch.zeros_like(draw)
-        elif norm == "filter":
-            d[k] = rescale_filters(draw, t.double().cpu(), layout[k])
         elif norm == "layer":
             nv = float(torch.linalg.vector_norm(draw))
             d[k] = draw if nv == 0 else draw * (float(torch.linalg.vector_norm(t.double().cpu())) / nv)
@@ -156,6 +157,20 @@ def _direction(theta: Mapping[str, Tensor], seed: int, layout: Mapping[str, str]
             for v in d.values():
                 v.mul_(nt / nd)
     return d
+
+
+def _filter_draw(t: Tensor, gen: torch.Generator, rule: str) -> Tensor:
+    """``rescale_filters(N(0, 1) draw, θ_k in float64, rule)`` (the same bits) with θ_k's float64 copy
+    released before the draw is made and the draw rescaled in place: one float64 tensor at a time."""
+    if rule.startswith("convT:"):  # filters() of a ConvTranspose weight is a copy, not a view
+        return rescale_filters(torch.randn(t.shape, generator=gen, dtype=torch.float64), t.double().cpu(), rule)
+    nt = torch.linalg.vector_norm(filters(t.double().cpu(), rule), dim=1, keepdim=True)
+    draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+    fd = filters(draw, rule)  # a view of the (contiguous) draw
+    nd = torch.linalg.vector_norm(fd, dim=1, keepdim=True)
+    factor = torch.where(nd > 0, nt / torch.where(nd > 0, nd, torch.ones_like(nd)), torch.zeros_like(nd))
+    fd.mul_(factor)
+    return draw
 
 
 def _orthogonalise_(vectors: list[P.Params]) -> None:
