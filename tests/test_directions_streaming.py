@@ -102,3 +102,18 @@ def test_streamed_dot_and_norm_are_params_dot_and_norm():
     for dtype in (torch.float32, torch.float64, torch.float16):
         d = base.to(dtype=dtype)
         assert check_independent(d, "f") == _gram_oracle(d.vectors)
+
+
+def test_streamed_dot_of_large_tensors(monkeypatch):
+    import lossatlas.directions._base as base
+
+    monkeypatch.setattr(base, "_CHUNK", 7)  # several slices, a ragged last one
+    g = torch.Generator().manual_seed(2)
+    a = {"w": torch.randn(9, 11, generator=g), "b": torch.randn(5, generator=g, dtype=torch.float64),
+         "c": torch.randn(4, 6, generator=g, dtype=torch.float64)}
+    b = {"w": torch.randn(9, 11, generator=g, dtype=torch.float64), "b": torch.randn(5, generator=g),
+         "c": torch.randn(4, 6, generator=g, dtype=torch.float64)}
+    for x, y in [(a, b), (b, a), (a, a)]:
+        assert base._dot64(x, y) == P.dot(x, y)
+    d = lossatlas.directions.random(nn.Linear(30, 20), n=2, seed=4)
+    assert check_independent(d, "f") == _gram_oracle(d.vectors)

@@ -157,22 +157,28 @@ def _norm64(d: P.Params) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch._foreach_norm([v.double()])[0] for v in d.values()])))
 
 
+_CHUNK = 2**18  # elements per promoted slice in _dot64 (2 MiB in float64)
+
+
 def _dot64(a: P.Params, b: P.Params) -> float:
     """:func:`lossatlas.params.dot` (the same bits: each tensor's float64 products summed, the sums
-    added left to right) with one float64 tensor less per tensor: the one not in float64 promoted, times
-    the other in place (a·b = b·a exactly), not two promoted copies and their product (on the CPU
-    the in-place product still casts the other to a temporary)."""
+    added left to right) with one float64 tensor alive per tensor, not three: the elementwise float64
+    products are formed slice by slice (elementwise, hence the same values) into one buffer, which is
+    then summed whole, as P.dot sums its product tensor."""
     if not a:
         return 0.0
     total = None
     for k, v in a.items():
         w = b[k]
-        if not (v.is_contiguous() and w.is_contiguous()) or v.dtype == w.dtype == torch.float64:
+        if not (v.is_contiguous() and w.is_contiguous()) or v.numel() <= _CHUNK:
             part = torch.sum(v.double() * w.double())  # P.dot's own expression
-        else:  # a fresh float64 copy of the one not in float64 (a·b = b·a exactly), times the other
-            t, other = (v.double(), w) if v.dtype != torch.float64 else (w.double(), v)
-            part = torch.sum(t.mul_(other))
-            del t
+        else:
+            prod = torch.empty(v.shape, dtype=torch.float64, device=v.device)
+            fv, fw, fp = v.reshape(-1), w.reshape(-1), prod.view(-1)
+            for i in range(0, fv.numel(), _CHUNK):
+                torch.mul(fv[i:i + _CHUNK].double(), fw[i:i + _CHUNK].double(), out=fp[i:i + _CHUNK])
+            part = torch.sum(prod)
+            del prod
         total = part if total is None else total + part
     return float(total)
 
