@@ -76,7 +76,7 @@ def _number(v: Any) -> float | str:
 def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
     """θ₀, then the probe points one at a time (each made when it is evaluated: one point's memory at
     a time, not ``len(PROBES)`` copies of θ; each tensor formed in place, base + r·k, in float64)."""
-    center = problem._center
+    center = problem.params(copy=False)
     gen = torch.Generator(device="cpu").manual_seed(SEED)
     yield center
     for eps in PROBES:

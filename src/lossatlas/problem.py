@@ -322,9 +322,15 @@ class Problem:
         return out
 
     # ------------------------------------------------------------------------------------------
-    def params(self) -> P.Params:
-        """θ₀: a copy of the model's trainable parameters (as given) in the problem's dtype/device."""
-        return P.clone(self._center)
+    def params(self, *, copy: bool = True) -> P.Params:
+        """θ₀: a copy of the model's trainable parameters (as given) in the problem's dtype/device.
+
+        ``copy=False``: the problem's own tensors, for reading only (no parameter-sized copy; what a
+        plane of a big model needs) — write to them and every later evaluation changes.
+        """
+        if not isinstance(copy, bool):
+            raise bad_type("Problem.params", "copy", "a bool", copy)
+        return P.clone(self._center) if copy else dict(self._center)
 
     def check_params(self, params: Mapping[str, Tensor], *, func: str | None = None, arg: str = "params") -> None:
         """Raise a clear error unless ``params`` has exactly the problem's trainable parameters (messages

@@ -133,13 +133,13 @@ def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, direction
     span_auto = None
     if isinstance(span, str):  # "auto" / "auto:F": spans found from the loss, recorded in attrs["span_auto"]
         factor = _auto_span.parse(span, func)
-        start = problem.params() if center is None else center
+        start = problem.params(copy=False) if center is None else center  # θ₀ read-only: no copy
         problem.check_params(start, arg="center")
         span_auto = json.loads(json.dumps(_auto_span.auto_span(problem, start, as_directions(directions).vectors,
                                                                factor), sort_keys=True))
         span = [(-s, s) for s in span_auto["spans"]]
-    if center is None:
-        center = problem.params()
+    if center is None:  # the problem's own θ₀, read-only (every consumer copies or binds, never writes)
+        center = problem.params(copy=False)
     problem.check_params(center, arg="center")
     dirs = as_directions(directions)
     for i, d in enumerate(dirs):

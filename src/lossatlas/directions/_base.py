@@ -130,12 +130,12 @@ def check_independent(dirs: Directions, arg: str = "directions") -> float:
     vectors is a line drawn twice); return the largest |cos| between two of them. Messages name the
     public function running."""
     n = len(dirs)
-    norms = [P.norm(d) for d in dirs]
+    norms = [_norm64(d) for d in dirs]
     for i, v in enumerate(norms):
         if not math.isfinite(v) or v == 0.0:
             raise bad_value(f"{arg}[{i}]", "a non-zero direction with finite entries",
                             f"a direction of norm {v}")
-    gram = np.array([[P.dot(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
+    gram = np.array([[_dot64(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
     off = [abs(gram[i, j]) for i in range(n) for j in range(n) if i != j]
     worst = float(max(off, default=0.0))
     if n > 1:
@@ -146,14 +146,52 @@ def check_independent(dirs: Directions, arg: str = "directions") -> float:
     return worst
 
 
+def _on_cpu(tensors) -> bool:
+    return all(t.device.type == "cpu" for t in tensors)
+
+
+def _norm64(d: P.Params) -> float:
+    """:func:`lossatlas.params.norm` (the same bits) with one float64 copy alive at a time, not one of
+    every tensor (on the CPU, where ``_foreach_norm`` is a loop over the tensors)."""
+    if not d or not _on_cpu(d.values()):
+        return P.norm(d)
+    return float(torch.linalg.vector_norm(torch.stack([torch._foreach_norm([v.double()])[0] for v in d.values()])))
+
+
+_CHUNK = 2**18  # elements per promoted slice in _dot64 (2 MiB in float64)
+
+
+def _dot64(a: P.Params, b: P.Params) -> float:
+    """:func:`lossatlas.params.dot` (the same bits: each tensor's float64 products summed, the sums
+    added left to right) with one float64 tensor alive per tensor, not three: the elementwise float64
+    products are formed slice by slice (elementwise, hence the same values) into one buffer, which is
+    then summed whole, as P.dot sums its product tensor."""
+    if not a:
+        return 0.0
+    total = None
+    for k, v in a.items():
+        w = b[k]
+        if not (v.is_contiguous() and w.is_contiguous()) or v.numel() <= _CHUNK:
+            part = torch.sum(v.double() * w.double())  # P.dot's own expression
+        else:
+            prod = torch.empty(v.shape, dtype=torch.float64, device=v.device)
+            fv, fw, fp = v.reshape(-1), w.reshape(-1), prod.view(-1)
+            for i in range(0, fv.numel(), _CHUNK):
+                torch.mul(fv[i:i + _CHUNK].double(), fw[i:i + _CHUNK].double(), out=fp[i:i + _CHUNK])
+            part = torch.sum(prod)
+            del prod
+        total = part if total is None else total + part
+    return float(total)
+
+
 def _short_list(items: Sequence[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (", …" if len(items) > limit else "")
 
 
 def _resolve_source(source: Any, model: nn.Module | None):
     """(params, model) from a dict of parameters, an ``nn.Module`` or a ``Problem``."""
-    if isinstance(source, Problem):
-        return source.params(), source.model
+    if isinstance(source, Problem):  # θ₀ itself, read-only (the factories only read it): no copy
+        return source.params(copy=False), source.model
     if isinstance(source, nn.Module):
         return P.params_of(source), source
     return source, model

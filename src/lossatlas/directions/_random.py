@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import params as P
 from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed, public
-from ..params._layout import IgnoreRule, filter_layout, filter_norms, ignored, rescale_filters
+from ..params._layout import IgnoreRule, filter_layout, filter_norms, filters, ignored, rescale_filters
 from ._base import Directions, _check_model_params, _check_params, _resolve_source
 from ._registry import NORM_WORDS, NORMS, DirectionKind, register
 
@@ -81,15 +81,18 @@ def random(
     if not isinstance(orthogonal, bool):
         raise bad_type("orthogonal", "a bool", orthogonal)
     seeds = _seeds(int(seed), n)
-    theta64 = {k: v.double().cpu() for k, v in theta.items()}
-    vectors = [_normalise(_draw(theta, s, skip), theta64, layout, norm, skip) for s in seeds]
+    # float64 on the CPU, one parameter tensor at a time (no float64 copy of the whole of θ, no second set
+    # of draws): the same operations on the same values as drawing every tensor, then normalising
+    vectors = [_direction(theta, s, layout, norm, skip) for s in seeds]
     deviation = 0.0
     if orthogonal and n > 1:
-        vectors = P.orthogonalise(vectors)
+        _orthogonalise_(vectors)
         if norm == "filter":
             deviation = _filter_deviation(vectors, theta, layout, skip)
-    out = [{k: v.to(dtype=theta[k].dtype, device=theta[k].device) for k, v in d.items()} for d in vectors]
     cos = [[P.cosine(a, b) for b in vectors] for a in vectors]
+    # the float64 vectors are released tensor by tensor as their model-dtype copies are made
+    out = [_to_model(d, theta) for d in vectors]
+    del vectors
     word = NORM_WORDS[norm]
     spec = {
         "kind": "random",
@@ -125,32 +128,69 @@ def _check_arguments(params: Any, model: Any, n: Any, norm: Any, seed: Any) -> t
     return params, model, seed
 
 
-def _draw(theta: Mapping[str, Tensor], seed: int, skip: set[str]) -> P.Params:
-    """One N(0, 1) draw per entry in float64 on the CPU from its own generator (zero where ignored)."""
+def _direction(theta: Mapping[str, Tensor], seed: int, layout: Mapping[str, str], norm: str | None,
+               skip: set[str]) -> P.Params:
+    """One normalised direction in float64 on the CPU: an N(0, 1) draw per entry from its own generator
+    (every tensor drawn in order, zero where ignored), normalised as ``norm`` says. Each tensor is drawn
+    and normalised before the next is drawn, with θ's tensor promoted to float64 only while it is used."""
     gen = torch.Generator().manual_seed(seed)
-    d = {}
+    d: P.Params = {}
     for k, t in theta.items():
+        if norm == "filter" and k not in skip:
+            d[k] = _filter_draw(t, gen, layout[k])
+            continue
         draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
-        d[k] = torch.zeros_like(draw) if k in skip else draw
+        if k in skip:
+            d[k] = torch.zeros_like(draw)
+        elif norm == "layer":
+            nv = float(torch.linalg.vector_norm(draw))
+            d[k] = draw if nv == 0 else draw * (float(torch.linalg.vector_norm(t.double().cpu())) / nv)
+        else:
+            d[k] = draw
+        del draw
+    if norm == "model":  # ‖θ‖ over the moving parameters, as P.norm, one float64 tensor at a time
+        moving = [k for k in d if k not in skip]
+        nd = P.norm({k: d[k] for k in moving})
+        nt = float(torch.linalg.vector_norm(torch.stack(
+            [torch._foreach_norm([theta[k].double().cpu()])[0] for k in moving])))
+        if nd > 0:
+            for v in d.values():
+                v.mul_(nt / nd)
     return d
 
 
-def _normalise(d: P.Params, theta: P.Params, layout: Mapping[str, str], norm: str | None,
-               skip: set[str]) -> P.Params:
-    if norm is None:
-        return d
-    if norm == "filter":
-        return {k: v if k in skip else rescale_filters(v, theta[k], layout[k]) for k, v in d.items()}
-    if norm == "layer":
-        out = {}
-        for k, v in d.items():
-            nv = float(torch.linalg.vector_norm(v))
-            out[k] = v if (k in skip or nv == 0) else v * (float(torch.linalg.vector_norm(theta[k])) / nv)
-        return out
-    moving = {k: v for k, v in d.items() if k not in skip}
-    nd = P.norm(moving)
-    nt = P.norm({k: theta[k] for k in moving})
-    return {k: (v * (nt / nd) if nd > 0 else v) for k, v in d.items()}
+def _filter_draw(t: Tensor, gen: torch.Generator, rule: str) -> Tensor:
+    """``rescale_filters(N(0, 1) draw, θ_k in float64, rule)`` (the same bits) with θ_k's float64 copy
+    released before the draw is made and the draw rescaled in place: one float64 tensor at a time."""
+    if rule.startswith("convT:"):  # filters() of a ConvTranspose weight is a copy, not a view
+        return rescale_filters(torch.randn(t.shape, generator=gen, dtype=torch.float64), t.double().cpu(), rule)
+    nt = torch.linalg.vector_norm(filters(t.double().cpu(), rule), dim=1, keepdim=True)
+    draw = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+    fd = filters(draw, rule)  # a view of the (contiguous) draw
+    nd = torch.linalg.vector_norm(fd, dim=1, keepdim=True)
+    factor = torch.where(nd > 0, nt / torch.where(nd > 0, nd, torch.ones_like(nd)), torch.zeros_like(nd))
+    fd.mul_(factor)
+    return draw
+
+
+def _orthogonalise_(vectors: list[P.Params]) -> None:
+    """:func:`lossatlas.params.orthogonalise` (modified Gram–Schmidt, twice) in place on float64
+    vectors: the same arithmetic, without a clone of every vector."""
+    for i, w in enumerate(vectors):
+        for _ in range(2):
+            for u in vectors[:i]:
+                uu = P.dot(u, u)
+                if uu > 0:
+                    c = P.dot(w, u) / uu
+                    torch._foreach_add_(list(w.values()), [u[k] for k in w], alpha=-c)
+
+
+def _to_model(d: P.Params, theta: Mapping[str, Tensor]) -> P.Params:
+    """``d`` in θ's dtype and device, emptying ``d`` as it goes (one float64 tensor freed per copy)."""
+    out = {}
+    for k in list(d):
+        out[k] = d.pop(k).to(dtype=theta[k].dtype, device=theta[k].device)
+    return out
 
 
 def _filter_deviation(vectors: Sequence[P.Params], theta: Mapping[str, Tensor], layout: Mapping[str, str],
