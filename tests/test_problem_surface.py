@@ -10,7 +10,7 @@ import lossatlas
 from lossatlas.errors import InvalidArgumentError
 
 SRC = pathlib.Path(lossatlas.__file__).parent
-PRIVATE = {"_bn_modules", "_module", "_loss_dtype_arg"}
+PRIVATE = {"_bn_modules", "_module", "_loss_dtype_arg", "_center"}
 
 
 def _bn_problem():
@@ -85,3 +85,14 @@ def test_replace_data_is_a_view_on_other_batches():
         pr.replace(data=(x, y))
     with pytest.raises(InvalidArgumentError, match="n_samples"):
         pr.replace(n_samples=5)
+
+
+def test_params_without_a_copy_are_the_problems_own_tensors():
+    pr = _bn_problem()
+    own, copied = pr.params(copy=False), pr.params()
+    assert own.keys() == copied.keys()
+    assert all(torch.equal(own[k], copied[k]) for k in own)
+    assert all(own[k].data_ptr() == pr.params(copy=False)[k].data_ptr() for k in own)  # no copy
+    assert all(own[k].data_ptr() != copied[k].data_ptr() for k in own)
+    with pytest.raises(lossatlas.errors.InvalidTypeError, match=r"Problem.params\(\): argument 'copy'"):
+        pr.params(copy="no")
