@@ -268,19 +268,7 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
                 claimed = time.perf_counter()
                 coordination += claimed - t1
             coordination += time.perf_counter() - claimed
-            waiting = time.perf_counter()
-            pause = POLL_SECONDS[0]
-            while True:  # wait for the chunks still in flight on other ranks (no collective: no timeout)
-                done = board.add("done", 0)
-                failure = board.failure()
-                if failure is not None:
-                    raise DistributedError(f"{description}: {failure}")
-                if done >= total:
-                    break
-                refresh(done)
-                time.sleep(pause)
-                pause = min(2 * pause, POLL_SECONDS[1])
-            waiting = time.perf_counter() - waiting
+            waiting = _wait_for_ranks(board, total, description, refresh)
             refresh(total, force=True)
         except BaseException as exc:
             if not isinstance(exc, DistributedError):
@@ -288,14 +276,37 @@ def _run_shared(layout, evaluate, variables, store, progress, description, split
             raise
     seconds = time.perf_counter() - start
     if report is not None:
-        stats = board.per_rank()
-        report.update(world=ctx.world, rank=ctx.rank, points=[p for p, _ in stats],
-                      busy_seconds=[s for _, s in stats], seconds=seconds, coordination_seconds=coordination,
-                      wait_seconds=waiting)
+        _fill_report(report, board, ctx, seconds, coordination, waiting)
     if store is None and split == "chunks":
         for part in ctx.gather(mine):  # one collective at the end, every rank gets every chunk
             mine.update(part)
     return mine
+
+
+def _wait_for_ranks(board: _Board, total: int, description: str, refresh: Callable[[int], None]) -> float:
+    """Poll ``board`` until ``total`` points are done, raising another rank's failure; the seconds waited."""
+    waiting = time.perf_counter()
+    pause = POLL_SECONDS[0]
+    while True:  # wait for the chunks still in flight on other ranks (no collective: no timeout)
+        done = board.add("done", 0)
+        failure = board.failure()
+        if failure is not None:
+            raise DistributedError(f"{description}: {failure}")
+        if done >= total:
+            break
+        refresh(done)
+        time.sleep(pause)
+        pause = min(2 * pause, POLL_SECONDS[1])
+    return time.perf_counter() - waiting
+
+
+def _fill_report(report: dict[str, Any], board: _Board, ctx: D.Context, seconds: float, coordination: float,
+                 waiting: float) -> None:
+    """Write this run's per-rank points and busy seconds, and this rank's timings, into ``report``."""
+    stats = board.per_rank()
+    report.update(world=ctx.world, rank=ctx.rank, points=[p for p, _ in stats],
+                  busy_seconds=[s for _, s in stats], seconds=seconds, coordination_seconds=coordination,
+                  wait_seconds=waiting)
 
 
 def _claims(pending: Sequence[tuple[int, ...]], board: _Board, split: str) -> Iterator[tuple[int, ...]]:

@@ -93,23 +93,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
     ((3, 3), True, 1)
     """
     func = "curvature.ratio_map"
-    if not isinstance(problem, Problem):
-        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
-    if dtype is not None and dtype not in DTYPES:
-        raise bad_value(func, "dtype", "torch.float32, torch.float64 or None (the problem's dtype)", dtype)
-    if curvature not in KINDS:
-        raise bad_value(func, "curvature", f"one of {KINDS}", curvature)
-    if center is None:
-        center = problem.params()
-    dirs = as_directions(directions, func=func)
-    if dtype is not None and dtype != problem.dtype:
-        problem = problem.with_dtype(dtype)
-        center = P.to(center, dtype=dtype)
-        dirs = dirs.to(dtype=dtype)
-    problem.check_params(center, func=func, arg="center")
-    for i, d in enumerate(dirs):
-        P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
-
+    problem, center, dirs = _checked_inputs(func, problem, center, directions, dtype, curvature)
     warn_if_stale(problem, func, dirs.vectors, "a direction")
     grid = Grid.make(len(dirs), steps, span, func=func)
     tol = C.check_tol(func, tol)
@@ -127,6 +111,37 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
         ggn_operator(problem, center, params=params, retain=False)
     names = select(problem, params, func=func)
 
+    job = _ratio_job(func, problem, center, dirs, grid, names, curvature=curvature, tol=tol, seed=seed,
+                     max_products=max_products, basis=basis, chunk=chunk, warm_start=warm_start)
+    return run_grid(job, store=store, overwrite=overwrite, progress=progress)
+
+
+def _checked_inputs(func: str, problem, center, directions, dtype, curvature: str):
+    """Check ``problem``, ``dtype``, ``curvature``, ``center`` and ``directions``; return them in ``dtype``."""
+    if not isinstance(problem, Problem):
+        raise bad_type(func, "problem", "a lossatlas.Problem", problem)
+    if dtype is not None and dtype not in DTYPES:
+        raise bad_value(func, "dtype", "torch.float32, torch.float64 or None (the problem's dtype)", dtype)
+    if curvature not in KINDS:
+        raise bad_value(func, "curvature", f"one of {KINDS}", curvature)
+    if center is None:
+        center = problem.params()
+    dirs = as_directions(directions, func=func)
+    if dtype is not None and dtype != problem.dtype:
+        problem = problem.with_dtype(dtype)
+        center = P.to(center, dtype=dtype)
+        dirs = dirs.to(dtype=dtype)
+    problem.check_params(center, func=func, arg="center")
+    for i, d in enumerate(dirs):
+        P.check_like(center, d, func=func, arg=f"directions[{i}]", ref_arg="center")
+
+    return problem, center, dirs
+
+
+def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid, names, *, curvature: str,
+               tol: float, seed: int, max_products: int, basis: int | None, chunk: int | None,
+               warm_start: bool) -> GridJob:
+    """The :class:`~lossatlas.grid_job.GridJob` of a ratio map: its plan, attrs, point evaluator and NaN counts."""
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
                 "params": list(names), "start": "warm" if warm_start else "cold"}
@@ -161,7 +176,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
                            if problem.device.type == "cpu" else None}, None),
         evaluator=build, attrs=attrs_for, labels=tuple(dirs.labels), write_extra=lambda tmp: _save_basis(tmp, center, dirs),
         description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", finish=finish)
-    return run_grid(job, store=store, overwrite=overwrite, progress=progress)
+    return job
 
 
 def _count_nan(ds: xr.Dataset) -> dict:
