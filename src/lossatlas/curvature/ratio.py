@@ -144,7 +144,9 @@ def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid
     """The :class:`~lossatlas.grid_job.GridJob` of a ratio map: its plan, attrs, point evaluator and NaN counts."""
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
-                "params": list(names), "start": "warm" if warm_start else "cold"}
+                "params": list(names)}
+    if warm_start:  # a cold map is recorded as before warm starts existed, so older stores still resume
+        settings["start"] = "warm"
     base = dict(_provenance(problem, center, dirs, grid, False, False, func=func), kind="ratio_map", strategy="lanczos",
                 eigen=settings)
 
