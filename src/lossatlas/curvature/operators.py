@@ -380,7 +380,9 @@ class CurvatureOperator:
             self._check_statuses(statuses)
         return self._flat(total)
 
-    def _forward_over_reverse(self, v: Tensor) -> Tensor:
+    def _functional_product(self, v: Tensor, compose) -> Tensor:
+        """Σ over batches of ``compose(term, point, tangent)`` (a dict of products per parameter), where
+        ``term`` is the batch's loss as a function of the selected parameters (torch.func transforms)."""
         problem, names, buffers = self.problem, self.names, self._buffers
         fixed = {k: t for k, t in self.theta.items() if k not in names}
         order = list(self.theta)
@@ -393,34 +395,27 @@ class CurvatureOperator:
                     params = {k: selected[k] if k in selected else fixed[k] for k in order}
                     return problem.batch_terms(params, batch, n, buffers, metrics=False)["loss"]
 
-                out = torch.func.jvp(torch.func.grad(term), (point,), (tangent,))[1]
+                out = compose(term, point, tangent)
                 for i, k in enumerate(names):
                     total[i] = out[k] if total[i] is None else total[i] + out[k]
         return self._flat(total)
+
+    def _forward_over_reverse(self, v: Tensor) -> Tensor:
+        return self._functional_product(
+            v, lambda term, point, tangent: torch.func.jvp(torch.func.grad(term), (point,), (tangent,))[1])
 
     def _agrees_reverse_over_forward(self, out: Tensor, v: Tensor) -> bool:
         """Whether a forward-over-reverse product equals ``torch.func.grad`` of the directional
         derivative ``jvp(L)(θ; v)`` (reverse-over-forward: other rules, the same exact Hessian a.e.) up to
         rounding. False when that fails."""
-        problem, names, buffers = self.problem, self.names, self._buffers
-        fixed = {k: t for k, t in self.theta.items() if k not in names}
-        order = list(self.theta)
-        point = {k: self.theta[k] for k in names}
-        tangent = dict(zip(names, self._split(v)))
-        total: list[Tensor | None] = [None] * len(names)
-        try:
-            with self._kernels():
-                for batch, n in problem.data:
-                    def term(selected: dict[str, Tensor], batch=batch, n=n) -> Tensor:
-                        params = {k: selected[k] if k in selected else fixed[k] for k in order}
-                        return problem.batch_terms(params, batch, n, buffers, metrics=False)["loss"]
+        def reverse_over_forward(term, point, tangent):
+            return torch.func.grad(lambda p: torch.func.jvp(term, (p,), (tangent,))[1])(point)
 
-                    other = torch.func.grad(lambda p, term=term: torch.func.jvp(term, (p,), (tangent,))[1])(point)
-                    for i, k in enumerate(names):
-                        total[i] = other[k] if total[i] is None else total[i] + other[k]
+        try:
+            other = self._functional_product(v, reverse_over_forward)
         except Exception:  # noqa: BLE001 - any failure: fall back to the finite-difference check
             return False
-        return self._agrees(out, self._flat(total))
+        return self._agrees(out, other)
 
     def _gradient(self, flat: Tensor) -> Tensor:
         """∇L at θ + (flat on the selected parameters), exact first-order autograd, batch by batch."""
