@@ -362,6 +362,8 @@ API_CASES = [
     ("plot-contour-1d", lambda: plot.contour(tiny_line()), E, "ds"),
     ("plot-contour-not-ds", lambda: plot.contour("store.zarr"), E, "ds"),
     ("plot-line-2d", lambda: plot.line(tiny_surface()), E, "ds"),
+    ("plot-lines-2d", lambda: plot.lines([tiny_line(), tiny_surface()]), E, "datasets[1]"),
+    ("plot-lines-labels", lambda: plot.lines([tiny_line()], labels=["a", "b"]), E, "labels"),
     ("plot-save-missing-dir", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), "/proc/nonexistent/dir/x.png"), StoreError, "path"),
     ("plot-save-is-dir", lambda: plot.save(__import__("matplotlib.figure").figure.Figure(), dir_named("x.png")), StoreError, "path"),
     ("plot-save-html-missing-dir", lambda: plot.save_html(None, "/proc/nonexistent/dir/x.html"), StoreError, "path"),

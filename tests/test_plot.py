@@ -86,3 +86,16 @@ def test_real_surface_plots(classification, tmp_path):
     fig = plot.contour(ds)
     assert any(l.get_label() == "θ (centre)" for l in fig.axes[0].lines)
     assert pixels(plot.save(fig, tmp_path / "c.png")).std() > 10
+
+
+def test_plot_lines_messages_name_the_function_called_once():
+    import numpy as np
+    import xarray as xr
+
+    from lossatlas import plot
+    from lossatlas.errors import InvalidArgumentError
+
+    one = xr.Dataset({"loss": ("x", np.arange(3.0))}, coords={"x": np.arange(3.0)})
+    with pytest.raises(InvalidArgumentError) as info:
+        plot.lines([one], labels=["a", "b"])
+    assert str(info.value).startswith("plot.lines(): argument 'labels'")  # not "plot.lines(): plot.line(): …"

@@ -193,13 +193,13 @@ def lines(datasets: Sequence[xr.Dataset], variable: str = "loss", *, labels: Seq
     """Several 1-D slices on one axes, one line each, labelled by ``labels`` or each result's
     ``attrs["name"]`` (and its direction label when the names repeat)."""
 
-    datasets = _check_list(datasets, variable, func="plot.line")  # plot.lines' messages say plot.line
+    datasets = _check_list(datasets, variable)
     for i, ds in enumerate(datasets):
         if ds[variable].ndim != 1:
-            raise bad_value("plot.line", f"datasets[{i}]", "a 1-D slice", ds[variable].dims)
+            raise bad_value(f"datasets[{i}]", "a 1-D slice", ds[variable].dims)
     if labels is not None and len(labels) != len(datasets):
-        raise bad_value("plot.line", "labels", f"{len(datasets)} labels (one per slice)", labels)
-    vmin, vmax = check_limits("plot.line", vmin, vmax)
+        raise bad_value("labels", f"{len(datasets)} labels (one per slice)", labels)
+    vmin, vmax = check_limits(vmin, vmax)
     plt = _mpl()
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
