@@ -421,7 +421,16 @@ def test_stale_batchnorm_statistics_are_said_on_the_page_and_kept(tmp_path, made
 
     text = page.read_text()
     assert notes(text) == {"slices": 1, "plane": 1, "provenance": 0}, notes(text)
-    assert "--bn recalibrate" in text and "Stale BatchNorm statistics" in text
+    cmd = f"lossatlas surface {target} --directions example --steps 5 --span 1 --seed 0 --bn recalibrate"
+    assert cmd in text and "Stale BatchNorm statistics" in text
+    from lossatlas.cli import main
+
+    with pytest.raises(SystemExit) as exc, pytest.warns(lossatlas.errors.BatchNormStatsWarning):
+        # the note's command, with the stored statistics, is the page's plane
+        main(cmd.split()[1:-2] + ["--store", str(tmp_path / "same.zarr"), "--no-progress"])
+    assert exc.value.code == 0
+    np.testing.assert_array_equal(lossatlas.open_surface(tmp_path / "same.zarr").loss.values,
+                                  lossatlas.open_surface(folder / "plane.zarr").loss.values)
     before = lossatlas.open_surface(folder / "plane.zarr").loss.values.copy()
     with pytest.warns(lossatlas.errors.BatchNormStatsWarning):
         page = lossatlas.report([target], out=tmp_path / "r.html", settings=settings, sections=sections)

@@ -33,16 +33,19 @@ def _stale_bn_note(page: Page, t, names, what: str) -> str:
     if not recorded:
         return ""
     ck = f" --checkpoint {shlex.quote(t.checkpoint)}" if t.checkpoint else ""
-    cmd = f"lossatlas surface {shlex.quote(t.spec)}{ck} --bn recalibrate"
+    s = t.provenance.get("settings") or {}
+    grid = "".join(f" --{k} {s[k]:g}" for k in ("steps", "span", "seed") if isinstance(s.get(k), (int, float)))
+    cmd = f"lossatlas surface {shlex.quote(t.spec)}{ck} --directions example{grid} --bn recalibrate"
     messages = "; ".join(esc(w.get("message", "")) for w in recorded)
     return (f'<div class="banner bn-stale" data-warning="BatchNormStatsWarning" data-target="{esc(slug(t.name))}">'
             f"<b>Stale BatchNorm statistics ({esc(t.name)}):</b> this model has BatchNorm layers, and {what} was "
             "evaluated with the running statistics stored with it at θ (<code>bn=\"eval\"</code>). The directions "
             "move weights that feed those layers, so away from θ the stored statistics no longer describe the network "
             "being evaluated: the values off θ are those of each point's weights normalised by θ's statistics, not "
-            "what that network would give with its own (recomputed) statistics, and they can be far off (the value "
-            "at θ itself is exact). For the other view, with the statistics recomputed at every point, run "
-            f"<code>{esc(cmd)}</code> (in Python: <code>problem.replace(bn=\"recalibrate\")</code>)."
+            "what that network would give with its own (recomputed) statistics, and they can be far off (at θ "
+            "itself they are θ's own: its value is the stored model's). For the other view, with the statistics "
+            f"recomputed at every point, run <code>{esc(cmd)}</code>: the same plane, whose two directions are also "
+            "the slices' (in Python: <code>problem.replace(bn=\"recalibrate\")</code>)."
             f'<br><span class="muted">Recorded warning: {messages}</span></div>')
 
 
