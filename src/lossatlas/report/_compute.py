@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import re
+import sys
 import time
 import warnings
 from collections.abc import Collection, Iterator, Mapping
@@ -51,20 +52,37 @@ DEFAULTS: dict[str, Any] = {
 QUALIFYING: tuple[type[Warning], ...] = (BatchNormStatsWarning,)
 
 
+_SHOWN: dict[Any, Any] = {}  # the warning registry of re-emitted qualifying warnings (as a module's own)
+
+
+def _module_of(filename: str) -> str | None:
+    for name, mod in list(sys.modules.items()):
+        if getattr(mod, "__file__", None) == filename:
+            return name
+    return None
+
+
 @contextmanager
 def _noting(notes: dict[str, list[dict[str, str]]], names: Collection[str]) -> Iterator[None]:
     """Record the :data:`QUALIFYING` warnings raised within under each of ``names`` (the stored results being
-    computed), then emit every caught warning again as it was (the caller's filters decide what is shown)."""
+    computed; every one, whatever the filters say), then let each warning be shown as it would have been: the
+    qualifying ones emitted again under the caller's filters, the others (which met those filters already)
+    passed on as they are."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        for category in QUALIFYING:  # only these are recorded whatever the filters; the rest keep theirs
+            warnings.simplefilter("always", category)
         yield
     for w in caught:
-        if issubclass(w.category, QUALIFYING):
-            entry = {"category": w.category.__name__, "message": " ".join(str(w.message).split())}
-            for name in names:
-                if entry not in notes.setdefault(name, []):
-                    notes[name].append(entry)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        if not issubclass(w.category, QUALIFYING):
+            getattr(warnings, "_showwarnmsg", lambda m: warnings.showwarning(
+                m.message, m.category, m.filename, m.lineno, m.file, m.line))(w)
+            continue
+        entry = {"category": w.category.__name__, "message": " ".join(str(w.message).split())}
+        for name in names:
+            if entry not in notes.setdefault(name, []):
+                notes[name].append(entry)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module=_module_of(w.filename),
+                               registry=_SHOWN, source=w.source)
 
 
 def slug(name: str) -> str:
