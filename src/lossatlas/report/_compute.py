@@ -68,21 +68,24 @@ def _noting(notes: dict[str, list[dict[str, str]]], names: Collection[str]) -> I
     computed; every one, whatever the filters say), then let each warning be shown as it would have been: the
     qualifying ones emitted again under the caller's filters, the others (which met those filters already)
     passed on as they are."""
-    with warnings.catch_warnings(record=True) as caught:
-        for category in QUALIFYING:  # only these are recorded whatever the filters; the rest keep theirs
-            warnings.simplefilter("always", category)
-        yield
-    for w in caught:
-        if not issubclass(w.category, QUALIFYING):
-            getattr(warnings, "_showwarnmsg", lambda m: warnings.showwarning(
-                m.message, m.category, m.filename, m.lineno, m.file, m.line))(w)
-            continue
-        entry = {"category": w.category.__name__, "message": " ".join(str(w.message).split())}
-        for name in names:
-            if entry not in notes.setdefault(name, []):
-                notes[name].append(entry)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module=_module_of(w.filename),
-                               registry=_SHOWN, source=w.source)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for category in QUALIFYING:  # only these are recorded whatever the filters; the rest keep theirs
+                warnings.simplefilter("always", category)
+            yield
+    finally:  # an interrupted computation's warnings are still shown
+        for w in caught:
+            if not issubclass(w.category, QUALIFYING):
+                getattr(warnings, "_showwarnmsg", lambda m: warnings.showwarning(
+                    m.message, m.category, m.filename, m.lineno, m.file, m.line))(w)
+                continue
+            entry = {"category": w.category.__name__, "message": " ".join(str(w.message).split())}
+            for name in names:
+                if entry not in notes.setdefault(name, []):
+                    notes[name].append(entry)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module=_module_of(w.filename),
+                                   registry=_SHOWN, source=w.source)
 
 
 def slug(name: str) -> str:
