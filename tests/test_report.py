@@ -382,3 +382,64 @@ def test_full_size_report_of_mlp_digits(tmp_path):
     assert page.stat().st_size < 10e6
     assert "non-convex (proven)" in page.read_text()
     assert seconds < 180, seconds
+
+
+BN_USER = '''
+import torch, lossatlas
+
+def make():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = torch.tanh(x @ torch.tensor([[1.0], [-2.0], [0.5]]))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    with torch.no_grad():
+        net(x)  # running statistics of θ
+    net.eval()
+    return lossatlas.Problem(net, torch.nn.MSELoss(), (x, y))
+'''
+
+
+def test_stale_batchnorm_statistics_are_said_on_the_page_and_kept(tmp_path, made):
+    """A plane and slices of a BatchNorm network evaluated with θ's stored statistics: the page says so in the
+    plane and slices sections (with the way to the recalibrated view), provenance.json keeps the warning, and a
+    page made again from the reused stores still says it; a model without BatchNorm gets no such note."""
+    (tmp_path / "bn.py").write_text(BN_USER)
+    target = f"{tmp_path / 'bn.py'}:make"
+    sections = ["slices", "plane", "provenance"]
+    settings = {**SMALL, "steps": 5, "slice_steps": 5}
+    with pytest.warns(lossatlas.errors.BatchNormStatsWarning):  # still shown as a warning
+        page = lossatlas.report([target], out=tmp_path / "r.html", settings=settings, sections=sections)
+    folder = tmp_path / "r_files" / "bn.py-make"
+    stored = json.loads((folder / "provenance.json").read_text())["warnings"]
+    assert set(stored) == {"plane.zarr", "slice-x.zarr", "slice-y.zarr"}
+    assert all(w["category"] == "BatchNormStatsWarning" for ws in stored.values() for w in ws)
+
+    def notes(text):
+        parts = re.split(r'<section[^>]*data-section="([^"]+)"', text)
+        return {name: body.count('data-warning="BatchNormStatsWarning"') for name, body in zip(parts[1::2], parts[2::2])}
+
+    text = page.read_text()
+    assert notes(text) == {"slices": 1, "plane": 1, "provenance": 0}, notes(text)
+    cmd = f"lossatlas surface {target} --directions example --steps 5 --span 1 --seed 0 --bn recalibrate"
+    assert cmd in text and "Stale BatchNorm statistics" in text
+    from lossatlas.cli import main
+
+    with pytest.raises(SystemExit) as exc, pytest.warns(lossatlas.errors.BatchNormStatsWarning):
+        # the note's command, with the stored statistics, is the page's plane
+        main(cmd.split()[1:-2] + ["--store", str(tmp_path / "same.zarr"), "--no-progress"])
+    assert exc.value.code == 0
+    np.testing.assert_array_equal(lossatlas.open_surface(tmp_path / "same.zarr").loss.values,
+                                  lossatlas.open_surface(folder / "plane.zarr").loss.values)
+    before = lossatlas.open_surface(folder / "plane.zarr").loss.values.copy()
+    with pytest.warns(lossatlas.errors.BatchNormStatsWarning):
+        page = lossatlas.report([target], out=tmp_path / "r.html", settings=settings, sections=sections)
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert {"plane.zarr", "slice-x.zarr", "slice-y.zarr"} <= set(prov["reused"]) and prov["warnings"] == stored
+    assert notes(page.read_text()) == {"slices": 1, "plane": 1, "provenance": 0}
+    np.testing.assert_array_equal(lossatlas.open_surface(folder / "plane.zarr").loss.values, before)  # no number changed
+    # a model without BatchNorm: no note, nothing recorded
+    made_text = made[0].read_text()
+    assert 'data-warning="BatchNormStatsWarning"' not in made_text
+    assert json.loads((made[0].with_name("report_files") / "nets.py-make" / "provenance.json").read_text())[
+        "warnings"] == {}

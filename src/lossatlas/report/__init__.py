@@ -10,6 +10,9 @@ from the stored results in a folder beside the page (``report_files/<target>/``:
 ``audit.json`` with ``certificate.npz``, ``curvature.json``, ``provenance.json``); running the
 report again reuses them. A target's θ may come from a checkpoint (``checkpoints=``, the CLI's
 ``--checkpoint``), loaded with its buffers (BatchNorm statistics) as every command loads it.
+Where a plane or slice of a BatchNorm network was evaluated with θ's stored statistics
+(:class:`~lossatlas.errors.BatchNormStatsWarning`), the warning is kept in ``provenance.json`` and
+the section says so in a note, with the command giving the recalibrated view (``--bn recalibrate``).
 """
 
 from __future__ import annotations

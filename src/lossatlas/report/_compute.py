@@ -6,6 +6,11 @@ settings on the same problem (a report is resumable): ``plane.zarr``, ``slice-x.
 resumes chunk by chunk), ``audit.json`` with ``certificate.npz`` (``lossatlas verify``),
 ``curvature.json`` (Hessian extremes, the Gauss–Newton split, trace ± stderr, the density) and
 ``provenance.json``. Every number the page shows is read back from these files.
+
+Warnings that qualify a stored number (:data:`QUALIFYING`: a plane or slice of a BatchNorm network
+evaluated with θ's stored statistics, :class:`~lossatlas.errors.BatchNormStatsWarning`) are recorded
+while each result is computed, still shown as warnings, and kept in ``provenance.json`` under
+``"warnings"`` (one list per stored result), so a page made again from reused results says so too.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import json
 import math
 import platform
 import re
+import sys
 import time
-from collections.abc import Collection, Mapping
+import warnings
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ from .. import params as P
 from .._ncattrs import get as get_attr
 from .._version import __version__
 from ..curvature import ggn_operator, hessian_operator
-from ..errors import LossAtlasError, ProvenanceMismatchError, StoreLockedError
+from ..errors import BatchNormStatsWarning, LossAtlasError, ProvenanceMismatchError, StoreLockedError
 from ..surface import open_surface, surface
 
 #: the fast defaults (mlp-digits in about a minute on 2 cores); ``report(..., settings=...)`` overrides
@@ -38,6 +46,46 @@ DEFAULTS: dict[str, Any] = {
     "eigen_tol": 1e-3, "trace_probes": 12, "density_iters": 20, "density_probes": 2,
     "chunk": None,  # grid points per chunk of the stores (None: about a second of work each)
 }
+
+
+#: warnings that qualify a stored number: recorded with the results and said on the page
+QUALIFYING: tuple[type[Warning], ...] = (BatchNormStatsWarning,)
+
+
+_SHOWN: dict[Any, Any] = {}  # the warning registry of re-emitted qualifying warnings (as a module's own)
+
+
+def _module_of(filename: str) -> str | None:
+    for name, mod in list(sys.modules.items()):
+        if getattr(mod, "__file__", None) == filename:
+            return name
+    return None
+
+
+@contextmanager
+def _noting(notes: dict[str, list[dict[str, str]]], names: Collection[str]) -> Iterator[None]:
+    """Record the :data:`QUALIFYING` warnings raised within under each of ``names`` (the stored results being
+    computed; every one, whatever the filters say), then let each warning be shown as it would have been: the
+    qualifying ones emitted again under the caller's filters, the others (which met those filters already)
+    passed on as they are."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for category in QUALIFYING:  # only these are recorded whatever the filters; the rest keep theirs
+                warnings.simplefilter("always", category)
+            yield
+    finally:  # an interrupted computation's warnings are still shown
+        for w in caught:
+            if not issubclass(w.category, QUALIFYING):
+                getattr(warnings, "_showwarnmsg", lambda m: warnings.showwarning(
+                    m.message, m.category, m.filename, m.lineno, m.file, m.line))(w)
+                continue
+            entry = {"category": w.category.__name__, "message": " ".join(str(w.message).split())}
+            for name in names:
+                if entry not in notes.setdefault(name, []):
+                    notes[name].append(entry)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module=_module_of(w.filename),
+                                   registry=_SHOWN, source=w.source)
 
 
 def slug(name: str) -> str:
@@ -93,6 +141,17 @@ class TargetResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     incomplete: list[str] = field(default_factory=list)  # "plane.zarr: 120/225 points" for stores still running
     reused: list[str] = field(default_factory=list)
+    notes: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # qualifying warnings per stored result
+
+    def warnings(self, *names: str) -> list[dict[str, str]]:
+        """The qualifying warnings recorded for the stored results ``names`` (each once), from provenance.json."""
+        stored = self.provenance.get("warnings") or {}
+        out: list[dict[str, str]] = []
+        for name in names:
+            for w in stored.get(name) or []:
+                if w not in out:
+                    out.append(w)
+        return out
 
     def file(self, name: str) -> Path:
         return self.folder / name
@@ -150,24 +209,28 @@ def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = ""
 
     if "plane" in needs:
         t0 = time.perf_counter()
-        res.plane = _store(folder, "plane.zarr", problem, center, dirs, s["steps"], s["span"], res, progress,
-                           chunk=s["chunk"])
+        with _noting(res.notes, ["plane.zarr"]):
+            res.plane = _store(folder, "plane.zarr", problem, center, dirs, s["steps"], s["span"], res, progress,
+                               chunk=s["chunk"])
         times["plane"] = time.perf_counter() - t0
     if "slices" in needs:
         t0 = time.perf_counter()
         for i, axis in enumerate("xy"):
-            res.slices.append(_store(folder, f"slice-{axis}.zarr", problem, center, dirs.select(i),
-                                     s["slice_steps"], s["span"], res, False, strategy="loop", chunk=s["chunk"]))
+            with _noting(res.notes, [f"slice-{axis}.zarr"]):
+                res.slices.append(_store(folder, f"slice-{axis}.zarr", problem, center, dirs.select(i),
+                                         s["slice_steps"], s["span"], res, False, strategy="loop", chunk=s["chunk"]))
         times["slices"] = time.perf_counter() - t0
 
     n_params = sum(int(v.numel()) for v in center.values())
     if "audit" in needs:
         t0 = time.perf_counter()
-        res.audit = _audit(problem, center, folder, s, n_params, target.name, res, progress)
+        with _noting(res.notes, ["audit.json"]):
+            res.audit = _audit(problem, center, folder, s, n_params, target.name, res, progress)
         times["audit"] = time.perf_counter() - t0
     if "curvature" in needs:
         t0 = time.perf_counter()
-        res.curvature = _curvature(problem, center, folder, s, res, progress)
+        with _noting(res.notes, ["curvature.json"]):
+            res.curvature = _curvature(problem, center, folder, s, res, progress)
         times["curvature"] = time.perf_counter() - t0
     drawn = res.plane if res.plane is not None else (res.slices[0] if res.slices else None)
     d_attrs = drawn.attrs if drawn is not None else {"direction_kind": dirs.spec.get("kind"),
@@ -195,10 +258,22 @@ def compute(target, folder: Path, settings: Mapping[str, Any], *, spec: str = ""
         "made": old.get("made") or time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "reused": res.reused,
+        "warnings": _warnings(old, res, problem, center),
     }
     write_json(prov_path, prov)
     res.provenance = read_json(prov_path) or {}
     return res
+
+
+def _warnings(old: Mapping[str, Any], res: TargetResult, problem, center) -> dict[str, Any]:
+    """The qualifying warnings of each stored result: those of this run where it was computed (or reused, which
+    repeats the checks that warn), else those recorded when it was made if it is the same problem at the same θ."""
+    fp = problem.fingerprint()
+    same = (old.get("fingerprints") == {k: fp[k] for k in ("model", "data", "loss")}
+            and old.get("center_fingerprint") == P.fingerprint(center))
+    out = {k: v for k, v in (old.get("warnings") or {}).items() if same and k in res.reused and v}
+    out.update({k: v for k, v in res.notes.items() if v})
+    return out
 
 
 def _audit(problem, center, folder: Path, s, n_params: int, name: str, res: TargetResult, progress: bool):

@@ -25,6 +25,30 @@ _KIND_WORDS = {
 }
 
 
+def _stale_bn_note(page: Page, t, names, what: str) -> str:
+    """A visible note when the stored results ``names`` of target ``t`` were computed with BatchNorm statistics
+    that do not describe their points (a recorded :class:`~lossatlas.errors.BatchNormStatsWarning`), saying
+    what it means and how to get the other view; "" when none was recorded."""
+    recorded = [w for w in t.warnings(*names) if w.get("category") == "BatchNormStatsWarning"]
+    if not recorded:
+        return ""
+    ck = f" --checkpoint {shlex.quote(t.checkpoint)}" if t.checkpoint else ""
+    s = t.provenance.get("settings") or {}
+    grid = "".join(f" --{k} {s[k]:g}" for k in ("steps", "span", "seed") if isinstance(s.get(k), (int, float)))
+    cmd = f"lossatlas surface {shlex.quote(t.spec)}{ck} --directions example{grid} --bn recalibrate"
+    messages = "; ".join(esc(w.get("message", "")) for w in recorded)
+    return (f'<div class="banner bn-stale" data-warning="BatchNormStatsWarning" data-target="{esc(slug(t.name))}">'
+            f"<b>Stale BatchNorm statistics ({esc(t.name)}):</b> this model has BatchNorm layers, and {what} was "
+            "evaluated with the running statistics stored with it at θ (<code>bn=\"eval\"</code>). The directions "
+            "move weights that feed those layers, so away from θ the stored statistics no longer describe the network "
+            "being evaluated: the values off θ are those of each point's weights normalised by θ's statistics, not "
+            "what that network would give with its own (recomputed) statistics, and they can be far off (at θ "
+            "itself they are θ's own: its value is the stored model's). For the other view, with the statistics "
+            f"recomputed at every point, run <code>{esc(cmd)}</code>: the same plane, whose two directions are also "
+            "the slices' (in Python: <code>problem.replace(bn=\"recalibrate\")</code>)."
+            f'<br><span class="muted">Recorded warning: {messages}</span></div>')
+
+
 def _table(rows) -> str:
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
@@ -165,7 +189,9 @@ def slices(page: Page) -> str:
                          + (" — <b>non-convex slice</b> (below the rounding bound)" if chk["proves_nonconvex_slice"]
                             else " — convex along this line (as far as the grid shows)")))
         cells.append(_table(rows))
-    return (f'<div class="wide">{img}</div><p class="muted">Random slices average the curvature over many '
+    notes = "".join(_stale_bn_note(page, t, [f"slice-{a}.zarr" for a in "xy"[:len(t.slices)]], "each slice")
+                    for t in page.targets)
+    return (f'{notes}<div class="wide">{img}</div><p class="muted">Random slices average the curvature over many '
             f"directions; they can look convex even where the loss is not (see the verdict above).</p>"
             + page.columns(cells))
 
@@ -204,7 +230,8 @@ def plane(page: Page) -> str:
             rows.append(("accuracy at θ", page.num(t, "plane.zarr#accuracy@0,0", acc)))
         cells.append(_table(rows) + page.plotly(f, height=430, static=still))
     scale = "a log colour scale (the loss spans more than a factor 100)" if log else "a linear colour scale"
-    return (f"<p>All panels share one colour range and contour levels ({scale}); θ is the red star (static "
+    notes = "".join(_stale_bn_note(page, t, ["plane.zarr"], "this plane") for t in page.targets)
+    return (f"{notes}<p>All panels share one colour range and contour levels ({scale}); θ is the red star (static "
             f'pictures) or diamond (rotatable 3-D).</p><div class="wide">{img}</div>' + page.columns(cells))
 
 
@@ -286,6 +313,8 @@ def provenance(page: Page) -> str:
                                        for k, v in secs.items())),
                 ("made / updated", esc(f"{p.get('made')} / {p.get('updated')}")),
                 ("reused from an earlier run", esc(", ".join(p.get("reused") or []) or "nothing")),
+                ("warnings recorded", esc("; ".join(f"{k}: {w.get('category')}" for k, ws in
+                                                   (p.get("warnings") or {}).items() for w in ws) or "none")),
                 ("stored results", "<br>".join(f"<code>{esc(folder)}/{esc(f)}</code>" for f in
                                                 ("plane.zarr", "slice-x.zarr", "slice-y.zarr", "audit.json",
                                                  "certificate.npz", "curvature.json", "provenance.json")
