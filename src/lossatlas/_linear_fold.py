@@ -35,6 +35,7 @@ anything unexpected), the layer runs for real: the fold never guesses.
 from __future__ import annotations
 
 import contextlib
+import time
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -142,6 +143,11 @@ class LinearFold:
         self.modules: dict[int, tuple[str, nn.Module]] = {}
         self.coefficients: Any = None
         self._installed: list[nn.Module] = []
+        # seconds of the no-grad forward passes at θ over every batch that discovery ran (None unless
+        # every batch ran): a point's cost, for sizing chunks without timing an extra point
+        self.forward_seconds: float | None = None
+        self._first_calls: dict[int, list[Any]] | None = None
+        self._first_seconds = 0.0
         if not problem.data.cached:
             return
         budget = max_bytes if max_bytes is not None else problem.data.budget // 2
@@ -149,6 +155,7 @@ class LinearFold:
             candidates = self._eligible(center)
             if candidates:
                 self._precompute(candidates, center, directions, budget)
+            self._first_calls = None
 
     @property
     def active_layers(self) -> list[str]:
@@ -159,7 +166,8 @@ class LinearFold:
         """Affine layers of exact built-in type whose parameters are θ-entries or frozen and whose
         inputs, on the first batch, are floating tensors that do not require grad when all of θ
         does (so they do not depend on θ through autograd) and are the same values on a second
-        pass (so they are deterministic). Whether a later input is the one a table was computed
+        pass (so they are deterministic). The inputs of that second pass (a no-grad forward at θ on the
+        first batch, as :meth:`_precompute` runs) are kept for it, with its duration. Whether a later input is the one a table was computed
         from is checked at every use (:meth:`_Entry.matches`), so this is a filter, not a proof."""
         problem = self.problem
         found: dict[int, tuple[str, nn.Module]] = {}
@@ -176,12 +184,16 @@ class LinearFold:
         if not found:
             return {}
         seen: dict[int, list[Any]] = {i: [] for i in found}
+        raw: dict[int, list[Any]] = {i: [] for i in found}
+        keep = [False]
         hooks = []
         for i, (_, m) in found.items():
             def pre(mod, args, kwargs, i=i):
                 x = args[0] if len(args) == 1 and not kwargs else None
                 ok = _plain(x) and not x.requires_grad
                 seen[i].append(x.detach().clone() if ok else None)
+                if keep[0]:
+                    raw[i].append(x if ok else None)  # the tensor itself, as _precompute captures it
             hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         try:
             batch, n = problem.data.first()
@@ -191,9 +203,13 @@ class LinearFold:
             first = {i: list(v) for i, v in seen.items()}
             for v in seen.values():
                 v.clear()
+            keep[0] = True
+            t = time.perf_counter()
             with torch.no_grad():
                 problem.batch_terms(center, batch, n, metrics=False)
+            self._first_seconds = time.perf_counter() - t
         finally:
+            keep[0] = False
             for h in hooks:
                 h.remove()
         ok = {}
@@ -202,6 +218,7 @@ class LinearFold:
             if calls and len(calls) == len(again) and all(
                     a is not None and b is not None and _bitwise_equal(a, b) for a, b in zip(calls, again)):
                 ok[i] = found[i]
+        self._first_calls = {i: raw[i] for i in ok}
         return ok
 
     def _precompute(self, candidates, center, directions, budget: int) -> None:
@@ -217,16 +234,26 @@ class LinearFold:
                     calls[i].append(args[0] if len(args) == 1 and not kwargs else None)
             hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         used = 0
+        seconds = 0.0
         try:
             with torch.no_grad():
                 for b, (batch, n) in enumerate(problem.data):
                     for v in calls.values():
                         v.clear()
-                    capturing[0] = True
-                    try:
-                        problem.batch_terms(center, batch, n, metrics=False)
-                    finally:
-                        capturing[0] = False  # the products below call the layers again
+                    if b == 0 and self._first_calls is not None:
+                        # the first batch's no-grad pass at θ already ran in _eligible (same call, same
+                        # inputs: its layer inputs were checked equal bit for bit to a grad pass's)
+                        for i in candidates:
+                            calls[i].extend(self._first_calls[i])
+                        seconds += self._first_seconds
+                    else:
+                        capturing[0] = True
+                        t = time.perf_counter()
+                        try:
+                            problem.batch_terms(center, batch, n, metrics=False)
+                        finally:
+                            capturing[0] = False  # the products below call the layers again
+                        seconds += time.perf_counter() - t
                     storages = set()
                     for t in _batch_tensors(batch):
                         try:
@@ -247,6 +274,7 @@ class LinearFold:
         finally:
             for h in hooks:
                 h.remove()
+        self.forward_seconds = seconds
         for i, table in tables.items():
             if table:
                 self.tables[i] = table

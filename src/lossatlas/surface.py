@@ -208,8 +208,13 @@ def _names(problem: Problem, metrics: bool) -> list[str]:
 
 def _auto_chunk(evaluator: PointEvaluator, grid: Grid, world: int = 1) -> int:
     """Points per chunk: about CHUNK_SECONDS of work, and at least 8 chunks per rank so that
-    ranks finishing early have chunks left to take."""
+    ranks finishing early have chunks left to take. A point's cost is the evaluator's own timing, else
+    that of the no-grad forward passes at θ its exact-linear fold ran over every batch, else one
+    point timed here."""
     per_point = evaluator.seconds_per_point
+    if per_point is None:
+        per_point = getattr(getattr(evaluator, "fold", None), "forward_seconds", None)
+        per_point = None if per_point is None else max(per_point, 1e-7)
     if per_point is None:
         t = time.perf_counter()
         evaluator(np.zeros((1, grid.ndim)))

@@ -1,0 +1,102 @@
+"""The fold's setup reuses its eligibility pass and sizes chunks from its own timing (issue 17):
+the same tables, bit for bit, as a fold that reruns the first batch, and no extra point timed."""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from test_fold_identity import CatFeatures, FrozenEmbedding, _data
+
+import lossatlas
+from lossatlas._linear_fold import LinearFold
+from lossatlas.evaluator import PointEvaluator
+
+ev_mod = importlib.import_module("lossatlas.evaluator")
+surface_mod = importlib.import_module("lossatlas.surface")  # the module, not the function
+
+
+class _RerunFold(LinearFold):
+    """The previous behaviour: _precompute runs the first batch again."""
+
+    def _eligible(self, center):
+        ok = super()._eligible(center)
+        self._first_calls = None
+        return ok
+
+
+_AUTO_CHUNK = surface_mod._auto_chunk
+
+
+def _timed_chunk(evaluator, grid, world=1):
+    """_auto_chunk as before issue 17: one point timed."""
+    fold, evaluator.fold = evaluator.fold, None
+    try:
+        return _AUTO_CHUNK(evaluator, grid, world)
+    finally:
+        evaluator.fold = fold
+
+
+def _bits(t):
+    return t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _problems():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 5, generator=g), torch.randint(0, 3, (50,), generator=g)
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    out = [lossatlas.Problem(mlp, torch.nn.CrossEntropyLoss(), (x, y), batch_size=20)]
+    for cls in (CatFeatures, FrozenEmbedding):
+        out.append(lossatlas.Problem(cls().double(), torch.nn.CrossEntropyLoss(), _data(cls), batch_size=30))
+    return out
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_tables_are_bit_identical_to_a_rerun_of_the_first_batch(k):
+    pr = _problems()[k]
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    new, old = LinearFold(pr, pr.params(), d.vectors), _RerunFold(pr, pr.params(), d.vectors)
+    assert new.active_layers == old.active_layers and new.active_layers
+    assert new.tables.keys() == old.tables.keys()
+    for i, table in new.tables.items():
+        assert table.keys() == old.tables[i].keys()
+        for key, e in table.items():
+            o = old.tables[i][key]
+            assert _bits(e.products) == _bits(o.products)
+            assert (e.copy is None) == (o.copy is None) and (e.ptr == o.ptr) == (e.copy is None)
+            if e.copy is not None:
+                assert _bits(e.copy) == _bits(o.copy)
+    assert new.forward_seconds is not None and new.forward_seconds > 0
+    assert new._first_calls is None  # nothing held after construction
+
+
+def test_surface_values_unchanged_and_no_extra_point(monkeypatch):
+    pr = _problems()[0]
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    calls = []
+    real = PointEvaluator.__call__
+
+    def counting(self, c):
+        calls.append(np.asarray(c).shape[0])
+        return real(self, c)
+    monkeypatch.setattr(PointEvaluator, "__call__", counting)
+    ds = lossatlas.surface(pr, None, d, steps=3, span=0.5, strategy="loop", progress=False)
+    assert sum(calls) == 9  # the grid's points only: no point timed to size the chunks
+    monkeypatch.setattr(ev_mod, "LinearFold", _RerunFold)  # and the chunks sized as before
+    monkeypatch.setattr(surface_mod, "_auto_chunk", _timed_chunk)
+    ref = lossatlas.surface(pr, None, d, steps=3, span=0.5, strategy="loop", progress=False)
+    assert _bits(torch.from_numpy(np.ascontiguousarray(ds.loss.values))) == \
+        _bits(torch.from_numpy(np.ascontiguousarray(ref.loss.values)))
+
+
+def test_auto_chunk_times_a_point_without_a_fold(monkeypatch):
+    pr = _problems()[0]
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    with PointEvaluator(pr, pr.params(), d.vectors, strategy="loop", exact_linear=False) as ev:
+        calls = []
+        real = PointEvaluator.__call__
+        monkeypatch.setattr(PointEvaluator, "__call__", lambda self, c: calls.append(1) or real(self, c))
+        grid = surface_mod.Grid.make(2, 5, 1.0)
+        assert surface_mod._auto_chunk(ev, grid) >= 1
+        assert calls == [1]
