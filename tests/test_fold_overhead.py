@@ -64,7 +64,11 @@ def test_tables_are_bit_identical_to_a_rerun_of_the_first_batch(k):
         for key, e in table.items():
             o = old.tables[i][key]
             assert _bits(e.products) == _bits(o.products)
-            assert (e.copy is None) == (o.copy is None) and (e.ptr == o.ptr) == (e.copy is None)
+            assert (e.copy is None) == (o.copy is None)
+            if e.copy is None:  # a reference to the cached batch: the same tensor both ways
+                assert e.ptr == o.ptr
+            # a copy (an input made inside forward) is compared by its values, never by its address: two
+            # temporaries may or may not land at the same address (the allocator reuses freed memory)
             if e.copy is not None:
                 assert _bits(e.copy) == _bits(o.copy)
     assert new.forward_seconds is not None and new.forward_seconds > 0
