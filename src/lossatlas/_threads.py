@@ -155,7 +155,11 @@ def choose(work: float | None = None) -> Choice:
 def problem_flops(problem: Any) -> float:
     """Floating-point operations of one evaluation of a problem's loss, about: 2 per parameter per
     sample (exact for dense layers, a lower bound for convolutions, which reuse their weights)."""
-    center = getattr(problem, "_center", None)
-    params = center if center is not None else problem.params()
-    n = sum(int(v.numel()) for v in params.values())
+    n = sum(int(v.numel()) for v in problem.params(copy=False).values())
     return 2.0 * n * int(getattr(problem, "n_samples", 1) or 1)
+
+
+def for_problem(problem: Any) -> int | None:
+    """The thread count a grid job over ``problem`` pins in its settings: :func:`choose` for its work
+    per evaluation on CPU; ``None`` (threads do not apply) on another device."""
+    return choose(problem_flops(problem)).threads if problem.device.type == "cpu" else None

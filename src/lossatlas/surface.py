@@ -184,7 +184,7 @@ def surface_job(problem: Problem, center: Mapping[str, Tensor] | None, direction
             if shape is None:
                 world = 1 if parallel == "data" else ctx.world
                 shape = list(grid.chunk_shape_for(_auto_chunk(getattr(evaluator, "local", evaluator), grid, world)))
-            threads = _threads.choose(_threads.problem_flops(problem)).threads if problem.device.type == "cpu" else None
+            threads = _threads.for_problem(problem)
         except BaseException:
             evaluator.close()
             raise

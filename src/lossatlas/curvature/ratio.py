@@ -174,8 +174,7 @@ def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid
         kind="ratio_map", func=func, grid=grid, variables=VARIABLES, provenance=base,
         requested={"chunk_shape": None if chunk is None else list(chunk_shape), "threads": None},
         plan=lambda req: ({"chunk_shape": req["chunk_shape"] or list(chunk_shape),
-                           "threads": _threads.choose(_threads.problem_flops(problem)).threads
-                           if problem.device.type == "cpu" else None}, None),
+                           "threads": _threads.for_problem(problem)}, None),
         evaluator=build, attrs=attrs_for, labels=tuple(dirs.labels), write_extra=lambda tmp: _save_basis(tmp, center, dirs),
         description=f"|λmin/λmax| {'×'.join(map(str, grid.shape))}", finish=finish)
     return job
