@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from _custom_functions import NumpyTanh
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from typer.testing import CliRunner
 
@@ -153,21 +154,6 @@ def test_a_forced_method_that_cannot_work_raises_the_library_error(small_case):
     # immutable"); the library error says so instead of torch's
     with pytest.raises(DifferentiationError, match="forward-over-reverse"):
         C.eigenvalues(C.hessian_operator(problem, method="forward-over-reverse"), progress=False)
-
-
-class NumpyTanh(torch.autograd.Function):
-    """tanh whose backward runs in NumPy: a first derivative, no second (no double backward, no jvp)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.from_numpy(np.tanh(x.detach().numpy()))
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return torch.from_numpy(g.detach().numpy() * (1.0 - y.detach().numpy() ** 2))
 
 
 class OpaqueNet(torch.nn.Module):

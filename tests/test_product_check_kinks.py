@@ -7,9 +7,9 @@ from the exact double-backward product, whose value (a.e.) is the library's Hess
 autograd.Function whose backward runs outside autograd (a silently partial Hessian) is still caught.
 """
 
-import numpy as np
 import pytest
 import torch
+from _custom_functions import NumpyTanh
 
 import lossatlas
 from lossatlas import curvature as C
@@ -81,22 +81,6 @@ def test_cnn_digits_keeps_exact_products(dtype):
     scale = float(want.abs().max())
     assert_close(got.numpy() / scale, want.numpy() / scale, dtype, what="cnn-digits Hessian product",
                  factor=1.0 if dtype == F64 else 100.0)
-
-
-class NumpyTanh(torch.autograd.Function):
-    """tanh whose backward runs in NumPy, without @once_differentiable: double backward through it
-    silently drops its second derivative."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.from_numpy(np.tanh(x.detach().numpy()))
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return torch.from_numpy(g.detach().numpy() * (1.0 - y.detach().numpy() ** 2))
 
 
 class OpaqueReluNet(nn.Module):
