@@ -37,7 +37,9 @@ floats inside a closure), whose rounding errors behave like those of random roun
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import sys
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,7 +137,20 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
         return (isinstance(t, Tensor) and t.dtype in (torch.float64, torch.complex128) and t.layout == torch.strided
                 and t.numel() > 0 and not t.requires_grad)
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._dynamo.disable at class creation, which
+        # imports torch._dynamo at the first dispatch (3–12 s, the slowest step of a first audit).
+        # Nothing can be compiling while torch._dynamo is not imported, so the wrapper is applied
+        # lazily in __torch_dispatch__ below, only once it is (same behaviour, no import of our own).
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "torch._dynamo" in sys.modules:
+            return _dynamo_disabled_watch()(self, func, types, args, kwargs)
+        return self._watch(func, types, args, kwargs)
+
+    def _watch(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _base_name(func)
         schema = getattr(func, "_schema", None)
@@ -168,6 +183,12 @@ class _Watch(torch.utils._python_dispatch.TorchDispatchMode):
             else:
                 out = pytree.tree_map(lambda t: t + self._noise(t) if self._perturbable(t) else t, out)
         return out
+
+
+@functools.cache
+def _dynamo_disabled_watch():
+    """``_Watch._watch`` with dynamo disabled inside it (what torch's TorchDispatchMode does eagerly)."""
+    return torch._disable_dynamo(_Watch._watch, recursive=True)
 
 
 def _written(schema, args, kwargs) -> list[Tensor]:
