@@ -230,7 +230,7 @@ class _PointCurvature:
     def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
         points = np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.dirs))
         unit = self.unit if self.unit is not None else np.ones(points.shape[1])
-        # the neighbours within NEIGHBOUR_RADIUS: the one before in the row and three above: keep a row and one more
+        # the neighbours within NEIGHBOUR_RADIUS (the one before in the row, three above): keep a row and one more
         keep = len(np.unique(points[:, -1])) + 1
         done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]] = []
         rows = []
