@@ -3,7 +3,8 @@
 * ``old``: every point from the seeded Gaussian vector, chunks of 4 points (the behaviour before:
   ``warm_start=False, chunk=4``);
 * ``new``: the default — whole-row chunks, each point but a chunk's first warm-started from its
-  nearest predecessor's two Ritz vectors, stopping on the same residual rule.
+  neighbours' Ritz vectors (the nearest predecessor's and the others' within 1.5 grid steps, summed at
+  each end), stopping on the same residual rule.
 
 Both are compared, point by point, with a tight cold-start reference (``tol=1e-7``, extremality
 certified by :func:`lossatlas.curvature.eigenvalues`): the largest relative error of λmin and λmax

@@ -27,7 +27,7 @@ def test_warm_map_matches_the_exact_spectrum_with_fewer_products(small):
     kw = dict(steps=4, span=0.3, tol=1e-6, progress=False)
     warm = C.ratio_map(problem, None, d, **kw)
     cold = C.ratio_map(problem, None, d, **kw, warm_start=False)
-    assert json.loads(warm.attrs["provenance"])["eigen"]["start"] == "warm"
+    assert json.loads(warm.attrs["provenance"])["eigen"]["start"] == "warm-neighbours"
     assert "start" not in json.loads(cold.attrs["provenance"])["eigen"]  # as stores made before warm starts
     assert warm.products.values.sum() < cold.products.values.sum()
     for i, a in enumerate(warm.x.values):
@@ -89,3 +89,50 @@ def test_cold_store_is_the_old_format_and_a_warm_resume_is_refused_by_name(small
     np.testing.assert_array_equal(cold.ratio.values, again.ratio.values)
     with pytest.raises(lossatlas.errors.ProvenanceMismatchError, match=r"eigen.*overwrite=True"):
         C.ratio_map(problem, None, d, steps=2, span=0.3, progress=False, store=path)
+
+
+def test_warm_start_sums_the_neighbours_sign_aligned_and_ignores_far_points():
+    g = torch.Generator().manual_seed(0)
+    vec = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(6)]
+    unit = np.array([0.5, 0.5])
+    c = np.array([0.5, 0.5])
+    left, above, far = np.array([0.5, 0.0]), np.array([0.0, 0.5]), np.array([-0.5, -0.5])
+    done = [(far, (vec[4], vec[5])), (above, (vec[2], vec[3])), (left, (vec[0], vec[1]))]
+    start = ratio_module._warm_start(c, done, unit)
+
+    def unit_sum(a, b):
+        s = a + (b if float(a @ b) >= 0 else -b)  # both at one grid step: weight 1
+        return s / s.norm()
+
+    expected = unit_sum(vec[0], vec[2]) + unit_sum(vec[1], vec[3])  # the far point (2√2 steps) is left out
+    torch.testing.assert_close(start, expected, rtol=1e-15, atol=1e-15)
+    flipped = [(far, (vec[4], vec[5])), (above, (-vec[2], -vec[3])), (left, (vec[0], vec[1]))]
+    torch.testing.assert_close(ratio_module._warm_start(c, flipped, unit), start, rtol=1e-15, atol=1e-15)
+    alone = ratio_module._warm_start(c, [(far, (vec[4], vec[5]))], unit)  # only a far point: the nearest counts
+    torch.testing.assert_close(alone, vec[4] / vec[4].norm() + vec[5] / vec[5].norm(), rtol=1e-15, atol=1e-15)
+
+
+def test_a_warm_map_killed_and_resumed_gives_the_same_bits(small, tmp_path, monkeypatch):
+    """Chunks of two rows (points with three neighbours above and one before): a kill at the start of
+    the second chunk and a resume give the values of an uninterrupted run, bit for bit."""
+    problem, d = small
+    kw = dict(steps=3, span=0.3, tol=1e-4, chunk=6, progress=False)
+    reference = C.ratio_map(problem, None, d, **kw)
+    assert list(json.loads(reference.attrs["provenance"])["chunk_shape"]) == [2, 3]
+    original = ratio_module._PointCurvature.point
+    calls = []
+
+    def failing(self, c, *args):
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        calls.append(tuple(c))
+        return original(self, c, *args)
+
+    monkeypatch.setattr(ratio_module._PointCurvature, "point", failing)
+    with pytest.raises(KeyboardInterrupt):
+        C.ratio_map(problem, None, d, **kw, store=tmp_path / "warm.zarr")
+    monkeypatch.setattr(ratio_module._PointCurvature, "point", original)
+    assert lossatlas.open_surface(tmp_path / "warm.zarr").attrs["points_done"] == 6
+    done = C.ratio_map(problem, None, d, **kw, store=tmp_path / "warm.zarr")
+    for v in ratio_module.VARIABLES:
+        np.testing.assert_array_equal(done[v].values, reference[v].values)

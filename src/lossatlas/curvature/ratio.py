@@ -2,8 +2,10 @@
 
 At every grid point θ + Σᵢ aᵢdᵢ the extreme Hessian eigenvalues are computed by Lanczos (both ends
 from one Krylov space). Neighbouring points have similar Hessians, so each point's Lanczos run starts
-from the sum of the two Ritz vectors (λmin's and λmax's) of its nearest point computed before it
-*in the same chunk* (a warm start, in the chunk's fixed row-major order; the first point of a chunk
+from its neighbours' Ritz vectors: at each end (λmin's, λmax's) the sign-aligned sum of the vectors of
+its nearest point and of the others within :data:`NEIGHBOUR_RADIUS` grid steps computed before it
+*in the same chunk*, weighted by inverse distance (a warm start, :func:`_warm_start`, in the chunk's
+fixed row-major order; the first point of a chunk
 starts from the seeded Gaussian vector, so a result never depends on ranks or resumes) and stops on
 the same residual rule with :data:`WARM_MIN_STEPS` as its floor: the floor of a cold start guards
 against Ritz values still in the bulk, which a start already close to both eigenvectors is not.
@@ -45,6 +47,9 @@ __all__ = ["ratio_map", "VARIABLES"]
 VARIABLES = ("loss", "lambda_min", "lambda_max", "ratio", "residual_min", "residual_max", "converged", "products")
 #: points per chunk by default: whole rows, so that most points start warm from a neighbour
 DEFAULT_CHUNK = 16
+#: computed points within this many grid steps of a point (the row's previous, the three above) add their
+#: Ritz vectors to its warm start, besides the nearest
+NEIGHBOUR_RADIUS = 1.5
 #: fewest products of a warm-started point before convergence may be declared (cold: eigen.MIN_STEPS)
 WARM_MIN_STEPS = 6
 
@@ -61,7 +66,7 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
 
     Grid arguments (``center``, ``directions``, ``steps``, ``span``, ``store``, ``overwrite``,
     ``progress``, ``allow_large``) are those of :func:`lossatlas.surface`; ``chunk`` is the number of points per
-    chunk of work (default 16). ``warm_start``: start each point but a chunk's first from its neighbour's
+    chunk of work (default 16). ``warm_start``: start each point but a chunk's first from its neighbours'
     Ritz vectors (see the module notes; ``False``: every point from the seeded Gaussian vector). At each
     point the Lanczos run of :func:`eigenvalues` (``which="both"``,
     ``tol``, ``seed``, ``max_products``, ``basis``) gives the variables ``lambda_min``,
@@ -146,7 +151,7 @@ def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
                 "params": list(names)}
     if warm_start:  # a cold map is recorded as before warm starts existed, so older stores still resume
-        settings["start"] = "warm"
+        settings["start"] = "warm-neighbours"  # the start rule of _warm_start (was "warm": the nearest alone)
     base = dict(_provenance(problem, center, dirs, grid, False, False, func=func), kind="ratio_map", strategy="lanczos",
                 eigen=settings)
 
@@ -225,20 +230,36 @@ class _PointCurvature:
     def __call__(self, coefficients: np.ndarray) -> dict[str, np.ndarray]:
         points = np.asarray(coefficients, dtype=np.float64).reshape(-1, len(self.dirs))
         unit = self.unit if self.unit is not None else np.ones(points.shape[1])
-        # the nearest point may be the one before in the row or the one above: keep a row and one more
+        # the neighbours within NEIGHBOUR_RADIUS (the one before in the row, three above): keep a row and one more
         keep = len(np.unique(points[:, -1])) + 1
         done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]] = []
         rows = []
         for c in points:
-            start = None
-            if self.warm_start and done:
-                distance = [float(np.linalg.norm((c - q) / unit)) for q, _ in done]
-                nearest = min(range(len(done)), key=lambda i: (distance[i], -i))  # ties: the latest
-                ymax, ymin = done[nearest][1]
-                start = ymax + ymin
+            start = _warm_start(c, done, unit) if self.warm_start and done else None
             row = self.point(c, start) if start is not None else self.point(c)
             vectors = row.pop("_vectors", None)
             if vectors is not None:
                 done = (done + [(c, vectors)])[-keep:]
             rows.append(row)
         return {v: np.array([r[v] for r in rows]) for v in VARIABLES}
+
+
+def _warm_start(c: np.ndarray, done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]], unit: np.ndarray) -> Tensor:
+    """The start vector of the point ``c`` from the points ``done`` before it (coordinates, (ymax, ymin)):
+    ŷ = Σᵢ (d₀/dᵢ) sᵢ yᵢ / ‖·‖ at each end over the nearest point (distance d₀ in grid steps; ties: the
+    latest) and every other within :data:`NEIGHBOUR_RADIUS` steps, each sign sᵢ = ±1 matching the
+    nearest's vector (an eigenvector's sign is arbitrary); the start is ŷmax + ŷmin."""
+    distance = [float(np.linalg.norm((c - q) / unit)) for q, _ in done]
+    order = sorted(range(len(done)), key=lambda i: (distance[i], -i))
+    near = [order[0]] + [i for i in order[1:] if distance[i] <= NEIGHBOUR_RADIUS]
+    d0 = max(distance[order[0]], np.finfo(np.float64).tiny)
+    start = None
+    for end in (0, 1):
+        first = done[order[0]][1][end]
+        total = first.clone()
+        for i in near[1:]:
+            y = done[i][1][end]
+            total += (d0 / distance[i]) * (y if float(first @ y) >= 0 else -y)
+        total /= torch.linalg.vector_norm(total)
+        start = total if start is None else start + total
+    return start
