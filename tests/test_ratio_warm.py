@@ -136,3 +136,46 @@ def test_a_warm_map_killed_and_resumed_gives_the_same_bits(small, tmp_path, monk
     done = C.ratio_map(problem, None, d, **kw, store=tmp_path / "warm.zarr")
     for v in ratio_module.VARIABLES:
         np.testing.assert_array_equal(done[v].values, reference[v].values)
+
+
+def test_a_store_made_with_the_older_nearest_point_rule_resumes_with_it(small, tmp_path, monkeypatch):
+    """Stores made before the neighbour rule recorded eigen.start = "warm" (the nearest point's ymax + ymin):
+    resumed by today's default they keep that rule, so their bytes equal an uninterrupted run of it."""
+    problem, d = small
+    kw = dict(steps=3, span=0.3, tol=1e-4, chunk=6, progress=False)
+    monkeypatch.setattr(ratio_module, "START_RULE", "warm")
+    older = C.ratio_map(problem, None, d, **kw)
+    assert json.loads(older.attrs["provenance"])["eigen"]["start"] == "warm"
+    original = ratio_module._PointCurvature.point
+    calls = []
+
+    def failing(self, c, *args):
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        calls.append(tuple(c))
+        return original(self, c, *args)
+
+    monkeypatch.setattr(ratio_module._PointCurvature, "point", failing)
+    with pytest.raises(KeyboardInterrupt):
+        C.ratio_map(problem, None, d, **kw, store=tmp_path / "old.zarr")
+    monkeypatch.setattr(ratio_module._PointCurvature, "point", original)
+    monkeypatch.setattr(ratio_module, "START_RULE", "warm-neighbours")  # today's default resumes it
+    done = C.ratio_map(problem, None, d, **kw, store=tmp_path / "old.zarr")
+    assert json.loads(done.attrs["provenance"])["eigen"]["start"] == "warm"
+    for v in ratio_module.VARIABLES:
+        np.testing.assert_array_equal(done[v].values, older[v].values)
+    today = C.ratio_map(problem, None, d, **kw)
+    assert json.loads(today.attrs["provenance"])["eigen"]["start"] == "warm-neighbours"
+    assert not np.array_equal(today["products"].values, older["products"].values) or \
+        not np.array_equal(today["lambda_min"].values, older["lambda_min"].values)  # the rules differ
+    # a new store, and overwrite=True, use today's rule
+    fresh = C.ratio_map(problem, None, d, **kw, store=tmp_path / "old.zarr", overwrite=True)
+    assert json.loads(fresh.attrs["provenance"])["eigen"]["start"] == "warm-neighbours"
+
+
+def test_the_older_rule_is_the_nearest_points_two_vectors_as_they_are():
+    g = torch.Generator().manual_seed(1)
+    a, b, c2, d2 = (torch.randn(5, generator=g, dtype=torch.float64) for _ in range(4))
+    done = [(np.array([0.0, 0.0]), (a, b)), (np.array([0.0, 0.5]), (c2, d2))]
+    start = ratio_module._warm_start(np.array([0.0, 1.0]), done, np.array([0.5, 0.5]), radius=None)
+    assert torch.equal(start, c2 + d2)

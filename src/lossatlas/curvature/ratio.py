@@ -17,6 +17,7 @@ chunk by :func:`~lossatlas.grid_job.run_grid` into memory or a resumable store, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..grid import Grid
 from ..params.selection import select
 from ..grid_job import GridJob, run_grid
 from ..problem import Problem
+from ..store import GridStore
 from ..surface import _attrs, _provenance, _save_basis, as_directions
 from . import _common as C
 from .eigen import solve
@@ -50,6 +52,10 @@ DEFAULT_CHUNK = 16
 #: computed points within this many grid steps of a point (the row's previous, the three above) add their
 #: Ritz vectors to its warm start, besides the nearest
 NEIGHBOUR_RADIUS = 1.5
+#: warm-start rules by their provenance label -> neighbour radius (None: the nearest point's two Ritz vectors
+#: summed, the rule of stores made before 2026-12-02); new maps use START_RULE, a resumed store its own
+START_RULES = {"warm": None, "warm-neighbours": NEIGHBOUR_RADIUS}
+START_RULE = "warm-neighbours"
 #: fewest products of a warm-started point before convergence may be declared (cold: eigen.MIN_STEPS)
 WARM_MIN_STEPS = 6
 
@@ -116,9 +122,23 @@ def ratio_map(problem: Problem, center: Mapping[str, Tensor] | None,
         ggn_operator(problem, center, params=params, retain=False)
     names = select(problem, params, func=func)
 
+    start = (_stored_start_rule(store) if store is not None and not overwrite else None) or START_RULE
     job = _ratio_job(func, problem, center, dirs, grid, names, curvature=curvature, tol=tol, seed=seed,
-                     max_products=max_products, basis=basis, chunk=chunk, warm_start=warm_start)
+                     max_products=max_products, basis=basis, chunk=chunk, warm_start=warm_start, start=start)
     return run_grid(job, store=store, overwrite=overwrite, progress=progress)
+
+
+def _stored_start_rule(store: Path) -> str | None:
+    """The warm-start rule an existing store was made with, when it is an older one of
+    :data:`START_RULES` (its resume keeps it, so the store's bytes do not depend on the day it was
+    resumed); None for a new store or one this function cannot read (the usual checks then apply)."""
+    try:
+        with warnings.catch_warnings():  # the real open, in run_grid, warns if there is anything to say
+            warnings.simplefilter("ignore")
+            rule = GridStore.open(store, func="curvature.ratio_map", verify=False).provenance.get("eigen", {}).get("start")
+    except Exception:  # no store yet, or damaged: run_grid reports it
+        return None
+    return rule if rule in START_RULES else None
 
 
 def _checked_inputs(func: str, problem, center, directions, dtype, curvature: str):
@@ -145,13 +165,13 @@ def _checked_inputs(func: str, problem, center, directions, dtype, curvature: st
 
 def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid, names, *, curvature: str,
                tol: float, seed: int, max_products: int, basis: int | None, chunk: int | None,
-               warm_start: bool) -> GridJob:
+               warm_start: bool, start: str = "warm-neighbours") -> GridJob:
     """The :class:`~lossatlas.grid_job.GridJob` of a ratio map: its plan, attrs, point evaluator and NaN counts."""
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,
                 "params": list(names)}
     if warm_start:  # a cold map is recorded as before warm starts existed, so older stores still resume
-        settings["start"] = "warm-neighbours"  # the start rule of _warm_start (was "warm": the nearest alone)
+        settings["start"] = start  # the rule of _warm_start: START_RULE, or an older store's
     base = dict(_provenance(problem, center, dirs, grid, False, False, func=func), kind="ratio_map", strategy="lanczos",
                 eigen=settings)
 
@@ -164,7 +184,7 @@ def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid
     def build(pinned: dict) -> _PointCurvature:
         evaluate = _PointCurvature(problem, center, dirs, names, kind=curvature, tol=tol, seed=seed,
                                    max_products=max_products, basis=basis, warm_start=warm_start,
-                                   unit=_steps_of(grid))
+                                   unit=_steps_of(grid), radius=START_RULES[start])
         made.append(evaluate)
         return evaluate
 
@@ -202,10 +222,11 @@ class _PointCurvature:
     points of a chunk in their given order, each warm-started from its nearest predecessor)."""
 
     def __init__(self, problem: Problem, center, dirs: Directions, names, *, kind: str, tol: float, seed: int,
-                 max_products: int, basis: int | None, warm_start: bool = False, unit: np.ndarray | None = None):
+                 max_products: int, basis: int | None, warm_start: bool = False, unit: np.ndarray | None = None,
+                 radius: float | None = NEIGHBOUR_RADIUS):
         self.problem, self.center, self.dirs, self.names = problem, dict(center), list(dirs.vectors), names
         self.kind, self.tol, self.seed, self.max_products, self.basis = kind, tol, seed, max_products, basis
-        self.warm_start, self.unit = warm_start, unit
+        self.warm_start, self.unit, self.radius = warm_start, unit, radius
         self.method: str | None = None  # the product method found at the first point, kept for the others
 
     def point(self, coefficients: np.ndarray, start: Tensor | None = None) -> dict[str, float]:
@@ -235,7 +256,7 @@ class _PointCurvature:
         done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]] = []
         rows = []
         for c in points:
-            start = _warm_start(c, done, unit) if self.warm_start and done else None
+            start = _warm_start(c, done, unit, self.radius) if self.warm_start and done else None
             row = self.point(c, start) if start is not None else self.point(c)
             vectors = row.pop("_vectors", None)
             if vectors is not None:
@@ -244,14 +265,19 @@ class _PointCurvature:
         return {v: np.array([r[v] for r in rows]) for v in VARIABLES}
 
 
-def _warm_start(c: np.ndarray, done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]], unit: np.ndarray) -> Tensor:
+def _warm_start(c: np.ndarray, done: list[tuple[np.ndarray, tuple[Tensor, Tensor]]], unit: np.ndarray,
+                radius: float | None = NEIGHBOUR_RADIUS) -> Tensor:
     """The start vector of the point ``c`` from the points ``done`` before it (coordinates, (ymax, ymin)):
     ŷ = Σᵢ (d₀/dᵢ) sᵢ yᵢ / ‖·‖ at each end over the nearest point (distance d₀ in grid steps; ties: the
     latest) and every other within :data:`NEIGHBOUR_RADIUS` steps, each sign sᵢ = ±1 matching the
-    nearest's vector (an eigenvector's sign is arbitrary); the start is ŷmax + ŷmin."""
+    nearest's vector (an eigenvector's sign is arbitrary); the start is ŷmax + ŷmin. ``radius`` None: the
+    nearest point's ymax + ymin as they are (the "warm" rule of older stores)."""
     distance = [float(np.linalg.norm((c - q) / unit)) for q, _ in done]
     order = sorted(range(len(done)), key=lambda i: (distance[i], -i))
-    near = [order[0]] + [i for i in order[1:] if distance[i] <= NEIGHBOUR_RADIUS]
+    if radius is None:
+        ymax, ymin = done[order[0]][1]
+        return ymax + ymin
+    near = [order[0]] + [i for i in order[1:] if distance[i] <= radius]
     d0 = max(distance[order[0]], np.finfo(np.float64).tiny)
     start = None
     for end in (0, 1):
