@@ -1,7 +1,8 @@
 """Evaluating a problem at many points θ + Σᵢ aᵢdᵢ: strategies and their automatic choice.
 
 * ``"loop"``: one point after another; each point's parameters are formed afresh as
-  θ + Σ aᵢdᵢ (fused ``_foreach`` kernels), never by accumulating steps.
+  θ + Σ aᵢdᵢ, never by accumulating steps: on one flat vector for models up to 16 MiB, slice by
+  slice into the bound tensors above (the point and 1 MiB of scratch; ``params/_points.py``).
 * ``"vmap"``: ``torch.vmap`` over a batch of points (fast for tiny models or small batches, and on
   GPUs; slower than the loop on CPU for large batches, see DESIGN.md).
 * ``"auto"``: times both on the problem and keeps the faster (vmap only when clearly faster; always
@@ -25,10 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import params as P
-from .params import _points
 from ._linear_fold import LinearFold
 from .errors import EvaluationError, LossAtlasError, bad_value
+from .params import _points
 
 STRATEGIES = ("auto", "loop", "vmap")
 VMAP_MEMORY = 512 * 2**20  # bytes of activations and parameter copies a vmapped batch of points may use
@@ -178,7 +178,7 @@ class PointEvaluator:
         keys = list(self.center)
         recalibrate = problem.bn == "recalibrate" and problem.has_batchnorm
         # one set of parameter tensors, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
-        # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like P.lincomb and
+        # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like params.lincomb and
         # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps.
         # Small models: on one flat vector (a few calls a point); big ones: slice by slice into the bound
         # tensors (the point and one slice of scratch beyond θ and the directions); the same bits
