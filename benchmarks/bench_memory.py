@@ -18,7 +18,11 @@ torch and lossatlas, builds the same model and data, and then:
 Verdict per contender: (peak − empty) / ((baseline − empty) + model bytes + direction bytes), i.e.
 the peak against 2 × model + data, where the data includes one forward pass's activations and the
 two directions (inputs of a plane, each the size of the parameters; they are the output of
-``directions``). ``python benchmarks/bench_memory.py [--steps 5]``.
+``directions``). ``python benchmarks/bench_memory.py [--steps 5] [--reps 3]``.
+
+``--stages loop|vmap`` instead: one process, the peak of every stage (Problem, ``directions.random``,
+``check_independent``, the behaviour fingerprint, the fold's set-up, the point loop) above the RSS at
+its start; ``--drop-model`` adds what sharing the user's parameter storage would save.
 """
 
 from __future__ import annotations
@@ -97,6 +101,63 @@ def child(name: str, dirs_path: str, steps: int) -> None:
     print(json.dumps(info))
 
 
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+
+def stages(strategy: str, steps: int, drop_model: bool) -> None:
+    """``--stages``: in one process, the peak RSS of every stage of a plane above the RSS at its start
+    (``VmHWM`` reset through ``/proc/self/clear_refs`` at each stage's start; Linux), in models.
+    ``--drop-model``: the user's model deleted once the Problem exists — what a Problem sharing the
+    user's parameter storage instead of its snapshot of θ₀ would save (not lossatlas's semantics)."""
+    import functools
+    import importlib
+
+    import torch
+
+    import lossatlas
+    from lossatlas import _linear_fold, evaluator, problem as problem_mod
+
+    model, x, y = _build()
+    size = sum(t.numel() * t.element_size() for t in model.parameters())
+    seen: dict[str, int] = {}
+
+    def staged(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            start = _rss("VmRSS:")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM; a stage inside another one ends the outer one's window
+            try:
+                return fn(*a, **k)
+            finally:
+                seen[name] = seen.get(name, 0) + 1
+                if seen[name] <= 2:
+                    peak = _rss("VmHWM:") - start
+                    print(f"  {name:32s} start {start / 2**20:7.1f} MiB, peak +{peak / 2**20:6.1f} MiB "
+                          f"= +{peak / size:5.2f} models", flush=True)
+        return wrapper
+    surface_mod = importlib.import_module("lossatlas.surface")
+    surface_mod.check_independent = staged("check_independent", surface_mod.check_independent)
+    P = problem_mod.Problem
+    P.behaviour_fingerprint = staged("behaviour fingerprint", P.behaviour_fingerprint)
+    _linear_fold.LinearFold.__init__ = staged("LinearFold.__init__", _linear_fold.LinearFold.__init__)
+    E = evaluator.PointEvaluator
+    E._run_loop, E._run_vmap = staged("_run_loop", E._run_loop), staged("_run_vmap", E._run_vmap)
+    print(f"model {size / 2**20:.1f} MiB; RSS after building model and data {_rss('VmRSS:') / 2**20:.1f} MiB")
+    problem = staged("Problem", lossatlas.Problem)(model, torch.nn.CrossEntropyLoss(), (x, y))
+    if drop_model:  # the Problem's own reference too (problem.model: the user's module, kept)
+        problem.model = None
+        del model
+    d = staged("directions.random", lossatlas.directions.random)(problem, n=2, seed=0)
+    vectors = [dict(v) for v in d.vectors]
+    del d
+    ds = lossatlas.surface(problem, None, vectors, steps=steps, span=1.0, progress=False, strategy=strategy)
+    print(f"loss at the centre {float(ds.loss.values[steps // 2, steps // 2]):.6f}; lifetime peak "
+          f"{_peak_bytes() / 2**20:.1f} MiB (the stage resets end it: read the stages)")
+
+
 def _run(name: str, dirs_path: str, steps: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
     # a fixed glibc mmap threshold: every tensor ≥ 1 MiB is its own mapping, returned when freed, so the
@@ -118,7 +179,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every contender (the median peak)")
     ap.add_argument("--glibc-default", action="store_true", help="children keep glibc's dynamic mmap threshold")
+    ap.add_argument("--stages", choices=("loop", "vmap"), help="in-process peak of every stage of a plane")
+    ap.add_argument("--drop-model", action="store_true", help="with --stages: the user's model deleted")
     args = ap.parse_args()
+    if args.stages:
+        stages(args.stages, args.steps, args.drop_model)
+        return
     global GLIBC_DEFAULT
     GLIBC_DEFAULT = args.glibc_default
     if args.child:

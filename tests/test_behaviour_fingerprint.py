@@ -422,3 +422,22 @@ def test_evaluation_that_raises_at_a_probe_on_one_side_only_is_a_difference():
     assert B.comparable(fine, raising)
     assert "the evaluation at the fixed points raised now (RuntimeError: diverged)" in B.compare(fine, raising)[0]
     assert not B.comparable(raising, raising)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_probe_points_added_slice_by_slice_keep_the_whole_tensor_bits(dtype, monkeypatch):
+    """θ promoted to float64 a slice at a time (no float64 copy of the largest tensor) gives the
+    probe points of the whole-tensor formula r·(ε‖θ‖/‖r‖) + θ."""
+    torch.manual_seed(0)
+    problem = lossatlas.Problem(nn.Sequential(nn.Linear(5, 23), nn.ReLU(), nn.Linear(23, 3)), CE, data(), dtype=dtype)
+    monkeypatch.setattr(B, "PROMOTE_SLICE", 7)  # ragged slices
+    got = list(B._probe_points(problem))
+    center = problem.params(copy=False)
+    gen = torch.Generator().manual_seed(B.SEED)
+    for eps, point in zip(B.PROBES, got[1:]):
+        for name in problem.param_names:
+            t = center[name]
+            scale = float(t.double().norm()) or 1.0
+            r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
+            want = (r.mul_(eps * scale / (float(r.norm()) or 1.0)).add_(t)).to(dtype)
+            assert torch.equal(point[name], want), (dtype, eps, name)

@@ -88,11 +88,27 @@ def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
             del base  # (the generator is not used for it: the same draws follow)
             r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
             rn = float(r.norm()) or 1.0
-            # = base + r·(ε‖θ‖/‖r‖) in float64 (θ's entries promoted exactly), the same rounding
-            r.mul_(eps * scale / rn).add_(t.detach().to("cpu"))
+            # = base + r·(ε‖θ‖/‖r‖) in float64 (θ's entries promoted exactly), the same rounding; added
+            # slice by slice: a whole-tensor add_ would promote θ in one float64 temporary of its size
+            r.mul_(eps * scale / rn)
+            _add_promoted(r, t.detach().to("cpu"))
             point[name] = r.to(device=t.device, dtype=t.dtype)
             del r
         yield point
+
+
+PROMOTE_SLICE = 1 << 18  # elements of θ promoted to float64 at a time by _add_promoted
+
+
+def _add_promoted(r: Tensor, t: Tensor) -> None:
+    """``r += t`` (``r`` float64, ``t`` any float dtype) without a float64 copy of the whole ``t``:
+    elementwise, so slice by slice gives the same bits."""
+    if not (r.is_contiguous() and t.is_contiguous()) or r.numel() <= PROMOTE_SLICE:
+        r.add_(t)
+        return
+    rv, tv = r.view(-1), t.reshape(-1)
+    for s in range(0, rv.numel(), PROMOTE_SLICE):
+        rv[s:s + PROMOTE_SLICE].add_(tv[s:s + PROMOTE_SLICE])
 
 
 def _digest(outputs: Any) -> dict[str, Any] | None:

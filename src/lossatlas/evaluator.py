@@ -1,7 +1,8 @@
 """Evaluating a problem at many points θ + Σᵢ aᵢdᵢ: strategies and their automatic choice.
 
 * ``"loop"``: one point after another; each point's parameters are formed afresh as
-  θ + Σ aᵢdᵢ (fused ``_foreach`` kernels), never by accumulating steps.
+  θ + Σ aᵢdᵢ, never by accumulating steps: on one flat vector for models up to 16 MiB, slice by
+  slice into the bound tensors above (the point and 1 MiB of scratch; ``params/_points.py``).
 * ``"vmap"``: ``torch.vmap`` over a batch of points (fast for tiny models or small batches, and on
   GPUs; slower than the loop on CPU for large batches, see DESIGN.md).
 * ``"auto"``: times both on the problem and keeps the faster (vmap only when clearly faster; always
@@ -25,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import params as P
 from ._linear_fold import LinearFold
 from .errors import EvaluationError, LossAtlasError, bad_value
+from .params import _points
 
 STRATEGIES = ("auto", "loop", "vmap")
 VMAP_MEMORY = 512 * 2**20  # bytes of activations and parameter copies a vmapped batch of points may use
@@ -88,11 +89,7 @@ class PointEvaluator:
         self.per_batch = per_batch
         self.names = list(problem.metric_names) if metrics else ["loss"]
         self.point_dtype = point_dtype(problem.dtype)
-        if self.point_dtype != problem.dtype:
-            self._point_center = P.to(self.center, dtype=self.point_dtype)
-            self._point_dirs = [P.to(d, dtype=self.point_dtype) for d in self.directions]
-        else:
-            self._point_center, self._point_dirs = self.center, self.directions
+        self._vmap_inputs: tuple[list[Tensor], list[list[Tensor]]] | None = None
         if problem.bn == "recalibrate" and problem.has_batchnorm and per_batch:
             raise bad_value("surface", "parallel", "'grid' with bn='recalibrate' (recalibrating BatchNorm needs "
                             "every batch at every point)", "data")
@@ -179,54 +176,22 @@ class PointEvaluator:
     def _run_loop(self, coefficients: np.ndarray) -> Tensor:
         problem = self.problem
         keys = list(self.center)
-        base = [self._point_center[k] for k in keys]
-        low = self.point_dtype != problem.dtype
         recalibrate = problem.bn == "recalibrate" and problem.has_batchnorm
-        # one set of parameter buffers, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
-        # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like P.lincomb and
+        # one set of parameter tensors, bound once; each point overwrites them with θ + Σ aᵢdᵢ computed
+        # from θ afresh as ((θ + a₁d₁) + a₂d₂) + … with separately rounded products, like params.lincomb and
         # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps.
-        # θ and the directions are flattened once, so a point costs a few calls on one flat vector
-        # (elementwise, hence the same bits as per-tensor arithmetic), not a few calls per tensor.
-        flat_base = torch.cat([t.reshape(-1) for t in base])
-        flat_dirs = [torch.cat([d[k].reshape(-1) for k in keys]) for d in self._point_dirs]
-        flat = torch.empty_like(flat_base)
-        product = torch.empty_like(flat_base)
-        # θ + a₁d₁ is kept while a₁ repeats (along a grid row): the same bits, two calls a point fewer
-        first, first_key = torch.empty_like(flat_base), None
-        work, start = [], 0
-        for t in base:
-            work.append(flat[start:start + t.numel()].view(t.shape))
-            start += t.numel()
-        bound = [torch.empty_like(self.center[k]) for k in keys] if low else work
-        params = dict(zip(keys, bound))
+        # Small models: on one flat vector (a few calls a point); big ones: slice by slice into the bound
+        # tensors (the point and one slice of scratch beyond θ and the directions); the same bits
+        points = _points.former([self.center[k] for k in keys], [[d[k] for k in keys] for d in self.directions],
+                                 problem.dtype, self.point_dtype)
+        params = dict(zip(keys, points.bound))
         rows = []
         with contextlib.ExitStack() as stack:
             if not recalibrate:
                 stack.enter_context(problem.bound(params))
             for c in coefficients:
                 c = tuple(float(v) for v in c)  # host numbers: no device sync
-                if not c:
-                    flat.copy_(flat_base)
-                else:
-                    key = c[0].hex()  # exact, and tells -0.0 from 0.0
-                    if key != first_key:
-                        if c[0] != 0.0:
-                            torch.mul(flat_dirs[0], c[0], out=product)  # the product rounded, then added
-                            torch.add(flat_base, product, out=first)
-                        else:
-                            first.copy_(flat_base)
-                        first_key = key
-                    pending = [(a, d) for a, d in zip(c[1:], flat_dirs[1:]) if a != 0.0]
-                    if not pending:
-                        flat.copy_(first)
-                    for j, (a, d) in enumerate(pending):
-                        torch.mul(d, a, out=product)
-                        if j == 0:
-                            torch.add(first, product, out=flat)
-                        else:
-                            flat.add_(product)
-                if low:
-                    torch._foreach_copy_(bound, work)  # one rounding to the problem's dtype
+                points.form(c)
                 if self.fold is not None:
                     self.fold.coefficients = c
                 rows.append(self._values(params) if recalibrate else self._values_bound())
@@ -237,9 +202,12 @@ class PointEvaluator:
     def _point_fn(self):
         dtype, fold = self.problem.dtype, self.fold
         keys = list(self.center)
-        centers = [self._point_center[k] for k in keys]
-        dirs = [[d[k] for k in keys] for d in self._point_dirs]
         low = self.point_dtype != dtype
+        if self._vmap_inputs is None:  # θ and the directions in the point dtype (float32 copies for
+            # 16-bit problems), made on vmap's first call: the loop never needs them
+            self._vmap_inputs = ([self.center[k].to(self.point_dtype) for k in keys],
+                                 [[d[k].to(self.point_dtype) for k in keys] for d in self.directions])
+        centers, dirs = self._vmap_inputs
 
         def point(c: Tensor):
             # ((θ + c₀d₀) + c₁d₁) + …, products rounded separately (the loop's arithmetic); the batch of
@@ -294,7 +262,7 @@ class PointEvaluator:
         """Points per vmapped call B: B·(activations + parameters) ≤ ``VMAP_MEMORY`` and the B parameter
         copies B·|θ| ≤ max(|θ|, ``VMAP_PARAM_MEMORY``) — a model of more than 64 MiB gets B = 1 (its
         points are never materialised side by side: memory stays within a few model sizes)."""
-        params = sum(v.numel() * v.element_size() for v in self._point_center.values())
+        params = sum(v.numel() for v in self.center.values()) * torch.empty((), dtype=self.point_dtype).element_size()
         params = max(params, sum(v.numel() * v.element_size() for v in self.center.values()), 1)
         by_params = max(params, VMAP_PARAM_MEMORY) // params
         if by_params <= 1:
