@@ -148,12 +148,46 @@ def test_auto_choice_stops_timing_vmap_when_its_marginal_cost_is_high(classifica
     import lossatlas.evaluator as E
 
     monkeypatch.setattr(E.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(E.time, "thread_time", lambda: clock["now"])
     monkeypatch.setattr(PointEvaluator, "_run_loop", fake(5e-4, 0.0))
     monkeypatch.setattr(PointEvaluator, "_run_vmap", fake(vmap_cost, 2e-3))
     with PointEvaluator(pr, pr.params(), d.vectors, strategy="auto", vmap_batch=64) as ev:
         vmapped = [n for s, n in sizes if s == "vmap"]
         assert vmapped == ([2, 8, 64] if full_probe else [2, 8])
         assert ev.strategy == ("vmap" if full_probe else "loop")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_auto_choice_does_not_count_time_the_machine_gave_to_others(classification, monkeypatch, threads):
+    """A stall while vmap is timed (another process took the core: wall time passes, this thread's CPU
+    time does not) must not flip the choice on one thread; with several threads the wall clock is used."""
+    import time as _time
+
+    import lossatlas.evaluator as E
+
+    model, loss_fn, x, y = classification
+    pr = lossatlas.Problem(model, loss_fn, (x, y))
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    wall, cpu = {"now": 0.0}, {"now": 0.0}
+
+    def fake(per_point, stall):
+        def run(self, c):
+            cpu["now"] += per_point * len(c)
+            wall["now"] += per_point * len(c) + (stall if len(c) >= 8 else 0.0)
+            return torch.zeros(len(c), len(self.names), dtype=torch.float64)
+        return run
+    monkeypatch.setattr(E.time, "perf_counter", lambda: wall["now"])
+    monkeypatch.setattr(E.time, "thread_time", lambda: cpu["now"])
+    monkeypatch.setattr(PointEvaluator, "_run_loop", fake(5e-4, 0.0))
+    monkeypatch.setattr(PointEvaluator, "_run_vmap", fake(1e-5, 0.05))  # 50× faster, but one 50 ms stall
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert E.choice_clock() is (_time.thread_time if threads == 1 else _time.perf_counter)
+        with PointEvaluator(pr, pr.params(), d.vectors, strategy="auto", vmap_batch=64) as ev:
+            assert ev.strategy == ("vmap" if threads == 1 else "loop")
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("transposed", [False, True])

@@ -70,6 +70,14 @@ def probe_free_strategy(strategy: str, points: int) -> str:
     return "loop" if strategy == "auto" and points < AUTO_MIN_POINTS else strategy
 
 
+def choice_clock():
+    """The clock of the automatic choice: this thread's CPU time when torch runs on one thread (the
+    work itself: on a loaded machine a wall-clock timing also counts the time slices other processes
+    took, and one stall in the few milliseconds of a probe flipped a 401×401 grid of a tiny net to the
+    loop, 37 s instead of 0.1 s), else the wall clock (threads' CPU time would count their spinning)."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 class PointEvaluator:
     """Callable mapping an (m, n) array of coefficients to ``{metric: (m,) float64 array}``.
 
@@ -281,25 +289,26 @@ class PointEvaluator:
         if self.vmap_batch < 2:  # one point per vmapped call: vmap's overhead without its batching
             return "loop"
         n = len(self.directions)
+        clock = choice_clock()
         rng = np.random.default_rng(0)
         probe = rng.uniform(-1, 1, size=(max(2, min(self.vmap_batch, 64)), n))
         self.strategy = "loop"
         self(probe[:1])  # warm-up
-        t = time.perf_counter()
+        t = clock()
         loop_pts = max(1, min(3, len(probe)))
         self(probe[:loop_pts])
-        loop = (time.perf_counter() - t) / loop_pts
+        loop = (clock() - t) / loop_pts
         self.strategy = "vmap"
         try:
-            t = time.perf_counter()
+            t = clock()
             self(probe[:2])  # warm-up / does the model vmap at all?
-            two = time.perf_counter() - t
+            two = clock() - t
             small = min(len(probe), 2 + VMAP_PROBE_STEP)
             elapsed = 0.0
             if small > 2:
-                t = time.perf_counter()
+                t = clock()
                 self(probe[2:small])
-                elapsed = time.perf_counter() - t
+                elapsed = clock() - t
             # the marginal cost of a vmapped point (the per-call overhead cancels): when it already
             # exceeds the loop's cost per point by half, more vmapped points will not win; stop there
             marginal = (elapsed - two) / max(1, small - 4)
@@ -308,9 +317,9 @@ class PointEvaluator:
             elif marginal > 1.5 * loop:
                 vm = float("inf")
             else:
-                t = time.perf_counter()
+                t = clock()
                 self(probe)
-                vm = (time.perf_counter() - t) / len(probe)
+                vm = (clock() - t) / len(probe)
         except EvaluationError:
             vm = float("inf")
         chosen = "vmap" if vm < VMAP_MARGIN * loop else "loop"
