@@ -35,9 +35,8 @@ from ..directions._base import Directions
 from ..errors import bad_type, bad_value, public
 from ..grid import Grid
 from ..params.selection import select
-from ..grid_job import GridJob, run_grid
+from ..grid_job import GridJob, run_grid, store_provenance
 from ..problem import Problem
-from ..store import GridStore
 from ..surface import _attrs, _provenance, _save_basis, as_directions
 from . import _common as C
 from .eigen import solve
@@ -135,7 +134,7 @@ def _stored_start_rule(store: Path) -> str | None:
     try:
         with warnings.catch_warnings():  # the real open, in run_grid, warns if there is anything to say
             warnings.simplefilter("ignore")
-            rule = GridStore.open(store, func="curvature.ratio_map", verify=False).provenance.get("eigen", {}).get("start")
+            rule = store_provenance(store, func="curvature.ratio_map").get("eigen", {}).get("start")
     except Exception:  # no store yet, or damaged: run_grid reports it
         return None
     return rule if rule in START_RULES else None
