@@ -35,7 +35,9 @@ anything unexpected), the layer runs for real: the fold never guesses.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+import warnings
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,7 +48,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._fast_paths import RELU_FORWARD, has_forward_hooks
-from .data import tensors_in
+from .data import map_tensors, tensors_in
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -147,6 +149,7 @@ class LinearFold:
         # every batch ran): a point's cost, for sizing chunks without timing an extra point
         self.forward_seconds: float | None = None
         self._first_calls: dict[int, list[Any]] | None = None
+        self.discovery: str | None = None  # how eligibility was decided: "meta" or "grad" (see _eligible)
         self._first_seconds = 0.0
         if not problem.data.cached:
             return
@@ -162,64 +165,137 @@ class LinearFold:
         return [name for name, _ in self.modules.values()]
 
     # -- discovery ----------------------------------------------------------------------------
-    def _eligible(self, center) -> dict[int, tuple[str, nn.Module]]:
-        """Affine layers of exact built-in type whose parameters are θ-entries or frozen and whose
-        inputs, on the first batch, are floating tensors that do not require grad when all of θ
-        does (so they do not depend on θ through autograd) and are the same values on a second
-        pass (so they are deterministic). The inputs of that second pass (a no-grad forward at θ on the
-        first batch, as :meth:`_precompute` runs) are kept for it, with its duration. Whether a later input is the one a table was computed
-        from is checked at every use (:meth:`_Entry.matches`), so this is a filter, not a proof."""
+    def _affine_layers(self) -> dict[int, tuple[str, nn.Module]]:
+        """Affine layers of exact built-in type, without forward hooks, with a θ-entry among their
+        parameters (the others frozen)."""
         problem = self.problem
         found: dict[int, tuple[str, nn.Module]] = {}
         names = set(problem.param_names)
         for mname, m in problem.module.named_modules():
-            if type(m) not in _AFFINE:
+            if type(m) not in _AFFINE or has_forward_hooks(m):
                 continue
             pnames = [f"{mname}.{p}" if mname else p for p, _ in m.named_parameters(recurse=False)]
-            if not any(n in names for n in pnames):
-                continue
-            if has_forward_hooks(m):
-                continue
-            found[id(m)] = (mname, m)
+            if any(n in names for n in pnames):
+                found[id(m)] = (mname, m)
+        return found
+
+    def _eligible(self, center) -> dict[int, tuple[str, nn.Module]]:
+        """The affine layers (:meth:`_affine_layers`) whose inputs, on the first batch, are floating
+        tensors that do not require grad when all of θ does (so they do not depend on θ through
+        autograd) and are the same values on a second pass (so they are deterministic).
+
+        Which inputs would require grad is read from a forward on the "meta" device (shapes only, no
+        arithmetic: :func:`_meta_flags`); where that forward fails or disagrees with the real one
+        (calls, shapes, dtypes), from a real forward with autograd, as before. The real no-grad pass
+        at θ (whose inputs and duration :meth:`_precompute` reuses) gives the values; an input that reads
+        the cached batch's own memory, unmodified during the pass, is the same on any pass; any other
+        input is compared bit for bit with a second no-grad pass that stops after the last such input.
+        Whether a later input is the one a table was computed from is checked at every use
+        (:meth:`_Entry.matches`), so this is a filter, not a proof."""
+        found = self._affine_layers()
         if not found:
             return {}
-        seen: dict[int, list[Any]] = {i: [] for i in found}
+        batch, n = self.problem.data.first()
+        flags = _meta_flags(self.problem, found, center, batch, n)
+        first = self._no_grad_pass(found, center, batch, n)
+        raw, copies, of_batch = first
+        if flags is None or any(
+                len(flags[i]) != len(raw[i]) or any(f is not None and (x is None or (x.shape, x.dtype) != f)
+                                                    for f, x in zip(flags[i], raw[i])) for i in found):
+            # the meta pass failed or disagrees with the real one: a real pass with autograd, as before
+            reference = {i: [c if c is not None else x for c, x in zip(copies[i], raw[i])] for i in found}
+            flags = self._grad_flags(found, center, batch, n, reference)
+            ok = [i for i in found if flags[i] and all(flags[i])]
+            self.discovery = "grad"
+        else:
+            ok = [i for i in found if raw[i] and all(f is not None for f in flags[i])]
+            ok = self._repeatable(found, ok, center, batch, n, copies, of_batch)
+            self.discovery = "meta"
+        self._first_calls = {i: raw[i] for i in ok}
+        return {i: found[i] for i in ok}
+
+    def _hooks(self, found, pre) -> list[Any]:
+        return [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True)
+                for i, (_, m) in found.items()]
+
+    def _no_grad_pass(self, found, center, batch, n):
+        """The first batch at θ without autograd: per layer call, the input itself (None unless plain),
+        a private copy of it unless it reads the cached batch, and whether it does; timed."""
+        storages = _storages(batch)
+        versions = [_version(t) for t in _batch_tensors(batch)]
         raw: dict[int, list[Any]] = {i: [] for i in found}
-        keep = [False]
-        hooks = []
-        for i, (_, m) in found.items():
-            def pre(mod, args, kwargs, i=i):
-                x = args[0] if len(args) == 1 and not kwargs else None
-                ok = _plain(x) and not x.requires_grad
-                seen[i].append(x.detach().clone() if ok else None)
-                if keep[0]:
-                    raw[i].append(x if ok else None)  # the tensor itself, as _precompute captures it
-            hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        copies: dict[int, list[Any]] = {i: [] for i in found}
+        of_batch: dict[int, list[bool]] = {i: [] for i in found}
+
+        def pre(i, mod, args, kwargs):
+            x = _single_input(args, kwargs)
+            ok = _plain(x) and not x.requires_grad
+            mine = ok and _Entry.of_batch(x, storages)
+            raw[i].append(x if ok else None)  # the tensor itself, as _precompute captures it
+            copies[i].append(x.detach().clone() if ok and not mine else None)
+            of_batch[i].append(mine)
+        hooks = self._hooks(found, pre)
         try:
-            batch, n = problem.data.first()
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
-            with torch.enable_grad():
-                problem.batch_terms(leaves, batch, n, metrics=False)
-            first = {i: list(v) for i, v in seen.items()}
-            for v in seen.values():
-                v.clear()
-            keep[0] = True
             t = time.perf_counter()
             with torch.no_grad():
-                problem.batch_terms(center, batch, n, metrics=False)
+                self.problem.batch_terms(center, batch, n, metrics=False)
             self._first_seconds = time.perf_counter() - t
         finally:
-            keep[0] = False
             for h in hooks:
                 h.remove()
-        ok = {}
-        for i, calls in first.items():
-            again = seen[i]
-            if calls and len(calls) == len(again) and all(
-                    a is not None and b is not None and _bitwise_equal(a, b) for a, b in zip(calls, again)):
-                ok[i] = found[i]
-        self._first_calls = {i: raw[i] for i in ok}
-        return ok
+        if versions != [_version(t) for t in _batch_tensors(batch)]:  # the forward wrote into the batch
+            of_batch = {i: [False] * len(v) for i, v in of_batch.items()}
+            copies = {i: [None if x is None else x.detach().clone() for x in v] for i, v in raw.items()}
+        return raw, copies, of_batch
+
+    def _grad_flags(self, found, center, batch, n, reference) -> dict[int, list[bool]]:
+        """Per layer call: whether its input, in a real forward with autograd on every θ entry, is plain,
+        does not require grad and equals, bit for bit, the no-grad pass's input (``reference``)."""
+        seen: dict[int, list[Any]] = {i: [] for i in found}
+
+        def pre(i, mod, args, kwargs):
+            x = _single_input(args, kwargs)
+            seen[i].append(x.detach().clone() if _plain(x) and not x.requires_grad else None)
+        hooks = self._hooks(found, pre)
+        try:
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
+            with torch.enable_grad():
+                self.problem.batch_terms(leaves, batch, n, metrics=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {i: [a is not None and b is not None and _bitwise_equal(a, b.detach())
+                    for a, b in zip(calls, reference[i])] if len(calls) == len(reference[i]) else []
+                for i, calls in seen.items()}
+
+    def _repeatable(self, found, ok, center, batch, n, copies, of_batch) -> list[int]:
+        """The layers of ``ok`` whose every input is the same on a second no-grad pass: inputs of the
+        cached batch without one; any other input compared bit for bit with a second pass that stops
+        right after the last of them (its remaining layers never run)."""
+        want = {(i, j) for i in ok for j, mine in enumerate(of_batch[i]) if not mine}
+        if not want:
+            return ok
+        seen: dict[tuple[int, int], Any] = {}
+        count: dict[int, int] = {}
+
+        def pre(i, mod, args, kwargs):
+            j = count[i] = count.get(i, -1) + 1
+            if (i, j) in want:
+                x = _single_input(args, kwargs)
+                seen[i, j] = x.detach().clone() if _plain(x) and not x.requires_grad else None
+                if len(seen) == len(want):
+                    raise _Stop
+        hooks = self._hooks({i: found[i] for i in ok}, pre)
+        try:
+            with torch.no_grad():
+                self.problem.batch_terms(center, batch, n, metrics=False)
+        except _Stop:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        same = {key: seen.get(key) is not None and _bitwise_equal(seen[key], copies[key[0]][key[1]]) for key in want}
+        return [i for i in ok if all(same.get((i, j), True) for j in range(len(of_batch[i])))]
 
     def _precompute(self, candidates, center, directions, budget: int) -> None:
         problem = self.problem
@@ -231,7 +307,7 @@ class LinearFold:
         for i, (_, m) in candidates.items():
             def pre(mod, args, kwargs, i=i):
                 if capturing[0]:
-                    calls[i].append(args[0] if len(args) == 1 and not kwargs else None)
+                    calls[i].append(_single_input(args, kwargs))
             hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         used = 0
         seconds = 0.0
@@ -241,8 +317,8 @@ class LinearFold:
                     for v in calls.values():
                         v.clear()
                     if b == 0 and self._first_calls is not None:
-                        # the first batch's no-grad pass at θ already ran in _eligible (same call, same
-                        # inputs: its layer inputs were checked equal bit for bit to a grad pass's)
+                        # the first batch's no-grad pass at θ already ran in _eligible (the same call,
+                        # so the same inputs)
                         for i in candidates:
                             calls[i].extend(self._first_calls[i])
                         seconds += self._first_seconds
@@ -254,12 +330,7 @@ class LinearFold:
                         finally:
                             capturing[0] = False  # the products below call the layers again
                         seconds += time.perf_counter() - t
-                    storages = set()
-                    for t in _batch_tensors(batch):
-                        try:
-                            storages.add(t.untyped_storage().data_ptr())
-                        except Exception:  # pragma: no cover - tensors without storage
-                            pass
+                    storages = _storages(batch)
                     for i, (mname, m) in candidates.items():
                         for j, x in enumerate(calls[i]):
                             if not _plain(x) or x.requires_grad:
@@ -422,6 +493,73 @@ _ADD_RELU = getattr(torch, "_add_relu_", None)
 
 def _batch_tensors(batch: Any) -> list[Tensor]:
     return tensors_in(batch)
+
+
+def _storages(batch: Any) -> set[int]:
+    """Addresses of the memory of the batch's tensors (to tell an input that reads it)."""
+    out = set()
+    for t in _batch_tensors(batch):
+        try:
+            out.add(t.untyped_storage().data_ptr())
+        except Exception:  # pragma: no cover - tensors without storage
+            pass
+    return out
+
+
+def _single_input(args, kwargs) -> Any:
+    return args[0] if len(args) == 1 and not kwargs else None
+
+
+class _Stop(Exception):
+    """Ends a discovery forward pass once every input it was run for has been seen."""
+
+
+def _meta_flags(problem, found, center, batch, n) -> dict[int, list[Any]] | None:
+    """Per call of each layer of ``found``: (shape, dtype) of an input that is plain and does not
+    require grad when every θ entry does, else None; from the first batch's forward (loss included)
+    with θ, the frozen parameters, the buffers and the batch on the "meta" device (shapes and autograd
+    only, no arithmetic: microseconds per layer). None when that forward raises (data-dependent
+    control flow, host reads, tensors held outside parameters and buffers on another device). The
+    module's parameters, buffers and attributes are restored after the pass."""
+    module = problem.module
+    meta: dict[int, Tensor] = {}
+    for name in problem.param_names:
+        for owner, attr in problem._param_slots[name]:
+            meta.setdefault(id(owner._parameters[attr]),
+                            torch.empty_like(center[name], device="meta").requires_grad_(True))
+    flags: dict[int, list[Any]] = {i: [] for i in found}
+
+    def pre(i, mod, args, kwargs):
+        x = _single_input(args, kwargs)
+        flags[i].append((x.shape, x.dtype) if _plain(x) and not x.requires_grad else None)
+    saved = [(m, dict(m.__dict__), {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, dict)},
+              {k: list(v) for k, v in m.__dict__.items() if isinstance(v, list)}) for m in module.modules()]
+    hooks = [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True) for i, (_, m) in found.items()]
+    try:
+        for m, _, _, _ in saved:
+            for table in (m._parameters, m._buffers):
+                for k, t in table.items():
+                    if t is not None:
+                        table[k] = meta.setdefault(id(t), torch.empty_like(t, device="meta"))
+        meta_batch = map_tensors(batch, lambda t: torch.empty_like(t, device="meta"))
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.simplefilter("ignore")
+            problem._terms_bound(meta_batch, n, False)
+    except Exception:
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, attrs, dicts, lists in saved:  # parameters, buffers and anything forward cached
+            for k in [k for k in m.__dict__ if k not in attrs]:
+                del m.__dict__[k]
+            m.__dict__.update(attrs)
+            for k, v in dicts.items():
+                attrs[k].clear()
+                attrs[k].update(v)
+            for k, v in lists.items():
+                attrs[k][:] = v
+    return flags
 
 
 def _install(guard, m: nn.Module) -> None:

@@ -1,0 +1,158 @@
+"""The fold's discovery forward on the "meta" device (issue 17): the same layers, tables and values as
+the real pass with autograd it replaces, on every model family; the real pass still runs where the meta
+pass fails or disagrees, and inputs made inside forward are still judged by their values."""
+
+import importlib
+
+import pytest
+import torch
+from _zoo import FAMILIES
+from test_fold_identity import ArgmaxGate, CatFeatures, FrozenEmbedding, ScratchBuffer, _data
+
+import lossatlas
+from lossatlas._linear_fold import LinearFold
+
+fold_mod = importlib.import_module("lossatlas._linear_fold")
+
+
+def _bits(t):
+    return t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _by_grad(monkeypatch, problem, d):
+    """The fold as before: eligibility from a real forward with autograd."""
+    with monkeypatch.context() as m:
+        m.setattr(fold_mod, "_meta_flags", lambda *a: None)
+        return LinearFold(problem, problem.params(), d.vectors)
+
+
+def _same(new, old):
+    assert new.active_layers == old.active_layers
+    assert new.tables.keys() == old.tables.keys()
+    for i, table in new.tables.items():
+        assert table.keys() == old.tables[i].keys()
+        for key, e in table.items():
+            o = old.tables[i][key]
+            assert _bits(e.products) == _bits(o.products)
+            assert (e.copy is None) == (o.copy is None)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_meta_discovery_equals_the_grad_pass_on_every_family(name, monkeypatch):
+    case = FAMILIES[name]()
+    pr = case.problem("equal", torch.float64)
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    old = _by_grad(monkeypatch, pr, d)
+    assert old.discovery == "grad"
+    new = LinearFold(pr, pr.params(), d.vectors)
+    _same(new, old)
+
+
+class DataDependent(torch.nn.Module):
+    """Control flow on a value (a host read): impossible on the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.lin, self.out = torch.nn.Linear(5, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if float(h.abs().max()) > 1e9:  # never true; still needs the values
+            h = h * 0
+        return self.out(torch.tanh(h))
+
+
+class NoisyInput(torch.nn.Module):
+    """The first layer's input is drawn anew at every call: not deterministic, never folded."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.lin, self.out = torch.nn.Linear(5, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x + 1e-3 * torch.randn_like(x))))
+
+
+class CachesOnForward(torch.nn.Module):
+    """Keeps a tensor made in forward as an attribute (a cache); a meta tensor must never stay there."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.lin, self.out = torch.nn.Linear(5, 6), torch.nn.Linear(6, 3)
+        self.cache = None
+        self.seen = []
+
+    def forward(self, x):
+        if self.cache is None or self.cache.device != x.device:
+            self.cache = torch.ones_like(x[0])
+        self.seen.append(x.shape[0])
+        return self.out(torch.tanh(self.lin(x * self.cache)))
+
+
+def _problem(cls):
+    model = cls().double()
+    x, y = _data(cls) if cls in (CatFeatures, FrozenEmbedding, ScratchBuffer, ArgmaxGate) else _data(CatFeatures)
+    return lossatlas.Problem(model, torch.nn.CrossEntropyLoss(), (x, y), batch_size=30)
+
+
+@pytest.mark.parametrize("cls, active, discovery", [
+    (CatFeatures, ["lin"], "meta"),          # an input made inside forward: compared on a second pass
+    (FrozenEmbedding, ["lin"], "meta"),      # a frozen embedding's output: the same
+    (ArgmaxGate, ["gate", "lin"], "meta"),   # depends on θ without requiring grad: use-time checks
+    (ScratchBuffer, ["lin"], None),          # a host tensor written from meta inputs: either way the same
+    (DataDependent, ["lin"], "grad"),        # the meta pass fails: the real pass with autograd runs
+    (NoisyInput, [], "meta"),                # not deterministic: not folded
+    (CachesOnForward, ["lin"], "meta"),      # its meta cache is dropped after the pass
+])
+def test_judged_as_before(cls, active, discovery, monkeypatch):
+    pr = _problem(cls)
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    old = _by_grad(monkeypatch, pr, d)
+    new = LinearFold(pr, pr.params(), d.vectors)
+    if discovery is not None:
+        assert new.discovery == discovery
+    assert new.active_layers == active
+    if cls is not NoisyInput:
+        _same(new, old)
+
+
+def test_meta_pass_restores_the_private_module():
+    pr = _problem(CachesOnForward)
+    m = pr.module
+    layers = LinearFold(pr, pr.params(), [])._affine_layers()
+    before = {k: (v.device, v.data_ptr()) for k, v in [*m.named_parameters(), *m.named_buffers()]}
+    seen = list(m.seen)
+    cache = m.cache
+    flags = fold_mod._meta_flags(pr, layers, pr.params(), *pr.data.first())
+    assert flags is not None and all(flags.values())
+    assert {k: (v.device, v.data_ptr()) for k, v in [*m.named_parameters(), *m.named_buffers()]} == before
+    assert m.cache is cache and m.seen == seen  # attributes forward wrote are restored
+    assert not m._forward_pre_hooks
+
+
+@pytest.mark.parametrize("cls, extra", [(None, 0), (CachesOnForward, 1)])
+def test_meta_pass_costs_no_real_forward(cls, extra):
+    """With a meta pass that succeeds, each batch runs for real once without autograd (the first
+    batch's pass is the one whose inputs the tables reuse), plus, where a layer's input was made inside
+    forward, one pass that stops after it; never a pass with autograd."""
+    if cls is None:
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        mlp = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+        pr = lossatlas.Problem(mlp, torch.nn.CrossEntropyLoss(),
+                               (torch.randn(50, 5, generator=g), torch.randint(0, 3, (50,), generator=g)), batch_size=20)
+    else:
+        pr = _problem(cls)
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    real = []
+    hook = pr.module.register_forward_pre_hook(
+        lambda mod, args: real.append(torch.is_grad_enabled()) if args[0].device.type != "meta" else None)
+    try:
+        fold = LinearFold(pr, pr.params(), d.vectors)
+    finally:
+        hook.remove()
+    assert fold.discovery == "meta" and fold.active_layers
+    assert real == [False] * (len(list(pr.data)) + extra)
