@@ -1,6 +1,6 @@
-"""The fold's discovery forward on the "meta" device (issue 17): the same layers, tables and values as
-the real pass with autograd it replaces, on every model family; the real pass still runs where the meta
-pass fails or disagrees, and inputs made inside forward are still judged by their values."""
+"""The fold's discovery pass with autograd over one sample (issue 17): the same layers, tables and values
+as the pass over the whole first batch it replaces, on every model family; that pass still runs where the
+one-sample pass fails or disagrees, and inputs made inside forward are still judged by their values."""
 
 import importlib
 
@@ -22,7 +22,7 @@ def _bits(t):
 def _by_grad(monkeypatch, problem, d):
     """The fold as before: eligibility from a real forward with autograd."""
     with monkeypatch.context() as m:
-        m.setattr(fold_mod, "_meta_flags", lambda *a: None)
+        m.setattr(fold_mod, "_slice_flags", lambda *a: None)
         return LinearFold(problem, problem.params(), d.vectors)
 
 
@@ -38,7 +38,7 @@ def _same(new, old):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_meta_discovery_equals_the_grad_pass_on_every_family(name, monkeypatch):
+def test_one_sample_discovery_equals_the_batch_pass_on_every_family(name, monkeypatch):
     case = FAMILIES[name]()
     pr = case.problem("equal", torch.float64)
     d = lossatlas.directions.random(pr, n=2, seed=0)
@@ -48,8 +48,21 @@ def test_meta_discovery_equals_the_grad_pass_on_every_family(name, monkeypatch):
     _same(new, old)
 
 
+class Pairs(torch.nn.Module):
+    """Mixes consecutive samples in pairs: cannot run on one sample."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.lin, self.out = torch.nn.Linear(5, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x)).reshape(-1, 2, 6).mean(1).repeat_interleave(2, 0)
+        return self.out(h)
+
+
 class DataDependent(torch.nn.Module):
-    """Control flow on a value (a host read): impossible on the meta device."""
+    """Control flow on a value (a host read)."""
 
     def __init__(self):
         super().__init__()
@@ -76,7 +89,8 @@ class NoisyInput(torch.nn.Module):
 
 
 class CachesOnForward(torch.nn.Module):
-    """Keeps a tensor made in forward as an attribute (a cache); a meta tensor must never stay there."""
+    """Keeps a tensor made in forward, sized by the batch, as an attribute (a cache): the one-sample
+    pass must not leave its own there."""
 
     def __init__(self):
         super().__init__()
@@ -86,8 +100,8 @@ class CachesOnForward(torch.nn.Module):
         self.seen = []
 
     def forward(self, x):
-        if self.cache is None or self.cache.device != x.device:
-            self.cache = torch.ones_like(x[0])
+        if self.cache is None or self.cache.shape[0] != x.shape[0]:
+            self.cache = torch.ones(x.shape[0], 1, dtype=x.dtype)
         self.seen.append(x.shape[0])
         return self.out(torch.tanh(self.lin(x * self.cache)))
 
@@ -99,13 +113,14 @@ def _problem(cls):
 
 
 @pytest.mark.parametrize("cls, active, discovery", [
-    (CatFeatures, ["lin"], "meta"),          # an input made inside forward: compared on a second pass
-    (FrozenEmbedding, ["lin"], "meta"),      # a frozen embedding's output: the same
-    (ArgmaxGate, ["gate", "lin"], "meta"),   # depends on θ without requiring grad: use-time checks
-    (ScratchBuffer, ["lin"], None),          # a host tensor written from meta inputs: either way the same
-    (DataDependent, ["lin"], "grad"),        # the meta pass fails: the real pass with autograd runs
-    (NoisyInput, [], "meta"),                # not deterministic: not folded
-    (CachesOnForward, ["lin"], "meta"),      # its meta cache is dropped after the pass
+    (CatFeatures, ["lin"], "sample"),          # an input made inside forward: compared on a second pass
+    (FrozenEmbedding, ["lin"], "sample"),      # a frozen embedding's output: the same
+    (ArgmaxGate, ["gate", "lin"], "sample"),   # depends on θ without requiring grad: use-time checks
+    (ScratchBuffer, ["lin"], "sample"),      # a persistent tensor rewritten at every call
+    (DataDependent, ["lin"], "sample"),
+    (Pairs, ["lin"], "grad"),                # the one-sample pass fails: the batch pass with autograd runs
+    (NoisyInput, [], "sample"),                # not deterministic: not folded
+    (CachesOnForward, ["lin"], "sample"),    # its one-sample cache is dropped after the pass
 ])
 def test_judged_as_before(cls, active, discovery, monkeypatch):
     pr = _problem(cls)
@@ -119,14 +134,14 @@ def test_judged_as_before(cls, active, discovery, monkeypatch):
         _same(new, old)
 
 
-def test_meta_pass_restores_the_private_module():
+def test_one_sample_pass_restores_the_private_module():
     pr = _problem(CachesOnForward)
     m = pr.module
     layers = LinearFold(pr, pr.params(), [])._affine_layers()
     before = {k: (v.device, v.data_ptr()) for k, v in [*m.named_parameters(), *m.named_buffers()]}
     seen = list(m.seen)
     cache = m.cache
-    flags = fold_mod._meta_flags(pr, layers, pr.params(), *pr.data.first())
+    flags = fold_mod._slice_flags(pr, layers, pr.params(), pr.data.first()[0])
     assert flags is not None and all(flags.values())
     assert {k: (v.device, v.data_ptr()) for k, v in [*m.named_parameters(), *m.named_buffers()]} == before
     assert m.cache is cache and m.seen == seen  # attributes forward wrote are restored
@@ -134,10 +149,10 @@ def test_meta_pass_restores_the_private_module():
 
 
 @pytest.mark.parametrize("cls, extra", [(None, 0), (CachesOnForward, 1)])
-def test_meta_pass_costs_no_real_forward(cls, extra):
-    """With a meta pass that succeeds, each batch runs for real once without autograd (the first
-    batch's pass is the one whose inputs the tables reuse), plus, where a layer's input was made inside
-    forward, one pass that stops after it; never a pass with autograd."""
+def test_one_sample_pass_replaces_the_batch_pass(cls, extra):
+    """Where the one-sample pass succeeds, each batch runs once without autograd (the first batch's pass
+    is the one whose inputs the tables reuse), plus, where a layer's input was made inside forward, one
+    pass that stops after it; no batch runs with autograd."""
     if cls is None:
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
@@ -148,11 +163,11 @@ def test_meta_pass_costs_no_real_forward(cls, extra):
         pr = _problem(cls)
     d = lossatlas.directions.random(pr, n=2, seed=0)
     real = []
-    hook = pr.module.register_forward_pre_hook(
-        lambda mod, args: real.append(torch.is_grad_enabled()) if args[0].device.type != "meta" else None)
+    hook = pr.module.register_forward_pre_hook(lambda mod, args: real.append(torch.is_grad_enabled())
+                                               if args[0].shape[0] > 1 else None)  # not the one-sample pass
     try:
         fold = LinearFold(pr, pr.params(), d.vectors)
     finally:
         hook.remove()
-    assert fold.discovery == "meta" and fold.active_layers
+    assert fold.discovery == "sample" and fold.active_layers
     assert real == [False] * (len(list(pr.data)) + extra)

@@ -149,7 +149,7 @@ class LinearFold:
         # every batch ran): a point's cost, for sizing chunks without timing an extra point
         self.forward_seconds: float | None = None
         self._first_calls: dict[int, list[Any]] | None = None
-        self.discovery: str | None = None  # how eligibility was decided: "meta" or "grad" (see _eligible)
+        self.discovery: str | None = None  # how eligibility was decided: "sample" or "grad" (see _eligible)
         self._first_seconds = 0.0
         if not problem.data.cached:
             return
@@ -184,9 +184,9 @@ class LinearFold:
         tensors that do not require grad when all of θ does (so they do not depend on θ through
         autograd) and are the same values on a second pass (so they are deterministic).
 
-        Which inputs would require grad is read from a forward on the "meta" device (shapes only, no
-        arithmetic: :func:`_meta_flags`); where that forward fails or disagrees with the real one
-        (calls, shapes, dtypes), from a real forward with autograd, as before. The real no-grad pass
+        Which inputs would require grad is read from a forward with autograd over the batch's first
+        sample (:func:`_slice_flags`); where that forward fails or disagrees with the batch's (calls,
+        trailing shapes, dtypes), from a forward with autograd over the whole batch, as before. The real no-grad pass
         at θ (whose inputs and duration :meth:`_precompute` reuses) gives the values; an input that reads
         the cached batch's own memory, unmodified during the pass, is the same on any pass; any other
         input is compared bit for bit with a second no-grad pass that stops after the last such input.
@@ -196,21 +196,25 @@ class LinearFold:
         if not found:
             return {}
         batch, n = self.problem.data.first()
-        flags = _meta_flags(self.problem, found, center, batch, n)
-        first = self._no_grad_pass(found, center, batch, n)
-        raw, copies, of_batch = first
-        if flags is None or any(
-                len(flags[i]) != len(raw[i]) or any(f is not None and (x is None or (x.shape, x.dtype) != f)
-                                                    for f, x in zip(flags[i], raw[i])) for i in found):
-            # the meta pass failed or disagrees with the real one: a real pass with autograd, as before
+        flags = _slice_flags(self.problem, found, center, batch)
+        ok = None
+        if flags is not None:
+            # only layers whose every input is independent of θ on the first sample are looked at for real
+            keep = {i: found[i] for i in found if flags[i] and all(f is not None for f in flags[i])}
+            if not keep:
+                self.discovery = "sample"
+                return {}
+            raw, copies, of_batch = self._no_grad_pass(keep, center, batch, n)
+            if all(len(flags[i]) == len(raw[i]) and all(x is not None and (x.dim(), x.shape[1:], x.dtype) == f
+                                                         for f, x in zip(flags[i], raw[i])) for i in keep):
+                ok = self._repeatable(keep, list(keep), center, batch, n, copies, of_batch)
+                self.discovery = "sample"
+        if ok is None:  # the one-sample pass failed or disagrees with the batch: a pass with autograd, as before
+            raw, copies, of_batch = self._no_grad_pass(found, center, batch, n)
             reference = {i: [c if c is not None else x for c, x in zip(copies[i], raw[i])] for i in found}
             flags = self._grad_flags(found, center, batch, n, reference)
             ok = [i for i in found if flags[i] and all(flags[i])]
             self.discovery = "grad"
-        else:
-            ok = [i for i in found if raw[i] and all(f is not None for f in flags[i])]
-            ok = self._repeatable(found, ok, center, batch, n, copies, of_batch)
-            self.discovery = "meta"
         self._first_calls = {i: raw[i] for i in ok}
         return {i: found[i] for i in ok}
 
@@ -514,43 +518,47 @@ class _Stop(Exception):
     """Ends a discovery forward pass once every input it was run for has been seen."""
 
 
-def _meta_flags(problem, found, center, batch, n) -> dict[int, list[Any]] | None:
-    """Per call of each layer of ``found``: (shape, dtype) of an input that is plain and does not
-    require grad when every θ entry does, else None; from the first batch's forward (loss included)
-    with θ, the frozen parameters, the buffers and the batch on the "meta" device (shapes and autograd
-    only, no arithmetic: microseconds per layer). None when that forward raises (data-dependent
-    control flow, host reads, tensors held outside parameters and buffers on another device). The
-    module's parameters, buffers and attributes are restored after the pass."""
-    module = problem.module
-    meta: dict[int, Tensor] = {}
-    for name in problem.param_names:
-        for owner, attr in problem._param_slots[name]:
-            meta.setdefault(id(owner._parameters[attr]),
-                            torch.empty_like(center[name], device="meta").requires_grad_(True))
+def _first_sample(batch: Any) -> Any:
+    return map_tensors(batch, lambda t: t[:1] if t.dim() > 0 else t)
+
+
+def _slice_flags(problem, found, center, batch) -> dict[int, list[Any]] | None:
+    """Per call of each layer of ``found``: (ndim, trailing shape, dtype) of an input that is plain and
+    does not require grad when every θ entry does, else None; from a forward with autograd over the
+    first sample of the first batch only (autograd's dependencies do not depend on the batch size;
+    the arithmetic of one sample costs next to nothing). None when that forward raises (a model that
+    needs more than one sample). Attributes the pass writes into the private module (a cache sized for
+    one sample) are restored."""
     flags: dict[int, list[Any]] = {i: [] for i in found}
 
     def pre(i, mod, args, kwargs):
         x = _single_input(args, kwargs)
-        flags[i].append((x.shape, x.dtype) if _plain(x) and not x.requires_grad else None)
+        flags[i].append((x.dim(), x.shape[1:], x.dtype) if _plain(x) and not x.requires_grad else None)
+    with _attributes_restored(problem.module):
+        hooks = [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True)
+                 for i, (_, m) in found.items()]
+        try:
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
+            with warnings.catch_warnings(), torch.enable_grad():
+                warnings.simplefilter("ignore")
+                problem.batch_terms(leaves, _first_sample(batch), 1, metrics=False)
+        except Exception:
+            return None
+        finally:
+            for h in hooks:
+                h.remove()
+    return flags
+
+
+@contextlib.contextmanager
+def _attributes_restored(module: nn.Module):
+    """Every submodule's attributes (and the contents of its dict and list attributes) as they were."""
     saved = [(m, dict(m.__dict__), {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, dict)},
               {k: list(v) for k, v in m.__dict__.items() if isinstance(v, list)}) for m in module.modules()]
-    hooks = [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True) for i, (_, m) in found.items()]
     try:
-        for m, _, _, _ in saved:
-            for table in (m._parameters, m._buffers):
-                for k, t in table.items():
-                    if t is not None:
-                        table[k] = meta.setdefault(id(t), torch.empty_like(t, device="meta"))
-        meta_batch = map_tensors(batch, lambda t: torch.empty_like(t, device="meta"))
-        with warnings.catch_warnings(), torch.enable_grad():
-            warnings.simplefilter("ignore")
-            problem._terms_bound(meta_batch, n, False)
-    except Exception:
-        return None
+        yield
     finally:
-        for h in hooks:
-            h.remove()
-        for m, attrs, dicts, lists in saved:  # parameters, buffers and anything forward cached
+        for m, attrs, dicts, lists in saved:
             for k in [k for k in m.__dict__ if k not in attrs]:
                 del m.__dict__[k]
             m.__dict__.update(attrs)
@@ -559,7 +567,6 @@ def _meta_flags(problem, found, center, batch, n) -> dict[int, list[Any]] | None
                 attrs[k].update(v)
             for k, v in lists.items():
                 attrs[k][:] = v
-    return flags
 
 
 def _install(guard, m: nn.Module) -> None:
