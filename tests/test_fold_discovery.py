@@ -4,6 +4,7 @@ one-sample pass fails or disagrees, and inputs made inside forward are still jud
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from _zoo import FAMILIES
@@ -11,6 +12,7 @@ from test_fold_identity import ArgmaxGate, CatFeatures, FrozenEmbedding, Scratch
 
 import lossatlas
 from lossatlas._linear_fold import LinearFold
+from lossatlas.evaluator import PointEvaluator
 
 fold_mod = importlib.import_module("lossatlas._linear_fold")
 
@@ -148,11 +150,12 @@ def test_one_sample_pass_restores_the_private_module():
     assert not m._forward_pre_hooks
 
 
-@pytest.mark.parametrize("cls, extra", [(None, 0), (CachesOnForward, 1)])
-def test_one_sample_pass_replaces_the_batch_pass(cls, extra):
-    """Where the one-sample pass succeeds, each batch runs once without autograd (the first batch's pass
-    is the one whose inputs the tables reuse), plus, where a layer's input was made inside forward, one
-    pass that stops after it; no batch runs with autograd."""
+@pytest.mark.parametrize("cls, passes", [(None, 1), (CachesOnForward, 3 + 1)])
+def test_one_sample_pass_replaces_the_batch_pass(cls, passes):
+    """Where the one-sample pass succeeds, no batch runs with autograd: the first batch runs once without
+    (the pass whose inputs the tables reuse); where a layer's input was made inside forward, a second
+    pass stops after it and every other batch runs once; where every input is a batch tensor itself
+    (the MLP), the other batches' inputs are predicted without running them."""
     if cls is None:
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
@@ -170,4 +173,47 @@ def test_one_sample_pass_replaces_the_batch_pass(cls, extra):
     finally:
         hook.remove()
     assert fold.discovery == "sample" and fold.active_layers
-    assert real == [False] * (len(list(pr.data)) + extra)
+    assert real == [False] * passes
+
+
+def _values(pr, d, exact_linear, points):
+    with PointEvaluator(pr, pr.params(), d.vectors, strategy="loop", exact_linear=exact_linear) as ev:
+        return ev(points)["loss"], (ev.fold.active_layers if ev.fold else None)
+
+
+class FlipsShortBatches(torch.nn.Module):
+    """Feeds its first layer the batch itself, except on a short batch (a flipped copy): the inputs
+    predicted from the first batch are wrong there, and the layer must run for real."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.lin, self.out = torch.nn.Linear(5, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x if x.shape[0] == 30 else x.flip(0) * 1.5)))
+
+
+def test_predicted_inputs_equal_the_passes_they_replace(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (80,), generator=g)
+    for model in (FlipsShortBatches().double(), torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(),
+                                                                    torch.nn.Linear(4, 3)).double()):
+        pr = lossatlas.Problem(model, torch.nn.CrossEntropyLoss(), (x, y), batch_size=30)  # 30, 30, 20
+        d = lossatlas.directions.random(pr, n=2, seed=0)
+        new = LinearFold(pr, pr.params(), d.vectors)
+        assert new._leaves is None and new.forward_seconds > 0
+        with monkeypatch.context() as m:
+            m.setattr(fold_mod, "_leaf_positions", lambda *a: None)
+            old = LinearFold(pr, pr.params(), d.vectors)
+        assert old.active_layers == new.active_layers
+        for i, table in new.tables.items():
+            for key, e in table.items():  # a wrong prediction holds the batch, the real pass a copy
+                o = old.tables[i].get(key)
+                if o is not None and (e.copy is None) == (o.copy is None):
+                    assert _bits(e.products) == _bits(o.products)
+        points = np.array([[0.0, 0.0], [0.4, -0.3], [-0.7, 0.2]])
+        folded, active = _values(pr, d, True, points)
+        plain, _ = _values(pr, d, False, points)
+        assert active == ["lin" if isinstance(model, FlipsShortBatches) else "0"]
+        np.testing.assert_allclose(folded, plain, rtol=1e-13, atol=0)

@@ -145,10 +145,12 @@ class LinearFold:
         self.modules: dict[int, tuple[str, nn.Module]] = {}
         self.coefficients: Any = None
         self._installed: list[nn.Module] = []
-        # seconds of the no-grad forward passes at θ over every batch that discovery ran (None unless
-        # every batch ran): a point's cost, for sizing chunks without timing an extra point
+        # seconds of the no-grad forward passes at θ over every batch (a batch whose inputs were predicted
+        # without running it counts as the first batch's time per sample; None unless the tables were
+        # made): a point's cost, for sizing chunks without timing an extra point
         self.forward_seconds: float | None = None
         self._first_calls: dict[int, list[Any]] | None = None
+        self._leaves: dict[int, list[int]] | None = None
         self.discovery: str | None = None  # how eligibility was decided: "sample" or "grad" (see _eligible)
         self._first_seconds = 0.0
         if not problem.data.cached:
@@ -158,7 +160,7 @@ class LinearFold:
             candidates = self._eligible(center)
             if candidates:
                 self._precompute(candidates, center, directions, budget)
-            self._first_calls = None
+            self._first_calls = self._leaves = None
 
     @property
     def active_layers(self) -> list[str]:
@@ -216,6 +218,7 @@ class LinearFold:
             ok = [i for i in found if flags[i] and all(flags[i])]
             self.discovery = "grad"
         self._first_calls = {i: raw[i] for i in ok}
+        self._leaves = _leaf_positions(batch, self._first_calls)
         return {i: found[i] for i in ok}
 
     def _hooks(self, found, pre) -> list[Any]:
@@ -315,6 +318,7 @@ class LinearFold:
             hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         used = 0
         seconds = 0.0
+        n0 = problem.data.first()[1]
         try:
             with torch.no_grad():
                 for b, (batch, n) in enumerate(problem.data):
@@ -326,6 +330,13 @@ class LinearFold:
                         for i in candidates:
                             calls[i].extend(self._first_calls[i])
                         seconds += self._first_seconds
+                    elif b > 0 and self._leaves is not None:
+                        # every input on the first batch was one of its tensors itself: the same
+                        # tensor of this batch is expected (checked by memory at every use)
+                        tensors = _batch_tensors(batch)
+                        for i in candidates:
+                            calls[i].extend(tensors[k] for k in self._leaves[i])
+                        seconds += self._first_seconds * n / n0  # an estimate, for sizing chunks
                     else:
                         capturing[0] = True
                         t = time.perf_counter()
@@ -516,6 +527,24 @@ def _single_input(args, kwargs) -> Any:
 
 class _Stop(Exception):
     """Ends a discovery forward pass once every input it was run for has been seen."""
+
+
+def _leaf_positions(batch: Any, calls: Mapping[int, list[Any]]) -> dict[int, list[int]] | None:
+    """Per layer call, the position (in :func:`tensors_in` order) of the batch tensor that the call's
+    input *is* (same memory, shape, strides and dtype), or None unless every input of every layer is
+    one: then the inputs on another batch are predicted as its tensors at the same positions, without
+    running it (a wrong prediction only costs the layer running for real: see :meth:`_Entry.matches`)."""
+    tensors = _batch_tensors(batch)
+    out = {}
+    for i, xs in calls.items():
+        out[i] = []
+        for x in xs:
+            k = next((k for k, t in enumerate(tensors) if x is not None and t.data_ptr() == x.data_ptr()
+                      and t.shape == x.shape and t.stride() == x.stride() and t.dtype == x.dtype), None)
+            if k is None:
+                return None
+            out[i].append(k)
+    return out
 
 
 def _first_sample(batch: Any) -> Any:
