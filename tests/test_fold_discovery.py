@@ -160,8 +160,8 @@ def test_one_sample_pass_replaces_the_batch_pass(cls, passes):
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         mlp = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
-        pr = lossatlas.Problem(mlp, torch.nn.CrossEntropyLoss(),
-                               (torch.randn(50, 5, generator=g), torch.randint(0, 3, (50,), generator=g)), batch_size=20)
+        data = (torch.randn(50, 5, generator=g), torch.randint(0, 3, (50,), generator=g))
+        pr = lossatlas.Problem(mlp, torch.nn.CrossEntropyLoss(), data, batch_size=20)
     else:
         pr = _problem(cls)
     d = lossatlas.directions.random(pr, n=2, seed=0)
@@ -217,3 +217,26 @@ def test_predicted_inputs_equal_the_passes_they_replace(monkeypatch):
         plain, _ = _values(pr, d, False, points)
         assert active == ["lin" if isinstance(model, FlipsShortBatches) else "0"]
         np.testing.assert_allclose(folded, plain, rtol=1e-13, atol=0)
+
+
+class ClampsItsInput(torch.nn.Module):
+    """Writes into the batch it is given (an idempotent clamp): the batch's memory changes under the
+    fold's feet, so the layer reading it is not folded (its use-time check would fail anyway)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(8)
+        self.lin, self.out = torch.nn.Linear(5, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x.clamp_(-5.0, 5.0))))
+
+
+def test_a_forward_writing_into_the_batch_is_not_folded():
+    pr = _problem(ClampsItsInput)
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    points = np.array([[0.0, 0.0], [0.4, -0.3]])
+    folded, active = _values(pr, d, True, points)
+    plain, _ = _values(pr, d, False, points)
+    assert active == []
+    np.testing.assert_allclose(folded, plain, rtol=1e-13, atol=0)

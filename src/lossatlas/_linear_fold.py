@@ -188,10 +188,11 @@ class LinearFold:
 
         Which inputs would require grad is read from a forward with autograd over the batch's first
         sample (:func:`_slice_flags`); where that forward fails or disagrees with the batch's (calls,
-        trailing shapes, dtypes), from a forward with autograd over the whole batch, as before. The real no-grad pass
-        at θ (whose inputs and duration :meth:`_precompute` reuses) gives the values; an input that reads
-        the cached batch's own memory, unmodified during the pass, is the same on any pass; any other
-        input is compared bit for bit with a second no-grad pass that stops after the last such input.
+        trailing shapes, dtypes), from a forward with autograd over the whole batch, as before. The
+        no-grad pass at θ (whose inputs and duration :meth:`_precompute` reuses) gives the values: an
+        input that reads the cached batch's own memory, unmodified during the pass, is the same on any
+        pass; any other input is compared bit for bit with a second no-grad pass that stops after the
+        last such input.
         Whether a later input is the one a table was computed from is checked at every use
         (:meth:`_Entry.matches`), so this is a filter, not a proof."""
         found = self._affine_layers()
@@ -250,9 +251,10 @@ class LinearFold:
         finally:
             for h in hooks:
                 h.remove()
-        if versions != [_version(t) for t in _batch_tensors(batch)]:  # the forward wrote into the batch
-            of_batch = {i: [False] * len(v) for i, v in of_batch.items()}
-            copies = {i: [None if x is None else x.detach().clone() for x in v] for i, v in raw.items()}
+        if versions != [_version(t) for t in _batch_tensors(batch)]:
+            # the forward wrote into the batch: its inputs that read the batch are never folded (their
+            # use-time check would fail anyway)
+            raw = {i: [None if mine else x for x, mine in zip(raw[i], of_batch[i])] for i in raw}
         return raw, copies, of_batch
 
     def _grad_flags(self, found, center, batch, n, reference) -> dict[int, list[bool]]:
