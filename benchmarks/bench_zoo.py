@@ -89,7 +89,10 @@ def zoo(only):
         out["cnn"] = (ex.model, ex.problem, "CNN+BN (cnn-digits), 1797 8x8")
     if "resnet" in only:
         ex = lossatlas.examples.load("resnet-skip")
-        out["resnet"] = (ex.model, ex.problem, "ResNet (resnet-skip), 1024 28x28 in 2 batches")
+        # without the Debian package dataset-fashion-mnist the example falls back to 8x8 digits: another model
+        shape = "x".join(map(str, ex.problem.data.first()[0][0].shape[-2:]))
+        out["resnet"] = (ex.model, ex.problem, f"ResNet (resnet-skip), 1024 {shape} images of {ex.info['data']} "
+                                               "in 2 batches")
     if "transformer" in only:
         torch.manual_seed(0)
         model = TokenEncoder().eval()
