@@ -20,12 +20,15 @@ Per repetition (interleaved: each repetition runs every contender once, in the s
   chunk-size timing, assembling the Dataset).
 
 Printed: medians over repetitions, the median of per-repetition ratios point / forward and marginal /
-forward, and one ``verdict`` line per model. ``python benchmarks/bench_zoo.py [--reps 5] [--only mlp,cnn]``.
+forward, the minor page faults of a forward pass and of a marginal point (``fwd flt``, ``marg flt``:
+fresh memory mapped and zeroed by the kernel, a large and variable share of CPU time here), and one
+``verdict`` line per model. ``python benchmarks/bench_zoo.py [--reps 5] [--only mlp,cnn]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -86,7 +89,10 @@ def zoo(only):
         out["cnn"] = (ex.model, ex.problem, "CNN+BN (cnn-digits), 1797 8x8")
     if "resnet" in only:
         ex = lossatlas.examples.load("resnet-skip")
-        out["resnet"] = (ex.model, ex.problem, "ResNet (resnet-skip), 1024 28x28 in 2 batches")
+        # without the Debian package dataset-fashion-mnist the example falls back to 8x8 digits: another model
+        shape = "x".join(map(str, ex.problem.data.first()[0][0].shape[-2:]))
+        out["resnet"] = (ex.model, ex.problem, f"ResNet (resnet-skip), 1024 {shape} images of {ex.info['data']} "
+                                               "in 2 batches")
     if "transformer" in only:
         torch.manual_seed(0)
         model = TokenEncoder().eval()
@@ -107,17 +113,26 @@ def zoo(only):
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (CPU seconds of this process; 1 thread)
 
 
-def forward_times(model, inputs, calls):
-    """``calls`` timings of the bare forward pass over every batch (after one warm-up call)."""
+def faults() -> int:
+    """Minor page faults of this process so far (fresh memory the kernel maps and zeroes: on this
+    machine a large share of a forward pass's CPU time, counted in --clock cpu as system time)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def forward_times(model, inputs, calls, fault_counts=None):
+    """``calls`` timings of the bare forward pass over every batch (after one warm-up call); the page
+    faults of each call are appended to ``fault_counts``."""
     with torch.no_grad():
         for x in inputs:
             model(x)
         samples = []
         for _ in range(calls):
-            t = CLOCK()
+            f, t = faults(), CLOCK()
             for x in inputs:
                 model(x)
             samples.append(CLOCK() - t)
+            if fault_counts is not None:
+                fault_counts.append(faults() - f)
     return samples
 
 
@@ -136,10 +151,13 @@ def naive_losses(model, problem, d, coords):
     return out
 
 
-def timed(fn):
-    t = CLOCK()
+def timed(fn, fault_counts=None):
+    f, t = faults(), CLOCK()
     out = fn()
-    return CLOCK() - t, out
+    elapsed = CLOCK() - t
+    if fault_counts is not None:
+        fault_counts.append(faults() - f)
+    return elapsed, out
 
 
 def main() -> None:
@@ -170,7 +188,8 @@ def main() -> None:
         setup[name] = (d, inputs)
         print(f"  {name:12s} {desc}; {n:,} parameters; plane {steps[name]}x{steps[name]}")
 
-    rows: dict[str, dict[str, list[float]]] = {k: {"forward": [], "plane": [], "pinned": [], "small": []}
+    rows: dict[str, dict[str, list[float]]] = {k: {"forward": [], "plane": [], "pinned": [], "small": [],
+                                                   "fwd_faults": [], "pinned_faults": [], "small_faults": []}
                                                for k in models}
     chosen, err = {}, {}
     for rep in range(args.reps):
@@ -178,17 +197,17 @@ def main() -> None:
             d, inputs = setup[name]
             s = steps[name]
             r = rows[name]
-            before = forward_times(model, inputs, args.fwd)
+            before = forward_times(model, inputs, args.fwd, r["fwd_faults"])
             t, ds = timed(lambda: lossatlas.surface(problem, None, d, steps=s, span=1.0, progress=False))
             r["plane"].append(t)
             # the forward pass timed just before and just after the plane: the median of both brackets
-            r["forward"].append(statistics.median(before + forward_times(model, inputs, args.fwd)))
+            r["forward"].append(statistics.median(before + forward_times(model, inputs, args.fwd, r["fwd_faults"])))
             chosen[name] = ds.attrs["strategy"]
             t, _ = timed(lambda: lossatlas.surface(problem, None, d, steps=s, span=1.0, progress=False,
-                                                   strategy=chosen[name]))
+                                                   strategy=chosen[name]), r["pinned_faults"])
             r["pinned"].append(t)
             t, small = timed(lambda: lossatlas.surface(problem, None, d, steps=3, span=1.0, progress=False,
-                                                       strategy=chosen[name]))
+                                                       strategy=chosen[name]), r["small_faults"])
             r["small"].append(t)
             if rep == 0:
                 ref = naive_losses(model, problem, d, small.x.values)
@@ -196,19 +215,21 @@ def main() -> None:
         print(f"rep {rep + 1}: " + ", ".join(f"{k} {v['plane'][-1]:.2f}s" for k, v in rows.items()), flush=True)
 
     print(f"\n{'model':12s} {'strategy':8s} {'forward ms':>10s} {'point ms':>9s} {'marginal':>9s} "
-          f"{'overhead s':>10s} {'point/fwd':>9s} {'marg/fwd':>8s} {'rel.err':>8s}")
+          f"{'overhead s':>10s} {'point/fwd':>9s} {'marg/fwd':>8s} {'rel.err':>8s} {'fwd flt':>8s} {'marg flt':>8s}")
     results = {}
     for name, r in rows.items():
         pts = steps[name] ** 2
         point = [p / pts for p in r["plane"]]
         marg = [(p - sm) / (pts - 9) for p, sm in zip(r["pinned"], r["small"])]
         over = [p - pts * m for p, m in zip(r["plane"], marg)]
+        mflt = [(p - sm) / (pts - 9) for p, sm in zip(r["pinned_faults"], r["small_faults"])]
         ratio = statistics.median(a / f for a, f in zip(point, r["forward"]))
         mratio = statistics.median(m / f for m, f in zip(marg, r["forward"]))
         results[name] = (ratio, mratio)
         print(f"{name:12s} {chosen[name]:8s} {1e3 * statistics.median(r['forward']):10.2f} "
               f"{1e3 * statistics.median(point):9.2f} {1e3 * statistics.median(marg):9.2f} "
-              f"{statistics.median(over):10.3f} {ratio:9.3f} {mratio:8.3f} {err[name]:8.1e}")
+              f"{statistics.median(over):10.3f} {ratio:9.3f} {mratio:8.3f} {err[name]:8.1e} "
+              f"{statistics.median(r['fwd_faults']):8.0f} {statistics.median(mflt):8.0f}")
     print()
     for name, (ratio, mratio) in results.items():
         verdict(f"{name}: point / forward", ratio, 1.10, detail=f"marginal point / forward {mratio:.3f}")

@@ -35,7 +35,9 @@ anything unexpected), the layer runs for real: the fold never guesses.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+import warnings
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,7 +48,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._fast_paths import RELU_FORWARD, has_forward_hooks
-from .data import tensors_in
+from .data import map_tensors, tensors_in
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -143,10 +145,13 @@ class LinearFold:
         self.modules: dict[int, tuple[str, nn.Module]] = {}
         self.coefficients: Any = None
         self._installed: list[nn.Module] = []
-        # seconds of the no-grad forward passes at θ over every batch that discovery ran (None unless
-        # every batch ran): a point's cost, for sizing chunks without timing an extra point
+        # seconds of the no-grad forward passes at θ over every batch (a batch whose inputs were predicted
+        # without running it counts as the first batch's time per sample; None unless the tables were
+        # made): a point's cost, for sizing chunks without timing an extra point
         self.forward_seconds: float | None = None
         self._first_calls: dict[int, list[Any]] | None = None
+        self._leaves: dict[int, list[int]] | None = None
+        self.discovery: str | None = None  # how eligibility was decided: "sample" or "grad" (see _eligible)
         self._first_seconds = 0.0
         if not problem.data.cached:
             return
@@ -155,71 +160,151 @@ class LinearFold:
             candidates = self._eligible(center)
             if candidates:
                 self._precompute(candidates, center, directions, budget)
-            self._first_calls = None
+            self._first_calls = self._leaves = None
 
     @property
     def active_layers(self) -> list[str]:
         return [name for name, _ in self.modules.values()]
 
     # -- discovery ----------------------------------------------------------------------------
-    def _eligible(self, center) -> dict[int, tuple[str, nn.Module]]:
-        """Affine layers of exact built-in type whose parameters are θ-entries or frozen and whose
-        inputs, on the first batch, are floating tensors that do not require grad when all of θ
-        does (so they do not depend on θ through autograd) and are the same values on a second
-        pass (so they are deterministic). The inputs of that second pass (a no-grad forward at θ on the
-        first batch, as :meth:`_precompute` runs) are kept for it, with its duration. Whether a later input is the one a table was computed
-        from is checked at every use (:meth:`_Entry.matches`), so this is a filter, not a proof."""
+    def _affine_layers(self) -> dict[int, tuple[str, nn.Module]]:
+        """Affine layers of exact built-in type, without forward hooks, with a θ-entry among their
+        parameters (the others frozen)."""
         problem = self.problem
         found: dict[int, tuple[str, nn.Module]] = {}
         names = set(problem.param_names)
         for mname, m in problem.module.named_modules():
-            if type(m) not in _AFFINE:
+            if type(m) not in _AFFINE or has_forward_hooks(m):
                 continue
             pnames = [f"{mname}.{p}" if mname else p for p, _ in m.named_parameters(recurse=False)]
-            if not any(n in names for n in pnames):
-                continue
-            if has_forward_hooks(m):
-                continue
-            found[id(m)] = (mname, m)
+            if any(n in names for n in pnames):
+                found[id(m)] = (mname, m)
+        return found
+
+    def _eligible(self, center) -> dict[int, tuple[str, nn.Module]]:
+        """The affine layers (:meth:`_affine_layers`) whose inputs, on the first batch, are floating
+        tensors that do not require grad when all of θ does (so they do not depend on θ through
+        autograd) and are the same values on a second pass (so they are deterministic).
+
+        Which inputs would require grad is read from a forward with autograd over the batch's first
+        sample (:func:`_slice_flags`); where that forward fails or disagrees with the batch's (calls,
+        trailing shapes, dtypes), from a forward with autograd over the whole batch, as before. The
+        no-grad pass at θ (whose inputs and duration :meth:`_precompute` reuses) gives the values: an
+        input that reads the cached batch's own memory, unmodified during the pass, is the same on any
+        pass; any other input is compared bit for bit with a second no-grad pass that stops after the
+        last such input.
+        Whether a later input is the one a table was computed from is checked at every use
+        (:meth:`_Entry.matches`), so this is a filter, not a proof."""
+        found = self._affine_layers()
         if not found:
             return {}
-        seen: dict[int, list[Any]] = {i: [] for i in found}
+        batch, n = self.problem.data.first()
+        flags = _slice_flags(self.problem, found, center, batch)
+        ok = None
+        if flags is not None:
+            # only layers whose every input is independent of θ on the first sample are looked at for real
+            keep = {i: found[i] for i in found if flags[i] and all(f is not None for f in flags[i])}
+            if not keep:
+                self.discovery = "sample"
+                return {}
+            raw, copies, of_batch = self._no_grad_pass(keep, center, batch, n)
+            if all(len(flags[i]) == len(raw[i]) and all(x is not None and (x.dim(), x.shape[1:], x.dtype) == f
+                                                         for f, x in zip(flags[i], raw[i])) for i in keep):
+                ok = self._repeatable(keep, list(keep), center, batch, n, copies, of_batch)
+                self.discovery = "sample"
+        if ok is None:  # the one-sample pass failed or disagrees with the batch: a pass with autograd, as before
+            raw, copies, of_batch = self._no_grad_pass(found, center, batch, n)
+            reference = {i: [c if c is not None else x for c, x in zip(copies[i], raw[i])] for i in found}
+            flags = self._grad_flags(found, center, batch, n, reference)
+            ok = [i for i in found if flags[i] and all(flags[i])]
+            self.discovery = "grad"
+        self._first_calls = {i: raw[i] for i in ok}
+        self._leaves = _leaf_positions(batch, self._first_calls)
+        return {i: found[i] for i in ok}
+
+    def _hooks(self, found, pre) -> list[Any]:
+        return [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True)
+                for i, (_, m) in found.items()]
+
+    def _no_grad_pass(self, found, center, batch, n):
+        """The first batch at θ without autograd: per layer call, the input itself (None unless plain),
+        a private copy of it unless it reads the cached batch, and whether it does; timed."""
+        storages = _storages(batch)
+        versions = [_version(t) for t in _batch_tensors(batch)]
         raw: dict[int, list[Any]] = {i: [] for i in found}
-        keep = [False]
-        hooks = []
-        for i, (_, m) in found.items():
-            def pre(mod, args, kwargs, i=i):
-                x = args[0] if len(args) == 1 and not kwargs else None
-                ok = _plain(x) and not x.requires_grad
-                seen[i].append(x.detach().clone() if ok else None)
-                if keep[0]:
-                    raw[i].append(x if ok else None)  # the tensor itself, as _precompute captures it
-            hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        copies: dict[int, list[Any]] = {i: [] for i in found}
+        of_batch: dict[int, list[bool]] = {i: [] for i in found}
+
+        def pre(i, mod, args, kwargs):
+            x = _single_input(args, kwargs)
+            ok = _plain(x) and not x.requires_grad
+            mine = ok and _Entry.of_batch(x, storages)
+            raw[i].append(x if ok else None)  # the tensor itself, as _precompute captures it
+            copies[i].append(x.detach().clone() if ok and not mine else None)
+            of_batch[i].append(mine)
+        hooks = self._hooks(found, pre)
         try:
-            batch, n = problem.data.first()
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
-            with torch.enable_grad():
-                problem.batch_terms(leaves, batch, n, metrics=False)
-            first = {i: list(v) for i, v in seen.items()}
-            for v in seen.values():
-                v.clear()
-            keep[0] = True
             t = time.perf_counter()
             with torch.no_grad():
-                problem.batch_terms(center, batch, n, metrics=False)
+                self.problem.batch_terms(center, batch, n, metrics=False)
             self._first_seconds = time.perf_counter() - t
         finally:
-            keep[0] = False
             for h in hooks:
                 h.remove()
-        ok = {}
-        for i, calls in first.items():
-            again = seen[i]
-            if calls and len(calls) == len(again) and all(
-                    a is not None and b is not None and _bitwise_equal(a, b) for a, b in zip(calls, again)):
-                ok[i] = found[i]
-        self._first_calls = {i: raw[i] for i in ok}
-        return ok
+        if versions != [_version(t) for t in _batch_tensors(batch)]:
+            # the forward wrote into the batch: its inputs that read the batch are never folded (their
+            # use-time check would fail anyway)
+            raw = {i: [None if mine else x for x, mine in zip(raw[i], of_batch[i])] for i in raw}
+        return raw, copies, of_batch
+
+    def _grad_flags(self, found, center, batch, n, reference) -> dict[int, list[bool]]:
+        """Per layer call: whether its input, in a real forward with autograd on every θ entry, is plain,
+        does not require grad and equals, bit for bit, the no-grad pass's input (``reference``)."""
+        seen: dict[int, list[Any]] = {i: [] for i in found}
+
+        def pre(i, mod, args, kwargs):
+            x = _single_input(args, kwargs)
+            seen[i].append(x.detach().clone() if _plain(x) and not x.requires_grad else None)
+        hooks = self._hooks(found, pre)
+        try:
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
+            with torch.enable_grad():
+                self.problem.batch_terms(leaves, batch, n, metrics=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {i: [a is not None and b is not None and _bitwise_equal(a, b.detach())
+                    for a, b in zip(calls, reference[i])] if len(calls) == len(reference[i]) else []
+                for i, calls in seen.items()}
+
+    def _repeatable(self, found, ok, center, batch, n, copies, of_batch) -> list[int]:
+        """The layers of ``ok`` whose every input is the same on a second no-grad pass: inputs of the
+        cached batch without one; any other input compared bit for bit with a second pass that stops
+        right after the last of them (its remaining layers never run)."""
+        want = {(i, j) for i in ok for j, mine in enumerate(of_batch[i]) if not mine}
+        if not want:
+            return ok
+        seen: dict[tuple[int, int], Any] = {}
+        count: dict[int, int] = {}
+
+        def pre(i, mod, args, kwargs):
+            j = count[i] = count.get(i, -1) + 1
+            if (i, j) in want:
+                x = _single_input(args, kwargs)
+                seen[i, j] = x.detach().clone() if _plain(x) and not x.requires_grad else None
+                if len(seen) == len(want):
+                    raise _Stop
+        hooks = self._hooks({i: found[i] for i in ok}, pre)
+        try:
+            with torch.no_grad():
+                self.problem.batch_terms(center, batch, n, metrics=False)
+        except _Stop:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        same = {key: seen.get(key) is not None and _bitwise_equal(seen[key], copies[key[0]][key[1]]) for key in want}
+        return [i for i in ok if all(same.get((i, j), True) for j in range(len(of_batch[i])))]
 
     def _precompute(self, candidates, center, directions, budget: int) -> None:
         problem = self.problem
@@ -231,21 +316,29 @@ class LinearFold:
         for i, (_, m) in candidates.items():
             def pre(mod, args, kwargs, i=i):
                 if capturing[0]:
-                    calls[i].append(args[0] if len(args) == 1 and not kwargs else None)
+                    calls[i].append(_single_input(args, kwargs))
             hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         used = 0
         seconds = 0.0
+        n0 = problem.data.first()[1]
         try:
             with torch.no_grad():
                 for b, (batch, n) in enumerate(problem.data):
                     for v in calls.values():
                         v.clear()
                     if b == 0 and self._first_calls is not None:
-                        # the first batch's no-grad pass at θ already ran in _eligible (same call, same
-                        # inputs: its layer inputs were checked equal bit for bit to a grad pass's)
+                        # the first batch's no-grad pass at θ already ran in _eligible (the same call,
+                        # so the same inputs)
                         for i in candidates:
                             calls[i].extend(self._first_calls[i])
                         seconds += self._first_seconds
+                    elif b > 0 and self._leaves is not None:
+                        # every input on the first batch was one of its tensors itself: the same
+                        # tensor of this batch is expected (checked by memory at every use)
+                        tensors = _batch_tensors(batch)
+                        for i in candidates:
+                            calls[i].extend(tensors[k] for k in self._leaves[i])
+                        seconds += self._first_seconds * n / n0  # an estimate, for sizing chunks
                     else:
                         capturing[0] = True
                         t = time.perf_counter()
@@ -254,12 +347,7 @@ class LinearFold:
                         finally:
                             capturing[0] = False  # the products below call the layers again
                         seconds += time.perf_counter() - t
-                    storages = set()
-                    for t in _batch_tensors(batch):
-                        try:
-                            storages.add(t.untyped_storage().data_ptr())
-                        except Exception:  # pragma: no cover - tensors without storage
-                            pass
+                    storages = _storages(batch)
                     for i, (mname, m) in candidates.items():
                         for j, x in enumerate(calls[i]):
                             if not _plain(x) or x.requires_grad:
@@ -422,6 +510,94 @@ _ADD_RELU = getattr(torch, "_add_relu_", None)
 
 def _batch_tensors(batch: Any) -> list[Tensor]:
     return tensors_in(batch)
+
+
+def _storages(batch: Any) -> set[int]:
+    """Addresses of the memory of the batch's tensors (to tell an input that reads it)."""
+    out = set()
+    for t in _batch_tensors(batch):
+        try:
+            out.add(t.untyped_storage().data_ptr())
+        except Exception:  # pragma: no cover - tensors without storage
+            pass
+    return out
+
+
+def _single_input(args, kwargs) -> Any:
+    return args[0] if len(args) == 1 and not kwargs else None
+
+
+class _Stop(Exception):
+    """Ends a discovery forward pass once every input it was run for has been seen."""
+
+
+def _leaf_positions(batch: Any, calls: Mapping[int, list[Any]]) -> dict[int, list[int]] | None:
+    """Per layer call, the position (in :func:`tensors_in` order) of the batch tensor that the call's
+    input *is* (same memory, shape, strides and dtype), or None unless every input of every layer is
+    one: then the inputs on another batch are predicted as its tensors at the same positions, without
+    running it (a wrong prediction only costs the layer running for real: see :meth:`_Entry.matches`)."""
+    tensors = _batch_tensors(batch)
+    out = {}
+    for i, xs in calls.items():
+        out[i] = []
+        for x in xs:
+            k = next((k for k, t in enumerate(tensors) if x is not None and t.data_ptr() == x.data_ptr()
+                      and t.shape == x.shape and t.stride() == x.stride() and t.dtype == x.dtype), None)
+            if k is None:
+                return None
+            out[i].append(k)
+    return out
+
+
+def _first_sample(batch: Any) -> Any:
+    return map_tensors(batch, lambda t: t[:1] if t.dim() > 0 else t)
+
+
+def _slice_flags(problem, found, center, batch) -> dict[int, list[Any]] | None:
+    """Per call of each layer of ``found``: (ndim, trailing shape, dtype) of an input that is plain and
+    does not require grad when every θ entry does, else None; from a forward with autograd over the
+    first sample of the first batch only (autograd's dependencies do not depend on the batch size;
+    the arithmetic of one sample costs next to nothing). None when that forward raises (a model that
+    needs more than one sample). Attributes the pass writes into the private module (a cache sized for
+    one sample) are restored."""
+    flags: dict[int, list[Any]] = {i: [] for i in found}
+
+    def pre(i, mod, args, kwargs):
+        x = _single_input(args, kwargs)
+        flags[i].append((x.dim(), x.shape[1:], x.dtype) if _plain(x) and not x.requires_grad else None)
+    with _attributes_restored(problem.module):
+        hooks = [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True)
+                 for i, (_, m) in found.items()]
+        try:
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
+            with warnings.catch_warnings(), torch.enable_grad():
+                warnings.simplefilter("ignore")
+                problem.batch_terms(leaves, _first_sample(batch), 1, metrics=False)
+        except Exception:
+            return None
+        finally:
+            for h in hooks:
+                h.remove()
+    return flags
+
+
+@contextlib.contextmanager
+def _attributes_restored(module: nn.Module):
+    """Every submodule's attributes (and the contents of its dict and list attributes) as they were."""
+    saved = [(m, dict(m.__dict__), {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, dict)},
+              {k: list(v) for k, v in m.__dict__.items() if isinstance(v, list)}) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs, dicts, lists in saved:
+            for k in [k for k in m.__dict__ if k not in attrs]:
+                del m.__dict__[k]
+            m.__dict__.update(attrs)
+            for k, v in dicts.items():
+                attrs[k].clear()
+                attrs[k].update(v)
+            for k, v in lists.items():
+                attrs[k][:] = v
 
 
 def _install(guard, m: nn.Module) -> None:
