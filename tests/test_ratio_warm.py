@@ -112,6 +112,23 @@ def test_warm_start_sums_the_neighbours_sign_aligned_and_ignores_far_points():
     torch.testing.assert_close(alone, vec[4] / vec[4].norm() + vec[5] / vec[5].norm(), rtol=1e-15, atol=1e-15)
 
 
+def _killed_after(points: int, problem, d, kw, store, monkeypatch) -> None:
+    """A ratio map into ``store`` interrupted (KeyboardInterrupt) when ``points`` points are done."""
+    original = ratio_module._PointCurvature.point
+    calls = []
+
+    def failing(self, c, *args):
+        if len(calls) == points:
+            raise KeyboardInterrupt
+        calls.append(tuple(c))
+        return original(self, c, *args)
+
+    monkeypatch.setattr(ratio_module._PointCurvature, "point", failing)
+    with pytest.raises(KeyboardInterrupt):
+        C.ratio_map(problem, None, d, **kw, store=store)
+    monkeypatch.setattr(ratio_module._PointCurvature, "point", original)
+
+
 def test_a_warm_map_killed_and_resumed_gives_the_same_bits(small, tmp_path, monkeypatch):
     """Chunks of two rows (points with three neighbours above and one before): a kill at the start of
     the second chunk and a resume give the values of an uninterrupted run, bit for bit."""
@@ -119,19 +136,7 @@ def test_a_warm_map_killed_and_resumed_gives_the_same_bits(small, tmp_path, monk
     kw = dict(steps=3, span=0.3, tol=1e-4, chunk=6, progress=False)
     reference = C.ratio_map(problem, None, d, **kw)
     assert list(json.loads(reference.attrs["provenance"])["chunk_shape"]) == [2, 3]
-    original = ratio_module._PointCurvature.point
-    calls = []
-
-    def failing(self, c, *args):
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        calls.append(tuple(c))
-        return original(self, c, *args)
-
-    monkeypatch.setattr(ratio_module._PointCurvature, "point", failing)
-    with pytest.raises(KeyboardInterrupt):
-        C.ratio_map(problem, None, d, **kw, store=tmp_path / "warm.zarr")
-    monkeypatch.setattr(ratio_module._PointCurvature, "point", original)
+    _killed_after(6, problem, d, kw, tmp_path / "warm.zarr", monkeypatch)
     assert lossatlas.open_surface(tmp_path / "warm.zarr").attrs["points_done"] == 6
     done = C.ratio_map(problem, None, d, **kw, store=tmp_path / "warm.zarr")
     for v in ratio_module.VARIABLES:
@@ -146,19 +151,7 @@ def test_a_store_made_with_the_older_nearest_point_rule_resumes_with_it(small, t
     monkeypatch.setattr(ratio_module, "START_RULE", "warm")
     older = C.ratio_map(problem, None, d, **kw)
     assert json.loads(older.attrs["provenance"])["eigen"]["start"] == "warm"
-    original = ratio_module._PointCurvature.point
-    calls = []
-
-    def failing(self, c, *args):
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        calls.append(tuple(c))
-        return original(self, c, *args)
-
-    monkeypatch.setattr(ratio_module._PointCurvature, "point", failing)
-    with pytest.raises(KeyboardInterrupt):
-        C.ratio_map(problem, None, d, **kw, store=tmp_path / "old.zarr")
-    monkeypatch.setattr(ratio_module._PointCurvature, "point", original)
+    _killed_after(6, problem, d, kw, tmp_path / "old.zarr", monkeypatch)
     monkeypatch.setattr(ratio_module, "START_RULE", "warm-neighbours")  # today's default resumes it
     done = C.ratio_map(problem, None, d, **kw, store=tmp_path / "old.zarr")
     assert json.loads(done.attrs["provenance"])["eigen"]["start"] == "warm"
