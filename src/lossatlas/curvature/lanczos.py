@@ -92,7 +92,7 @@ class Krylov:
             self.asymmetry = max(self.asymmetry, float(np.abs(h[:j] - self.T[j, :j]).max()))
         self.T[: j + 1, j] = h
         self.scale = max(self.scale, abs(float(h[j])))
-        beta = float(torch.linalg.vector_norm(w))
+        beta = robust_norm(w)
         self.size = j + 1
         if self.size >= self.n:
             self.beta = 0.0
@@ -131,6 +131,22 @@ class Krylov:
         self.T[np.arange(p), np.arange(p)] = theta[keep]
         self.T[p, :p] = coupling
         self.size = p
+
+
+def robust_norm(w: Tensor) -> float:
+    """‖w‖₂ without overflow or underflow: where the plain sum of squares is not finite or loses bits
+    to underflow (entries beyond ~1e±150), w is scaled by a power of two first (exact), so the result is
+    the plain one's bits wherever that one is representable."""
+    n = float(torch.linalg.vector_norm(w))
+    if np.isfinite(n) and n > 2.0 ** -450:
+        return n
+    top = float(w.abs().max()) if w.numel() else 0.0
+    if top == 0.0 or not np.isfinite(top):
+        return n if top == 0.0 else float("inf")
+    e = int(np.frexp(top)[1])
+    half = -e // 2  # two power-of-two factors: 2^-e alone overflows for subnormal entries
+    scaled = (w * 2.0 ** half) * 2.0 ** (-e - half)
+    return float(np.ldexp(float(torch.linalg.vector_norm(scaled)), e))
 
 
 def _orthogonalise(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
