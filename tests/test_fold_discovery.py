@@ -7,6 +7,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from _fold_tables import assert_same_tables, bits
 from _zoo import FAMILIES
 from test_fold_identity import ArgmaxGate, CatFeatures, FrozenEmbedding, ScratchBuffer, _data
 
@@ -17,26 +18,11 @@ from lossatlas.evaluator import PointEvaluator
 fold_mod = importlib.import_module("lossatlas._linear_fold")
 
 
-def _bits(t):
-    return t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-
-
 def _by_grad(monkeypatch, problem, d):
     """The fold as before: eligibility from a real forward with autograd."""
     with monkeypatch.context() as m:
         m.setattr(fold_mod, "_slice_flags", lambda *a: None)
         return LinearFold(problem, problem.params(), d.vectors)
-
-
-def _same(new, old):
-    assert new.active_layers == old.active_layers
-    assert new.tables.keys() == old.tables.keys()
-    for i, table in new.tables.items():
-        assert table.keys() == old.tables[i].keys()
-        for key, e in table.items():
-            o = old.tables[i][key]
-            assert _bits(e.products) == _bits(o.products)
-            assert (e.copy is None) == (o.copy is None)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -47,7 +33,7 @@ def test_one_sample_discovery_equals_the_batch_pass_on_every_family(name, monkey
     old = _by_grad(monkeypatch, pr, d)
     assert old.discovery == "grad"
     new = LinearFold(pr, pr.params(), d.vectors)
-    _same(new, old)
+    assert_same_tables(new, old)
 
 
 class Pairs(torch.nn.Module):
@@ -133,7 +119,7 @@ def test_judged_as_before(cls, active, discovery, monkeypatch):
         assert new.discovery == discovery
     assert new.active_layers == active
     if cls is not NoisyInput:
-        _same(new, old)
+        assert_same_tables(new, old)
 
 
 def test_one_sample_pass_restores_the_private_module():
@@ -211,7 +197,7 @@ def test_predicted_inputs_equal_the_passes_they_replace(monkeypatch):
             for key, e in table.items():  # a wrong prediction holds the batch, the real pass a copy
                 o = old.tables[i].get(key)
                 if o is not None and (e.copy is None) == (o.copy is None):
-                    assert _bits(e.products) == _bits(o.products)
+                    assert bits(e.products) == bits(o.products)
         points = np.array([[0.0, 0.0], [0.4, -0.3], [-0.7, 0.2]])
         folded, active = _values(pr, d, True, points)
         plain, _ = _values(pr, d, False, points)

@@ -6,6 +6,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from _fold_tables import assert_same_tables, bits
 from test_fold_identity import CatFeatures, FrozenEmbedding, _data
 
 import lossatlas
@@ -37,10 +38,6 @@ def _timed_chunk(evaluator, grid, world=1):
         evaluator.fold = fold
 
 
-def _bits(t):
-    return t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-
-
 def _problems():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 5, generator=g), torch.randint(0, 3, (50,), generator=g)
@@ -57,20 +54,8 @@ def test_tables_are_bit_identical_to_a_rerun_of_the_first_batch(k):
     pr = _problems()[k]
     d = lossatlas.directions.random(pr, n=2, seed=0)
     new, old = LinearFold(pr, pr.params(), d.vectors), _RerunFold(pr, pr.params(), d.vectors)
-    assert new.active_layers == old.active_layers and new.active_layers
-    assert new.tables.keys() == old.tables.keys()
-    for i, table in new.tables.items():
-        assert table.keys() == old.tables[i].keys()
-        for key, e in table.items():
-            o = old.tables[i][key]
-            assert _bits(e.products) == _bits(o.products)
-            assert (e.copy is None) == (o.copy is None)
-            if e.copy is None:  # a reference to the cached batch: the same tensor both ways
-                assert e.ptr == o.ptr
-            # a copy (an input made inside forward) is compared by its values, never by its address: two
-            # temporaries may or may not land at the same address (the allocator reuses freed memory)
-            if e.copy is not None:
-                assert _bits(e.copy) == _bits(o.copy)
+    assert new.active_layers
+    assert_same_tables(new, old, inputs=True)
     assert new.forward_seconds is not None and new.forward_seconds > 0
     assert new._first_calls is None  # nothing held after construction
 
@@ -90,8 +75,8 @@ def test_surface_values_unchanged_and_no_extra_point(monkeypatch):
     monkeypatch.setattr(ev_mod, "LinearFold", _RerunFold)  # and the chunks sized as before
     monkeypatch.setattr(surface_mod, "_auto_chunk", _timed_chunk)
     ref = lossatlas.surface(pr, None, d, steps=3, span=0.5, strategy="loop", progress=False)
-    assert _bits(torch.from_numpy(np.ascontiguousarray(ds.loss.values))) == \
-        _bits(torch.from_numpy(np.ascontiguousarray(ref.loss.values)))
+    assert bits(torch.from_numpy(np.ascontiguousarray(ds.loss.values))) == \
+        bits(torch.from_numpy(np.ascontiguousarray(ref.loss.values)))
 
 
 def test_auto_chunk_times_a_point_without_a_fold(monkeypatch):
