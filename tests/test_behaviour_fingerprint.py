@@ -18,6 +18,7 @@ from torch import nn
 
 import lossatlas
 from lossatlas import _behaviour as B
+from lossatlas.params import _points
 from lossatlas import runner
 
 CE = nn.CrossEntropyLoss()
@@ -430,7 +431,7 @@ def test_probe_points_added_slice_by_slice_keep_the_whole_tensor_bits(dtype, mon
     probe points of the whole-tensor formula r·(ε‖θ‖/‖r‖) + θ."""
     torch.manual_seed(0)
     problem = lossatlas.Problem(nn.Sequential(nn.Linear(5, 23), nn.ReLU(), nn.Linear(23, 3)), CE, data(), dtype=dtype)
-    monkeypatch.setattr(B, "PROMOTE_SLICE", 7)  # ragged slices
+    monkeypatch.setattr(_points, "CHUNK", 7)  # ragged slices
     got = list(B._probe_points(problem))
     center = problem.params(copy=False)
     gen = torch.Generator().manual_seed(B.SEED)

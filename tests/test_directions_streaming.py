@@ -13,6 +13,7 @@ from torch import nn
 
 import lossatlas
 from lossatlas import params as P
+from lossatlas.params import _points
 from lossatlas.directions import check_independent
 from lossatlas.directions._base import _dot64, _norm64
 from lossatlas.directions._random import _seeds
@@ -107,7 +108,7 @@ def test_streamed_dot_and_norm_are_params_dot_and_norm():
 def test_streamed_dot_of_large_tensors(monkeypatch):
     import lossatlas.directions._base as base
 
-    monkeypatch.setattr(base, "_CHUNK", 7)  # several slices, a ragged last one
+    monkeypatch.setattr(_points, "CHUNK", 7)  # several slices, a ragged last one
     g = torch.Generator().manual_seed(2)
     a = {"w": torch.randn(9, 11, generator=g), "b": torch.randn(5, generator=g, dtype=torch.float64),
          "c": torch.randn(4, 6, generator=g, dtype=torch.float64)}

@@ -35,6 +35,7 @@ from . import distributed as D
 from ._linear_fold import dispatchers_removed
 from .data import map_tensors, tensors_in
 from .errors import DistributedError
+from .params._points import slices
 
 __all__ = ["VERSION", "behaviour", "compare", "comparable", "agree", "tolerance"]
 
@@ -97,18 +98,14 @@ def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
         yield point
 
 
-PROMOTE_SLICE = 1 << 18  # elements of θ promoted to float64 at a time by _add_promoted
-
-
 def _add_promoted(r: Tensor, t: Tensor) -> None:
-    """``r += t`` (``r`` float64, ``t`` any float dtype) without a float64 copy of the whole ``t``:
-    elementwise, so slice by slice gives the same bits."""
-    if not (r.is_contiguous() and t.is_contiguous()) or r.numel() <= PROMOTE_SLICE:
+    """``r += t`` (``r`` float64, ``t`` any float dtype) without a float64 copy of the whole ``t``: in the
+    point formation's slices (:func:`lossatlas.params._points.slices`); elementwise, so the same bits."""
+    if not (r.is_contiguous() and t.is_contiguous()):
         r.add_(t)
         return
-    rv, tv = r.view(-1), t.reshape(-1)
-    for s in range(0, rv.numel(), PROMOTE_SLICE):
-        rv[s:s + PROMOTE_SLICE].add_(tv[s:s + PROMOTE_SLICE])
+    for a, b in zip(slices(r), slices(t)):
+        a.add_(b)
 
 
 def _digest(outputs: Any) -> dict[str, Any] | None:

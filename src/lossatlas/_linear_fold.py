@@ -222,10 +222,6 @@ class LinearFold:
         self._leaves = _leaf_positions(batch, self._first_calls)
         return {i: found[i] for i in ok}
 
-    def _hooks(self, found, pre) -> list[Any]:
-        return [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True)
-                for i, (_, m) in found.items()]
-
     def _no_grad_pass(self, found, center, batch, n):
         """The first batch at θ without autograd: per layer call, the input itself (None unless plain),
         a private copy of it unless it reads the cached batch, and whether it does; timed."""
@@ -242,7 +238,7 @@ class LinearFold:
             raw[i].append(x if ok else None)  # the tensor itself, as _precompute captures it
             copies[i].append(x.detach().clone() if ok and not mine else None)
             of_batch[i].append(mine)
-        hooks = self._hooks(found, pre)
+        hooks = _pre_hooks(found, pre)
         try:
             t = time.perf_counter()
             with torch.no_grad():
@@ -265,7 +261,7 @@ class LinearFold:
         def pre(i, mod, args, kwargs):
             x = _single_input(args, kwargs)
             seen[i].append(x.detach().clone() if _plain(x) and not x.requires_grad else None)
-        hooks = self._hooks(found, pre)
+        hooks = _pre_hooks(found, pre)
         try:
             leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
             with torch.enable_grad():
@@ -294,7 +290,7 @@ class LinearFold:
                 seen[i, j] = x.detach().clone() if _plain(x) and not x.requires_grad else None
                 if len(seen) == len(want):
                     raise _Stop
-        hooks = self._hooks({i: found[i] for i in ok}, pre)
+        hooks = _pre_hooks({i: found[i] for i in ok}, pre)
         try:
             with torch.no_grad():
                 self.problem.batch_terms(center, batch, n, metrics=False)
@@ -312,12 +308,11 @@ class LinearFold:
         tables: dict[int, dict[tuple[int, int], _Entry]] = {i: {} for i in candidates}
         calls: dict[int, list[Tensor]] = {i: [] for i in candidates}
         capturing = [False]
-        hooks = []
-        for i, (_, m) in candidates.items():
-            def pre(mod, args, kwargs, i=i):
-                if capturing[0]:
-                    calls[i].append(_single_input(args, kwargs))
-            hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+
+        def pre(i, mod, args, kwargs):
+            if capturing[0]:
+                calls[i].append(_single_input(args, kwargs))
+        hooks = _pre_hooks(candidates, pre)
         used = 0
         seconds = 0.0
         n0 = problem.data.first()[1]
@@ -523,6 +518,11 @@ def _storages(batch: Any) -> set[int]:
     return out
 
 
+def _pre_hooks(found: Mapping[int, tuple[str, nn.Module]], pre) -> list[Any]:
+    """``pre(i, module, args, kwargs)`` as a forward pre-hook on each layer ``i`` of ``found``; the handles."""
+    return [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True) for i, (_, m) in found.items()]
+
+
 def _single_input(args, kwargs) -> Any:
     return args[0] if len(args) == 1 and not kwargs else None
 
@@ -566,8 +566,7 @@ def _slice_flags(problem, found, center, batch) -> dict[int, list[Any]] | None:
         x = _single_input(args, kwargs)
         flags[i].append((x.dim(), x.shape[1:], x.dtype) if _plain(x) and not x.requires_grad else None)
     with _attributes_restored(problem.module):
-        hooks = [m.register_forward_pre_hook(functools.partial(pre, i), with_kwargs=True)
-                 for i, (_, m) in found.items()]
+        hooks = _pre_hooks(found, pre)
         try:
             leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
             with warnings.catch_warnings(), torch.enable_grad():

@@ -164,7 +164,7 @@ def _checked_inputs(func: str, problem, center, directions, dtype, curvature: st
 
 def _ratio_job(func: str, problem: Problem, center, dirs: Directions, grid: Grid, names, *, curvature: str,
                tol: float, seed: int, max_products: int, basis: int | None, chunk: int | None,
-               warm_start: bool, start: str = "warm-neighbours") -> GridJob:
+               warm_start: bool, start: str = START_RULE) -> GridJob:
     """The :class:`~lossatlas.grid_job.GridJob` of a ratio map: its plan, attrs, point evaluator and NaN counts."""
     chunk_shape = grid.chunk_shape_for(chunk or DEFAULT_CHUNK)
     settings = {"curvature": curvature, "tol": tol, "seed": seed, "max_products": max_products, "basis": basis,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import params as P
+from ..params import _points
 from .._param_io import read_params, write_params
 from ..errors import ParameterMismatchError, StoreError, bad_type, bad_value, current_function
 from ..problem import Problem
@@ -158,9 +159,6 @@ def _norm64(d: P.Params) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch._foreach_norm([v.double()])[0] for v in d.values()])))
 
 
-_CHUNK = 2**18  # elements per promoted slice in _dot64 (2 MiB in float64)
-
-
 def _dot64(a: P.Params, b: P.Params) -> float:
     """:func:`lossatlas.params.dot` (the same bits: each tensor's float64 products summed, the sums
     added left to right) with one float64 tensor alive per tensor, not three: the elementwise float64
@@ -171,13 +169,12 @@ def _dot64(a: P.Params, b: P.Params) -> float:
     total = None
     for k, v in a.items():
         w = b[k]
-        if not (v.is_contiguous() and w.is_contiguous()) or v.numel() <= _CHUNK:
+        if not (v.is_contiguous() and w.is_contiguous()) or v.numel() <= _points.CHUNK:
             part = torch.sum(v.double() * w.double())  # P.dot's own expression
-        else:
+        else:  # in the point formation's slices (2 MiB of float64 each)
             prod = torch.empty(v.shape, dtype=torch.float64, device=v.device)
-            fv, fw, fp = v.reshape(-1), w.reshape(-1), prod.view(-1)
-            for i in range(0, fv.numel(), _CHUNK):
-                torch.mul(fv[i:i + _CHUNK].double(), fw[i:i + _CHUNK].double(), out=fp[i:i + _CHUNK])
+            for sv, sw, sp in zip(_points.slices(v), _points.slices(w), _points.slices(prod)):
+                torch.mul(sv.double(), sw.double(), out=sp)
             part = torch.sum(prod)
             del prod
         total = part if total is None else total + part

@@ -101,7 +101,7 @@ class FlatPoints:
             torch._foreach_copy_(self.bound, self.work)  # one rounding to the problem's dtype
 
 
-def _slices(t: Tensor) -> list[Tensor]:
+def slices(t: Tensor) -> list[Tensor]:
     """``t`` as slices of at most ``CHUNK`` elements in C order (a non-contiguous ``t``: itself)."""
     if not t.is_contiguous():
         return [t]
@@ -121,7 +121,7 @@ class TensorPoints:
         self.pieces = []  # (θ slice, [dᵢ slices], bound slice)
         for k, t in enumerate(center):
             same = t.is_contiguous() and all(d[k].is_contiguous() for d in directions)
-            cut = _slices if same else (lambda x: [x])
+            cut = slices if same else (lambda x: [x])
             dirs = list(zip(*(cut(d[k]) for d in directions))) or [()] * len(cut(t))
             self.pieces.extend(zip(cut(t), (list(ds) for ds in dirs), cut(self.bound[k])))
         # a direction in another dtype (a 16-bit problem's, formed in float32) is converted before its
