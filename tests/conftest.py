@@ -5,6 +5,9 @@ import torch
 from hypothesis import settings
 
 settings.register_profile("default", deadline=None, max_examples=25)
+# HYPOTHESIS_PROFILE=thorough: a deep search of every property (CI draws new examples on each run, so a
+# property that holds only for most inputs fails there sooner or later; run this before relying on one)
+settings.register_profile("thorough", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 torch.set_num_threads(int(os.environ.get("LOSSATLAS_TEST_THREADS", "1")))  # see ../conftest.py
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import lossatlas
 from lossatlas._fast_paths import FEW_CLASSES, fast_cross_entropy, patch_private_module
 from lossatlas.evaluator import PointEvaluator
-from lossatlas.testing import assert_close
+from lossatlas.testing import assert_close, assert_within, cross_entropy_rounding_bound
 
 
 @given(n=st.integers(1, 40), c=st.integers(2, FEW_CLASSES), reduction=st.sampled_from(["mean", "sum", "none"]),
@@ -32,7 +32,15 @@ def test_fast_cross_entropy_equals_torch(n, c, reduction, weighted, ignored, dty
     if reduction == "mean" and ignored and n == 1:  # 0/0 in both
         assert torch.isnan(got) and torch.isnan(want)
         return
-    assert_close(got.numpy(), want.numpy(), dtype)
+    # both against the float64 evaluation, within the derived rounding bound of each dtype: a small
+    # per-sample loss (ℓ ≈ 0.006) carries an absolute error of a few u, far above 1e-6 relative, in
+    # torch's own kernel as in the fast one (the float64 reference's own error is the second term)
+    exact = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.double(), reduction=reduction,
+                                      ignore_index=loss.ignore_index)(z.double(), y)
+    bound = (cross_entropy_rounding_bound(z, y, weight, reduction, loss.ignore_index)
+             + cross_entropy_rounding_bound(z.double(), y, weight, reduction, loss.ignore_index))
+    assert_within(want.numpy(), exact.numpy(), bound, what="torch's own loss")  # the bound holds for torch
+    assert_within(got.numpy(), exact.numpy(), bound, what="fast loss")
 
 
 def test_fast_cross_entropy_keeps_gradients():

@@ -42,6 +42,73 @@ def assert_close(actual, expected, dtype: torch.dtype, *, what: str = "values", 
                              f"{e[tuple(i)]!r} (rtol {RTOL[dtype] * factor})")
 
 
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = 2^-p of a floating dtype with a p-bit significand (half of ``finfo.eps``).
+
+    >>> unit_roundoff(torch.float32) == 2.0 ** -24
+    True
+    """
+    return torch.finfo(dtype).eps / 2
+
+
+def cross_entropy_rounding_bound(logits: Tensor, targets: Tensor, weight: Tensor | None = None,
+                                 reduction: str = "mean", ignore_index: int = -100) -> np.ndarray:
+    """A bound on the forward error of class-index cross-entropy evaluated in ``logits.dtype`` by the
+    shifted log-softmax (m = max z, t = z − m, s = Σ exp tⱼ ∈ [1, C], ℓ = log s − t_y), as any
+    implementation of ``nll_loss(log_softmax(z))`` computes it, in any order of summation.
+
+    Standard error analysis (Higham, *Accuracy and Stability of Numerical Algorithms*, §3; Blanchard,
+    Higham & Higham 2021, "Accurately computing the log-sum-exp and softmax functions"), with u the
+    unit roundoff and exp/log accurate to 2 ulp: each tⱼ carries u|tⱼ|, exp(tⱼ) then a relative
+    u|tⱼ| + 2u, and since exp(tⱼ)·|tⱼ| ≤ 1/e the sum s a relative ≤ (C + C/e + 2)u; log s adds 2u·log s;
+    the last subtraction u·ℓ. Per sample, with a factor 2 for second-order terms and vectorised
+    kernels' rounding of intermediate reductions,
+
+        |ℓ̂ − ℓ| ≤ 2u·(|t_y| + 3·log s + 2C + 2 + ℓ).
+
+    A weighted ``sum`` adds n·u·Σ w·ℓ (any summation order), ``mean`` divides by Σ w (its own relative
+    error n·u, plus u). Returns the bound with the loss's shape (a 0-d array for a reduction).
+
+    >>> z, y = torch.randn(5, 3), torch.randint(0, 3, (5,))
+    >>> float(cross_entropy_rounding_bound(z, y)) < 1e-5
+    True
+    """
+    z = logits.detach().to(torch.float64)
+    u = unit_roundoff(logits.dtype)
+    n, c = z.shape
+    keep = targets != ignore_index
+    y = torch.where(keep, targets, torch.zeros_like(targets))
+    t = z - z.max(dim=1, keepdim=True).values
+    log_s = torch.logsumexp(t, dim=1)
+    t_y = t.gather(1, y.unsqueeze(1)).squeeze(1)
+    loss = log_s - t_y
+    w = (torch.ones(c, dtype=torch.float64) if weight is None else weight.detach().to(torch.float64))[y]
+    w = torch.where(keep, w, torch.zeros_like(w))
+    per_sample = w * (2 * u * (t_y.abs() + 3 * log_s + 2 * c + 2 + loss) + u * loss)
+    if reduction == "none":
+        return per_sample.numpy()
+    total_error = per_sample.sum() + n * u * (w * loss).sum()
+    if reduction == "sum":
+        return total_error.numpy()
+    weight_sum = w.sum()
+    mean = (w * loss).sum() / weight_sum
+    return (total_error / weight_sum + (n + 1) * u * mean.abs()).numpy()
+
+
+def assert_within(actual, expected, bound, *, what: str = "values") -> None:
+    """Elementwise |a − e| ≤ bound (a derived error bound, not a tolerance); NaN must match NaN."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    b = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {a.shape} != {e.shape}")
+    bad = ~(np.isnan(a) & np.isnan(e)) & ~(np.abs(a - e) <= b)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        raise AssertionError(f"{what}: {int(bad.sum())} outside the bound; first at {i}: {a[i]!r} vs {e[i]!r}, "
+                             f"|difference| {abs(a[i] - e[i]):.3g} > bound {b[i]:.3g}")
+
+
 def naive_loss(model: nn.Module, loss_fn, batches: Sequence[tuple[Tensor, Tensor]], params: Mapping[str, Tensor],
                dtype: torch.dtype) -> float:
     """Reference dataset loss: a fresh eval-mode copy, functional_call per batch, Σ n_b ℓ_b / N."""
