@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import operator
 
+#: printed (once, as the GPU row of the targets table) by every GPU benchmark that finds no CUDA device
+GPU_NOT_MEASURED = "GPU: not measured (no CUDA device)"
+
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 

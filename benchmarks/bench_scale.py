@@ -11,13 +11,18 @@
    spent in the shared counters.
 3. Mixed precision: the mlp-digits plane with ``dtype=torch.bfloat16`` (float32 loss) and float32,
    against float64: largest absolute/relative error of the loss and of the accuracy.
-4. On a CUDA machine (skipped otherwise): the plane on the GPU, ``loop`` versus ``vmap``, in
-   points/s and as a fraction of the GPU's measured matmul rate (float32 and bfloat16).
+4. On a CUDA machine (not measured otherwise): the plane on the GPU, ``loop`` versus ``vmap``, in
+   points/s and as a fraction of the GPU's measured matmul rate (float32 and bfloat16), the TF32
+   state stated; ``--gpu-device cpu`` rehearses the section on the CPU (``benchmarks/gpu_check.sh``).
+
+The device helpers below (:func:`sync`, :func:`synced`, :func:`tf32_state`, :func:`matmul_rate`,
+:func:`matmul_rates`, :func:`float32_rate`, :func:`forward_flops`) are shared with ``bench_zoo.py``.
 
 Repetitions are interleaved (each runs every contender once); medians and the median of the
 per-repetition ratios are printed. Usage::
 
     python benchmarks/bench_scale.py [--reps 3] [--steps 41] [--bf16-steps 15] [--skip-bf16] [--sections 1234]
+                                     [--gpu-device cuda|cpu]
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _verdict import verdict  # noqa: E402
+from _verdict import GPU_NOT_MEASURED, verdict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -249,46 +255,114 @@ def section_bf16(args) -> None:
         print(f"{name:16s} {secs:8.2f} {err.max():12.2e} {rel.max():9.2e} {np.median(rel):11.2e} {acc:11.2e}")
 
 
+# -- device helpers (shared with bench_zoo.py) -----------------------------------------------------
+def gpu_device(name: str) -> torch.device | None:
+    """The device the GPU sections run on: ``cuda`` when a CUDA device is present, ``cpu`` to rehearse
+    them on a CPU; None (after printing :data:`_verdict.GPU_NOT_MEASURED`) for ``cuda`` without one."""
+    if name == "cuda" and not torch.cuda.is_available():
+        print(GPU_NOT_MEASURED, flush=True)
+        return None
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a no-op on the CPU): every timing starts and ends here."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synced(fn, device: torch.device):
+    """``(seconds, fn())``, wall clock from a synchronised start to a synchronised end."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def tf32_state() -> str:
+    """Whether float32 matmuls and cuDNN convolutions may run in TF32 (10-bit mantissa) right now."""
+    with warnings.catch_warnings():  # torch >= 2.9 points from allow_tf32 to its fp32_precision settings
+        warnings.simplefilter("ignore")
+        matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return (f"TF32 matmul {'on' if matmul else 'off'}, cuDNN conv {'on' if conv else 'off'} "
+            f"(float32 matmul precision {torch.get_float32_matmul_precision()!r})")
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
+                reps: int = 10) -> float:
+    """FLOP/s of an n×n×n product on ``device`` (mean of ``reps`` after 3 warm-ups; n = 8192 on a GPU,
+    512 for a CPU rehearsal)."""
+    n = n or (8192 if device.type == "cuda" else 512)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    seconds, _ = synced(lambda: [a @ b for _ in range(reps)], device)
+    return reps * 2 * n**3 / seconds
+
+
+def matmul_rates(device: torch.device, dtypes=(torch.float32, torch.bfloat16)) -> dict[torch.dtype, float]:
+    """:func:`matmul_rate` per dtype, each printed with the TF32 state it was measured under."""
+    rates = {}
+    for dtype in dtypes:
+        rates[dtype] = matmul_rate(device, dtype)
+        print(f"measured matmul rate {str(dtype).replace('torch.', '')}: {rates[dtype] / 1e12:.3g} TFLOP/s "
+              f"({tf32_state()})", flush=True)
+    return rates
+
+
+def float32_rate(device: torch.device) -> float:
+    """The float32 matmul rate of ``device`` under the current TF32 state, printed."""
+    return matmul_rates(device, (torch.float32,))[torch.float32]
+
+
+def forward_flops(model: torch.nn.Module, inputs) -> int:
+    """FLOP of one forward pass of ``model`` over every input (torch.utils.flop_counter: matmuls and
+    convolutions; elementwise work and gathers are not counted), without autograd. The fused
+    transformer fast path is off meanwhile: the counter does not know its kernel (0 FLOP otherwise)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            for x in inputs:
+                model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops()
+
+
 def section_gpu(args) -> None:
-    if not torch.cuda.is_available():
-        print("\n## 4. GPU: skipped (no CUDA device on this machine)")
+    print("\n## 4. ", end="")
+    dev = gpu_device(args.gpu_device)
+    if dev is None:
         return
     import lossatlas
     from lossatlas import examples
 
-    dev = torch.device("cuda")
-    print(f"\n## 4. GPU ({torch.cuda.get_device_name(dev)}): mlp-digits plane {args.steps}x{args.steps}")
-    rates = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        n = 8192
-        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        torch.cuda.synchronize()
-        rates[dtype] = 10 * 2 * n**3 / (time.perf_counter() - t0)
-        print(f"measured matmul rate {str(dtype).replace('torch.', '')}: {rates[dtype] / 1e12:.1f} TFLOP/s "
-              f"(TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU rehearsal"
+    print(f"GPU ({name}): mlp-digits plane {args.steps}x{args.steps}")
+    rates = matmul_rates(dev)
+    cpu = examples.load("mlp-digits")
+    # the forward GEMMs of every point, counted on the user's (CPU, float32) model over the batch
+    flops = args.steps**2 * forward_flops(cpu.model, [cpu.problem.data.first()[0][0]])
     print(f"{'dtype':10s} {'strategy':9s} {'median s':>9s} {'points/s':>10s} {'TFLOP/s':>8s} {'of matmul':>10s}")
     for dtype in (torch.float32, torch.bfloat16):
-        ex = examples.load("mlp-digits", device="cuda", dtype=dtype)
+        ex = examples.load("mlp-digits", device=dev, dtype=dtype)
         d = ex.default_directions()
-        x = ex.problem.data.first()[0][0]
-        weights = sum(v.numel() for k, v in ex.center.items() if k.endswith("weight"))
-        flops = args.steps**2 * 2 * x.shape[0] * weights  # the forward GEMMs of every point
-        for strategy in ("loop", "vmap"):
-            times = []
-            for _ in range(args.reps):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                lossatlas.surface(ex.problem, ex.center, d, steps=args.steps, span=1.0, strategy=strategy,
-                                  progress=False)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
+
+        def plane(strategy, steps=args.steps):
+            return lossatlas.surface(ex.problem, ex.center, d, steps=steps, span=1.0, strategy=strategy,
+                                     progress=False)
+        times: dict[str, list[float]] = {"loop": [], "vmap": []}
+        for strategy in times:  # warm-up: kernels, allocator, vmap's first trace
+            plane(strategy, 3)
+        for _ in range(args.reps):  # interleaved repetitions
+            for strategy, row in times.items():
+                row.append(synced(lambda: plane(strategy), dev)[0])
+        for strategy, row in times.items():
+            med = statistics.median(row)
             print(f"{str(dtype).replace('torch.', ''):10s} {strategy:9s} {med:9.3f} {args.steps**2 / med:10.0f} "
                   f"{flops / med / 1e12:8.2f} {flops / med / rates[dtype]:10.1%}")
 
@@ -301,6 +375,8 @@ def main() -> None:
     ap.add_argument("--bf16-steps", type=int, default=15)
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--sections", default="1234", help="which sections to run, e.g. 12")
+    ap.add_argument("--gpu-device", choices=("cuda", "cpu"), default="cuda",
+                    help="section 4's device; cpu rehearses it on the CPU")
     ap.add_argument("--worker", choices=("plane", "overhead", "matmul"))
     ap.add_argument("--out")
     ap.add_argument("--store")

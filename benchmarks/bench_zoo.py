@@ -23,11 +23,22 @@ Printed: medians over repetitions, the median of per-repetition ratios point / f
 forward, the minor page faults of a forward pass and of a marginal point (``fwd flt``, ``marg flt``:
 fresh memory mapped and zeroed by the kernel, a large and variable share of CPU time here), and one
 ``verdict`` line per model. ``python benchmarks/bench_zoo.py [--reps 5] [--only mlp,cnn]``.
+
+``--device cuda`` (issue 17's GPU row) runs the same zoo on a CUDA device instead: per model the
+planes of the strategies ``auto`` / ``loop`` / ``vmap`` (one warm-up plane each, then interleaved
+repetitions, every timing between two ``torch.cuda.synchronize``), in points/s, point / forward, the
+FLOP of a point (one forward pass of the user's model over the data, counted by
+``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions, the fold's savings not
+subtracted) and the fraction of the device's float32 matmul rate measured in the same run, with the
+TF32 state stated; the loop's and vmap's losses are compared. Without a CUDA device it prints
+``GPU: not measured (no CUDA device)`` and exits 0; ``--gpu-device cpu`` rehearses the table on the
+CPU (``benchmarks/gpu_check.sh``). ``--gpu-steps`` sets its planes (``name=S,…`` or one S for all).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import statistics
 import sys
@@ -42,6 +53,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lossatlas  # noqa: E402
 from _verdict import verdict  # noqa: E402
+from bench_scale import float32_rate, forward_flops, gpu_device, synced  # noqa: E402
 
 
 class TokenEncoder(nn.Module):
@@ -78,17 +90,17 @@ def _tokens(n, length, vocab, classes, seed):
     return x, y
 
 
-def zoo(only):
-    """name -> (user model, Problem, description); models in eval mode."""
+def zoo(only, device=None):
+    """name -> (user model, Problem, description); models in eval mode, problems on ``device``."""
     out = {}
     if "mlp" in only:
-        ex = lossatlas.examples.load("mlp-digits")
+        ex = lossatlas.examples.load("mlp-digits", device=device)
         out["mlp"] = (ex.model, ex.problem, "MLP 64-128-128-10, digits 1797")
     if "cnn" in only:
-        ex = lossatlas.examples.load("cnn-digits")
+        ex = lossatlas.examples.load("cnn-digits", device=device)
         out["cnn"] = (ex.model, ex.problem, "CNN+BN (cnn-digits), 1797 8x8")
     if "resnet" in only:
-        ex = lossatlas.examples.load("resnet-skip")
+        ex = lossatlas.examples.load("resnet-skip", device=device)
         # without the Debian package dataset-fashion-mnist the example falls back to 8x8 digits: another model
         shape = "x".join(map(str, ex.problem.data.first()[0][0].shape[-2:]))
         out["resnet"] = (ex.model, ex.problem, f"ResNet (resnet-skip), 1024 {shape} images of {ex.info['data']} "
@@ -97,13 +109,13 @@ def zoo(only):
         torch.manual_seed(0)
         model = TokenEncoder().eval()
         x, y = _tokens(512, 16, 32, 4, 1)
-        out["transformer"] = (model, lossatlas.Problem(model, nn.CrossEntropyLoss(), (x, y)),
+        out["transformer"] = (model, lossatlas.Problem(model, nn.CrossEntropyLoss(), (x, y), device=device),
                               "TransformerEncoder 2x(d=64,h=4), 512x16 tokens")
     if "embedding" in only:
         torch.manual_seed(0)
         model = BagOfEmbeddings().eval()
         x, y = _tokens(4096, 32, 2000, 10, 2)
-        out["embedding"] = (model, lossatlas.Problem(model, nn.CrossEntropyLoss(), (x, y)),
+        out["embedding"] = (model, lossatlas.Problem(model, nn.CrossEntropyLoss(), (x, y), device=device),
                             "Embedding(2000,64)+mean+Linear, 4096x32 tokens")
     for model, _, _ in out.values():
         model.eval()  # the examples' models come back in the mode training left them in
@@ -160,6 +172,81 @@ def timed(fn, fault_counts=None):
     return elapsed, out
 
 
+def _steps(spec: str, names) -> dict[str, int]:
+    """``name=S,…`` (or one S for every model) -> {name: S}."""
+    if spec.isdigit():
+        return dict.fromkeys(names, int(spec))
+    return {k: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+
+
+DEVICE_STRATEGIES = ("auto", "loop", "vmap")
+
+
+def device_table(args, only) -> int:
+    """The zoo on ``--gpu-device``: strategies auto / loop / vmap per model (module docstring); the
+    exit status (1 when a plane failed other than by lossatlas refusing a strategy)."""
+    dev = gpu_device(args.gpu_device)
+    if dev is None:
+        return 0
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU rehearsal"
+    print(f"torch {torch.__version__}, device {dev} ({name})")
+    rate = float32_rate(dev)
+    steps = _steps(args.gpu_steps, only)
+    failed = False
+    print(f"\n{'model':12s} {'strategy':13s} {'median s':>9s} {'points/s':>9s} {'point/fwd':>9s} "
+          f"{'GFLOP/pt':>9s} {'TFLOP/s':>8s} {'of f32 mm':>9s}", flush=True)
+    for model_name, (model, problem, desc) in zoo(only, device=dev).items():
+        s = steps[model_name]
+        d = lossatlas.directions.random(problem, n=2, seed=0)
+        inputs = [batch[0].to(dev) for batch, _ in problem.data]
+        on_device = copy.deepcopy(model).to(dev).eval()  # the user's model stays where it is
+        flops = forward_flops(on_device, inputs)
+
+        def forward():
+            with torch.no_grad():
+                for x in inputs:
+                    on_device(x)
+
+        def plane(strategy, steps=s):
+            return lossatlas.surface(problem, None, d, steps=steps, span=1.0, strategy=strategy, progress=False)
+        rows: dict[str, list[float]] = {}
+        refused: dict[str, str] = {}
+        chosen, losses = "", {}
+        for strategy in DEVICE_STRATEGIES:  # warm-up: kernels, allocator, cuDNN's choice, vmap's first trace
+            try:
+                plane(strategy, 3)
+                rows[strategy] = []
+            except lossatlas.errors.LossAtlasError as exc:
+                refused[strategy] = f"refused ({type(exc).__name__})"
+            except Exception as exc:  # noqa: BLE001 - one broken model must not cost the rest of a GPU run
+                refused[strategy] = f"FAILED: {type(exc).__name__}: {str(exc)[:60]}"
+                failed = True
+        forward()
+        fwd = []
+        for _ in range(args.reps):  # interleaved: the forward pass, then every strategy once
+            fwd.append(statistics.median(synced(forward, dev)[0] for _ in range(args.fwd)))
+            for strategy, row in rows.items():
+                seconds, ds = synced(lambda: plane(strategy), dev)
+                row.append(seconds)
+                losses[strategy] = ds.loss.values
+                chosen = ds.attrs["strategy"] if strategy == "auto" else chosen
+        print(f"{model_name:12s} {desc}; plane {s}x{s}; forward {1e3 * statistics.median(fwd):.3f} ms")
+        for strategy in DEVICE_STRATEGIES:
+            label = f"auto ({chosen})" if strategy == "auto" and chosen else strategy
+            if strategy in refused:
+                print(f"{'':12s} {label:13s} {refused[strategy]}")
+                continue
+            med = statistics.median(rows[strategy])
+            ratio = statistics.median(t / s**2 / f for t, f in zip(rows[strategy], fwd))
+            print(f"{'':12s} {label:13s} {med:9.3f} {s**2 / med:9.0f} {ratio:9.3f} {flops / 1e9:9.3f} "
+                  f"{flops * s**2 / med / 1e12:8.3f} {flops * s**2 / med / rate:9.2%}", flush=True)
+        if "loop" in losses and "vmap" in losses:
+            ref = losses["loop"]
+            print(f"{'':12s} loop vs vmap: max |Δloss| / |loss| = "
+                  f"{float(np.max(np.abs(losses['vmap'] - ref) / np.abs(ref))):.1e}", flush=True)
+    return 1 if failed else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
@@ -168,16 +255,24 @@ def main() -> None:
     ap.add_argument("--steps", default="mlp=11,cnn=11,resnet=5,transformer=11,embedding=11")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: process CPU time (meaningful with OMP_NUM_THREADS=1; robust on a shared machine)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the zoo's planes on a CUDA device, strategies auto / loop / vmap (docstring)")
+    ap.add_argument("--gpu-device", choices=("cuda", "cpu"), default="cuda",
+                    help="with --device cuda: where that table runs (cpu rehearses it on the CPU)")
+    ap.add_argument("--gpu-steps", default="mlp=41,cnn=21,resnet=11,transformer=15,embedding=21",
+                    help="planes of the --device cuda table: name=S,... or one S for every model")
     args = ap.parse_args()
+    warnings.filterwarnings("ignore", category=lossatlas.errors.BatchNormStatsWarning)
+    warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap of the fused encoder layer
+    if args.device == "cuda":
+        sys.exit(device_table(args, args.only.split(",")))
     global CLOCK
     if args.clock == "cpu":
         CLOCK = time.process_time
         if torch.get_num_threads() != 1:
             print("warning: --clock cpu sums the CPU time of all threads; run with OMP_NUM_THREADS=1")
     only = args.only.split(",")
-    steps = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(","))}
-    warnings.filterwarnings("ignore", category=lossatlas.errors.BatchNormStatsWarning)
-    warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap of the fused encoder layer
+    steps = _steps(args.steps, only)
     models = zoo(only)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, clock {args.clock}")
     setup = {}

@@ -2,8 +2,10 @@
 
 Each benchmark runs as its own process (its own interpreter, threads and peak memory), its output is
 shown as it comes and appended to ``build/bench.log``, and the ``[PASS]``/``[MISS]`` lines printed by
-:func:`_verdict.verdict` are collected. Exit status 1 when a benchmark crashed (a MISS is a
-measurement, not a failure). Usage: ``python benchmarks/run_all.py [--only surface,zoo]``.
+:func:`_verdict.verdict` are collected. On a machine without CUDA the GPU benchmarks (the ``gpu``
+row, section 4 of ``scale``) print :data:`_verdict.GPU_NOT_MEASURED`; the table shows it once. Exit
+status 1 when a benchmark crashed (a MISS is a measurement, not a failure). Usage:
+``python benchmarks/run_all.py [--only surface,zoo]``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _verdict import GPU_NOT_MEASURED  # noqa: E402
+
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 #: (name, arguments, extra environment): one-thread CPU clocks where the shared machine makes wall
@@ -30,6 +35,7 @@ BENCHMARKS = [
     ("paths", ["bench_paths.py"], {}),
     ("scale", ["bench_scale.py"], {}),
     ("threads", ["bench_threads.py"], {}),
+    ("gpu", ["bench_zoo.py", "--device", "cuda"], {}),  # the zoo on CUDA (issue 17's GPU row)
 ]
 
 
@@ -54,6 +60,9 @@ def main() -> int:
                 out.write(line)
                 if line.startswith(("[PASS]", "[MISS]")):
                     verdicts.append(f"{name:14s} {line.rstrip()}")
+                gpu_line = f"{'gpu':14s} {GPU_NOT_MEASURED}"
+                if GPU_NOT_MEASURED in line and gpu_line not in verdicts:
+                    verdicts.append(gpu_line)
             if proc.wait() != 0:
                 crashed.append(name)
             print(f"=== {name}: {time.perf_counter() - start:.0f} s, exit {proc.returncode}", flush=True)
