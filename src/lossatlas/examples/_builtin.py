@@ -8,17 +8,25 @@ import torch
 from torch import nn
 
 from .. import directions as D
+from ..runner import pinned_threads
 
 from ..problem import Problem
 from . import _data, _models
-from ._registry import Example, register, trained
+from ._registry import TRAINING_THREADS, Example, register, trained
 
 
 def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
         batch: int | None = None, seed: int = 0, weight_decay: float = 0.0,
         callback: Callable[[int, nn.Module], None] | None = None) -> None:
-    """Deterministic Adam training (full batch, or shuffled mini-batches from ``seed``);
+    """Deterministic Adam training (full batch, or shuffled mini-batches from ``seed``) on
+    :data:`TRAINING_THREADS` intra-op threads, whatever the caller's count (restored afterwards);
     ``callback(step, model)`` runs after each optimiser step (step = 1, 2, …)."""
+    with pinned_threads(TRAINING_THREADS):
+        _fit(model, loss_fn, x, y, steps=steps, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay,
+             callback=callback)
+
+
+def _fit(model, loss_fn, x, y, *, steps, lr, batch, seed, weight_decay, callback) -> None:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()

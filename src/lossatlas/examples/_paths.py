@@ -16,7 +16,7 @@ from .._version import __version__
 from ..errors import bad_type, bad_value, check_seed
 from ..trajectory import Trajectory, TrajectoryRecorder
 from . import _builtin, _data, _models
-from ._registry import Example, cache_dir
+from ._registry import TRAINING_THREADS, Example, cache_dir
 
 __all__ = ["mlp_digits_pair", "mlp_digits_trajectory"]
 
@@ -65,7 +65,8 @@ def mlp_digits_trajectory(path: str | Path | None = None, *, seed: int = 0, ever
         _record(Path(path), seed, every)
         return Trajectory.open(path)
     key = {"name": "trajectory-mlp-digits", "seed": seed, "every": every, **MLP_DIGITS_TRAINING,
-           "version": __version__, "torch": torch.__version__}
+           "version": __version__, "torch": torch.__version__,
+           "threads": TRAINING_THREADS}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_dir() / f"trajectory-mlp-digits-{digest}"
     if cache and target.exists():

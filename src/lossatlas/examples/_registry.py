@@ -96,12 +96,21 @@ def cache_dir() -> Path:
     return Path(root) / "examples"
 
 
+#: intra-op threads of every built-in example's training. CPU reductions split their work by thread,
+#: so trained weights depend on the count (measured: cnn-digits max |Δw| 0.07 and resnet-noskip 0.12
+#: between 1 and 2 threads; mlp-digits 5e-7): with one thread the weights are the same on any core
+#: count and load (cold training of mlp-digits on a busy 2-core machine: 0.6 s vs 12.5 s with torch's
+#: 2 threads). Part of every cache key, so weights trained with another count are never reused.
+TRAINING_THREADS = 1
+
+
 def trained(model: nn.Module, key: dict[str, Any], train: Callable[[nn.Module], None], *, cache: bool) -> nn.Module:
     """Train ``model`` with ``train`` (deterministic) or load the cached result for the same ``key``.
 
     The key (example name, hyper-parameters, library version) is hashed into the file name, so a
     change to any of them retrains instead of silently reusing stale weights."""
-    digest = hashlib.sha256(json.dumps({**key, "version": __version__, "torch": torch.__version__},
+    digest = hashlib.sha256(json.dumps({**key, "version": __version__, "torch": torch.__version__,
+                                        "threads": TRAINING_THREADS},
                                        sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"{key['name']}-{digest}.pt"
     if cache and path.exists():

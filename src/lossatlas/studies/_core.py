@@ -26,7 +26,9 @@ import xarray as xr
 
 from .. import convexity, curvature, directions, metrics, sharpness
 from ..errors import bad_value, public
+from ..examples import TRAINING_THREADS
 from ..problem import Problem
+from ..runner import pinned_threads
 from ..surface import surface
 from ..trajectory import TrajectoryRecorder
 from ._figures import family_figures
@@ -130,10 +132,26 @@ def _json_default(o: Any):
     return str(o)
 
 
+def training_threads(spec: Mapping[str, Any]) -> int:
+    """The intra-op threads a member trains on: its ``train`` spec's ``threads``, else
+    :data:`lossatlas.examples.TRAINING_THREADS` (1). Trained weights depend on the count (CPU
+    reductions split by thread), so it is part of the member's cache key."""
+    threads = spec.get("threads", TRAINING_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise bad_value("studies", "train.threads", "an integer >= 1", threads)
+    return threads
+
+
 def train(member: Mapping[str, Any], train_data, *, record: Path | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one member with minibatch SGD (momentum 0.9) or Adam from its ``train`` spec
-    (``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``optimizer``, ``seed``); with ``record``,
-    checkpoints every ``record_every`` steps go there (:class:`lossatlas.TrajectoryRecorder`)."""
+    (``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``optimizer``, ``seed``, ``threads``: see
+    :func:`training_threads`); with ``record``, checkpoints every ``record_every`` steps go there
+    (:class:`lossatlas.TrajectoryRecorder`)."""
+    with pinned_threads(training_threads(member["train"])):
+        return _train(member, train_data, record=record)
+
+
+def _train(member: Mapping[str, Any], train_data, *, record: Path | None) -> tuple[torch.nn.Module, dict]:
     spec = member["train"]
     x, y = train_data
     n_in, n_out = _shapes(train_data)
@@ -177,7 +195,8 @@ def trained_model(member: Mapping[str, Any], root: Path, data_cache: dict,
                   log: list) -> tuple[torch.nn.Module, dict, bool]:
     """The trained model of ``member``: read from ``root/models/<hash>.pt`` when there, else trained
     and written there (atomically, after any trajectory). Returns ``(model, info, from_cache)``."""
-    key = config_hash({k: member[k] for k in ("model", "data", "loss", "train")})
+    key = config_hash({**{k: member[k] for k in ("model", "data", "loss")},
+                       "train": {**member["train"], "threads": training_threads(member["train"])}})
     models = root / "models"
     models.mkdir(parents=True, exist_ok=True)
     path = models / f"{key}.pt"
