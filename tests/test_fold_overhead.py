@@ -132,20 +132,10 @@ def test_theta_products_from_the_eligibility_pass_are_the_computed_ones(name, dt
 
 
 def test_an_output_written_in_place_after_the_layer_is_computed_again(monkeypatch):
-    class InPlace(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(1)
-            self.fc, self.out = torch.nn.Linear(5, 7), torch.nn.Linear(7, 3)
-
-        def forward(self, x):
-            return self.out(torch.nn.functional.relu(self.fc(x), inplace=True))  # writes into fc's output
-    g = torch.Generator().manual_seed(0)
-    pr = lossatlas.Problem(InPlace(), torch.nn.CrossEntropyLoss(),
-                           (torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)))
+    pr = FAMILIES["mlp-inplace-relu"]().problem("one", torch.float64)  # nn.ReLU(inplace=True) after the layer
     d = lossatlas.directions.random(pr, n=2, seed=0)
     old = _ComputedFold(pr, pr.params(), d.vectors)
     used = _counting_first(monkeypatch)
     new = LinearFold(pr, pr.params(), d.vectors)
-    assert new.active_layers == ["fc"] and used == [False]
+    assert new.active_layers and used and not any(used)
     assert_same_tables(new, old, inputs=True)
