@@ -380,9 +380,11 @@ class LinearFold:
     def _first_output(self, i: int, j: int) -> Tensor | None:
         """Layer ``i``'s output at call ``j`` of the first batch's no-grad pass at θ, if nothing has
         written into it since (its version counter): the θ product of that call's input, computed by
-        the same call on the same tensors (so the same bits), or None."""
+        the same call on the same tensors (so the same bits), or None. Released here (asked once)."""
         outs = (self._first_outputs or {}).get(i)
         seen = outs[j] if outs is not None and j < len(outs) else None
+        if seen is not None:
+            outs[j] = None
         if seen is None or seen[1] is None or _version(seen[0]) != seen[1]:
             return None
         return seen[0]
