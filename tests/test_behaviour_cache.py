@@ -211,3 +211,24 @@ def test_digest_of_non_finite_outputs():
     d = B._digest(torch.tensor([[1.0, math.inf], [math.nan, -2.0]]))
     assert d == _oracle_digest(torch.tensor([[1.0, math.inf], [math.nan, -2.0]]))
     assert d["head"][1] == "inf" and d["sum"] == "nan"
+
+
+def test_a_big_models_draws_are_made_and_freed_one_at_a_time(monkeypatch):
+    """Uncached (big models): each probe tensor's float64 draw is freed before the next is made, as
+    before the cache (one float64 tensor of θ's size class in memory at a time, not a probe's worth)."""
+    import weakref
+
+    p = _mlp(6, 9, 7, 3)
+    monkeypatch.setattr(B, "DRAW_CACHE_ELEMENTS", 0)
+    want = _bytes(_oracle(p))
+    alive, worst = [], [0]
+    real = torch.randn
+
+    def tracked(*args, **kwargs):
+        worst[0] = max(worst[0], sum(r() is not None for r in alive))
+        out = real(*args, **kwargs)
+        alive.append(weakref.ref(out))
+        return out
+    monkeypatch.setattr(torch, "randn", tracked)
+    assert _bytes(p.behaviour_fingerprint()) == want
+    assert len(alive) == len(B.PROBES) * 6 and worst[0] == 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -96,52 +96,58 @@ def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
     yield center
     # ‖θ‖ per tensor once for all probes (float64, θ's entries promoted exactly)
     scales = [float(center[n].detach().to("cpu", torch.float64).norm()) or 1.0 for n in names]
-    for eps, draws in zip(PROBES, _draws(tuple(tuple(center[n].shape) for n in names))):
+    for eps, (draws, owned) in zip(PROBES, _draws(tuple(tuple(center[n].shape) for n in names))):
         point = {}
-        for name, scale, (r, rn) in zip(names, scales, draws):
+        draws = iter(draws)
+        for name, scale in zip(names, scales):
+            r, rn = next(draws)  # (not zipped: zip would hold the previous draw while the next is made)
             t = center[name]
-            # = base + r·(ε‖θ‖/‖r‖) in float64, the same rounding as in place; out of place, so a cached
-            # draw is never written; added slice by slice: a whole-tensor add_ would promote θ in one
-            # float64 temporary of its size
-            p = torch.mul(r, eps * scale / rn)
+            # = base + r·(ε‖θ‖/‖r‖) in float64: in place where the draw is this call's own (one float64
+            # tensor at a time), out of place, with the same rounding, where it is the cache's (never
+            # written); added slice by slice: a whole-tensor add_ would promote θ in one float64
+            # temporary of its size
+            p = r.mul_(eps * scale / rn) if owned else torch.mul(r, eps * scale / rn)
+            del r
             _add_promoted(p, t.detach().to("cpu"))
             point[name] = p.to(device=t.device, dtype=t.dtype)
             del p
         yield point
 
 
-def _draws(shapes: tuple[tuple[int, ...], ...]) -> Iterator[tuple[tuple[Tensor, float], ...]]:
+def _draws(shapes: tuple[tuple[int, ...], ...]) -> Iterator[tuple[Iterable[tuple[Tensor, float]], bool]]:
     """Per probe, the Gaussian draws r of every tensor (float64, CPU, from ``SEED`` in this order) with
-    their norms ‖r‖ (1 where zero). Models of at most ``DRAW_CACHE_ELEMENTS`` parameter elements reuse
-    them from a cache keyed by what they are (seed, probes, dtype, device, shapes; ``DRAW_CACHE_SIZE``
-    entries, least recently used dropped; callers only read them); bigger ones draw a probe's tensors
-    when it is made (one probe's draws in memory at a time)."""
+    their norms ‖r‖ (1 where zero), and whether they are the caller's own. Models of at most
+    ``DRAW_CACHE_ELEMENTS`` parameter elements reuse them from a cache keyed by what they are (seed,
+    probes, dtype, device, shapes; ``DRAW_CACHE_SIZE`` entries, least recently used dropped; not the
+    caller's: read only); bigger ones draw each tensor when it is asked for (the caller's own; one
+    float64 tensor in memory at a time: consume each probe's draws in order, before the next's)."""
     key = (SEED, PROBES, torch.float64, "cpu", shapes)
     with _DRAW_LOCK:
         hit = _DRAW_CACHE.get(key)
         if hit is not None:
             _DRAW_CACHE.move_to_end(key)
     if hit is not None:
-        yield from hit
+        for row in hit:
+            yield row, False
         return
     gen = torch.Generator(device="cpu").manual_seed(SEED)
 
-    def probe() -> tuple[tuple[Tensor, float], ...]:
-        row = []
+    def probe() -> Iterator[tuple[Tensor, float]]:
         for shape in shapes:
             r = torch.randn(shape, generator=gen, dtype=torch.float64)
-            row.append((r, float(r.norm()) or 1.0))
-        return tuple(row)
+            yield r, float(r.norm()) or 1.0
+            del r
     if sum(math.prod(s) for s in shapes) > DRAW_CACHE_ELEMENTS:
         for _ in PROBES:
-            yield probe()
+            yield probe(), True
         return
-    made = tuple(probe() for _ in PROBES)
+    made = tuple(tuple(probe()) for _ in PROBES)
     with _DRAW_LOCK:
         _DRAW_CACHE[key] = made
         while len(_DRAW_CACHE) > DRAW_CACHE_SIZE:
             _DRAW_CACHE.popitem(last=False)
-    yield from made
+    for row in made:
+        yield row, False
 
 
 def _add_promoted(r: Tensor, t: Tensor) -> None:
