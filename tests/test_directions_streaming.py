@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, strategies as st
 from torch import nn
 
 import lossatlas
@@ -118,3 +119,36 @@ def test_streamed_dot_of_large_tensors(monkeypatch):
         assert base._dot64(x, y) == P.dot(x, y)
     d = lossatlas.directions.random(nn.Linear(30, 20), n=2, seed=4)
     assert check_independent(d, "f") == _gram_oracle(d.vectors)
+
+
+def _gram_oracle_or_error(dirs):
+    """The oracle's worst |cos|, or "dependent" where its full Gram matrix is singular."""
+    n = len(dirs)
+    norms = [P.norm(d) for d in dirs]
+    gram = np.array([[P.dot(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
+    if n > 1 and not float(np.linalg.eigvalsh((gram + gram.T) / 2)[0]) > 1e-10:
+        return "dependent"
+    return _gram_oracle(dirs)
+
+
+
+@given(n=st.integers(2, 4), seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
+       mix=st.floats(0.0, 1.0), chunk=st.sampled_from([5, 1 << 18]))
+def test_each_pair_once_gives_the_full_grams_bits(n, seed, dtype, mix, chunk):
+    """check_independent computes each pair's product once (a·b and b·a have the same bits): its largest
+    |cos| and its verdict are those of the full Gram matrix, for nearly dependent directions too."""
+    old, _points.CHUNK = _points.CHUNK, chunk
+    try:
+        g = torch.Generator().manual_seed(seed)
+        shapes = [(7, 3), (3,), (2, 2, 2)]
+        vecs = [{f"t{k}": torch.randn(s, generator=g, dtype=dtype) for k, s in enumerate(shapes)} for _ in range(n)]
+        vecs[-1] = {k: (1 - mix) * v + mix * vecs[0][k] for k, v in vecs[-1].items()}  # towards the first
+        d = lossatlas.Directions(vecs, {"kind": "custom"})
+        want = _gram_oracle_or_error(vecs)
+        if want == "dependent":
+            with pytest.raises(lossatlas.InvalidArgumentError):
+                check_independent(d, "f")
+        else:
+            assert check_independent(d, "f") == want
+    finally:
+        _points.CHUNK = old

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from _fold_tables import assert_same_tables, bits
+from _zoo import FAMILIES
 from test_fold_identity import CatFeatures, FrozenEmbedding, _data
 
 import lossatlas
@@ -89,3 +90,52 @@ def test_auto_chunk_times_a_point_without_a_fold(monkeypatch):
         grid = surface_mod.Grid.make(2, 5, 1.0)
         assert surface_mod._auto_chunk(ev, grid) >= 1
         assert calls == [1]
+
+
+class _ComputedFold(LinearFold):
+    """Every θ product computed by its own call of the layer (before the eligibility pass's outputs
+    were reused for it)."""
+
+    def _first_output(self, i, j):
+        return None
+
+
+def _counting_first(monkeypatch):
+    used = []
+    real = LinearFold._first_output
+
+    def counting(self, i, j):
+        out = real(self, i, j)
+        used.append(out is not None)
+        return out
+    monkeypatch.setattr(LinearFold, "_first_output", counting)
+    return used
+
+
+@pytest.mark.parametrize("batching", ["one", "equal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_theta_products_from_the_eligibility_pass_are_the_computed_ones(name, dtype, batching, monkeypatch):
+    """The first batch's θ products are the outputs of the eligibility pass's own layer calls: the same
+    tables, bit for bit, as computing them again, on every family."""
+    pr = FAMILIES[name]().problem(batching, dtype)
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    old = _ComputedFold(pr, pr.params(), d.vectors)
+    used = _counting_first(monkeypatch)
+    new = LinearFold(pr, pr.params(), d.vectors)
+    assert_same_tables(new, old, inputs=True)
+    assert new._first_outputs is None  # nothing held after construction
+    if dtype == torch.bfloat16:
+        assert not used  # 16-bit problems' products are float32, not the layer's output
+    if name in ("mlp-tanh", "cnn-bn-eval", "conv1d-sequence") and dtype != torch.bfloat16:
+        assert used and all(used)  # reused where nothing writes into the layer's output
+
+
+def test_an_output_written_in_place_after_the_layer_is_computed_again(monkeypatch):
+    pr = FAMILIES["mlp-inplace-relu"]().problem("one", torch.float64)  # nn.ReLU(inplace=True) after the layer
+    d = lossatlas.directions.random(pr, n=2, seed=0)
+    old = _ComputedFold(pr, pr.params(), d.vectors)
+    used = _counting_first(monkeypatch)
+    new = LinearFold(pr, pr.params(), d.vectors)
+    assert new.active_layers and used and not any(used)
+    assert_same_tables(new, old, inputs=True)

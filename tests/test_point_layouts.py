@@ -138,3 +138,42 @@ def test_loop_values_do_not_depend_on_the_layout(name, dtype, monkeypatch):
             out[layout] = ev(coefficients)
     for k in out["flat"]:
         np.testing.assert_array_equal(out["flat"][k], out["tensors"][k], err_msg=f"{name} {dtype} {k}")
+
+
+@pytest.mark.parametrize("layout", ["flat", "tensors"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_the_former_kept_across_chunks_gives_a_fresh_evaluators_bits(name, dtype, layout, monkeypatch):
+    """PointEvaluator makes its point former once and reuses it chunk after chunk (the flat layout's
+    row cache too: a chunk may start with the row the last one ended in): each chunk's values are those
+    of a fresh evaluator given that chunk alone."""
+    if layout == "tensors":
+        monkeypatch.setattr(_points, "FLAT_MAX_BYTES", -1)
+    problem, center, dirs = _inputs(name, dtype)
+    coefficients = np.array([[a, b] for a in (-0.6, 0.0, 0.45) for b in (-0.3, -0.0, 0.8)] + [[0.45, 0.1]])
+    chunks = [coefficients[:2], coefficients[2:5], coefficients[5:], coefficients[3:4], coefficients[:2]]
+    with PointEvaluator(problem, center, dirs, strategy="loop") as ev:
+        got = [ev(c) for c in chunks]
+        former = ev._points
+        assert isinstance(former, _points.FlatPoints if layout == "flat" else _points.TensorPoints)
+        ev(chunks[0])
+        assert ev._points is former  # made once
+    assert ev._points is None  # dropped on close
+    for c, values in zip(chunks, got):
+        with PointEvaluator(problem, center, dirs, strategy="loop") as fresh:
+            want = fresh(c)
+        for k in want:
+            np.testing.assert_array_equal(values[k], want[k], err_msg=f"{name} {dtype} {layout} {k}")
+
+
+def test_the_former_is_dropped_before_vmap():
+    problem, center, dirs = _inputs("mlp-tanh", torch.float32)
+    c = np.array([[0.1, 0.2], [0.3, -0.4]])
+    with PointEvaluator(problem, center, dirs, strategy="loop") as ev:
+        loop = ev(c)
+        assert ev._points is not None
+        ev.strategy, ev.vmap_batch = "vmap", 2
+        ev(c)
+        assert ev._points is None
+        ev.strategy = "loop"
+        np.testing.assert_array_equal(ev(c)["loss"], loop["loss"])

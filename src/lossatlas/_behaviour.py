@@ -20,12 +20,19 @@ entry against a fresh one with a tolerance scaled to the evaluation precision (e
 thread count change the last bits of float32 sums) and returns sentences naming what differs:
 model outputs, the loss, or a metric. Nothing of the problem is mutated: evaluations run on the
 problem's private module under its lock, with the linear fold's dispatchers removed.
+
+Cost (a fixed part of every plane): one forward pass per point (the outputs are digested from the
+evaluation's own pass, after the loss and before the metrics), the probes' draws of models up to
+``DRAW_CACHE_ELEMENTS`` parameter elements cached by what they are (seed, probes, parameter shapes),
+never by which problem asked.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -45,6 +52,13 @@ SEED = 1_407_2026
 PROBES = (0.05, 0.3, 1.5)  # relative size of each probe step (per tensor), after the centre
 HEAD = 4  # first output values recorded
 MIX_MAX = 1 << 20  # at most this many output values enter the weighted sum (a fixed strided subset)
+DRAW_CACHE_ELEMENTS = 1 << 18  # models up to this many parameter elements keep their probes' draws
+DRAW_CACHE_SIZE = 4  # entries of the draw cache (and of the weighted sum's weights), least recent dropped
+WEIGHTS_CACHE_LENGTH = 1 << 16  # the weighted sum's weights are kept for outputs up to this length
+
+_DRAW_LOCK = threading.Lock()
+_DRAW_CACHE: OrderedDict[tuple, tuple[tuple[tuple[Tensor, float], ...], ...]] = OrderedDict()
+_WEIGHTS: OrderedDict[tuple, Tensor] = OrderedDict()
 
 #: relative tolerance per evaluation precision (the lowest of the model's and the loss's dtype)
 RTOL = {torch.float64: 1e-7, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -76,26 +90,64 @@ def _number(v: Any) -> float | str:
 
 def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
     """θ₀, then the probe points one at a time (each made when it is evaluated: one point's memory at
-    a time, not ``len(PROBES)`` copies of θ; each tensor formed in place, base + r·k, in float64)."""
+    a time, not ``len(PROBES)`` copies of θ; each tensor formed base + r·k in float64)."""
     center = problem.params(copy=False)
-    gen = torch.Generator(device="cpu").manual_seed(SEED)
+    names = problem.param_names
     yield center
-    for eps in PROBES:
+    # ‖θ‖ per tensor once for all probes (float64, θ's entries promoted exactly)
+    scales = [float(center[n].detach().to("cpu", torch.float64).norm()) or 1.0 for n in names]
+    for eps, (draws, owned) in zip(PROBES, _draws(tuple(tuple(center[n].shape) for n in names))):
         point = {}
-        for name in problem.param_names:
+        draws = iter(draws)
+        for name, scale in zip(names, scales):
+            r, rn = next(draws)  # (not zipped: zip would hold the previous draw while the next is made)
             t = center[name]
-            base = t.detach().to("cpu", torch.float64)
-            scale = float(base.norm()) or 1.0
-            del base  # (the generator is not used for it: the same draws follow)
-            r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
-            rn = float(r.norm()) or 1.0
-            # = base + r·(ε‖θ‖/‖r‖) in float64 (θ's entries promoted exactly), the same rounding; added
-            # slice by slice: a whole-tensor add_ would promote θ in one float64 temporary of its size
-            r.mul_(eps * scale / rn)
-            _add_promoted(r, t.detach().to("cpu"))
-            point[name] = r.to(device=t.device, dtype=t.dtype)
+            # = base + r·(ε‖θ‖/‖r‖) in float64: in place where the draw is this call's own (one float64
+            # tensor at a time), out of place, with the same rounding, where it is the cache's (never
+            # written); added slice by slice: a whole-tensor add_ would promote θ in one float64
+            # temporary of its size
+            p = r.mul_(eps * scale / rn) if owned else torch.mul(r, eps * scale / rn)
             del r
+            _add_promoted(p, t.detach().to("cpu"))
+            point[name] = p.to(device=t.device, dtype=t.dtype)
+            del p
         yield point
+
+
+def _draws(shapes: tuple[tuple[int, ...], ...]) -> Iterator[tuple[Iterable[tuple[Tensor, float]], bool]]:
+    """Per probe, the Gaussian draws r of every tensor (float64, CPU, from ``SEED`` in this order) with
+    their norms ‖r‖ (1 where zero), and whether they are the caller's own. Models of at most
+    ``DRAW_CACHE_ELEMENTS`` parameter elements reuse them from a cache keyed by what they are (seed,
+    probes, dtype, device, shapes; ``DRAW_CACHE_SIZE`` entries, least recently used dropped; not the
+    caller's: read only); bigger ones draw each tensor when it is asked for (the caller's own; one
+    float64 tensor in memory at a time: consume each probe's draws in order, before the next's)."""
+    key = (SEED, PROBES, torch.float64, "cpu", shapes)
+    with _DRAW_LOCK:
+        hit = _DRAW_CACHE.get(key)
+        if hit is not None:
+            _DRAW_CACHE.move_to_end(key)
+    if hit is not None:
+        for row in hit:
+            yield row, False
+        return
+    gen = torch.Generator(device="cpu").manual_seed(SEED)
+
+    def probe() -> Iterator[tuple[Tensor, float]]:
+        for shape in shapes:
+            r = torch.randn(shape, generator=gen, dtype=torch.float64)
+            yield r, float(r.norm()) or 1.0
+            del r
+    if sum(math.prod(s) for s in shapes) > DRAW_CACHE_ELEMENTS:
+        for _ in PROBES:
+            yield probe(), True
+        return
+    made = tuple(tuple(probe()) for _ in PROBES)
+    with _DRAW_LOCK:
+        _DRAW_CACHE[key] = made
+        while len(_DRAW_CACHE) > DRAW_CACHE_SIZE:
+            _DRAW_CACHE.popitem(last=False)
+    for row in made:
+        yield row, False
 
 
 def _add_promoted(r: Tensor, t: Tensor) -> None:
@@ -115,10 +167,30 @@ def _digest(outputs: Any) -> dict[str, Any] | None:
     flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in leaves])
     n = flat.numel()
     sub = flat[:: max(1, -(-n // MIX_MAX))]
-    w = torch.sin(torch.arange(sub.numel(), device=sub.device, dtype=torch.float64) * 0.7548776662466927 + 0.5)
-    return {"n": int(n), "sum": _number(flat.sum()), "abs": _number(flat.abs().sum()),
-            "norm": _number(flat.norm()), "mix": _number((w * sub).sum()),
-            "head": [_number(v) for v in flat[:HEAD].cpu().tolist()]}
+    w = _weights(sub.numel(), sub.device)
+    # the four sums and the first values in one host transfer
+    values = torch.cat([torch.stack([flat.sum(), flat.abs().sum(), flat.norm(), (w * sub).sum()]),
+                        flat[:HEAD]]).tolist()
+    return {"n": int(n), "sum": _number(values[0]), "abs": _number(values[1]), "norm": _number(values[2]),
+            "mix": _number(values[3]), "head": [_number(v) for v in values[4:]]}
+
+
+def _weights(n: int, device: torch.device) -> Tensor:
+    """The weighted sum's fixed weights sin(0.7548776662466927·i + 0.5), i < ``n`` (float64; read only:
+    kept per length and device for lengths up to ``WEIGHTS_CACHE_LENGTH``)."""
+    key = (n, str(device))
+    with _DRAW_LOCK:
+        w = _WEIGHTS.get(key)
+        if w is not None:
+            _WEIGHTS.move_to_end(key)
+            return w
+    w = torch.sin(torch.arange(n, device=device, dtype=torch.float64) * 0.7548776662466927 + 0.5)
+    if n <= WEIGHTS_CACHE_LENGTH:
+        with _DRAW_LOCK:
+            _WEIGHTS[key] = w
+            while len(_WEIGHTS) > DRAW_CACHE_SIZE:
+                _WEIGHTS.popitem(last=False)
+    return w
 
 
 def _fixed_batch(problem) -> list[tuple[Any, int, bool]]:
@@ -174,17 +246,28 @@ def comparable(stored: Any, now: Any) -> bool:
 
 def _evaluate(view, batch: Any, point: Mapping[str, Tensor]) -> dict[str, Any]:
     buffers = view._recalibrated_buffers(point) if view.bn == "recalibrate" and view.has_batchnorm else None
+    seen: dict[str, Any] = {}
+
+    def record(outputs: Any, raw: Any) -> None:  # the digest of the evaluation's own outputs, taken after
+        # the loss (as a second pass's would be) and before the metrics run
+        seen["outputs"], seen["_rtol"] = _digest(outputs), _precision(outputs, raw)
     with view.bound(point, buffers):
-        terms = view.evaluate_bound(metrics=True)
-        outputs, raw, _ = view._forward_bound(batch)
-    record: dict[str, Any] = {"loss": _number(terms["loss"])}
-    record["metrics"] = {k: _number(v) for k, v in sorted(terms.items()) if k != "loss"}
-    record["outputs"] = _digest(outputs)
-    # the precision actually met: a float64 problem whose loss or closure computes in float32 rounds
-    # like float32 (thread count and evaluation order then change more than float64's last bits)
+        terms = view.evaluate_bound(metrics=True, seen=record)
+        if not seen:  # no batch reported its outputs: a second pass over the fixed batch
+            outputs, raw, _ = view._forward_bound(batch)
+            record(outputs, raw)
+    out: dict[str, Any] = {"loss": _number(terms["loss"])}
+    out["metrics"] = {k: _number(v) for k, v in sorted(terms.items()) if k != "loss"}
+    out["outputs"], out["_rtol"] = seen["outputs"], seen["_rtol"]
+    return out
+
+
+def _precision(outputs: Any, raw: Any) -> float:
+    """The tolerance of the precision actually met: a float64 problem whose loss or closure computes in
+    float32 rounds like float32 (thread count and evaluation order then change more than float64's
+    last bits)."""
     seen = [t.dtype for t in tensors_in((outputs, raw)) if t.is_floating_point()]
-    record["_rtol"] = max([RTOL.get(dt, RTOL[torch.bfloat16]) for dt in seen], default=0.0)
-    return record
+    return max([RTOL.get(dt, RTOL[torch.bfloat16]) for dt in seen], default=0.0)
 
 
 # -- comparing ----------------------------------------------------------------------------------------

@@ -150,6 +150,7 @@ class LinearFold:
         # made): a point's cost, for sizing chunks without timing an extra point
         self.forward_seconds: float | None = None
         self._first_calls: dict[int, list[Any]] | None = None
+        self._first_outputs: dict[int, list[Any]] | None = None  # the layers' outputs in that pass
         self._leaves: dict[int, list[int]] | None = None
         self.discovery: str | None = None  # how eligibility was decided: "sample" or "grad" (see _eligible)
         self._first_seconds = 0.0
@@ -160,7 +161,7 @@ class LinearFold:
             candidates = self._eligible(center)
             if candidates:
                 self._precompute(candidates, center, directions, budget)
-            self._first_calls = self._leaves = None
+            self._first_calls = self._first_outputs = self._leaves = None
 
     @property
     def active_layers(self) -> list[str]:
@@ -207,29 +208,37 @@ class LinearFold:
             if not keep:
                 self.discovery = "sample"
                 return {}
-            raw, copies, of_batch = self._no_grad_pass(keep, center, batch, n)
+            raw, copies, of_batch, outs = self._no_grad_pass(keep, center, batch, n, outputs=True)
             if all(len(flags[i]) == len(raw[i]) and all(x is not None and (x.dim(), x.shape[1:], x.dtype) == f
                                                          for f, x in zip(flags[i], raw[i])) for i in keep):
                 ok = self._repeatable(keep, list(keep), center, batch, n, copies, of_batch)
                 self.discovery = "sample"
         if ok is None:  # the one-sample pass failed or disagrees with the batch: a pass with autograd, as before
-            raw, copies, of_batch = self._no_grad_pass(found, center, batch, n)
+            raw, copies, of_batch, outs = self._no_grad_pass(found, center, batch, n)
             reference = {i: [c if c is not None else x for c, x in zip(copies[i], raw[i])] for i in found}
             flags = self._grad_flags(found, center, batch, n, reference)
             ok = [i for i in found if flags[i] and all(flags[i])]
             self.discovery = "grad"
         self._first_calls = {i: raw[i] for i in ok}
+        self._first_outputs = {i: outs[i] for i in ok}
         self._leaves = _leaf_positions(batch, self._first_calls)
         return {i: found[i] for i in ok}
 
-    def _no_grad_pass(self, found, center, batch, n):
+    def _no_grad_pass(self, found, center, batch, n, outputs: bool = False):
         """The first batch at θ without autograd: per layer call, the input itself (None unless plain),
-        a private copy of it unless it reads the cached batch, and whether it does; timed."""
+        a private copy of it unless it reads the cached batch, and whether it does; timed. ``outputs``:
+        also the output with its version counter (the θ product of that input, see :meth:`_products`;
+        asked only where every layer of ``found`` is expected to fold: the outputs are kept until the
+        tables are made)."""
         storages = _storages(batch)
         versions = [_version(t) for t in _batch_tensors(batch)]
         raw: dict[int, list[Any]] = {i: [] for i in found}
         copies: dict[int, list[Any]] = {i: [] for i in found}
         of_batch: dict[int, list[bool]] = {i: [] for i in found}
+        outs: dict[int, list[Any]] = {i: [] for i in found}
+
+        def post(i, mod, args, kwargs, out):
+            outs[i].append((out, _version(out)) if _plain(out) and not out.requires_grad else None)
 
         def pre(i, mod, args, kwargs):
             x = _single_input(args, kwargs)
@@ -239,6 +248,9 @@ class LinearFold:
             copies[i].append(x.detach().clone() if ok and not mine else None)
             of_batch[i].append(mine)
         hooks = _pre_hooks(found, pre)
+        if outputs:
+            hooks += [m.register_forward_hook(functools.partial(post, i), with_kwargs=True)
+                      for i, (_, m) in found.items()]
         try:
             t = time.perf_counter()
             with torch.no_grad():
@@ -251,7 +263,7 @@ class LinearFold:
             # the forward wrote into the batch: its inputs that read the batch are never folded (their
             # use-time check would fail anyway)
             raw = {i: [None if mine else x for x, mine in zip(raw[i], of_batch[i])] for i in raw}
-        return raw, copies, of_batch
+        return raw, copies, of_batch, outs
 
     def _grad_flags(self, found, center, batch, n, reference) -> dict[int, list[bool]]:
         """Per layer call: whether its input, in a real forward with autograd on every θ entry, is plain,
@@ -321,7 +333,8 @@ class LinearFold:
                 for b, (batch, n) in enumerate(problem.data):
                     for v in calls.values():
                         v.clear()
-                    if b == 0 and self._first_calls is not None:
+                    reused = b == 0 and self._first_calls is not None
+                    if reused:
                         # the first batch's no-grad pass at θ already ran in _eligible (the same call,
                         # so the same inputs)
                         for i in candidates:
@@ -349,7 +362,8 @@ class LinearFold:
                                 continue
                             if x.device.type != "cpu" and not _Entry.of_batch(x, storages):
                                 continue  # a value check off the CPU would cost a host sync per use: no fold
-                            entry = _Entry(x, self._products(m, mname, x, center, directions, low), storages)
+                            first = self._first_output(i, j) if reused and not low else None
+                            entry = _Entry(x, self._products(m, mname, x, center, directions, low, first), storages)
                             used += entry.nbytes
                             if used > budget:
                                 return
@@ -363,13 +377,30 @@ class LinearFold:
                 self.tables[i] = table
                 self.modules[i] = candidates[i]
 
+    def _first_output(self, i: int, j: int) -> Tensor | None:
+        """Layer ``i``'s output at call ``j`` of the first batch's no-grad pass at θ, if nothing has
+        written into it since (its version counter): the θ product of that call's input, computed by
+        the same call on the same tensors (so the same bits), or None. Released here (asked once)."""
+        outs = (self._first_outputs or {}).get(i)
+        seen = outs[j] if outs is not None and j < len(outs) else None
+        if seen is not None:
+            outs[j] = None
+        if seen is None or seen[1] is None or _version(seen[0]) != seen[1]:
+            return None
+        return seen[0]
+
     @staticmethod
-    def _products(m: nn.Module, mname: str, x: Tensor, center, directions, low: bool) -> Tensor:
+    def _products(m: nn.Module, mname: str, x: Tensor, center, directions, low: bool,
+                  first: Tensor | None = None) -> Tensor:
         """A(x; W₀, b₀), A(x; D₁, B₁), …: the layer at θ and at each direction (no bias term missing:
-        a bias that is not a θ-entry belongs to the θ product only)."""
+        a bias that is not a θ-entry belongs to the θ product only). ``first``: A(x; W₀, b₀) already
+        computed (by the layer's own call at θ on ``x``)."""
         prefix = f"{mname}." if mname else ""
         stack = []
         for vec in (center, *directions):
+            if vec is center and first is not None:
+                stack.append(first)
+                continue
             local = {}
             for pname, p in m.named_parameters(recurse=False):
                 full = prefix + pname

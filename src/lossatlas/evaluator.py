@@ -98,6 +98,7 @@ class PointEvaluator:
         self.names = list(problem.metric_names) if metrics else ["loss"]
         self.point_dtype = point_dtype(problem.dtype)
         self._vmap_inputs: tuple[list[Tensor], list[list[Tensor]]] | None = None
+        self._points = None  # the loop's point former (params/_points.py), kept across chunks
         if problem.bn == "recalibrate" and problem.has_batchnorm and per_batch:
             raise bad_value("surface", "parallel", "'grid' with bn='recalibrate' (recalibrating BatchNorm needs "
                             "every batch at every point)", "data")
@@ -115,6 +116,7 @@ class PointEvaluator:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
+        self._points = None
         self._stack.close()
 
     def __enter__(self) -> PointEvaluator:
@@ -190,8 +192,11 @@ class PointEvaluator:
         # the vmap strategy (no fused multiply-add, so no dependence on threads): never accumulated steps.
         # Small models: on one flat vector (a few calls a point); big ones: slice by slice into the bound
         # tensors (the point and one slice of scratch beyond θ and the directions); the same bits
-        points = _points.former([self.center[k] for k in keys], [[d[k] for k in keys] for d in self.directions],
-                                 problem.dtype, self.point_dtype)
+        if self._points is None:  # made on the loop's first call, reused by every later chunk
+            self._points = _points.former([self.center[k] for k in keys],
+                                          [[d[k] for k in keys] for d in self.directions],
+                                          problem.dtype, self.point_dtype)
+        points = self._points
         params = dict(zip(keys, points.bound))
         rows = []
         with contextlib.ExitStack() as stack:
@@ -234,6 +239,7 @@ class PointEvaluator:
 
     def _run_vmap(self, coefficients: np.ndarray) -> Tensor:
         problem = self.problem
+        self._points = None  # the loop's buffers ((n + 4)·|θ| for small models) are not vmap's
         fn = self._point_fn()
         outs = []
         for s in range(0, len(coefficients), self.vmap_batch):

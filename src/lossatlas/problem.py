@@ -425,8 +425,10 @@ class Problem:
             return raw.mean() * weight
         return raw * weight if weight != 1.0 else raw
 
-    def _terms_bound(self, batch: Any, n: int, metrics: bool) -> dict[str, Tensor]:
+    def _terms_bound(self, batch: Any, n: int, metrics: bool, seen=None) -> dict[str, Tensor]:
         outputs, raw, extra = self._forward_bound(batch)
+        if seen is not None:  # shown the model outputs and raw loss before the metrics run
+            seen(outputs, raw)
         weight = n / self.n_samples
         terms = {"loss": self.weighted_loss(raw, n)}
         if metrics:
@@ -457,9 +459,11 @@ class Problem:
         with self.bound(params, buffers):
             return self.evaluate_bound(metrics=metrics)
 
-    def evaluate_bound(self, *, metrics: bool = True) -> dict[str, Tensor]:
+    def evaluate_bound(self, *, metrics: bool = True, seen=None) -> dict[str, Tensor]:
         """Like :meth:`evaluate_tensors` for parameters already placed with :meth:`bound` (lets a
-        caller bind reusable buffers once and update them in place between evaluations)."""
+        caller bind reusable buffers once and update them in place between evaluations).
+        ``seen(outputs, raw_loss)``, if given, is called for every batch after its loss, before its
+        metrics (the behaviour fingerprint digests the outputs of this pass instead of a second one)."""
         totals: dict[str, Tensor] = {}
         guard = self._guard
         with guard.lock:
@@ -467,7 +471,7 @@ class Problem:
                 for b, (batch, n) in enumerate(self.data):
                     guard.batch = b  # announced to the linear fold (see _linear_fold)
                     guard.calls.clear()
-                    for k, v in self._terms_bound(batch, n, metrics).items():
+                    for k, v in self._terms_bound(batch, n, metrics, seen).items():
                         v = v.to(torch.float64)
                         totals[k] = v if k not in totals else totals[k] + v
             finally:

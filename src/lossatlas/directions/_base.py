@@ -136,7 +136,11 @@ def check_independent(dirs: Directions, arg: str = "directions") -> float:
         if not math.isfinite(v) or v == 0.0:
             raise bad_value(f"{arg}[{i}]", "a non-zero direction with finite entries",
                             f"a direction of norm {v}")
-    gram = np.array([[_dot64(a, b) / (norms[i] * norms[j]) for j, b in enumerate(dirs)] for i, a in enumerate(dirs)])
+    # each pair once: a·b and b·a are the same bits (elementwise products commute, the same summation order)
+    gram = np.empty((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = _dot64(dirs[i], dirs[j]) / (norms[i] * norms[j])
     off = [abs(gram[i, j]) for i in range(n) for j in range(n) if i != j]
     worst = float(max(off, default=0.0))
     if n > 1:
