@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import params as P
+from .params._cow import lazy_clone
 from ._behaviour import behaviour
 from ._fast_paths import fast_cross_entropy, patch_private_module
 from ._linear_fold import dispatchers_removed
@@ -343,11 +344,16 @@ class Problem:
         """Place ``params`` (and ``buffers``) into the private model for the duration of the block:
         the same effect as ``torch.func.functional_call`` (tied parameters included) without its
         per-call bookkeeping. Originals are restored on every exit path. The problem's lock is held
-        for the block: another thread using the problem waits (values are never mixed)."""
+        for the block: another thread using the problem waits (values are never mixed). θ₀'s own
+        tensors are bound as copy-on-write clones (no copy unless written): a model that writes into
+        its parameters in forward (under ``no_grad``, or through ``.data``) cannot change θ₀."""
         with self._guard.lock:
             saved = []
+            center = self._center
             try:
                 for name, t in params.items():
+                    if t is center.get(name):
+                        t = lazy_clone(t)
                     for owner, attr in self._param_slots[name]:
                         saved.append((owner._parameters, attr, owner._parameters[attr]))
                         owner._parameters[attr] = t
