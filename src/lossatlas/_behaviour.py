@@ -35,6 +35,7 @@ from . import distributed as D
 from ._linear_fold import dispatchers_removed
 from .data import map_tensors, tensors_in
 from .errors import DistributedError
+from .params._draws import row_bounds, slices_exact
 from .params._points import slices
 
 __all__ = ["VERSION", "behaviour", "compare", "comparable", "agree", "tolerance"]
@@ -76,26 +77,50 @@ def _number(v: Any) -> float | str:
 
 def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
     """θ₀, then the probe points one at a time (each made when it is evaluated: one point's memory at
-    a time, not ``len(PROBES)`` copies of θ; each tensor formed in place, base + r·k, in float64)."""
+    a time, not ``len(PROBES)`` copies of θ; each tensor formed in place, base + r·k, in float64).
+
+    Each probe takes two passes over the tensors: the first draws r whole, one tensor at a time, for
+    its norm (and saves the generator state before it); the second regenerates r from that state,
+    slice by slice where :func:`lossatlas.params._draws.slices_exact` allows it (CPU tensors sliced by
+    :func:`~lossatlas.params._draws.row_bounds`), into the point's tensor. So no float64 tensor of
+    θ's largest size is alive while the point is being made, and the bits are the whole-tensor ones."""
     center = problem.params(copy=False)
     gen = torch.Generator(device="cpu").manual_seed(SEED)
     yield center
     for eps in PROBES:
-        point = {}
+        plan = []
         for name in problem.param_names:
             t = center[name]
             base = t.detach().to("cpu", torch.float64)
             scale = float(base.norm()) or 1.0
             del base  # (the generator is not used for it: the same draws follow)
+            state = gen.get_state()
             r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
-            rn = float(r.norm()) or 1.0
-            # = base + r·(ε‖θ‖/‖r‖) in float64 (θ's entries promoted exactly), the same rounding; added
-            # slice by slice: a whole-tensor add_ would promote θ in one float64 temporary of its size
-            r.mul_(eps * scale / rn)
-            _add_promoted(r, t.detach().to("cpu"))
-            point[name] = r.to(device=t.device, dtype=t.dtype)
+            plan.append((name, state, eps * scale / (float(r.norm()) or 1.0)))
             del r
-        yield point
+        yield {name: _probe_tensor(center[name], state, k) for name, state, k in plan}
+
+
+def _probe_tensor(t: Tensor, state: Tensor, k: float) -> Tensor:
+    """θ_t + r·k in float64, rounded to t's dtype, r the draw made from generator ``state``."""
+    gen = torch.Generator(device="cpu")
+    gen.set_state(state)
+    bounds = row_bounds(t.shape) if t.device.type == "cpu" and t.is_contiguous() and slices_exact() else None
+    if bounds is None:
+        r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
+        # = base + r·k in float64 (θ's entries promoted exactly), the same rounding; added slice by
+        # slice: a whole-tensor add_ would promote θ in one float64 temporary of its size
+        r.mul_(k)
+        _add_promoted(r, t.detach().to("cpu"))
+        return r.to(device=t.device, dtype=t.dtype)
+    out = torch.empty(t.shape, dtype=t.dtype)
+    src, dst = t.detach().view(-1), out.view(-1)
+    for a, b in bounds:
+        r = torch.randn(b - a, generator=gen, dtype=torch.float64)
+        r.mul_(k)
+        r.add_(src[a:b])
+        dst[a:b].copy_(r)
+    return out
 
 
 def _add_promoted(r: Tensor, t: Tensor) -> None:
