@@ -55,6 +55,7 @@ def _models():
     yield nn.Sequential(nn.Linear(9, 32), nn.Linear(32, 48)).double()
     yield nn.Sequential(nn.Linear(9, 32), nn.Linear(32, 48)).bfloat16()
     yield nn.Sequential(nn.Linear(16, 64, bias=False), nn.Linear(64, 16)).half()
+    yield nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3)).to(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("ignore", ["biasbn", None, ["*.bias", "0.*"]])

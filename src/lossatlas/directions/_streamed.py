@@ -57,29 +57,57 @@ class Streamed:
     """Directions d₁…dₙ held as generator states, per-filter factors and Gram–Schmidt updates."""
 
     def __init__(self, theta: Mapping[str, Tensor], seeds: Sequence[int], layout: Mapping[str, str],
-                 skip: set[str], draw_whole: Callable[[Tensor, torch.Generator, str], Tensor]):
+                 skip: set[str], draw_whole: Callable[[Tensor, torch.Generator, str], Tensor],
+                 orthogonal: bool = True):
         self.theta, self.n, self.draw_whole = theta, len(seeds), draw_whole
+        self.ortho = orthogonal and self.n > 1
         self.tensors = {k: _Tensor(t, layout[k], k in skip) for k, t in theta.items()}
         self.ops: list[list[tuple[float, int]]] = [[] for _ in seeds]  # per direction: (alpha, u index)
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(seed)
-            for k, t in theta.items():
-                info = self.tensors[k]
+        # (direction, tensor) -> _stats of a tensor already final when drawn (the first direction, or every
+        # one without Gram–Schmidt), and tensor -> ⟨d₂, d₁⟩ of the raw draws (Gram–Schmidt's first
+        # coefficient), taken on the whole draws made here: no pass regenerates them for these
+        self.cached: dict[tuple[int, str], tuple[Tensor, float | None, Tensor]] = {}
+        self.raw_dot: dict[str, Tensor] = {}
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        for k, t in theta.items():  # tensor by tensor, each direction from its own generator: the same draws
+            info = self.tensors[k]
+            nt = self.theta_norms(k) if self.ortho else None
+            first = None
+            for i, gen in enumerate(gens):
                 info.states.append(gen.get_state())
-                if info.kind == "whole":
-                    draw_whole(t, gen, info.rule)  # advances gen exactly as the in-memory draw does
-                    info.factors.append(None)
-                    continue
-                nt = torch.linalg.vector_norm(filters(t.double().cpu(), info.rule), dim=1, keepdim=True) \
-                    if info.kind == "rows" else None
-                draw = torch.randn(t.shape, generator=gen, dtype=F64)
-                if nt is None:
-                    info.factors.append(None)
-                else:  # _filter_draw's factor, from the whole draw
-                    nd = torch.linalg.vector_norm(filters(draw, info.rule), dim=1, keepdim=True)
-                    info.factors.append(torch.where(nd > 0, nt / torch.where(nd > 0, nd, torch.ones_like(nd)),
-                                                    torch.zeros_like(nd)))
+                draw = self._draw(t, gen, info)
+                if not self.ortho:
+                    self.cached[i, k] = _stats(draw, None, info.rule)
+                elif i == 0:
+                    first = draw  # kept for ⟨d₂, d₁⟩
+                elif i == 1:
+                    self.raw_dot[k] = torch.sum(draw.mul_(first))  # P.dot's product d₂·d₁, summed whole
+                    self.cached[0, k] = _stats(first, nt, info.rule)
+                    first = None
                 del draw
+
+    def _draw(self, t: Tensor, gen: torch.Generator, info: _Tensor) -> Tensor:
+        """One direction's whole normalised draw of ``t`` (the in-memory path's), recording its factor."""
+        if info.kind == "whole":
+            info.factors.append(None)
+            return self.draw_whole(t, gen, info.rule)
+        tn = torch.linalg.vector_norm(filters(t.double().cpu(), info.rule), dim=1, keepdim=True) \
+            if info.kind == "rows" else None
+        draw = torch.randn(t.shape, generator=gen, dtype=F64)
+        if tn is None:  # ignored: zero
+            info.factors.append(None)
+            return draw.zero_()
+        fd = filters(draw, info.rule)  # _filter_draw's factor and rescaling, on the whole draw
+        nd = torch.linalg.vector_norm(fd, dim=1, keepdim=True)
+        factor = torch.where(nd > 0, tn / torch.where(nd > 0, nd, torch.ones_like(nd)), torch.zeros_like(nd))
+        info.factors.append(factor)
+        fd.mul_(factor)
+        return draw
+
+    def theta_norms(self, k: str) -> Tensor | None:
+        """θ_k's filter norms, as _filter_deviation takes them (None for an ignored tensor)."""
+        info = self.tensors[k]
+        return None if info.kind == "zero" else filter_norms(self.theta[k].double().cpu(), info.rule)
 
     # -- slices ---------------------------------------------------------------------------------
     def _raw(self, i: int, k: str) -> Iterator[Tensor]:
@@ -111,21 +139,26 @@ class Streamed:
                 ws.append(w)
             yield a, b, ws
 
-    def _whole(self, k: str, upto: int, fill: Callable[[list[Tensor], Tensor], None]) -> Tensor:
-        """A float64 tensor of tensor k's shape, filled slice by slice by ``fill(ws, out_slice)``."""
-        buf = torch.empty(self.tensors[k].shape, dtype=F64)
-        flat = buf.view(-1)
+    def _wholes(self, k: str, upto: int, fills: Sequence[Callable[[list[Tensor], Tensor], None]]) -> list[Tensor]:
+        """Float64 tensors of tensor k's shape, each filled slice by slice by its ``fill(ws, out_slice)``
+        from one regeneration."""
+        bufs = [torch.empty(self.tensors[k].shape, dtype=F64) for _ in fills]
+        flats = [b.view(-1) for b in bufs]
         for a, b, ws in self.slices(k, upto):
-            fill(ws, flat[a:b])
-        return buf
+            for fill, flat in zip(fills, flats):
+                fill(ws, flat[a:b])
+        return bufs
 
     def dot(self, i: int, j: int) -> float:
         """:func:`lossatlas.params.dot` of directions i and j as they are now (the same bits)."""
         total = None
         for k in self.theta:
-            buf = self._whole(k, max(i, j), lambda ws, out: torch.mul(ws[i], ws[j], out=out))
-            part = torch.sum(buf)
-            del buf
+            if i == j and (i, k) in self.cached:
+                part = self.cached[i, k][2]
+            elif (i, j) == (1, 0) and not self.ops[1] and k in self.raw_dot:
+                part = self.raw_dot[k]
+            else:
+                part = torch.sum(self._wholes(k, max(i, j), [_product(i, j)])[0])
             total = part if total is None else total + part
         return float(total) if total is not None else 0.0
 
@@ -142,30 +175,32 @@ class Streamed:
                         c = self.dot(i, m) / uu[m]
                         self.ops[i].append((-c, m))
 
-    def statistics(self, deviation: bool) -> tuple[list[list[float]], float]:
+    def statistics(self) -> tuple[list[list[float]], float]:
         """(P.cosine of every pair, _filter_deviation or 0.0), the same bits as on whole vectors."""
         n = self.n
         norms: list[list[Tensor]] = [[] for _ in range(n)]
         dots: dict[tuple[int, int], Tensor] = {}
         rel: list[list[float]] = [[] for _ in range(n)]
-        for k, t in self.theta.items():
-            info = self.tensors[k]
-            nt = filter_norms(t.double().cpu(), info.rule) if deviation and info.kind != "zero" else None
-            for a in range(n):
-                buf = self._whole(k, a, lambda ws, out, a=a: out.copy_(ws[a]))
-                norms[a].append(torch._foreach_norm([buf])[0])
-                if nt is not None:
-                    nd = filter_norms(buf, info.rule)
-                    mask = nt > 0
-                    if mask.any():
-                        rel[a].append(float(((nd[mask] - nt[mask]).abs() / nt[mask]).max()))
-                buf.mul_(buf)
-                _add(dots, (a, a), torch.sum(buf))
-                del buf
-                for b in range(a + 1, n):
-                    buf = self._whole(k, b, lambda ws, out, a=a, b=b: torch.mul(ws[a], ws[b], out=out))
-                    _add(dots, (a, b), torch.sum(buf))
-                    del buf
+        for k in self.theta:
+            nt = self.theta_norms(k) if self.ortho else None
+            for b in range(n):
+                c = self.cached.get((b, k))
+                # one regeneration: direction b itself unless cached, and its product with direction 0
+                fills = ([] if c is not None else [lambda ws, out, b=b: out.copy_(ws[b])]) + (
+                    [_product(0, b)] if b > 0 else [])
+                bufs = self._wholes(k, b, fills) if fills else []
+                if c is None:
+                    c = _stats(bufs.pop(0), nt, self.tensors[k].rule)
+                norm, r, square = c
+                norms[b].append(norm)
+                if r is not None:
+                    rel[b].append(r)
+                _add(dots, (b, b), square)
+                if b > 0:
+                    _add(dots, (0, b), torch.sum(bufs.pop()))
+                del bufs
+                for a in range(1, b):
+                    _add(dots, (a, b), torch.sum(self._wholes(k, b, [_product(a, b)])[0]))
         nrm = [float(torch.linalg.vector_norm(torch.stack(v))) for v in norms]
         cos = [[0.0 if nrm[a] == 0.0 or nrm[b] == 0.0 else float(dots[min(a, b), max(a, b)]) / (nrm[a] * nrm[b])
                 for b in range(n)] for a in range(n)]
@@ -187,6 +222,25 @@ class Streamed:
         return out
 
 
+def _product(i: int, j: int) -> Callable[[list[Tensor], Tensor], None]:
+    return lambda ws, out: torch.mul(ws[i], ws[j], out=out)
+
+
+def _stats(buf: Tensor, nt: Tensor | None, rule: str) -> tuple[Tensor, float | None, Tensor]:
+    """Of one whole float64 tensor of a final direction: its norm (as params.norm takes it per tensor),
+    the largest relative change of a filter norm against θ's ``nt`` (None without ``nt`` or where every
+    θ filter is zero) and its dot product with itself; ``buf`` is squared in place."""
+    norm = torch._foreach_norm([buf])[0]
+    rel = None
+    if nt is not None:
+        nd = filter_norms(buf, rule)
+        mask = nt > 0
+        if mask.any():
+            rel = float(((nd[mask] - nt[mask]).abs() / nt[mask]).max())
+    buf.mul_(buf)
+    return norm, rel, torch.sum(buf)
+
+
 def _add(totals: dict, key, part: Tensor) -> None:
     totals[key] = part if key not in totals else totals[key] + part
 
@@ -195,9 +249,8 @@ def draw(theta: Mapping[str, Tensor], seeds: Sequence[int], layout: Mapping[str,
          orthogonal: bool, draw_whole) -> tuple[list[dict[str, Tensor]], list[list[float]], float]:
     """(directions in θ's dtype, cosines, filter-norm deviation) of filter-normalised random directions:
     the bits of the in-memory path of :func:`lossatlas.directions.random`."""
-    s = Streamed(theta, seeds, layout, skip, draw_whole)
-    ortho = orthogonal and s.n > 1
-    if ortho:
+    s = Streamed(theta, seeds, layout, skip, draw_whole, orthogonal)
+    if s.ortho:
         s.orthogonalise()
-    cos, deviation = s.statistics(ortho)
+    cos, deviation = s.statistics()
     return s.results(), cos, deviation
