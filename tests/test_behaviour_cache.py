@@ -214,8 +214,9 @@ def test_digest_of_non_finite_outputs():
 
 
 def test_a_big_models_draws_are_made_and_freed_one_at_a_time(monkeypatch):
-    """Uncached (big models): each probe tensor's float64 draw is freed before the next is made, as
-    before the cache (one float64 tensor of θ's size class in memory at a time, not a probe's worth)."""
+    """Uncached (big models, streamed): each probe tensor's float64 draw is freed before the next is
+    made (one float64 tensor of θ's size class in memory at a time, not a probe's worth); each is drawn
+    twice, for its norm and then regenerated from its generator state into the point."""
     import weakref
 
     p = _mlp(6, 9, 7, 3)
@@ -231,4 +232,4 @@ def test_a_big_models_draws_are_made_and_freed_one_at_a_time(monkeypatch):
         return out
     monkeypatch.setattr(torch, "randn", tracked)
     assert _bytes(p.behaviour_fingerprint()) == want
-    assert len(alive) == len(B.PROBES) * 6 and worst[0] == 0
+    assert len(alive) == 2 * len(B.PROBES) * 6 and worst[0] == 0

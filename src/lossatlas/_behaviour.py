@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from . import distributed as D
 from ._linear_fold import dispatchers_removed
 from .data import map_tensors, tensors_in
 from .errors import DistributedError
+from .params._draws import row_bounds, slices_exact
 from .params._points import slices
 
 __all__ = ["VERSION", "behaviour", "compare", "comparable", "agree", "tolerance"]
@@ -90,64 +91,92 @@ def _number(v: Any) -> float | str:
 
 def _probe_points(problem) -> Iterator[dict[str, Tensor]]:
     """θ₀, then the probe points one at a time (each made when it is evaluated: one point's memory at
-    a time, not ``len(PROBES)`` copies of θ; each tensor formed base + r·k in float64)."""
+    a time, not ``len(PROBES)`` copies of θ; each tensor formed base + r·k in float64, k = ε‖θ_t‖/‖r‖,
+    ‖θ_t‖ computed once for all probes). Models of at most ``DRAW_CACHE_ELEMENTS`` parameter elements
+    read r from :func:`_cached_draws`; bigger ones stream each probe (:func:`_streamed_points`)."""
     center = problem.params(copy=False)
     names = problem.param_names
     yield center
     # ‖θ‖ per tensor once for all probes (float64, θ's entries promoted exactly)
     scales = [float(center[n].detach().to("cpu", torch.float64).norm()) or 1.0 for n in names]
-    for eps, (draws, owned) in zip(PROBES, _draws(tuple(tuple(center[n].shape) for n in names))):
+    shapes = tuple(tuple(center[n].shape) for n in names)
+    if sum(math.prod(s) for s in shapes) > DRAW_CACHE_ELEMENTS:
+        yield from _streamed_points(center, names, scales)
+        return
+    for eps, draws in zip(PROBES, _cached_draws(shapes)):
         point = {}
-        draws = iter(draws)
-        for name, scale in zip(names, scales):
-            r, rn = next(draws)  # (not zipped: zip would hold the previous draw while the next is made)
+        for name, scale, (r, rn) in zip(names, scales, draws):
             t = center[name]
-            # = base + r·(ε‖θ‖/‖r‖) in float64: in place where the draw is this call's own (one float64
-            # tensor at a time), out of place, with the same rounding, where it is the cache's (never
-            # written); added slice by slice: a whole-tensor add_ would promote θ in one float64
-            # temporary of its size
-            p = r.mul_(eps * scale / rn) if owned else torch.mul(r, eps * scale / rn)
-            del r
-            _add_promoted(p, t.detach().to("cpu"))
-            point[name] = p.to(device=t.device, dtype=t.dtype)
-            del p
+            # out of place (the cache's draws are never written), added slice by slice: a whole-tensor
+            # add_ would promote θ in one float64 temporary of its size
+            q = torch.mul(r, eps * scale / rn)
+            _add_promoted(q, t.detach().to("cpu"))
+            point[name] = q.to(device=t.device, dtype=t.dtype)
+            del q
         yield point
 
 
-def _draws(shapes: tuple[tuple[int, ...], ...]) -> Iterator[tuple[Iterable[tuple[Tensor, float]], bool]]:
+def _streamed_points(center: Mapping[str, Tensor], names, scales) -> Iterator[dict[str, Tensor]]:
+    """The probe points of a big model with the same bits, never a float64 tensor of θ's largest size
+    alive while a point is made. Each probe takes two passes over the tensors: the first draws r whole,
+    one tensor at a time, for its norm (saving the generator state before it); the second regenerates
+    r from that state, slice by slice where :func:`lossatlas.params._draws.slices_exact` allows it
+    (CPU tensors sliced by :func:`~lossatlas.params._draws.row_bounds`), into the point's tensor."""
+    gen = torch.Generator(device="cpu").manual_seed(SEED)
+    for eps in PROBES:
+        plan = []
+        for name, scale in zip(names, scales):
+            state = gen.get_state()
+            r = torch.randn(tuple(center[name].shape), generator=gen, dtype=torch.float64)
+            plan.append((name, state, eps * scale / (float(r.norm()) or 1.0)))
+            del r
+        yield {name: _probe_tensor(center[name], state, k) for name, state, k in plan}
+
+
+def _probe_tensor(t: Tensor, state: Tensor, k: float) -> Tensor:
+    """θ_t + r·k in float64, rounded to t's dtype, r the draw made from generator ``state``."""
+    gen = torch.Generator(device="cpu")
+    gen.set_state(state)
+    bounds = row_bounds(t.shape) if t.device.type == "cpu" and t.is_contiguous() and slices_exact() else None
+    if bounds is None:
+        r = torch.randn(tuple(t.shape), generator=gen, dtype=torch.float64)
+        r.mul_(k)
+        _add_promoted(r, t.detach().to("cpu"))
+        return r.to(device=t.device, dtype=t.dtype)
+    out = torch.empty(t.shape, dtype=t.dtype)
+    src, dst = t.detach().view(-1), out.view(-1)
+    for a, b in bounds:
+        r = torch.randn(b - a, generator=gen, dtype=torch.float64)
+        r.mul_(k)
+        r.add_(src[a:b])
+        dst[a:b].copy_(r)
+    return out
+
+
+def _cached_draws(shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[Tensor, float], ...], ...]:
     """Per probe, the Gaussian draws r of every tensor (float64, CPU, from ``SEED`` in this order) with
-    their norms ‖r‖ (1 where zero), and whether they are the caller's own. Models of at most
-    ``DRAW_CACHE_ELEMENTS`` parameter elements reuse them from a cache keyed by what they are (seed,
-    probes, dtype, device, shapes; ``DRAW_CACHE_SIZE`` entries, least recently used dropped; not the
-    caller's: read only); bigger ones draw each tensor when it is asked for (the caller's own; one
-    float64 tensor in memory at a time: consume each probe's draws in order, before the next's)."""
+    their norms ‖r‖ (1 where zero), from a cache keyed by what they are (seed, probes, dtype, device,
+    shapes; ``DRAW_CACHE_SIZE`` entries, least recently used dropped). Read only: never written."""
     key = (SEED, PROBES, torch.float64, "cpu", shapes)
     with _DRAW_LOCK:
         hit = _DRAW_CACHE.get(key)
         if hit is not None:
             _DRAW_CACHE.move_to_end(key)
-    if hit is not None:
-        for row in hit:
-            yield row, False
-        return
+            return hit
     gen = torch.Generator(device="cpu").manual_seed(SEED)
-
-    def probe() -> Iterator[tuple[Tensor, float]]:
+    made = []
+    for _ in PROBES:
+        row = []
         for shape in shapes:
             r = torch.randn(shape, generator=gen, dtype=torch.float64)
-            yield r, float(r.norm()) or 1.0
-            del r
-    if sum(math.prod(s) for s in shapes) > DRAW_CACHE_ELEMENTS:
-        for _ in PROBES:
-            yield probe(), True
-        return
-    made = tuple(tuple(probe()) for _ in PROBES)
+            row.append((r, float(r.norm()) or 1.0))
+        made.append(tuple(row))
+    made_t = tuple(made)
     with _DRAW_LOCK:
-        _DRAW_CACHE[key] = made
+        _DRAW_CACHE[key] = made_t
         while len(_DRAW_CACHE) > DRAW_CACHE_SIZE:
             _DRAW_CACHE.popitem(last=False)
-    for row in made:
-        yield row, False
+    return made_t
 
 
 def _add_promoted(r: Tensor, t: Tensor) -> None:

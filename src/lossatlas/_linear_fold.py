@@ -49,6 +49,7 @@ from torch.func import functional_call
 
 from ._fast_paths import RELU_FORWARD, has_forward_hooks
 from .data import map_tensors, tensors_in
+from .params._cow import lazy_clone
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -267,7 +268,9 @@ class LinearFold:
 
     def _grad_flags(self, found, center, batch, n, reference) -> dict[int, list[bool]]:
         """Per layer call: whether its input, in a real forward with autograd on every θ entry, is plain,
-        does not require grad and equals, bit for bit, the no-grad pass's input (``reference``)."""
+        does not require grad and equals, bit for bit, the no-grad pass's input (``reference``). No
+        layer qualifies when that forward raises (e.g. a model writing into its parameters in place,
+        which autograd refuses for leaves): the plane then runs every layer for real, without autograd."""
         seen: dict[int, list[Any]] = {i: [] for i in found}
 
         def pre(i, mod, args, kwargs):
@@ -275,9 +278,11 @@ class LinearFold:
             seen[i].append(x.detach().clone() if _plain(x) and not x.requires_grad else None)
         hooks = _pre_hooks(found, pre)
         try:
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
+            leaves = _autograd_leaves(center)
             with torch.enable_grad():
                 self.problem.batch_terms(leaves, batch, n, metrics=False)
+        except Exception:
+            return {i: [] for i in found}
         finally:
             for h in hooks:
                 h.remove()
@@ -558,6 +563,13 @@ def _single_input(args, kwargs) -> Any:
     return args[0] if len(args) == 1 and not kwargs else None
 
 
+def _autograd_leaves(center: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """θ as autograd leaves for a discovery forward: copy-on-write clones (:func:`lazy_clone`: no copy
+    unless written, so a plane of a large model does not hold a second model here; a model updating its
+    parameters under ``no_grad`` copies first and θ stays as it was)."""
+    return {k: lazy_clone(v).requires_grad_(True) for k, v in center.items()}
+
+
 class _Stop(Exception):
     """Ends a discovery forward pass once every input it was run for has been seen."""
 
@@ -599,7 +611,7 @@ def _slice_flags(problem, found, center, batch) -> dict[int, list[Any]] | None:
     with _attributes_restored(problem.module):
         hooks = _pre_hooks(found, pre)
         try:
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in center.items()}
+            leaves = _autograd_leaves(center)
             with warnings.catch_warnings(), torch.enable_grad():
                 warnings.simplefilter("ignore")
                 problem.batch_terms(leaves, _first_sample(batch), 1, metrics=False)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import params as P
+from .params._cow import lazy_clone
 from ._behaviour import behaviour
 from ._fast_paths import fast_cross_entropy, patch_private_module
 from ._linear_fold import dispatchers_removed
@@ -212,7 +213,7 @@ class Problem:
     # ------------------------------------------------------------------------------------------
     def _private_copy(self, model: nn.Module) -> nn.Module:
         try:
-            module = copy.deepcopy(model)
+            module = copy.deepcopy(model, _shared_tensors(model, self.device, self.dtype))
         except Exception as exc:  # pragma: no cover - exotic modules
             raise EvaluationError(f"Problem(): argument 'model' could not be copied ({exc}); lossatlas "
                                   "evaluates a private copy so that your model is never modified") from exc
@@ -343,11 +344,16 @@ class Problem:
         """Place ``params`` (and ``buffers``) into the private model for the duration of the block:
         the same effect as ``torch.func.functional_call`` (tied parameters included) without its
         per-call bookkeeping. Originals are restored on every exit path. The problem's lock is held
-        for the block: another thread using the problem waits (values are never mixed)."""
+        for the block: another thread using the problem waits (values are never mixed). θ₀'s own
+        tensors are bound as copy-on-write clones (no copy unless written): a model that writes into
+        its parameters in forward (under ``no_grad``, or through ``.data``) cannot change θ₀."""
         with self._guard.lock:
             saved = []
+            center = self._center
             try:
                 for name, t in params.items():
+                    if t is center.get(name):
+                        t = lazy_clone(t)
                     for owner, attr in self._param_slots[name]:
                         saved.append((owner._parameters, attr, owner._parameters[attr]))
                         owner._parameters[attr] = t
@@ -753,6 +759,23 @@ def _as_device(device: Any) -> torch.device:
         raise bad_value("Problem", "device", f"an existing CUDA device (this machine has "
                         f"{torch.cuda.device_count()})", device)
     return out
+
+
+def _shared_tensors(model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[int, Tensor]:
+    """A ``deepcopy`` memo giving the private copy copy-on-write clones (:func:`lazy_clone`) of the
+    model's parameters and buffers that it keeps as they are (same device, and the problem's dtype or
+    not floating): the snapshot then shares the user's memory until either side writes to a tensor,
+    when that side gets its own copy first. So θ₀ costs no memory of its own while the user's model
+    is unchanged, and neither side ever sees the other's writes (what the deep copy guaranteed)."""
+    memo: dict[int, Tensor] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device != device or (t.is_floating_point() and t.dtype != dtype) or t.is_sparse:
+            continue
+        if type(t) is nn.Parameter:
+            memo[id(t)] = nn.Parameter(lazy_clone(t), requires_grad=t.requires_grad)
+        elif type(t) is Tensor:
+            memo[id(t)] = lazy_clone(t)
+    return memo
 
 
 def _center_of(module: nn.Module, names) -> dict[str, Tensor]:

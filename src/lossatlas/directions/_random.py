@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .. import params as P
 from ..errors import InvalidArgumentError, bad_type, bad_value, check_seed, public
 from ..params._layout import IgnoreRule, filter_layout, filter_norms, filters, ignored, rescale_filters
+from . import _streamed
 from ._base import Directions, _check_model_params, _check_params, _resolve_source
 from ._registry import NORM_WORDS, NORMS, DirectionKind, register
 
@@ -81,18 +82,10 @@ def random(
     if not isinstance(orthogonal, bool):
         raise bad_type("orthogonal", "a bool", orthogonal)
     seeds = _seeds(int(seed), n)
-    # float64 on the CPU, one parameter tensor at a time (no float64 copy of the whole of θ, no second set
-    # of draws): the same operations on the same values as drawing every tensor, then normalising
-    vectors = [_direction(theta, s, layout, norm, skip) for s in seeds]
-    deviation = 0.0
-    if orthogonal and n > 1:
-        _orthogonalise_(vectors)
-        if norm == "filter":
-            deviation = _filter_deviation(vectors, theta, layout, skip)
-    cos = [[P.cosine(a, b) for b in vectors] for a in vectors]
-    # the float64 vectors are released tensor by tensor as their model-dtype copies are made
-    out = [_to_model(d, theta) for d in vectors]
-    del vectors
+    if _streamed.wanted(theta, norm):  # a large model: the same bits without a float64 direction kept whole
+        out, cos, deviation = _streamed.draw(theta, seeds, layout, skip, orthogonal, _filter_draw)
+    else:
+        out, cos, deviation = _in_memory(theta, seeds, layout, norm, skip, orthogonal)
     word = NORM_WORDS[norm]
     spec = {
         "kind": "random",
@@ -110,6 +103,24 @@ def random(
         "labels": [f"{word} random direction {i + 1}" for i in range(n)],
     }
     return Directions(out, spec)
+
+
+def _in_memory(theta: Mapping[str, Tensor], seeds: Sequence[int], layout: Mapping[str, str], norm: str | None,
+               skip: set[str], orthogonal: bool) -> tuple[list[P.Params], list[list[float]], float]:
+    """(directions in θ's dtype, cosines, filter-norm deviation) with every direction held in float64."""
+    # float64 on the CPU, one parameter tensor at a time (no float64 copy of the whole of θ, no second set
+    # of draws): the same operations on the same values as drawing every tensor, then normalising
+    vectors = [_direction(theta, s, layout, norm, skip) for s in seeds]
+    deviation = 0.0
+    if orthogonal and len(seeds) > 1:
+        _orthogonalise_(vectors)
+        if norm == "filter":
+            deviation = _filter_deviation(vectors, theta, layout, skip)
+    cos = [[P.cosine(a, b) for b in vectors] for a in vectors]
+    # the float64 vectors are released tensor by tensor as their model-dtype copies are made
+    out = [_to_model(d, theta) for d in vectors]
+    del vectors
+    return out, cos, deviation
 
 
 def _check_arguments(params: Any, model: Any, n: Any, norm: Any, seed: Any) -> tuple[Any, Any, int]:
