@@ -323,3 +323,25 @@ def test_grad_of_a_loss_without_gradient_is_a_differentiation_error():
     with torch.no_grad():  # a caller's no_grad block does not turn the gradient off
         g = plain.grad(plain.params())
     assert float(sum(v.abs().sum() for v in g.values())) > 0
+
+
+@pytest.mark.parametrize("alias", ["numpy view", "from_numpy", "shared memory"])
+def test_writes_the_library_cannot_see_leave_theta0_alone(alias):
+    """θ₀ is a snapshot of the model at construction: writes to the user's parameters through memory
+    torch does not track (a numpy view made before, a tensor made from a numpy array, shared memory
+    written by another process) never reach it. (A copy-on-write snapshot sharing the user's memory
+    failed the numpy-view case: the loss at θ₀ moved 0.598 -> 0.574.)"""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    if alias == "from_numpy":
+        raw = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+        model[0].weight = torch.nn.Parameter(torch.from_numpy(raw))
+    elif alias == "shared memory":
+        model.share_memory()
+    raw = model[0].weight.detach().numpy() if alias != "from_numpy" else raw
+    problem = lossatlas.Problem(model, torch.nn.MSELoss(), (x, y))
+    before = problem.loss(problem.params())
+    raw[:] = 0.0  # (the other process's write lands in the same pages)
+    assert float(model[0].weight.detach().abs().sum()) == 0.0
+    assert problem.loss(problem.params()) == before

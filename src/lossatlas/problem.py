@@ -213,7 +213,7 @@ class Problem:
     # ------------------------------------------------------------------------------------------
     def _private_copy(self, model: nn.Module) -> nn.Module:
         try:
-            module = copy.deepcopy(model, _shared_tensors(model, self.device, self.dtype))
+            module = copy.deepcopy(model)
         except Exception as exc:  # pragma: no cover - exotic modules
             raise EvaluationError(f"Problem(): argument 'model' could not be copied ({exc}); lossatlas "
                                   "evaluates a private copy so that your model is never modified") from exc
@@ -759,23 +759,6 @@ def _as_device(device: Any) -> torch.device:
         raise bad_value("Problem", "device", f"an existing CUDA device (this machine has "
                         f"{torch.cuda.device_count()})", device)
     return out
-
-
-def _shared_tensors(model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[int, Tensor]:
-    """A ``deepcopy`` memo giving the private copy copy-on-write clones (:func:`lazy_clone`) of the
-    model's parameters and buffers that it keeps as they are (same device, and the problem's dtype or
-    not floating): the snapshot then shares the user's memory until either side writes to a tensor,
-    when that side gets its own copy first. So θ₀ costs no memory of its own while the user's model
-    is unchanged, and neither side ever sees the other's writes (what the deep copy guaranteed)."""
-    memo: dict[int, Tensor] = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.device != device or (t.is_floating_point() and t.dtype != dtype) or t.is_sparse:
-            continue
-        if type(t) is nn.Parameter:
-            memo[id(t)] = nn.Parameter(lazy_clone(t), requires_grad=t.requires_grad)
-        elif type(t) is Tensor:
-            memo[id(t)] = lazy_clone(t)
-    return memo
 
 
 def _center_of(module: nn.Module, names) -> dict[str, Tensor]:

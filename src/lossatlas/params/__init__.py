@@ -267,9 +267,5 @@ def fingerprint(p: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> str:
     for k, v in items:
         t = v.detach()
         h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
-        flat = t.contiguous().cpu().reshape(-1).view(torch.uint8)
-        # read in slices of copies: numpy() of a copy-on-write tensor (a Problem's θ₀ shares the user's
-        # memory that way) would count as a write and copy the whole tensor
-        for s in range(0, flat.numel(), 1 << 22):
-            h.update(flat[s:s + (1 << 22)].clone().numpy().tobytes())
+        h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
