@@ -42,7 +42,8 @@ def test_example_weights_are_the_same_bits_whatever_the_callers_threads():
 
 @multicore
 def test_unpinned_training_does_depend_on_threads():
-    """The premise: without the pin the same training gives other bits (else the pin is moot)."""
+    """The premise: without the pin the same training gives other bits (else the pin is moot). Kernels
+    differ between machines: where they do not split this training by thread, say so, do not fail."""
     def weights(threads):
         def run():
             torch.manual_seed(0)
@@ -52,7 +53,8 @@ def test_unpinned_training_does_depend_on_threads():
                           weight_decay=0.0, callback=None)
             return torch.cat([p.detach().flatten() for p in model.parameters()])
         return _under(threads, run)
-    assert not torch.equal(weights(1), weights(2))
+    if torch.equal(weights(1), weights(2)):
+        pytest.skip("this machine's kernels give the same bits on 1 and 2 threads for this training")
 
 
 def test_training_threads_are_in_the_example_cache_key(monkeypatch, tmp_path):
