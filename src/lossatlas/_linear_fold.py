@@ -228,7 +228,7 @@ class LinearFold:
     def _no_grad_pass(self, found, center, batch, n, outputs: bool = False):
         """The first batch at θ without autograd: per layer call, the input itself (None unless plain),
         a private copy of it unless it reads the cached batch, and whether it does; timed. ``outputs``:
-        also the output with its version counter (the θ product of that input, see :meth:`_products`;
+        also a copy of the output (the θ product of that input, see :meth:`_products`;
         asked only where every layer of ``found`` is expected to fold: the outputs are kept until the
         tables are made)."""
         storages = _storages(batch)
@@ -239,7 +239,9 @@ class LinearFold:
         outs: dict[int, list[Any]] = {i: [] for i in found}
 
         def post(i, mod, args, kwargs, out):
-            outs[i].append((out, _version(out)) if _plain(out) and not out.requires_grad else None)
+            # a private copy made as the layer returns (before any other forward hook): later writes
+            # into the output that no version counter sees (``.data``, a numpy view) cannot reach it
+            outs[i].append(out.detach().clone() if _plain(out) and not out.requires_grad else None)
 
         def pre(i, mod, args, kwargs):
             x = _single_input(args, kwargs)
@@ -250,7 +252,7 @@ class LinearFold:
             of_batch[i].append(mine)
         hooks = _pre_hooks(found, pre)
         if outputs:
-            hooks += [m.register_forward_hook(functools.partial(post, i), with_kwargs=True)
+            hooks += [m.register_forward_hook(functools.partial(post, i), with_kwargs=True, prepend=True)
                       for i, (_, m) in found.items()]
         try:
             t = time.perf_counter()
@@ -383,16 +385,14 @@ class LinearFold:
                 self.modules[i] = candidates[i]
 
     def _first_output(self, i: int, j: int) -> Tensor | None:
-        """Layer ``i``'s output at call ``j`` of the first batch's no-grad pass at θ, if nothing has
-        written into it since (its version counter): the θ product of that call's input, computed by
-        the same call on the same tensors (so the same bits), or None. Released here (asked once)."""
+        """A copy of layer ``i``'s output at call ``j`` of the first batch's no-grad pass at θ, taken as
+        the layer returned: the θ product of that call's input, computed by the same call on the same
+        tensors (so the same bits), or None. Released here (asked once)."""
         outs = (self._first_outputs or {}).get(i)
         seen = outs[j] if outs is not None and j < len(outs) else None
         if seen is not None:
             outs[j] = None
-        if seen is None or seen[1] is None or _version(seen[0]) != seen[1]:
-            return None
-        return seen[0]
+        return seen
 
     @staticmethod
     def _products(m: nn.Module, mname: str, x: Tensor, center, directions, low: bool,
