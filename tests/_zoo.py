@@ -137,6 +137,23 @@ def _mlp_inplace():
     return Case("mlp-inplace-relu", model, (torch.randn(N, 5, generator=g), _classes(g)), nn.CrossEntropyLoss())
 
 
+class _HalvesInput(nn.Module):
+    """Writes into the batch it is given (an in-place rescaling of its input, outside autograd)."""
+
+    def forward(self, t):
+        with torch.no_grad():
+            t.mul_(0.5)
+        return t
+
+
+@family("mlp-writes-its-input")
+def _mlp_writes_input():
+    g = _gen(33)
+    model = nn.Sequential(_HalvesInput(), nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    return Case("mlp-writes-its-input", model, (torch.randn(N, 5, generator=g), _classes(g)), nn.CrossEntropyLoss(),
+                notes="the Problem finds the write at construction and hands the model copies of its batches")
+
+
 @family("mlp-bce-logits")
 def _mlp_bce():
     g = _gen(4)
@@ -770,7 +787,8 @@ def reference(case: Case, sizes, center: Mapping[str, Tensor], directions, coeff
                 full.update(_recalibrated(case, model, p, batches, sizes))
             value = 0.0
             for batch, n in zip(batches, sizes):
-                term = float(_batch_loss(case, model, full, batch))
+                # a fresh copy of the batch per point: a model may write into its inputs
+                term = float(_batch_loss(case, model, full, _map(batch, torch.clone)))
                 value += term / total if case.reduction == "sum" else term * n / total
             out.append(value)
     return np.array(out)

@@ -345,3 +345,54 @@ def test_writes_the_library_cannot_see_leave_theta0_alone(alias):
     raw[:] = 0.0  # (the other process's write lands in the same pages)
     assert float(model[0].weight.detach().abs().sum()) == 0.0
     assert problem.loss(problem.params()) == before
+
+
+class _HalvesItsInput(torch.nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, t):
+        if self.how == "data":
+            t.data.mul_(0.5)  # no version counter sees it
+        else:
+            with torch.no_grad():
+                t.mul_(0.5)
+        return t
+
+
+@pytest.mark.parametrize("how", ["data", "no_grad"])
+def test_a_model_writing_into_its_inputs_is_evaluated_on_the_data_as_given(how):
+    """Such a model halved the Problem's cached batch at every evaluation: the loss at θ₀ drifted from
+    call to call (1.1401, 1.1414, 1.1421; a fresh model on fresh data: 1.1441) and the folded plane
+    differed from the unfolded one. Now the first evaluation finds the write, restores the batch and
+    every later one gets private copies."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    model = torch.nn.Sequential(_HalvesItsInput(how), torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        want = float(torch.nn.CrossEntropyLoss()(copy.deepcopy(model)(x.clone()), y))
+    with pytest.warns(lossatlas.DataWriteWarning, match="wrote into the batch"):
+        problem = lossatlas.Problem(model, torch.nn.CrossEntropyLoss(), (x, y))
+    assert [problem.loss(problem.params()) for _ in range(3)] == pytest.approx([want] * 3, rel=1e-6)
+    d = lossatlas.directions.random(problem, n=2, seed=0)
+    folded, plain = (lossatlas.surface(problem, problem.params(), d, steps=3, exact_linear=e, progress=False)
+                     ["loss"].values for e in (True, False))
+    np.testing.assert_allclose(folded, plain, rtol=1e-6)
+    for (a, b), value in zip([(a, b) for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.0, 1.0)], folded.ravel()):
+        point = {k: problem.params()[k] + a * d.vectors[0][k] + b * d.vectors[1][k] for k in problem.params()}
+        fresh = [(x.clone(), y)]  # the model halves what it is given: fresh data for every point
+        assert value == pytest.approx(naive_loss(model, torch.nn.CrossEntropyLoss(), fresh, point, torch.float32),
+                                      rel=1e-5)
+
+
+def test_a_model_that_leaves_its_inputs_alone_gets_the_cached_batches_themselves(classification):
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error", lossatlas.DataWriteWarning)
+        model, loss_fn, x, y = classification
+        problem = lossatlas.Problem(model, loss_fn, (x, y))
+    assert not problem.data.copy_batches
+    (first, _), (again, _) = next(iter(problem.data)), next(iter(problem.data))
+    assert first[0] is again[0]  # no copy per evaluation

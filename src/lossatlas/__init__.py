@@ -16,7 +16,7 @@ from .directions import Directions
 from .errors import (DataError, DifferentiationError, DistributedError, EvaluationError, InvalidArgumentError, InvalidTypeError,
                      LossAtlasError, LossFunctionError, MissingDependencyError, ParameterMismatchError,
                      ProvenanceMismatchError, StoreError, StoreLockedError, StoreRepairWarning,
-                     BatchNormStatsWarning)
+                     BatchNormStatsWarning, DataWriteWarning)
 from .grid import Grid
 from .params import params_of
 from .problem import Problem
@@ -72,5 +72,6 @@ __all__ = [
     "DistributedError",
     "StoreRepairWarning",
     "BatchNormStatsWarning",
+    "DataWriteWarning",
     "MissingDependencyError",
 ]

@@ -315,9 +315,21 @@ class BatchSource:
     def sizes(self) -> list[int]:
         return list(self._mat.sizes)
 
+    #: set by the Problem when its model writes into the batches it is given (found at construction,
+    #: :class:`~lossatlas.errors.DataWriteWarning`): cached batches are then yielded as private copies,
+    #: so every evaluation sees the data as it was given
+    copy_batches = False
+
+    def cached_batch(self, i: int) -> Any:
+        """Cached batch ``i`` as a model is to be given it: the cache's own tensors, or private copies
+        where :attr:`copy_batches` is set (every reader of the cache goes through here)."""
+        batch = self._mat.batches[i]
+        return map_tensors(batch, torch.clone) if self.copy_batches else batch
+
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         if self._mat.batches is not None:
-            yield from zip(self._mat.batches, self._mat.sizes)
+            for i, n in enumerate(self._mat.sizes):
+                yield self.cached_batch(i), n
         else:
             check = self.check_batch
             for k, (raw, n) in enumerate(self._stream()):

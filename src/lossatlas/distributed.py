@@ -306,9 +306,8 @@ class _BatchShard:
     def __iter__(self):
         mine = set(self.indices)
         if self.source.cached:
-            batches = self.source._mat.batches
             for i in self.indices:
-                yield batches[i], self._sizes[i]
+                yield self.source.cached_batch(i), self._sizes[i]
         else:
             for i, (raw, n) in enumerate(self.source._stream()):  # checked like the source's own passes
                 if i in mine:

@@ -265,6 +265,13 @@ def check_seed(*args: Any, arg: str = "seed") -> int:
     return int(seed)
 
 
+class DataWriteWarning(UserWarning):
+    """The model (or loss, or a metric) wrote into the batch it was given, e.g. an in-place
+    normalisation of its inputs or a ``.data`` write. The cached batches are kept as they were given:
+    every evaluation then hands the model private copies of them (one copy of the data per evaluation),
+    so every point is evaluated on the same data instead of data drifting from call to call."""
+
+
 class BatchNormStatsWarning(UserWarning):
     """BatchNorm layers are evaluated with the running statistics stored with the model
     (``bn="eval"``) at points those statistics do not describe: between two networks, or away from θ

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import numbers
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,8 +29,8 @@ from .params._cow import lazy_clone
 from ._behaviour import behaviour
 from ._fast_paths import fast_cross_entropy, patch_private_module
 from ._linear_fold import dispatchers_removed
-from .data import BatchSource, map_tensors
-from .errors import (public, DataError, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
+from .data import BatchSource, map_tensors, tensors_in
+from .errors import (public, DataError, DataWriteWarning, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
                      LossFunctionError, ParameterMismatchError, bad_type, bad_value, current_function, describe)
 
 __all__ = ["Problem"]
@@ -230,6 +231,7 @@ class Problem:
     def _probe(self, metrics: Any) -> None:
         """Evaluate the first batch at θ₀: checks the loss and decides the metrics, before heavy work."""
         batch, n = self.data.first()
+        given = map_tensors(batch, torch.clone) if self.data.cached else None
         if self.closure is None:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
                 raise bad_value("Problem", "data", "batches of (inputs, targets) pairs, or pass closure= for "
@@ -256,6 +258,20 @@ class Problem:
             for name, fn in self._metric_fns.items():
                 _metric_value(name, fn, outputs, batch[1])
         self.metric_names: tuple[str, ...] = ("loss", *self._metric_fns, *sorted(extra))
+        if given is not None and not _same_tensors(batch, given):
+            self._keep_batches_as_given(batch, given)
+
+    def _keep_batches_as_given(self, batch: Any, given: Any) -> None:
+        """The first evaluation wrote into the cached first batch (compared by value, so writes no
+        version counter sees count too): restore it and hand the model copies from now on."""
+        for t, g in zip(tensors_in(batch), tensors_in(given)):
+            t.copy_(g)
+        self.data.copy_batches = True
+        warnings.warn(DataWriteWarning(
+            "Problem(): the model, loss or a metric wrote into the batch it was given (e.g. an in-place "
+            "operation on its inputs or a .data write); every evaluation now gets private copies of the "
+            "cached batches (one copy of the data per evaluation), so every point sees the same data"),
+            stacklevel=4)
 
     def _check_labels(self, check: _LabelCheck | None) -> None:
         """Class labels of every batch checked against the model's number of classes: once per cached
@@ -739,6 +755,24 @@ class Problem:
         return (f"Problem(model={type(self.model).__name__}, params={n_params}, samples={self.n_samples}, "
                 f"batches={self.data.n_batches}, dtype={self.dtype}, device={self.device}, bn={self.bn!r}, "
                 f"metrics={self.metric_names})")
+
+
+def _same_tensors(a: Any, b: Any) -> bool:
+    """Every tensor of ``a`` equal to the one of ``b`` bit for bit (NaNs included)."""
+    ta, tb = tensors_in(a), tensors_in(b)
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(_bits(x), _bits(y)) for x, y in zip(ta, tb))
+
+
+def _bits(t: Tensor) -> Tensor:
+    """``t``'s elements as raw integers (a NaN equals itself; -0.0 differs from 0.0)."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.is_floating_point():
+        ints = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()]
+        return t.contiguous().reshape(-1).view(ints)
+    return t
 
 
 def _as_device(device: Any) -> torch.device:
