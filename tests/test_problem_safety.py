@@ -396,3 +396,15 @@ def test_a_model_that_leaves_its_inputs_alone_gets_the_cached_batches_themselves
     assert not problem.data.copy_batches
     (first, _), (again, _) = next(iter(problem.data)), next(iter(problem.data))
     assert first[0] is again[0]  # no copy per evaluation
+
+
+def test_batches_are_compared_bit_for_bit():
+    from lossatlas.problem import _same_tensors
+
+    nan = (torch.tensor([1.0, float("nan")]), torch.tensor([1, 2]))
+    assert _same_tensors(nan, tuple(t.clone() for t in nan))  # a NaN equals itself
+    assert not _same_tensors((torch.tensor(0.0),), (torch.tensor(-0.0),))  # a sign flip is a write
+    sparse = torch.sparse_coo_tensor([[0, 1]], [1.0, 2.0], (3,))
+    assert _same_tensors((sparse,), (sparse.clone(),)) and not _same_tensors((sparse,), (sparse * 2,))
+    assert _same_tensors({"z": torch.tensor(1 + 2j)}, {"z": torch.tensor(1 + 2j)})
+    assert not _same_tensors((torch.ones(2),), (torch.ones(2), torch.ones(1)))

@@ -767,6 +767,8 @@ def _same_tensors(a: Any, b: Any) -> bool:
 def _bits(t: Tensor) -> Tensor:
     """``t``'s elements as raw integers (a NaN equals itself; -0.0 differs from 0.0)."""
     t = t.detach()
+    if t.layout != torch.strided:  # sparse batches: their values, densified
+        t = t.to_dense()
     if t.is_complex():
         t = torch.view_as_real(t)
     if t.is_floating_point():
