@@ -28,10 +28,11 @@ from . import params as P
 from .params._cow import lazy_clone
 from ._behaviour import behaviour
 from ._fast_paths import fast_cross_entropy, patch_private_module
-from ._linear_fold import dispatchers_removed
+from ._linear_fold import _bitwise_equal, dispatchers_removed
 from .data import BatchSource, map_tensors, tensors_in
-from .errors import (public, DataError, DataWriteWarning, DifferentiationError, EvaluationError, InvalidArgumentError, LossAtlasError,
-                     LossFunctionError, ParameterMismatchError, bad_type, bad_value, current_function, describe)
+from .errors import (public, DataError, DataWriteWarning, DifferentiationError, EvaluationError, InvalidArgumentError,
+                     LossAtlasError, LossFunctionError, ParameterMismatchError, bad_type, bad_value, current_function,
+                     describe)
 
 __all__ = ["Problem"]
 
@@ -758,23 +759,13 @@ class Problem:
 
 
 def _same_tensors(a: Any, b: Any) -> bool:
-    """Every tensor of ``a`` equal to the one of ``b`` bit for bit (NaNs included)."""
+    """Every tensor of ``a`` equal to the one of ``b`` bit for bit (NaNs included; sparse ones densified)."""
     ta, tb = tensors_in(a), tensors_in(b)
-    return len(ta) == len(tb) and all(
-        x.shape == y.shape and x.dtype == y.dtype and torch.equal(_bits(x), _bits(y)) for x, y in zip(ta, tb))
+    return len(ta) == len(tb) and all(_bitwise_equal(_strided(x), _strided(y)) for x, y in zip(ta, tb))
 
 
-def _bits(t: Tensor) -> Tensor:
-    """``t``'s elements as raw integers (a NaN equals itself; -0.0 differs from 0.0)."""
-    t = t.detach()
-    if t.layout != torch.strided:  # sparse batches: their values, densified
-        t = t.to_dense()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.is_floating_point():
-        ints = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()]
-        return t.contiguous().reshape(-1).view(ints)
-    return t
+def _strided(t: Tensor) -> Tensor:
+    return t if t.layout == torch.strided else t.to_dense()
 
 
 def _as_device(device: Any) -> torch.device:
