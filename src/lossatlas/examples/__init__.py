@@ -12,5 +12,5 @@ from ._paths import mlp_digits_pair, mlp_digits_trajectory
 from ._registry import REGISTRY, TRAINING_THREADS, Example, cache_dir, load, names
 
 __all__ = ["Example", "REGISTRY", "TRAINING_THREADS", "load", "names", "cache_dir", "SeedReLU", "SmallCNN",
-           "SmallResNet", "mlp", "digits", "breast_cancer", "diabetes", "synthetic_regression", "fashion_mnist", "mlp_digits_pair",
-           "mlp_digits_trajectory"]
+           "SmallResNet", "mlp", "digits", "breast_cancer", "diabetes", "synthetic_regression", "fashion_mnist",
+           "mlp_digits_pair", "mlp_digits_trajectory"]

@@ -3,8 +3,6 @@ recorded training trajectory of ``mlp-digits`` (both deterministic and cached on
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -12,11 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._version import __version__
 from ..errors import bad_type, bad_value, check_seed
 from ..trajectory import Trajectory, TrajectoryRecorder
 from . import _builtin, _data, _models
-from ._registry import TRAINING_THREADS, Example, cache_dir
+from ._registry import Example, cache_dir, cache_digest
 
 __all__ = ["mlp_digits_pair", "mlp_digits_trajectory"]
 
@@ -64,10 +61,7 @@ def mlp_digits_trajectory(path: str | Path | None = None, *, seed: int = 0, ever
     if path is not None:
         _record(Path(path), seed, every)
         return Trajectory.open(path)
-    key = {"name": "trajectory-mlp-digits", "seed": seed, "every": every, **MLP_DIGITS_TRAINING,
-           "version": __version__, "torch": torch.__version__,
-           "threads": TRAINING_THREADS}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = cache_digest({"name": "trajectory-mlp-digits", "seed": seed, "every": every, **MLP_DIGITS_TRAINING})
     target = cache_dir() / f"trajectory-mlp-digits-{digest}"
     if cache and target.exists():
         return Trajectory.open(target)

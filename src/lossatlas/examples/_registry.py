@@ -104,15 +104,19 @@ def cache_dir() -> Path:
 TRAINING_THREADS = 1
 
 
+def cache_digest(key: dict[str, Any]) -> str:
+    """The cache file's digest of ``key`` with what else decides the trained weights: the library and
+    torch versions and :data:`TRAINING_THREADS`."""
+    full = {**key, "version": __version__, "torch": torch.__version__, "threads": TRAINING_THREADS}
+    return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def trained(model: nn.Module, key: dict[str, Any], train: Callable[[nn.Module], None], *, cache: bool) -> nn.Module:
     """Train ``model`` with ``train`` (deterministic) or load the cached result for the same ``key``.
 
     The key (example name, hyper-parameters, library version) is hashed into the file name, so a
     change to any of them retrains instead of silently reusing stale weights."""
-    digest = hashlib.sha256(json.dumps({**key, "version": __version__, "torch": torch.__version__,
-                                        "threads": TRAINING_THREADS},
-                                       sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / f"{key['name']}-{digest}.pt"
+    path = cache_dir() / f"{key['name']}-{cache_digest(key)}.pt"
     if cache and path.exists():
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
