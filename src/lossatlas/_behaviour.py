@@ -157,26 +157,34 @@ def _cached_draws(shapes: tuple[tuple[int, ...], ...]) -> tuple[tuple[tuple[Tens
     """Per probe, the Gaussian draws r of every tensor (float64, CPU, from ``SEED`` in this order) with
     their norms ‖r‖ (1 where zero), from a cache keyed by what they are (seed, probes, dtype, device,
     shapes; ``DRAW_CACHE_SIZE`` entries, least recently used dropped). Read only: never written."""
-    key = (SEED, PROBES, torch.float64, "cpu", shapes)
+    def make():
+        gen = torch.Generator(device="cpu").manual_seed(SEED)
+        made = []
+        for _ in PROBES:
+            row = []
+            for shape in shapes:
+                r = torch.randn(shape, generator=gen, dtype=torch.float64)
+                row.append((r, float(r.norm()) or 1.0))
+            made.append(tuple(row))
+        return tuple(made)
+    return _cached(_DRAW_CACHE, (SEED, PROBES, torch.float64, "cpu", shapes), make)
+
+
+def _cached(cache: OrderedDict, key: tuple, make, keep: bool = True) -> Any:
+    """``cache[key]``, made by ``make()`` on a miss and kept if ``keep`` (``DRAW_CACHE_SIZE`` entries,
+    least recently used dropped; under ``_DRAW_LOCK``, made outside it)."""
     with _DRAW_LOCK:
-        hit = _DRAW_CACHE.get(key)
+        hit = cache.get(key)
         if hit is not None:
-            _DRAW_CACHE.move_to_end(key)
+            cache.move_to_end(key)
             return hit
-    gen = torch.Generator(device="cpu").manual_seed(SEED)
-    made = []
-    for _ in PROBES:
-        row = []
-        for shape in shapes:
-            r = torch.randn(shape, generator=gen, dtype=torch.float64)
-            row.append((r, float(r.norm()) or 1.0))
-        made.append(tuple(row))
-    made_t = tuple(made)
-    with _DRAW_LOCK:
-        _DRAW_CACHE[key] = made_t
-        while len(_DRAW_CACHE) > DRAW_CACHE_SIZE:
-            _DRAW_CACHE.popitem(last=False)
-    return made_t
+    value = make()
+    if keep:
+        with _DRAW_LOCK:
+            cache[key] = value
+            while len(cache) > DRAW_CACHE_SIZE:
+                cache.popitem(last=False)
+    return value
 
 
 def _add_promoted(r: Tensor, t: Tensor) -> None:
@@ -207,19 +215,9 @@ def _digest(outputs: Any) -> dict[str, Any] | None:
 def _weights(n: int, device: torch.device) -> Tensor:
     """The weighted sum's fixed weights sin(0.7548776662466927·i + 0.5), i < ``n`` (float64; read only:
     kept per length and device for lengths up to ``WEIGHTS_CACHE_LENGTH``)."""
-    key = (n, str(device))
-    with _DRAW_LOCK:
-        w = _WEIGHTS.get(key)
-        if w is not None:
-            _WEIGHTS.move_to_end(key)
-            return w
-    w = torch.sin(torch.arange(n, device=device, dtype=torch.float64) * 0.7548776662466927 + 0.5)
-    if n <= WEIGHTS_CACHE_LENGTH:
-        with _DRAW_LOCK:
-            _WEIGHTS[key] = w
-            while len(_WEIGHTS) > DRAW_CACHE_SIZE:
-                _WEIGHTS.popitem(last=False)
-    return w
+    return _cached(_WEIGHTS, (n, str(device)),
+                   lambda: torch.sin(torch.arange(n, device=device, dtype=torch.float64) * 0.7548776662466927 + 0.5),
+                   keep=n <= WEIGHTS_CACHE_LENGTH)
 
 
 def _fixed_batch(problem) -> list[tuple[Any, int, bool]]:
